@@ -1,0 +1,313 @@
+/**
+ * The WebGPU runtime: one adapter, one device, its real limits, a pipeline cache,
+ * error scopes that say where a validation error came from, and device-loss reporting.
+ *
+ * Everything esflow runs on the GPU goes through a {@link Gpu}. It is headless: any adapter
+ * Deno's WebGPU finds (Vulkan, Metal, DX12, or Mesa's llvmpipe/lavapipe on a CPU).
+ *
+ * @module
+ */
+
+/** An error from the GPU layer: no adapter, a validation error, or a lost device. */
+export class GpuError extends Error {
+  override name = "GpuError";
+}
+
+/** The optional features esflow probes for, and whether the adapter has them. */
+export interface GpuFeatures {
+  /** f16 arithmetic and storage in WGSL. */
+  shaderF16: boolean;
+  /** GPU-side timing of compute passes. */
+  timestampQuery: boolean;
+  /** subgroup built-ins in WGSL. */
+  subgroups: boolean;
+}
+
+/** The adapter limits esflow plans with (bytes unless named otherwise). */
+export interface GpuLimits {
+  maxStorageBufferBindingSize: number;
+  maxBufferSize: number;
+  maxComputeWorkgroupsPerDimension: number;
+  maxComputeInvocationsPerWorkgroup: number;
+  maxComputeWorkgroupStorageSize: number;
+  maxStorageBuffersPerShaderStage: number;
+  minStorageBufferOffsetAlignment: number;
+}
+
+/** Options for {@link acquireGpu}. */
+export interface AcquireOptions {
+  /** Prefer a discrete GPU ("high-performance") or an integrated one. Default high-performance. */
+  powerPreference?: GPUPowerPreference;
+  /**
+   * Largest bytes one tensor shard may take. Defaults to the adapter's
+   * maxStorageBufferBindingSize; tests set it small so sharding is exercised.
+   */
+  shardBytes?: number;
+}
+
+const FIX_NO_ADAPTER =
+  "no WebGPU adapter found. On a CPU-only Linux machine install Mesa's Vulkan driver " +
+  "(apt-get install -y mesa-vulkan-drivers); on a GPU machine install its Vulkan, Metal or DX12 driver. " +
+  "DENO_WEBGPU_BACKEND=vulkan|gl picks a backend.";
+
+/**
+ * A WebGPU device with the adapter's own limits, probed features, a pipeline cache,
+ * and error reporting with context.
+ */
+export class Gpu {
+  /** The device all work runs on. */
+  readonly device: GPUDevice;
+  /** The adapter's name as reported by the driver, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)". */
+  readonly adapterName: string;
+  /** Optional features that were found and enabled. */
+  readonly features: GpuFeatures;
+  /** The limits the device was created with (the adapter's own). */
+  readonly limits: GpuLimits;
+  /** Largest bytes of one tensor shard. */
+  readonly shardBytes: number;
+  /** Subgroup width the adapter reports (8 on lavapipe), or 0 when unknown. */
+  readonly subgroupSize: number;
+
+  #pipelines = new Map<string, GPUComputePipeline>();
+  #lost: string | null = null;
+  #uncaptured: string[] = [];
+  #bytesLive = 0;
+  #bytesPeak = 0;
+
+  constructor(
+    device: GPUDevice,
+    info: { adapterName: string; features: GpuFeatures; limits: GpuLimits; subgroupSize: number },
+    shardBytes: number,
+  ) {
+    this.device = device;
+    this.adapterName = info.adapterName;
+    this.features = info.features;
+    this.limits = info.limits;
+    this.subgroupSize = info.subgroupSize;
+    this.shardBytes = shardBytes;
+    device.lost.then((e) => {
+      this.#lost = `${e.reason}: ${e.message}`;
+    });
+    device.onuncapturederror = (ev: GPUUncapturedErrorEvent) => {
+      this.#uncaptured.push(ev.error.message);
+    };
+  }
+
+  /** Throws if the device was lost or an error escaped every scope. */
+  assertHealthy(context: string): void {
+    if (this.#lost !== null) {
+      throw new GpuError(`${context}: the WebGPU device was lost (${this.#lost}) on ${this.adapterName}`);
+    }
+    if (this.#uncaptured.length > 0) {
+      const msg = this.#uncaptured.splice(0).join("; ");
+      throw new GpuError(`${context}: WebGPU error on ${this.adapterName}: ${firstLine(msg)}`);
+    }
+  }
+
+  /**
+   * Runs `fn` inside validation and out-of-memory error scopes and throws a {@link GpuError}
+   * naming `context` if either caught something.
+   */
+  async scoped<T>(context: string, fn: () => T | Promise<T>): Promise<T> {
+    this.assertHealthy(context);
+    this.device.pushErrorScope("out-of-memory");
+    this.device.pushErrorScope("validation");
+    let result: T;
+    try {
+      result = await fn();
+    } finally {
+      const validation = await this.device.popErrorScope();
+      const oom = await this.device.popErrorScope();
+      if (validation) {
+        throw new GpuError(`${context}: WebGPU validation error: ${firstLine(validation.message)}`);
+      }
+      if (oom) throw new GpuError(`${context}: out of GPU memory on ${this.adapterName}`);
+    }
+    this.assertHealthy(context);
+    return result;
+  }
+
+  /**
+   * A compute pipeline for `code`, compiled once and cached by its source text.
+   * Compilation errors are raised with the kernel's label and the first message.
+   */
+  pipeline(label: string, code: string, entryPoint = "main"): GPUComputePipeline {
+    const key = `${entryPoint}\u0000${code}`;
+    let p = this.#pipelines.get(key);
+    if (p) return p;
+    this.device.pushErrorScope("validation");
+    const module = this.device.createShaderModule({ label, code });
+    p = this.device.createComputePipeline({
+      label,
+      layout: "auto",
+      compute: { module, entryPoint },
+    });
+    // Compilation errors surface asynchronously; pipelineChecked() awaits them.
+    this.#pending.push(
+      this.device.popErrorScope().then((e) =>
+        e ? `kernel ${label}: ${firstLine(e.message)}` : null
+      ),
+    );
+    this.#pipelines.set(key, p);
+    return p;
+  }
+
+  #pending: Promise<string | null>[] = [];
+
+  /** Awaits the compile checks of every pipeline created so far; throws on the first failure. */
+  async checkPipelines(): Promise<void> {
+    const results = await Promise.all(this.#pending.splice(0));
+    const bad = results.find((r) => r !== null);
+    if (bad) throw new GpuError(`WebGPU shader error: ${bad}`);
+  }
+
+  /** Number of distinct pipelines compiled so far. */
+  get pipelineCount(): number {
+    return this.#pipelines.size;
+  }
+
+  /** Creates a storage buffer (plus copy usages) and counts its bytes. */
+  createBuffer(label: string, bytes: number, usage = STORAGE): GPUBuffer {
+    const size = Math.max(16, alignUp(bytes, 16));
+    if (size > this.limits.maxBufferSize) {
+      throw new GpuError(
+        `buffer ${label}: ${size} bytes exceeds this adapter's maxBufferSize ${this.limits.maxBufferSize}`,
+      );
+    }
+    const buffer = this.device.createBuffer({ label, size, usage });
+    this.#bytesLive += size;
+    this.#bytesPeak = Math.max(this.#bytesPeak, this.#bytesLive);
+    return buffer;
+  }
+
+  /** Destroys a buffer made by {@link createBuffer} and uncounts it. */
+  destroyBuffer(buffer: GPUBuffer): void {
+    this.#bytesLive -= buffer.size;
+    buffer.destroy();
+  }
+
+  /** Bytes of device buffers alive now, and the most ever alive at once. */
+  get memory(): { live: number; peak: number } {
+    return { live: this.#bytesLive, peak: this.#bytesPeak };
+  }
+
+  /** Writes `data` into `buffer` at `offset` bytes. */
+  write(buffer: GPUBuffer, data: ArrayBufferView, offset = 0): void {
+    this.device.queue.writeBuffer(
+      buffer,
+      offset,
+      data.buffer as ArrayBuffer,
+      data.byteOffset,
+      alignUp(data.byteLength, 4),
+    );
+  }
+
+  /**
+   * Reads `bytes` bytes from each buffer in one mapAsync round trip (each round trip costs
+   * ~11 ms on lavapipe, so callers batch what they need into one call).
+   */
+  async readMany(
+    sources: { buffer: GPUBuffer; offset?: number; bytes: number }[],
+  ): Promise<ArrayBuffer[]> {
+    const total = sources.reduce((s, x) => s + alignUp(x.bytes, 4), 0);
+    const staging = this.device.createBuffer({
+      label: "readback",
+      size: Math.max(16, total),
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    const enc = this.device.createCommandEncoder({ label: "readback" });
+    let at = 0;
+    for (const s of sources) {
+      const n = alignUp(s.bytes, 4);
+      if (n > 0) enc.copyBufferToBuffer(s.buffer, s.offset ?? 0, staging, at, n);
+      at += n;
+    }
+    this.device.queue.submit([enc.finish()]);
+    await staging.mapAsync(GPUMapMode.READ);
+    const mapped = staging.getMappedRange();
+    const out: ArrayBuffer[] = [];
+    at = 0;
+    for (const s of sources) {
+      out.push(mapped.slice(at, at + s.bytes));
+      at += alignUp(s.bytes, 4);
+    }
+    staging.unmap();
+    staging.destroy();
+    this.assertHealthy("readback");
+    return out;
+  }
+
+  /** Reads one buffer as f32. */
+  async readF32(buffer: GPUBuffer, count: number, offset = 0): Promise<Float32Array> {
+    const [b] = await this.readMany([{ buffer, offset, bytes: count * 4 }]);
+    return new Float32Array(b);
+  }
+
+  /** Releases the device. */
+  destroy(): void {
+    this.device.destroy();
+  }
+}
+
+/** Usage of every esflow storage buffer: bound in shaders, written and read by copies. */
+export const STORAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+
+/**
+ * Acquires an adapter and a device with the adapter's own limits and the optional
+ * features it has. Throws a {@link GpuError} that says how to install a driver when none is found.
+ */
+export async function acquireGpu(options: AcquireOptions = {}): Promise<Gpu> {
+  if (typeof navigator === "undefined" || !("gpu" in navigator)) {
+    throw new GpuError(FIX_NO_ADAPTER);
+  }
+  const adapter = await navigator.gpu.requestAdapter({
+    powerPreference: options.powerPreference ?? "high-performance",
+  });
+  if (!adapter) throw new GpuError(FIX_NO_ADAPTER);
+
+  const wanted: GPUFeatureName[] = ["shader-f16", "timestamp-query", "subgroups" as GPUFeatureName];
+  const requiredFeatures = wanted.filter((f) => adapter.features.has(f));
+
+  // The default device limits are far below what adapters offer (128 MiB binding on lavapipe
+  // against a 128 MiB default only by luck; 2 GiB buffers against 256 MiB): ask for the
+  // adapter's own numbers.
+  const a = adapter.limits;
+  const limits: GpuLimits = {
+    maxStorageBufferBindingSize: a.maxStorageBufferBindingSize,
+    maxBufferSize: a.maxBufferSize,
+    maxComputeWorkgroupsPerDimension: a.maxComputeWorkgroupsPerDimension,
+    maxComputeInvocationsPerWorkgroup: a.maxComputeInvocationsPerWorkgroup,
+    maxComputeWorkgroupStorageSize: a.maxComputeWorkgroupStorageSize,
+    maxStorageBuffersPerShaderStage: a.maxStorageBuffersPerShaderStage,
+    minStorageBufferOffsetAlignment: a.minStorageBufferOffsetAlignment,
+  };
+  const device = await adapter.requestDevice({
+    label: "esflow",
+    requiredFeatures,
+    requiredLimits: { ...limits, maxComputeWorkgroupSizeX: a.maxComputeWorkgroupSizeX },
+  });
+  const info = adapter.info;
+  const adapterName = [info.description || info.device || info.vendor || "unknown adapter"]
+    .join("");
+  const features: GpuFeatures = {
+    shaderF16: requiredFeatures.includes("shader-f16"),
+    timestampQuery: requiredFeatures.includes("timestamp-query"),
+    subgroups: requiredFeatures.includes("subgroups" as GPUFeatureName),
+  };
+  const subgroupSize = (info as unknown as { subgroupMinSize?: number }).subgroupMinSize ?? 0;
+  // Shards must stay aligned to 16 bytes so every shard can be read as vec4.
+  const cap = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
+  const shardBytes = Math.floor(Math.min(options.shardBytes ?? cap, cap) / 16) * 16;
+  if (shardBytes < 16) throw new GpuError(`shardBytes must be at least 16, got ${options.shardBytes}`);
+  return new Gpu(device, { adapterName, features, limits, subgroupSize }, shardBytes);
+}
+
+/** Rounds `n` up to a multiple of `to`. */
+export function alignUp(n: number, to: number): number {
+  return Math.ceil(n / to) * to;
+}
+
+function firstLine(s: string): string {
+  const line = s.split("\n").map((l) => l.trim()).find((l) => l.length > 0) ?? s;
+  return line.length > 400 ? line.slice(0, 400) + "…" : line;
+}

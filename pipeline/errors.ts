@@ -1,0 +1,16 @@
+/**
+ * User-facing errors. A {@link UserError} is bad input (a file, a flag, a config): the CLI prints
+ * its one-line message and exits with code 2, with no stack trace.
+ *
+ * @module
+ */
+
+/** Bad input from the user. The message is one line: the file, the place, the fault, the fix. */
+export class UserError extends Error {
+  override name = "UserError";
+}
+
+/** Throws a {@link UserError} with `message` unless `cond` holds. */
+export function expect(cond: unknown, message: string): asserts cond {
+  if (!cond) throw new UserError(message);
+}
