@@ -152,3 +152,60 @@ export function fmtF32(v: number): string {
   const s = f.toExponential(9);
   return s;
 }
+
+/**
+ * A 1-D launch of `invocations` threads in workgroups of `workgroupSize`, folded into a 2-D grid
+ * when it exceeds the per-dimension workgroup limit. Kernels compute their linear index as
+ * `(wid.y * GRID_X + wid.x) * WG + lid.x` and guard it against the real count.
+ */
+export function grid1d(
+  gpu: Gpu,
+  invocations: number,
+  workgroupSize: number,
+): { workgroups: [number, number, number]; gridX: number } {
+  const groups = Math.ceil(invocations / workgroupSize);
+  const max = gpu.limits.maxComputeWorkgroupsPerDimension;
+  if (groups <= max) return { workgroups: [groups, 1, 1], gridX: Math.max(groups, 1) };
+  const y = Math.ceil(groups / max);
+  const x = Math.ceil(groups / y);
+  return { workgroups: [x, y, 1], gridX: x };
+}
+
+const sources = new Map<string, string>();
+
+/**
+ * One step of a kernel whose .wgsl file sits in kernels/, with compile-time constants prepended,
+ * launched over `invocations` threads in a (possibly 2-D folded) grid of `WG`-wide workgroups.
+ * The kernel sees the constants plus `WG` and `GRID_X`.
+ */
+export function launch(
+  gpu: Gpu,
+  options: {
+    label: string;
+    /** Base name of kernels/NAME.wgsl. */
+    kernel: string;
+    consts: Record<string, number | boolean>;
+    buffers: Binding[];
+    invocations: number;
+    /** Workgroup size, default 64. */
+    workgroupSize?: number;
+    entryPoint?: string;
+  },
+): Step {
+  const wg = options.workgroupSize ?? 64;
+  let body = sources.get(options.kernel);
+  if (body === undefined) {
+    body = wgslSource(new URL(`./${options.kernel}.wgsl`, import.meta.url));
+    sources.set(options.kernel, body);
+  }
+  const g = grid1d(gpu, options.invocations, wg);
+  const code = wgslConsts({ ...options.consts, WG: wg, GRID_X: g.gridX }) + body;
+  const pipeline = gpu.pipeline(options.kernel, code, options.entryPoint ?? "main");
+  return makeStep(gpu, {
+    label: options.label,
+    kernel: options.kernel,
+    pipeline,
+    buffers: options.buffers,
+    workgroups: options.invocations === 0 ? [0, 1, 1] : g.workgroups,
+  });
+}

@@ -1,0 +1,26 @@
+/**
+ * Embedding gather wrapper: x[r] = embed_tokens[ids[r]], one dispatch per shard of the table.
+ *
+ * @module
+ */
+import type { Gpu } from "./runtime.ts";
+import { launch, type Step } from "./program.ts";
+import type { GpuTensor } from "./tensor.ts";
+
+/** Gathers rows of `table` (V, H) for `rows` token ids into x (rows, H). */
+export function embeddingSteps(
+  gpu: Gpu,
+  o: { label: string; ids: GPUBuffer; table: GpuTensor; x: GPUBuffer; rows: number },
+): Step[] {
+  const h = o.table.rowSize;
+  if (h % 4 !== 0) throw new Error(`embedding ${o.label}: hidden ${h} must be a multiple of 4`);
+  return o.table.shards.map((s, i) =>
+    launch(gpu, {
+      label: `${o.label}#${i}`,
+      kernel: "embedding",
+      consts: { R: o.rows, H: h, ROW_START: s.rowStart, ROWS: s.rows },
+      buffers: [o.ids, s.buffer, o.x],
+      invocations: o.rows * (h / 4),
+    })
+  );
+}

@@ -1,0 +1,91 @@
+/**
+ * The paper's log-likelihood fitness, streamed over vocabulary chunks:
+ * R(x;θ) = Σ_t m_{t+1} log softmax(z_t)[x_{t+1}] / Σ_t m_{t+1}  (EA4LLM §3, eq. for R),
+ * computed with an online log-sum-exp so a (B, T, V) logits buffer never exists.
+ *
+ * @module
+ */
+import type { Gpu } from "./runtime.ts";
+import { launch, type Step } from "./program.ts";
+
+/** Marks a position with no scored next token. */
+export const NO_TARGET = 0xffffffff;
+
+/** Folds one (rows, width) chunk of logits, covering vocab ids [start, start+width), into state. */
+export function logsumexpChunkStep(
+  gpu: Gpu,
+  o: {
+    label: string;
+    logits: GPUBuffer;
+    target: GPUBuffer;
+    state: GPUBuffer;
+    rows: number;
+    width: number;
+    start: number;
+    first: boolean;
+  },
+): Step {
+  return launch(gpu, {
+    label: o.label,
+    kernel: "logsumexp_chunk",
+    consts: { R: o.rows, C: o.width, C0: o.start, FIRST: o.first },
+    buffers: [o.logits, o.target, o.state],
+    invocations: o.rows,
+  });
+}
+
+/** Per-sample R from the final state: r (batch) f32. */
+export function logLikelihoodStep(
+  gpu: Gpu,
+  o: { label: string; target: GPUBuffer; state: GPUBuffer; r: GPUBuffer; batch: number; seqLen: number },
+): Step {
+  return launch(gpu, {
+    label: o.label,
+    kernel: "log_likelihood",
+    consts: { B: o.batch, T: o.seqLen },
+    buffers: [o.target, o.state, o.r],
+    invocations: o.batch,
+  });
+}
+
+/**
+ * Targets of a right- or otherwise-padded batch: target[b·T+t] = ids[b][t+1] when
+ * mask[b][t+1] = 1, else {@link NO_TARGET}. The mask of the *target* position decides.
+ */
+export function scoredTargets(
+  ids: readonly (readonly number[])[],
+  mask: readonly (readonly number[])[],
+  seqLen: number,
+): Uint32Array {
+  const out = new Uint32Array(ids.length * seqLen).fill(NO_TARGET);
+  ids.forEach((row, b) => {
+    for (let t = 0; t + 1 < Math.min(row.length, seqLen); t++) {
+      if (mask[b][t + 1]) out[b * seqLen + t] = row[t + 1];
+    }
+  });
+  return out;
+}
+
+/** Float64 reference: per-sample R from full logits (B, T, V). */
+export function logLikelihoodReference(
+  logits: ArrayLike<number>,
+  target: Uint32Array,
+  o: { batch: number; seqLen: number; vocab: number },
+): Float64Array {
+  const r = new Float64Array(o.batch);
+  for (let b = 0; b < o.batch; b++) {
+    let sum = 0, n = 0;
+    for (let t = 0; t < o.seqLen; t++) {
+      const row = b * o.seqLen + t;
+      if (target[row] === NO_TARGET) continue;
+      let mx = -Infinity;
+      for (let v = 0; v < o.vocab; v++) mx = Math.max(mx, logits[row * o.vocab + v]);
+      let z = 0;
+      for (let v = 0; v < o.vocab; v++) z += Math.exp(logits[row * o.vocab + v] - mx);
+      sum += logits[row * o.vocab + target[row]] - mx - Math.log(z);
+      n++;
+    }
+    r[b] = n > 0 ? sum / n : 0;
+  }
+  return r;
+}

@@ -1,0 +1,59 @@
+/**
+ * Fused per-head RMSNorm + RoPE wrapper, and the RoPE tables computed as HF computes them.
+ *
+ * @module
+ */
+import type { Gpu } from "./runtime.ts";
+import { launch, type Step } from "./program.ts";
+
+/** Normalises each head of x (rows, heads, headDim) with w (headDim), then rotates it in place. */
+export function qkNormRopeStep(
+  gpu: Gpu,
+  o: {
+    label: string;
+    x: GPUBuffer;
+    w: GPUBuffer;
+    cos: GPUBuffer;
+    sin: GPUBuffer;
+    rows: number;
+    seqLen: number;
+    heads: number;
+    headDim: number;
+    eps: number;
+  },
+): Step {
+  if (o.headDim % 2 !== 0) throw new Error(`rope ${o.label}: head_dim ${o.headDim} must be even`);
+  return launch(gpu, {
+    label: o.label,
+    kernel: "qk_norm_rope",
+    consts: { R: o.rows, T: o.seqLen, NH: o.heads, D: o.headDim, EPS: o.eps },
+    buffers: [o.x, o.w, o.cos, o.sin],
+    invocations: o.rows * o.heads,
+  });
+}
+
+/**
+ * RoPE tables (seqLen, headDim/2) as HF Qwen3RotaryEmbedding rounds them: inv_freq in f32 as
+ * 1/θ^(2i/d), the angle pos·inv_freq rounded to f32, then cos and sin of that f32 angle.
+ * Computing them here in f64 and rounding once avoids WGSL's loose cos/sin at large angles.
+ */
+export function ropeTables(
+  o: { seqLen: number; headDim: number; theta: number },
+): { cos: Float32Array; sin: Float32Array } {
+  const half = o.headDim / 2;
+  const f = Math.fround;
+  const invFreq = new Float64Array(half);
+  for (let i = 0; i < half; i++) {
+    invFreq[i] = f(1 / f(Math.pow(o.theta, f(f(2 * i) / o.headDim))));
+  }
+  const cos = new Float32Array(o.seqLen * half);
+  const sin = new Float32Array(o.seqLen * half);
+  for (let p = 0; p < o.seqLen; p++) {
+    for (let i = 0; i < half; i++) {
+      const angle = f(p * invFreq[i]);
+      cos[p * half + i] = Math.cos(angle);
+      sin[p * half + i] = Math.sin(angle);
+    }
+  }
+  return { cos, sin };
+}

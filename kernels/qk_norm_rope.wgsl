@@ -1,0 +1,35 @@
+// Qwen3's per-head RMSNorm (q_norm / k_norm) followed by half-split RoPE, in place.
+// Legend: R = token rows (B·T), T = sequence length, NH = heads in this tensor, D = head_dim.
+// x is (R, NH, D), w is (D) shared by all heads, cos and sin are (T, D/2): the angle of
+// position p and frequency i, precomputed on the CPU exactly as HF rounds it.
+// Position of row r is r % T (right padding, positions 0..T-1 like HF's default position_ids).
+// RoPE: out[i] = a[i]·cos − a[i+D/2]·sin, out[i+D/2] = a[i+D/2]·cos + a[i]·sin (rotate_half).
+// Constants: R, T, NH, D (even), EPS, WG, GRID_X.
+@group(0) @binding(0) var<storage, read_write> x: array<f32>;
+@group(0) @binding(1) var<storage, read> w: array<f32>;
+@group(0) @binding(2) var<storage, read> cosT: array<f32>;
+@group(0) @binding(3) var<storage, read> sinT: array<f32>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
+  let i = (wid.y * GRID_X + wid.x) * WG + lid.x;
+  if (i >= R * NH) { return; }
+  let row = i / NH;
+  let base = i * D;
+  let pos = row % T;
+  var ss = 0.0;
+  for (var j = 0u; j < D; j++) {
+    let v = x[base + j];
+    ss += v * v;
+  }
+  let inv = inverseSqrt(ss / f32(D) + EPS);
+  let half = D / 2u;
+  for (var j = 0u; j < half; j++) {
+    let a = w[j] * (x[base + j] * inv);
+    let b = w[j + half] * (x[base + j + half] * inv);
+    let c = cosT[pos * half + j];
+    let s = sinT[pos * half + j];
+    x[base + j] = a * c - b * s;
+    x[base + j + half] = b * c + a * s;
+  }
+}

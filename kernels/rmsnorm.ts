@@ -1,0 +1,38 @@
+/**
+ * RMSNorm kernel wrapper: HF Qwen3RMSNorm in f32.
+ *
+ * @module
+ */
+import type { Gpu } from "./runtime.ts";
+import { launch, type Step } from "./program.ts";
+
+/** y = w · x · rsqrt(mean(x²) + eps) for each of `rows` rows of width `dim`. x is (rows, dim). */
+export function rmsnormStep(
+  gpu: Gpu,
+  o: { label: string; x: GPUBuffer; w: GPUBuffer; y: GPUBuffer; rows: number; dim: number; eps: number },
+): Step {
+  if (o.dim % 4 !== 0) throw new Error(`rmsnorm ${o.label}: width ${o.dim} must be a multiple of 4`);
+  return launch(gpu, {
+    label: o.label,
+    kernel: "rmsnorm",
+    consts: { R: o.rows, D: o.dim, EPS: o.eps },
+    buffers: [o.x, o.w, o.y],
+    invocations: o.rows,
+  });
+}
+
+/** Float64 reference of {@link rmsnormStep}. */
+export function rmsnormReference(
+  x: Float32Array,
+  w: Float32Array,
+  o: { rows: number; dim: number; eps: number },
+): Float64Array {
+  const y = new Float64Array(o.rows * o.dim);
+  for (let r = 0; r < o.rows; r++) {
+    let ss = 0;
+    for (let i = 0; i < o.dim; i++) ss += x[r * o.dim + i] ** 2;
+    const inv = 1 / Math.sqrt(ss / o.dim + o.eps);
+    for (let i = 0; i < o.dim; i++) y[r * o.dim + i] = w[i] * x[r * o.dim + i] * inv;
+  }
+  return y;
+}

@@ -1,0 +1,24 @@
+// RMSNorm over the last dimension, as HF Qwen3RMSNorm: y = w · x · rsqrt(mean(x²) + eps), in f32.
+// Legend: R = rows (tokens or token·heads), D = normalised width.
+// x is (R, D), w is (D), y is (R, D). One invocation per row: rows are independent and the
+// per-lane row walk avoids barriers, which lavapipe runs slowly.
+// Constants: R, D (multiple of 4), EPS, WG, GRID_X.
+@group(0) @binding(0) var<storage, read> x: array<vec4f>;
+@group(0) @binding(1) var<storage, read> w: array<vec4f>;
+@group(0) @binding(2) var<storage, read_write> y: array<vec4f>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
+  let row = (wid.y * GRID_X + wid.x) * WG + lid.x;
+  if (row >= R) { return; }
+  let base = row * (D / 4u);
+  var ss = vec4f(0.0);
+  for (var i = 0u; i < D / 4u; i++) {
+    let v = x[base + i];
+    ss += v * v;
+  }
+  let inv = inverseSqrt((ss.x + ss.y + ss.z + ss.w) / f32(D) + EPS);
+  for (var i = 0u; i < D / 4u; i++) {
+    y[base + i] = w[i] * (x[base + i] * inv);
+  }
+}
