@@ -1,10 +1,10 @@
 // The paper's per-sample fitness R(x;θ) from the streamed log-softmax state.
 // Legend: B = samples, T = tokens per sample (padded).
-// target is (B·T) u32 (0xffffffff where position t has no scored next token: t = T−1 or
+// targets is (B·T) u32 (0xffffffff where position t has no scored next token: t = T−1 or
 // mask[t+1] = 0), state is (B·T, 3) = (max, sum, target logit) after the last chunk,
 // r is (B) f32: R_b = Σ_t log p(x_{t+1} | x_≤t) / #scored, log p = z_target − (m + log s).
 // Constants: B, T, WG, GRID_X.
-@group(0) @binding(0) var<storage, read> target: array<u32>;
+@group(0) @binding(0) var<storage, read> targets: array<u32>;
 @group(0) @binding(1) var<storage, read> state: array<f32>;
 @group(0) @binding(2) var<storage, read_write> r: array<f32>;
 
@@ -16,7 +16,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   var n = 0u;
   for (var t = 0u; t < T; t++) {
     let row = b * T + t;
-    if (target[row] == 0xffffffffu) { continue; }
+    if (targets[row] == 0xffffffffu) { continue; }
     sum += state[3u * row + 2u] - (state[3u * row] + log(state[3u * row + 1u]));
     n++;
   }

@@ -1,12 +1,12 @@
 // One vocabulary chunk of the streamed log-softmax: folds a chunk of logits into each row's
 // running max, running sum of exponentials, and the logit of its target token.
 // Legend: R = token rows (B·T), C = chunk width, V = vocab.
-// logits is (R, C) = z[:, C0 .. C0+C), target is (R) u32 (0xffffffff: no target),
+// logits is (R, C) = z[:, C0 .. C0+C), targets is (R) u32 (0xffffffff: no target),
 // state is (R, 3) f32: (max m, sum s of e^(z−m), target logit). The full (R, V) logits never
 // exist: only one (R, C) chunk at a time. One invocation per row.
 // Constants: R, C, C0, FIRST (the first chunk initialises the state), WG, GRID_X.
 @group(0) @binding(0) var<storage, read> logits: array<f32>;
-@group(0) @binding(1) var<storage, read> target: array<u32>;
+@group(0) @binding(1) var<storage, read> targets: array<u32>;
 @group(0) @binding(2) var<storage, read_write> state: array<f32>;
 
 @compute @workgroup_size(WG)
@@ -32,7 +32,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
     cs += exp(logits[base + j] - mNew);
   }
   s = s * exp(m - mNew) + cs;
-  let t = target[r];
+  let t = targets[r];
   if (t != 0xffffffffu && t >= C0 && t < C0 + C) {
     tg = logits[base + (t - C0)];
   }

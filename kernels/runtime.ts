@@ -88,9 +88,9 @@ export class Gpu {
     device.lost.then((e) => {
       this.#lost = `${e.reason}: ${e.message}`;
     });
-    device.onuncapturederror = (ev: GPUUncapturedErrorEvent) => {
-      this.#uncaptured.push(ev.error.message);
-    };
+    device.addEventListener("uncapturederror", (ev) => {
+      this.#uncaptured.push((ev as GPUUncapturedErrorEvent).error.message);
+    });
   }
 
   /** Throws if the device was lost or an error escaped every scope. */
@@ -209,6 +209,9 @@ export class Gpu {
   async readMany(
     sources: { buffer: GPUBuffer; offset?: number; bytes: number }[],
   ): Promise<ArrayBuffer[]> {
+    // A shader that failed to compile shows up here as its own error, not as the invalid
+    // pipeline's knock-on errors.
+    await this.checkPipelines();
     const total = sources.reduce((s, x) => s + alignUp(x.bytes, 4), 0);
     const staging = this.device.createBuffer({
       label: "readback",

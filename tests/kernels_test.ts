@@ -1,0 +1,174 @@
+// Every non-matmul kernel against its float64 TypeScript reference, on fresh random inputs,
+// at ragged sizes, head_dim ≠ hidden/heads, GQA and MQA, and a sharded embedding table.
+import { assert, assertClose, randn, seeded } from "./helpers.ts";
+import { acquireGpu } from "../kernels/runtime.ts";
+import { submitSteps } from "../kernels/program.ts";
+import { createTensor } from "../kernels/tensor.ts";
+import { rmsnormReference, rmsnormStep } from "../kernels/rmsnorm.ts";
+import { qkNormRopeStep, ropeTables } from "../kernels/qk_norm_rope.ts";
+import { attentionReference, attentionStep } from "../kernels/attention.ts";
+import { swigluReference, swigluStep } from "../kernels/swiglu.ts";
+import { embeddingSteps } from "../kernels/embedding.ts";
+import {
+  logLikelihoodReference,
+  logLikelihoodStep,
+  logsumexpChunkStep,
+  NO_TARGET,
+  scoredTargets,
+} from "../kernels/log_likelihood.ts";
+
+const gpu = await acquireGpu({ shardBytes: 4096 });
+
+function buf(data: ArrayBufferView & { byteLength: number }, label = "t"): GPUBuffer {
+  const b = gpu.createBuffer(label, data.byteLength);
+  gpu.write(b, data);
+  return b;
+}
+
+Deno.test("rmsnorm matches the float64 reference on ragged rows", async () => {
+  const rng = seeded(1);
+  for (const [rows, dim] of [[37, 96], [1, 4], [130, 20]]) {
+    const x = randn(rng, rows * dim, 2), w = randn(rng, dim);
+    const y = gpu.createBuffer("y", rows * dim * 4);
+    submitSteps(gpu, [rmsnormStep(gpu, { label: "n", x: buf(x), w: buf(w), y, rows, dim, eps: 1e-6 })]);
+    await gpu.checkPipelines();
+    assertClose(await gpu.readF32(y, rows * dim), rmsnormReference(x, w, { rows, dim, eps: 1e-6 }), {
+      atol: 1e-5,
+      rtol: 1e-5,
+    });
+  }
+});
+
+function normRopeReference(
+  x: Float32Array,
+  w: Float32Array,
+  o: { rows: number; seqLen: number; heads: number; headDim: number; theta: number },
+): Float64Array {
+  const D = o.headDim, half = D / 2;
+  const out = new Float64Array(x.length);
+  for (let r = 0; r < o.rows; r++) {
+    const pos = r % o.seqLen;
+    for (let h = 0; h < o.heads; h++) {
+      const base = (r * o.heads + h) * D;
+      let ss = 0;
+      for (let j = 0; j < D; j++) ss += x[base + j] ** 2;
+      const inv = 1 / Math.sqrt(ss / D + 1e-6);
+      for (let j = 0; j < half; j++) {
+        // Independent of the kernel's f32-rounded tables: the angle straight in float64.
+        const ang = pos / Math.pow(o.theta, (2 * j) / D);
+        const a = w[j] * x[base + j] * inv, b = w[j + half] * x[base + j + half] * inv;
+        out[base + j] = a * Math.cos(ang) - b * Math.sin(ang);
+        out[base + j + half] = b * Math.cos(ang) + a * Math.sin(ang);
+      }
+    }
+  }
+  return out;
+}
+
+Deno.test("q/k norm + half-split RoPE matches the float64 reference", async () => {
+  const rng = seeded(2);
+  for (const [batch, seqLen, heads, headDim, theta] of [[2, 13, 3, 16, 10000], [1, 40, 2, 32, 1e6]]) {
+    const rows = batch * seqLen;
+    const x = randn(rng, rows * heads * headDim), w = randn(rng, headDim);
+    const t = ropeTables({ seqLen, headDim, theta });
+    const xb = buf(x);
+    submitSteps(gpu, [qkNormRopeStep(gpu, {
+      label: "rope",
+      x: xb,
+      w: buf(w),
+      cos: buf(t.cos),
+      sin: buf(t.sin),
+      rows,
+      seqLen,
+      heads,
+      headDim,
+      eps: 1e-6,
+    })]);
+    const want = normRopeReference(x, w, { rows, seqLen, heads, headDim, theta });
+    assertClose(await gpu.readF32(xb, x.length), want, { atol: 2e-5, rtol: 1e-5 });
+  }
+});
+
+Deno.test("attention: causal, key padding, GQA, MQA and MHA match the reference", async () => {
+  const rng = seeded(3);
+  const cases = [
+    { batch: 2, seqLen: 11, heads: 6, kvHeads: 2, headDim: 16 }, // GQA
+    { batch: 3, seqLen: 7, heads: 4, kvHeads: 1, headDim: 8 }, // MQA
+    { batch: 1, seqLen: 70, heads: 2, kvHeads: 2, headDim: 32 }, // MHA, more rows than a workgroup
+  ];
+  for (const s of cases) {
+    const rows = s.batch * s.seqLen;
+    const q = randn(rng, rows * s.heads * s.headDim);
+    const k = randn(rng, rows * s.kvHeads * s.headDim);
+    const v = randn(rng, rows * s.kvHeads * s.headDim);
+    const mask = new Uint32Array(rows).fill(1);
+    // Right-pad every row after the first by a different amount.
+    for (let b = 1; b < s.batch; b++) {
+      for (let t = s.seqLen - 2 * b; t < s.seqLen; t++) mask[b * s.seqLen + t] = 0;
+    }
+    const out = gpu.createBuffer("out", q.byteLength);
+    submitSteps(gpu, [attentionStep(gpu, { label: "attn", q: buf(q), k: buf(k), v: buf(v), mask: buf(mask), out, ...s })]);
+    assertClose(await gpu.readF32(out, q.length), attentionReference(q, k, v, { ...s, mask }), {
+      atol: 1e-5,
+      rtol: 1e-5,
+    });
+  }
+});
+
+Deno.test("swiglu matches the reference, including large negative gates", async () => {
+  const rng = seeded(4);
+  const g = randn(rng, 5 * 36, 4), u = randn(rng, 5 * 36);
+  g[0] = -200;
+  g[1] = 90;
+  const gb = buf(g);
+  submitSteps(gpu, [swigluStep(gpu, { label: "s", gate: gb, up: buf(u), rows: 5, width: 36 })]);
+  assertClose(await gpu.readF32(gb, g.length), swigluReference(g, u), { atol: 1e-5, rtol: 1e-5 });
+});
+
+Deno.test("embedding gather over a sharded table", async () => {
+  const rng = seeded(5);
+  const V = 150, H = 24;
+  const table = randn(rng, V * H);
+  const t = createTensor(gpu, "embed", [V, H], { data: table });
+  assert(t.shards.length >= 3, `expected ≥3 shards, got ${t.shards.length}`);
+  const ids = Uint32Array.from({ length: 29 }, () => Math.floor(rng() * V));
+  ids[0] = V - 1;
+  const x = gpu.createBuffer("x", ids.length * H * 4);
+  submitSteps(gpu, embeddingSteps(gpu, { label: "e", ids: buf(ids), table: t, x, rows: ids.length }));
+  const want = new Float64Array(ids.length * H);
+  ids.forEach((id, r) => want.set(table.subarray(id * H, id * H + H), r * H));
+  assertClose(await gpu.readF32(x, want.length), want, { atol: 0, rtol: 0 });
+});
+
+Deno.test("streamed log-likelihood over ragged vocab chunks equals the full log-softmax", async () => {
+  const rng = seeded(6);
+  const batch = 3, seqLen = 9, V = 103;
+  const rows = batch * seqLen;
+  const logits = randn(rng, rows * V, 3);
+  const ids = Array.from({ length: batch }, () => Array.from({ length: seqLen }, () => Math.floor(rng() * V)));
+  const mask = ids.map((r, b) => r.map((_, t) => (t < seqLen - 2 * b ? 1 : 0)));
+  const target = scoredTargets(ids, mask, seqLen);
+  assert(target[seqLen - 1] === NO_TARGET, "the last position has no target");
+  const targetB = buf(target), state = gpu.createBuffer("state", rows * 12), r = gpu.createBuffer("r", 16);
+  const steps = [];
+  const chunk = 40; // 40 + 40 + 23: the last chunk is ragged
+  for (let c0 = 0; c0 < V; c0 += chunk) {
+    const n = Math.min(chunk, V - c0);
+    const part = new Float32Array(rows * n);
+    for (let i = 0; i < rows; i++) part.set(logits.subarray(i * V + c0, i * V + c0 + n), i * n);
+    steps.push(logsumexpChunkStep(gpu, {
+      label: "lse",
+      logits: buf(part),
+      target: targetB,
+      state,
+      rows,
+      width: n,
+      start: c0,
+      first: c0 === 0,
+    }));
+  }
+  steps.push(logLikelihoodStep(gpu, { label: "ll", target: targetB, state, r, batch, seqLen }));
+  submitSteps(gpu, steps);
+  const want = logLikelihoodReference(logits, target, { batch, seqLen, vocab: V });
+  assertClose(await gpu.readF32(r, batch), want, { atol: 1e-5, rtol: 1e-5 });
+});
