@@ -50,16 +50,54 @@ fn philox4x32_10(counter: vec4u, key: vec2u) -> vec4u {
   return c;
 }
 
-// Box–Muller: two u32 words → two independent N(0,1) samples (r·cos φ, r·sin φ).
+// ln u for u ∈ (0, 1] with a small relative error everywhere. Near 1, log(u) loses relative
+// accuracy on common implementations (lavapipe computes log2 of the mantissa, ≈ 2 for u just
+// below 1, minus 1: an absolute error near 2^-24 against a result of ~1e-7), which made the
+// Box–Muller radius of a quarter of the normals drift from the TypeScript twin by up to 2e-5.
+// Above 0.75 use ln u = 2·atanh(s), s = (u − 1)/(u + 1), |s| < 1/7: the series to s^7 leaves a
+// relative error below s^8/9 < 1e-8, and u − 1 is exact.
+fn noise_log_unit(u: f32) -> f32 {
+  if (u <= 0.75) {
+    return log(u);
+  }
+  let s = (u - 1.0) / (u + 1.0);
+  let s2 = s * s;
+  return 2.0 * s * (1.0 + s2 * (1.0 / 3.0 + s2 * (0.2 + s2 * (1.0 / 7.0))));
+}
+
+// Box–Muller: two u32 words → two independent N(0,1) samples (r·cos πt, r·sin πt).
 // The radius word maps to u = (top24 + 1)·2^-24 ∈ (0, 1], never 0, so log(u) is finite and the
 // largest |z| is sqrt(2·24·ln 2) ≈ 5.77 (tails beyond 5.77σ, probability 8e-9, are cut).
-// The angle word maps to t = top24·2^-23 − 1 ∈ [−1, 1) exactly, then φ = π·t ∈ [−π, π): the
-// argument range where WGSL's sin/cos are specified to be accurate.
+// The angle word maps to t = top24·2^-23 − 1 ∈ [−1, 1) exactly; the angle is πt.
 fn noise_box_muller(a: u32, b: u32) -> vec2f {
   let u = f32((a >> 8u) + 1u) * NOISE_TWO_NEG_24;
-  let radius = sqrt(-2.0 * log(u));
-  let phi = NOISE_PI * (f32(b >> 8u) * NOISE_TWO_NEG_23 - 1.0);
-  return vec2f(radius * cos(phi), radius * sin(phi));
+  let radius = sqrt(-2.0 * noise_log_unit(u));
+  let t = f32(b >> 8u) * NOISE_TWO_NEG_23 - 1.0;
+  let sc = noise_sincospi(t);
+  return vec2f(radius * sc.y, radius * sc.x);
+}
+
+// (sin πt, cos πt) for t ∈ [−1, 1). Our own polynomial instead of WGSL sin/cos, because those
+// are only specified to 2^-11 absolute and, on lavapipe, cost more than the Philox rounds.
+// Reduce exactly: q = round(2t), r = t − q/2 ∈ [−1/4, 1/4] (both exact in f32), x = π·r; then
+// Taylor series on |x| ≤ π/4 (truncation below 3e-8 absolute) and a quarter-turn rotation by q.
+fn noise_sincospi(t: f32) -> vec2f {
+  let q = round(2.0 * t);
+  let x = NOISE_PI * (t - 0.5 * q);
+  let x2 = x * x;
+  let s = x * (1.0 + x2 * (-1.0 / 6.0 + x2 * (1.0 / 120.0 + x2 * (-1.0 / 5040.0 + x2 * (1.0 / 362880.0)))));
+  let c = 1.0 + x2 * (-0.5 + x2 * (1.0 / 24.0 + x2 * (-1.0 / 720.0 + x2 * (1.0 / 40320.0))));
+  // q ∈ {−2, −1, 0, 1, 2}; quarter turns mod 4: 0 → (s, c), 1 → (c, −s), 2 → (−s, −c), 3 → (−c, s).
+  let turn = u32(i32(q) + 4) & 3u;
+  var sc = vec2f(s, c);
+  if (turn == 1u) {
+    sc = vec2f(c, -s);
+  } else if (turn == 2u) {
+    sc = vec2f(-s, -c);
+  } else if (turn == 3u) {
+    sc = vec2f(-c, s);
+  }
+  return sc;
 }
 
 // The four normals of elements 4·block .. 4·block+3 of one tensor's noise, for one member of

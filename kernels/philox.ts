@@ -11,20 +11,22 @@
  *   key     = (seed lo32, seed hi32)
  *   counter = (floor(e/4), tensor, member, iteration)
  *   words   = Philox4x32-10(counter, key) = (w0, w1, w2, w3)
- *   ε[4b..4b+3] = (r·cos φ, r·sin φ) of (w0, w1), then of (w2, w3)
- * so ε is a pure function of (seed, iteration, member, tensor, element). Limits that follow:
- * a tensor may have up to 2^34 elements, and tensor ids, member (noise) indices and iterations
- * are u32.
+ *   ε[4b..4b+3] = (r·cos πt, r·sin πt) of (w0, w1), then of (w2, w3)
+ * so ε is a pure function of (seed, iteration, member, tensor, element). Tensor ids, member
+ * (noise) indices and iterations are u32; the GPU kernels index elements as u32, so a tensor
+ * has fewer than 2^32 elements (the counter itself would allow 2^34).
  *
  * Box–Muller maps (see {@link boxMuller}): u = (w≫8 + 1)·2^-24 ∈ (0, 1] for the radius, never 0
- * so log u is finite (|ε| ≤ 5.77); φ = π·((w≫8)·2^-23 − 1) ∈ [−π, π) for the angle.
+ * so log u is finite (|ε| ≤ 5.77); t = (w≫8)·2^-23 − 1 ∈ [−1, 1) for the angle πt.
  *
  * Twin tolerance. The u32 words are identical bit for bit between this file and the WGSL. So
- * are u and φ (every step is exact or one correctly rounded f32 multiply, mirrored here with
- * Math.fround). Only log, sqrt, cos and sin differ: TypeScript evaluates them in f64 and rounds
- * to f32, the GPU in its own f32. On lavapipe the normals agree within 2 ulp of f32 (absolute
- * ≤ 2e-6 at |ε| ≤ 5.77, see tests/philox_test.ts); WGSL only promises sin/cos to 2^-11 absolute,
- * so a GPU with coarse trig could differ more in the normals, never in the words.
+ * are u and the reduced angle (every step is exact or one correctly rounded f32 multiply,
+ * mirrored here with Math.fround). Only ln, sqrt, sin and cos differ: TypeScript evaluates them
+ * in f64 and rounds to f32; the GPU uses its own sqrt, its log below 0.75 and short series for
+ * ln near 1 and for sin/cos (noise_log_unit, noise_sincospi in the WGSL).
+ * Measured on lavapipe over 2^20 normals: at most 4 ulp apart, |Δε| ≤ 7.2e-7, and
+ * |Δε|/max(1, |ε|) ≤ 3.3e-7; tests/philox_test.ts holds it to 1e-6. WGSL only promises sin/cos to
+ * 2^-11 absolute, so a GPU with coarse trig may differ more in the normals, never in the words.
  *
  * @module
  */
@@ -95,18 +97,42 @@ export function philox4x32_10(
 }
 
 /**
- * Box–Muller (Box & Muller 1958): two u32 words → two N(0,1) samples (r·cos φ, r·sin φ) with
- * r = sqrt(−2 ln u), u = (a≫8 + 1)·2^-24 ∈ (0, 1] and φ = π·((b≫8)·2^-23 − 1) ∈ [−π, π).
- * Each step is rounded to f32 where the WGSL rounds, so only the transcendental functions differ.
+ * Box–Muller (Box & Muller 1958): two u32 words → two N(0,1) samples (r·cos πt, r·sin πt) with
+ * r = sqrt(−2 ln u), u = (a≫8 + 1)·2^-24 ∈ (0, 1] and t = (b≫8)·2^-23 − 1 ∈ [−1, 1).
+ * The angle is taken exactly as the WGSL takes it: q = round-half-even(2t) quarter turns plus
+ * x = f32(π_f32·(t − q/2)), |x| ≤ π/4 (t − q/2 is exact). Every rounding the WGSL makes outside
+ * ln, sqrt, sin and cos is mirrored with Math.fround, so only those four differ.
  */
 export function boxMuller(a: number, b: number): [number, number] {
   const u = ((a >>> 8) + 1) * TWO_NEG_24; // exact in f32: an integer ≤ 2^24 times a power of 2
   const radius = Math.fround(Math.sqrt(Math.fround(-2 * Math.fround(Math.log(u)))));
-  const phi = Math.fround(PI_F32 * ((b >>> 8) * TWO_NEG_23 - 1)); // one f32 rounding, as on GPU
-  return [
-    Math.fround(radius * Math.fround(Math.cos(phi))),
-    Math.fround(radius * Math.fround(Math.sin(phi))),
-  ];
+  const [sin, cos] = sinCosPi((b >>> 8) * TWO_NEG_23 - 1);
+  return [Math.fround(radius * cos), Math.fround(radius * sin)];
+}
+
+/** (sin πt, cos πt) rounded to f32, reduced to quarter turns as noise_sincospi in the WGSL. */
+function sinCosPi(t: number): [number, number] {
+  const q = roundHalfEven(2 * t);
+  const x = Math.fround(PI_F32 * (t - q / 2)); // one correctly rounded f32 multiply, as on GPU
+  const s = Math.fround(Math.sin(x)), c = Math.fround(Math.cos(x));
+  switch ((q + 4) & 3) {
+    case 1:
+      return [c, -s];
+    case 2:
+      return [-s, -c];
+    case 3:
+      return [-c, s];
+    default:
+      return [s, c];
+  }
+}
+
+/** WGSL round(): to the nearest integer, ties to even. */
+function roundHalfEven(v: number): number {
+  const f = Math.floor(v), d = v - f;
+  if (d > 0.5) return f + 1;
+  if (d < 0.5) return f;
+  return f % 2 === 0 ? f : f + 1;
 }
 
 /** Which noise stream: (seed, iteration, member, tensor) of the module doc's counter layout. */

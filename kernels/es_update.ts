@@ -1,0 +1,323 @@
+/**
+ * The two ES kernels that touch θ: `perturb` (θ' = θ + σ·m_g·ε_j into a scratch tensor) and
+ * `es_update` (θ += m_g·Σ_i d_i ε_i, the noise regenerated on the GPU). EA4LLM §3; the noise and
+ * its counter layout are kernels/philox.ts and kernels/noise.wgsl.
+ *
+ * Bindings and shapes (see the .wgsl files for the per-element view):
+ *   perturb   (noise_perturb.wgsl)  0 shard table record, 1 perturb params record,
+ *                                   2 θ shard (read), 3 out shard (write)
+ *   es_update (es_update.wgsl)      0 shard table record, 1 update params (header + d_i),
+ *                                   2 θ shard (read-write) [, 3 injected ε, test mode only]
+ * One step per shard. Kernels address elements as u32, so a tensor has fewer than 2^32 of them.
+ *
+ * Nothing that changes per member or per iteration is compiled in: one pipeline serves all
+ * tensors, members and iterations, and the CPU only writes small buffers with
+ * queue.writeBuffer, which is ordered with submits and needs no round trip.
+ *
+ * - Shard table ({@link createShardTable}): one record per shard of a tensor (start element
+ *   rowStart·rowSize, count, tensor id, numel, group multiplier m_g), written once at build time.
+ * - Perturb params: an array of records at {@link paramStride} bytes (32, rounded up to the
+ *   adapter's minStorageBufferOffsetAlignment), one per member slot. {@link perturbSteps} binds
+ *   record `paramIndex`. Build one step list per slot (typically slot = member j, with
+ *   record j = {member: noiseMember(j).index, scale: noiseMember(j).sign·σ_t}); then a whole
+ *   iteration's population, or several iterations' (slots = N·iterations), runs from one
+ *   writeBuffer and one submit. A buffer of maxBufferSize holds tens of millions of slots; the
+ *   real limit is how many steps one wants to encode. Reusing one slot also works across
+ *   submits: write, submit, write, submit, still without waiting.
+ * - Update params: words [seed lo, seed hi, iteration, n, d_0 … d_{n−1} as f32], one buffer per
+ *   update ({@link encodeUpdateParams}). d_i is per noise index: pipeline/es.ts
+ *   noiseCoefficients folds antithetic members (d_i = c_i − c_{i+K}), so the kernel regenerates
+ *   K noises, not 2K. m_g is not in d_i: the shard table applies it per tensor.
+ *
+ * @module
+ */
+import { alignUp, type Gpu, GpuError, STORAGE } from "./runtime.ts";
+import { type GpuTensor, numel } from "./tensor.ts";
+import { makeStep, type Step, wgslConsts, wgslSource } from "./program.ts";
+import { noiseWgsl, type Seed, seedKey } from "./philox.ts";
+
+/** Invocations per workgroup: lavapipe's subgroup is 8, and 64 matched the other elementwise kernels. */
+const WG = 64;
+/** Bytes of a shard-table or perturb-params record before alignment padding. */
+const RECORD_BYTES = 32;
+
+const PERTURB_SOURCE = wgslSource(new URL("./noise_perturb.wgsl", import.meta.url));
+const UPDATE_SOURCE = wgslSource(new URL("./es_update.wgsl", import.meta.url));
+
+/** es_update's noise source in training: regenerate ε_i of this shard's tensor. */
+const EPS_REGENERATED = `
+fn eps4(i: u32, block: u32) -> vec4f {
+  return noise4(update.key, update.iteration, i, shard.tensor, block);
+}
+`;
+
+/**
+ * es_update's noise source in tests: ε_i read from a buffer shaped [n, numel] (row i is noise i
+ * over the whole tensor), so known-answer fixtures can drive the same accumulation.
+ */
+const EPS_INJECTED = `
+@group(0) @binding(3) var<storage, read> injected: array<f32>;
+fn eps4(i: u32, block: u32) -> vec4f {
+  var v = vec4f(0.0);
+  for (var k = 0u; k < 4u; k++) {
+    let e = block * 4u + k;
+    if (e < shard.numel) {
+      v[k] = injected[i * shard.numel + e];
+    }
+  }
+  return v;
+}
+`;
+
+/** Per-shard records of one tensor on the device. */
+export interface ShardTable {
+  buffer: GPUBuffer;
+  /** Bytes between records (a valid storage binding offset alignment). */
+  stride: number;
+  tensorId: number;
+  multiplier: number;
+  /** Shards the table describes, in the tensor's order. */
+  shards: number;
+}
+
+/** Bytes between records of a shard table or a perturb-params buffer on this device. */
+export function paramStride(gpu: Gpu): number {
+  return alignUp(RECORD_BYTES, gpu.limits.minStorageBufferOffsetAlignment);
+}
+
+/**
+ * Writes the shard table of `tensor`: record k = (rowStart·rowSize, rows·rowSize, tensorId,
+ * numel, multiplier). `tensorId` is the Philox counter word that tells tensors' noise apart.
+ */
+export function createShardTable(
+  gpu: Gpu,
+  tensor: GpuTensor,
+  options: { tensorId: number; multiplier?: number },
+): ShardTable {
+  const total = numel(tensor.shape);
+  if (total >= 2 ** 32) throw new GpuError(`tensor ${tensor.name}: ${total} elements ≥ 2^32`);
+  checkU32("tensorId", options.tensorId);
+  const stride = paramStride(gpu);
+  const words = new Uint32Array((stride / 4) * tensor.shards.length);
+  const f32 = new Float32Array(words.buffer);
+  tensor.shards.forEach((s, k) => {
+    const at = (k * stride) / 4;
+    words[at] = s.rowStart * tensor.rowSize;
+    words[at + 1] = s.rows * tensor.rowSize;
+    words[at + 2] = options.tensorId;
+    words[at + 3] = total;
+    f32[at + 4] = options.multiplier ?? 1;
+  });
+  const buffer = gpu.createBuffer(`${tensor.name}.shards`, words.byteLength);
+  gpu.write(buffer, words);
+  return {
+    buffer,
+    stride,
+    tensorId: options.tensorId,
+    multiplier: options.multiplier ?? 1,
+    shards: tensor.shards.length,
+  };
+}
+
+/** One perturb-params record: which noise, and its signed scale. */
+export interface PerturbRecord {
+  seed: Seed;
+  iteration: number;
+  /** Noise index (pipeline/es.ts noiseMember(j).index). */
+  member: number;
+  /** noiseMember(j).sign · σ_t. */
+  scale: number;
+}
+
+/** Packs perturb-params records at `stride` bytes, ready for one gpu.write. */
+export function encodePerturbParams(
+  records: readonly PerturbRecord[],
+  stride: number,
+): Uint32Array {
+  const words = new Uint32Array((stride / 4) * Math.max(1, records.length));
+  const f32 = new Float32Array(words.buffer);
+  records.forEach((r, k) => {
+    const at = (k * stride) / 4;
+    const [lo, hi] = seedKey(r.seed);
+    checkU32("iteration", r.iteration);
+    checkU32("member", r.member);
+    words[at] = lo;
+    words[at + 1] = hi;
+    words[at + 2] = r.iteration;
+    words[at + 3] = r.member;
+    f32[at + 4] = r.scale;
+  });
+  return words;
+}
+
+/**
+ * Packs update params: [seed lo, seed hi, iteration, n, d_0 … d_{n−1}] with d_i in f32 (d from
+ * pipeline/es.ts noiseCoefficients(updateCoefficients(w, …), antithetic)).
+ */
+export function encodeUpdateParams(
+  options: { seed: Seed; iteration: number; coefficients: ArrayLike<number> },
+): Uint32Array {
+  const n = options.coefficients.length;
+  const words = new Uint32Array(4 + n);
+  const [lo, hi] = seedKey(options.seed);
+  checkU32("iteration", options.iteration);
+  words[0] = lo;
+  words[1] = hi;
+  words[2] = options.iteration;
+  words[3] = n;
+  new Float32Array(words.buffer, 16, n).set(Array.from(options.coefficients));
+  return words;
+}
+
+/** Steps over every shard of one tensor, plus the shard table they bind (caller frees it). */
+export interface EsSteps {
+  steps: Step[];
+  table: ShardTable;
+}
+
+/** Options of {@link perturbSteps}. */
+export interface PerturbOptions {
+  /** The parameters, read only. */
+  theta: GpuTensor;
+  /** Scratch tensor with θ's shape and sharding: receives θ + scale·m_g·ε. */
+  out: GpuTensor;
+  /** Perturb-params buffer ({@link encodePerturbParams}). */
+  params: GPUBuffer;
+  /** Record of `params` this step list reads (the member slot). */
+  paramIndex: number;
+  /** Shard table of θ; made from tensorId/multiplier when absent (then returned for reuse). */
+  table?: ShardTable;
+  tensorId?: number;
+  multiplier?: number;
+}
+
+/**
+ * Steps that write out = θ + scale·m_g·ε(seed, iteration, member, tensorId) for every shard of θ,
+ * with (seed, iteration, member, scale) read from record `paramIndex` of `params` when the
+ * steps run, so the same steps serve every iteration.
+ */
+export function perturbSteps(gpu: Gpu, options: PerturbOptions): EsSteps {
+  const { theta, out } = options;
+  const sameSharding = theta.shards.length === out.shards.length &&
+    theta.rowSize === out.rowSize &&
+    theta.shards.every((s, k) =>
+      s.rowStart === out.shards[k].rowStart && s.rows === out.shards[k].rows
+    );
+  if (!sameSharding) {
+    throw new GpuError(`perturb: ${out.name} is not sharded like ${theta.name}`);
+  }
+  const table = options.table ?? tableFor(gpu, theta, options);
+  const stride = paramStride(gpu);
+  const pipeline = gpu.pipeline(
+    "perturb",
+    wgslConsts({ WG }) + noiseWgsl + PERTURB_SOURCE,
+  );
+  const steps = theta.shards.map((s, k) =>
+    makeStep(gpu, {
+      label: `perturb.${theta.name}${
+        theta.shards.length > 1 ? `#${k}` : ""
+      }.slot${options.paramIndex}`,
+      kernel: "perturb",
+      pipeline,
+      buffers: [
+        { buffer: table.buffer, offset: k * table.stride, size: RECORD_BYTES },
+        { buffer: options.params, offset: options.paramIndex * stride, size: RECORD_BYTES },
+        s.buffer,
+        out.shards[k].buffer,
+      ],
+      workgroups: grid(blocksOf(s.rowStart * theta.rowSize, s.rows * theta.rowSize)),
+    })
+  );
+  return { steps, table };
+}
+
+/** Options of {@link esUpdateSteps}. */
+export interface EsUpdateOptions {
+  /** The parameters, updated in place. */
+  theta: GpuTensor;
+  /** Update-params buffer ({@link encodeUpdateParams}): header and per-noise coefficients. */
+  coeffs: GPUBuffer;
+  /** Shard table of θ; made from tensorId/multiplier when absent (then returned for reuse). */
+  table?: ShardTable;
+  tensorId?: number;
+  multiplier?: number;
+  /**
+   * Test mode: read ε from this buffer, shaped [n, numel(θ)] f32, instead of regenerating it.
+   * Same kernel body, a different `eps4` compiled in.
+   */
+  injectedNoise?: GPUBuffer;
+}
+
+/**
+ * Steps that apply θ += m_g·Σ_i d_i·ε_i to every shard of θ: one pass over θ, the noise
+ * regenerated on the GPU (or injected in test mode), the sum kept in f32 before it touches θ.
+ */
+export function esUpdateSteps(gpu: Gpu, options: EsUpdateOptions): EsSteps {
+  const { theta } = options;
+  const table = options.table ?? tableFor(gpu, theta, options);
+  const injected = options.injectedNoise !== undefined;
+  const pipeline = gpu.pipeline(
+    injected ? "es_update_injected" : "es_update",
+    wgslConsts({ WG }) + (injected ? EPS_INJECTED : noiseWgsl + EPS_REGENERATED) + UPDATE_SOURCE,
+  );
+  const steps = theta.shards.map((s, k) =>
+    makeStep(gpu, {
+      label: `es_update.${theta.name}${theta.shards.length > 1 ? `#${k}` : ""}`,
+      kernel: "es_update",
+      pipeline,
+      buffers: [
+        { buffer: table.buffer, offset: k * table.stride, size: RECORD_BYTES },
+        options.coeffs,
+        s.buffer,
+        ...(injected ? [options.injectedNoise!] : []),
+      ],
+      workgroups: grid(blocksOf(s.rowStart * theta.rowSize, s.rows * theta.rowSize)),
+    })
+  );
+  return { steps, table };
+}
+
+/** Allocates an update-params buffer for up to `noises` coefficients (write it each update). */
+export function createUpdateParams(
+  gpu: Gpu,
+  noises: number,
+  label = "es_update.params",
+): GPUBuffer {
+  return gpu.createBuffer(label, 16 + 4 * Math.max(1, noises), STORAGE);
+}
+
+function tableFor(
+  gpu: Gpu,
+  theta: GpuTensor,
+  options: { tensorId?: number; multiplier?: number },
+): ShardTable {
+  if (options.tensorId === undefined) {
+    throw new GpuError(`${theta.name}: pass a shard table or a tensorId`);
+  }
+  return createShardTable(gpu, theta, {
+    tensorId: options.tensorId,
+    multiplier: options.multiplier,
+  });
+}
+
+/** Aligned 4-element blocks that touch elements [start, start + count). */
+function blocksOf(start: number, count: number): number {
+  if (count === 0) return 0;
+  return Math.floor((start + count - 1) / 4) - Math.floor(start / 4) + 1;
+}
+
+/** A 2-D grid of WG-wide workgroups covering `invocations` (the kernels linearise y·X + x). */
+function grid(invocations: number): [number, number, number] {
+  const groups = Math.ceil(invocations / WG);
+  if (groups === 0) return [0, 1, 1];
+  // Balance the rows so the last one is nearly full: idle workgroups still cost dispatch time.
+  const y = Math.ceil(groups / 65535);
+  const x = Math.ceil(groups / y);
+  return [x, y, 1];
+}
+
+function checkU32(name: string, v: number): void {
+  if (!Number.isInteger(v) || v < 0 || v > 0xFFFFFFFF) {
+    throw new RangeError(`${name} ${v} must be a u32`);
+  }
+}

@@ -1,0 +1,56 @@
+// es_update: θ += m · Σ_i d_i · ε_i over one shard of a tensor, the noise regenerated here
+// (EA4LLM §3: θ ← θ + α·(1/N)Σ_j w_j ε_j, or α/σ with NES; d_i folds the CPU's α_t·w_j/N).
+//
+// Shapes. n = distinct noises (N, or N/2 with antithetic pairs folded on the CPU). theta is one
+// shard, `count` f32, holding elements [start, start + count) of a tensor of `numel`; coeffs
+// are n f32. One invocation owns the aligned block of four elements 4·b..4·b+3 and walks all
+// n noises for it, so θ is read and written once and each Philox call yields four normals.
+//
+// `eps4(i, block)` is the noise source, prepended by the wrapper at compile time: noise4 of
+// (seed, iteration, i, tensor, block) in training, or ε read from a buffer in tests, so both
+// run this same accumulation.
+
+struct Shard {
+  start: u32,       // first element of this shard in the whole tensor (rowStart·rowSize)
+  count: u32,       // elements in this shard
+  tensor: u32,      // tensor id: the Philox counter's second word
+  numel: u32,       // elements in the whole tensor
+  multiplier: f32,  // group multiplier m_g of this tensor
+}
+
+struct Update {
+  key: vec2u,           // run seed (lo32, hi32)
+  iteration: u32,
+  count: u32,           // n, the number of noises
+  coeffs: array<f32>,   // d_i, per noise index
+}
+
+@group(0) @binding(0) var<storage, read> shard: Shard;
+@group(0) @binding(1) var<storage, read> update: Update;
+@group(0) @binding(2) var<storage, read_write> theta: array<f32>;
+
+@compute @workgroup_size(WG)
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) groups: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let block = (shard.start >> 2u) + (wid.y * groups.x + wid.x) * WG + lid;
+  let end = shard.start + shard.count;
+  if (block * 4u >= end) {
+    return;
+  }
+  // The sum stays in f32 registers and touches θ once: adding each member's term to θ in turn
+  // would round N times against θ's magnitude instead of once.
+  var acc = vec4f(0.0);
+  for (var i = 0u; i < update.count; i++) {
+    acc += update.coeffs[i] * eps4(i, block);
+  }
+  acc *= shard.multiplier;
+  for (var k = 0u; k < 4u; k++) {
+    let e = block * 4u + k;
+    if (e >= shard.start && e < end) {
+      theta[e - shard.start] += acc[k];
+    }
+  }
+}

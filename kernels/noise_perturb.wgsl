@@ -1,0 +1,52 @@
+// perturb: the perturbed copy of one shard of a tensor, θ' = θ + s·m·ε (EA4LLM §3: θ + σ·ε_j).
+//
+// Shapes. A tensor of `numel` f32 elements is stored as row shards; this dispatch covers one
+// shard, elements [start, start + count) of the whole tensor. theta and out are that shard,
+// `count` f32 each, local index e − start. One invocation owns the aligned block of four
+// elements 4·b..4·b+3 (b counts from floor(start/4)), so each Philox call yields all four normals
+// it produces; blocks that straddle the shard's ends skip the elements outside it.
+//
+// Everything that changes per member or per iteration (seed, iteration, noise index, scale)
+// is read from `params`, so one compiled pipeline serves every member of every tensor.
+
+struct Shard {
+  start: u32,       // first element of this shard in the whole tensor (rowStart·rowSize)
+  count: u32,       // elements in this shard
+  tensor: u32,      // tensor id: the Philox counter's second word
+  numel: u32,       // elements in the whole tensor
+  multiplier: f32,  // group multiplier m_g of this tensor
+}
+
+struct Perturb {
+  key: vec2u,       // run seed (lo32, hi32)
+  iteration: u32,
+  member: u32,      // noise index (antithetic member j ≥ K uses j − K, with a negative scale)
+  scale: f32,       // ±σ_t
+}
+
+@group(0) @binding(0) var<storage, read> shard: Shard;
+@group(0) @binding(1) var<storage, read> params: Perturb;
+@group(0) @binding(2) var<storage, read> theta: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(WG)
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) groups: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  // A 128 MiB shard has 8M blocks, more than 65535 workgroups of 64: the grid is 2-D.
+  let block = (shard.start >> 2u) + (wid.y * groups.x + wid.x) * WG + lid;
+  let end = shard.start + shard.count;
+  if (block * 4u >= end) {
+    return;
+  }
+  let eps = noise4(params.key, params.iteration, params.member, shard.tensor, block);
+  let s = params.scale * shard.multiplier;
+  for (var k = 0u; k < 4u; k++) {
+    let e = block * 4u + k;
+    if (e >= shard.start && e < end) {
+      out[e - shard.start] = theta[e - shard.start] + s * eps[k];
+    }
+  }
+}
