@@ -142,15 +142,15 @@ const PRESETS: Readonly<Record<string, Qwen3Config>> = {
   }),
   // CPU sizes, byte-level. tiny: ~0.8M parameters.
   "tiny": TINY,
-  // micro: GQA and a tied head in ~0.1M parameters. head_dim equals hidden/heads here (as in
-  // tiny); the fixture tests/fixtures/qwen3-tiny-tied-f32 is the case where they differ.
+  // micro: GQA, a tied head, and head_dim 32 ≠ hidden/heads (16), as Qwen3-0.6B has, in
+  // ~0.1M parameters: the smallest model that exercises every shape rule.
   "micro": tinySize({
     hidden: 64,
     intermediate: 128,
     layers: 2,
     heads: 4,
     kvHeads: 2,
-    headDim: 16,
+    headDim: 32,
   }),
   // tiny with the real Qwen3 vocabulary: exercises the sharded, vocab-chunked LM head.
   "tiny-qwen3vocab": {

@@ -205,7 +205,7 @@ Deno.test("openCheckpoint errors: weights that don't match config.json", async (
     const config = getPreset("micro");
     const tensors = [...randomInit(config, { seed: 2 })];
 
-    // config.json says 4 kv heads: k_proj should be [64, 64], the file has [32, 64].
+    // config.json says 4 kv heads: k_proj should be [128, 64], the file has [64, 64].
     await writeDir(`${root}/shape`, config, tensors);
     await Deno.writeTextFile(
       `${root}/shape/config.json`,
@@ -215,8 +215,8 @@ Deno.test("openCheckpoint errors: weights that don't match config.json", async (
       () => openCheckpoint(`${root}/shape`),
       `${root}/shape/model.safetensors`,
       "model.layers.0.self_attn.k_proj.weight",
-      "[32, 64]",
       "[64, 64]",
+      "[128, 64]",
     );
 
     // Untied config, no lm_head in the file.

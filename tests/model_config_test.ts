@@ -305,7 +305,7 @@ Deno.test("presets: the paper's table rows and the tiny sizes", () => {
   }
   assert.deepEqual(row("tiny"), [4, 128, 4, 2, 32, 384, 1024, true, 256]);
   assert.equal(getPreset("tiny").ropeTheta, 10000);
-  assert.deepEqual(row("micro"), [2, 64, 4, 2, 16, 128, 1024, true, 256]);
+  assert.deepEqual(row("micro"), [2, 64, 4, 2, 32, 128, 1024, true, 256]);
   assert.deepEqual(row("tiny-qwen3vocab"), [4, 128, 4, 2, 32, 384, 1024, true, 151936]);
 });
 
@@ -337,7 +337,7 @@ Deno.test("presets: parameter counts are what the table implies", () => {
   assert.equal(paramCount({ ...micro, tieWordEmbeddings: false }) - paramCount(micro), 256 * 64);
   assert.equal(
     paramCount({ ...micro, attentionBias: true }) - paramCount(micro),
-    2 * (64 + 2 * 32 + 64),
+    2 * (4 * 32 + 2 * 2 * 32 + 64),
   );
 });
 
