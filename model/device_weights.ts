@@ -1,0 +1,45 @@
+/**
+ * Weights on the device: upload a stream of tensors (a checkpoint read lazily, or a random init)
+ * into sharded {@link GpuTensor}s, and read them back for saving.
+ *
+ * @module
+ */
+import type { Gpu } from "../kernels/runtime.ts";
+import { createTensor, type GpuTensor, readTensor } from "../kernels/tensor.ts";
+import type { TensorData, TensorStream } from "./safetensors.ts";
+import type { Checkpoint } from "./checkpoint.ts";
+
+/** Weights on the device by HF tensor name. */
+export type DeviceWeights = Map<string, GpuTensor>;
+
+/**
+ * Uploads each tensor of `tensors` as it arrives, so only one tensor is ever held in host memory
+ * on top of what the stream itself holds.
+ */
+export async function uploadWeights(gpu: Gpu, tensors: TensorStream): Promise<DeviceWeights> {
+  const out: DeviceWeights = new Map();
+  for await (const t of tensors) {
+    out.set(t.name, createTensor(gpu, t.name, [...t.shape], { data: t.data }));
+  }
+  return out;
+}
+
+/** Reads device weights back one tensor at a time, in the order given. */
+export async function* downloadWeights(
+  gpu: Gpu,
+  weights: DeviceWeights,
+  names: Iterable<string> = weights.keys(),
+): AsyncGenerator<TensorData> {
+  for (const name of names) {
+    const t = weights.get(name);
+    if (!t) throw new Error(`weight ${name} is not on the device`);
+    yield { name, shape: t.shape, data: await readTensor(gpu, t) };
+  }
+}
+
+/** A checkpoint's tensors read lazily, one at a time, in name order. */
+export async function* checkpointTensors(ckpt: Checkpoint): AsyncGenerator<TensorData> {
+  for (const [name, entry] of ckpt.tensors) {
+    yield { name, shape: entry.shape, data: await ckpt.read(name) };
+  }
+}

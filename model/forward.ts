@@ -1,0 +1,423 @@
+/**
+ * The Qwen3 forward pass in WGSL, exactly as HF transformers computes it, ending in the paper's
+ * log-likelihood fitness. The forward is built once per (batch, seqLen) as a flat list of
+ * {@link Step}s over fixed buffers, then encoded and submitted whole: one submit, one readback.
+ *
+ * Legend: B = batch, T = tokens per sample, R = B·T rows, H = hidden, NH = heads, NKV = kv heads,
+ * D = head_dim, I = intermediate, V = vocab, C = vocab chunk.
+ *
+ * Per layer (pre-norm):
+ *   xn = rmsnorm(x, input_layernorm)
+ *   q, k, v = xn·Wqᵀ (+bq), xn·Wkᵀ (+bk), xn·Wvᵀ (+bv)
+ *   q, k = rope(q_norm(q)), rope(k_norm(k))          per head, half-split
+ *   a = attention(q, k, v; causal, key padding, GQA)
+ *   x += a·Woᵀ (+bo)                                  residual fused into the matmul
+ *   xn = rmsnorm(x, post_attention_layernorm)
+ *   g, u = xn·Wgᵀ, xn·Wuᵀ;  g = silu(g)·u
+ *   x += g·Wdᵀ
+ * then xn = rmsnorm(x, norm) and, per vocab chunk, logits = xn·W_headᵀ folded into an online
+ * log-sum-exp; finally R_b = mean over scored targets of log p(target).
+ *
+ * @module
+ */
+import type { Qwen3Config } from "./config.ts";
+import { Gpu, GpuError } from "../kernels/runtime.ts";
+import type { GpuTensor } from "../kernels/tensor.ts";
+import { finish, type Step, submitSteps } from "../kernels/program.ts";
+import { linearSteps, matmulStep } from "../kernels/matmul.ts";
+import { rmsnormStep } from "../kernels/rmsnorm.ts";
+import { qkNormRopeStep, ropeTables } from "../kernels/qk_norm_rope.ts";
+import { attentionStep } from "../kernels/attention.ts";
+import { swigluStep } from "../kernels/swiglu.ts";
+import { embeddingSteps } from "../kernels/embedding.ts";
+import { logLikelihoodStep, logsumexpChunkStep, scoredTargets } from "../kernels/log_likelihood.ts";
+import { UserError } from "../pipeline/errors.ts";
+import type { DeviceWeights } from "./device_weights.ts";
+
+/** A right-padded batch of token ids, as HF's tokenizer output (and tests' tokens.json). */
+export interface TokenBatch {
+  inputIds: number[][];
+  attentionMask: number[][];
+}
+
+/** Options for {@link Qwen3Forward}. */
+export interface ForwardOptions {
+  /** Most samples per call. */
+  maxBatch: number;
+  /** Most tokens per sample. */
+  maxSeqLen: number;
+  /** Vocab columns per LM-head chunk; default the largest of ≤ 8192 that fits the binding limit. */
+  vocabChunk?: number;
+  /**
+   * Keep a full (R, V) logits buffer for {@link Qwen3Forward.logits}. For tests and debugging
+   * only: this is exactly the buffer the streamed fitness avoids.
+   */
+  debugLogits?: boolean;
+}
+
+/** The result of scoring a batch. */
+export interface ScoreResult {
+  /** R(x;θ) of each sample. */
+  perSample: number[];
+  /** Scored target tokens in the batch. */
+  tokens: number;
+}
+
+/** Source of the tensor bound at each weight read; the ES stages substitute perturbed copies. */
+export type WeightLookup = (name: string) => GpuTensor;
+
+/** Validates a batch against a config; every fault is a one-line {@link UserError}. */
+export function validateBatch(
+  batch: TokenBatch,
+  o: { vocabSize: number; maxSeqLen: number; source?: string },
+): void {
+  const src = o.source ? `${o.source}: ` : "";
+  const { inputIds: ids, attentionMask: mask } = batch;
+  if (!Array.isArray(ids) || ids.length === 0) throw new UserError(`${src}input_ids is empty`);
+  if (!Array.isArray(mask) || mask.length !== ids.length) {
+    throw new UserError(
+      `${src}input_ids has ${ids.length} rows but attention_mask has ${mask?.length ?? 0}`,
+    );
+  }
+  ids.forEach((row, b) => {
+    if (!Array.isArray(row) || !Array.isArray(mask[b]) || row.length !== mask[b].length) {
+      throw new UserError(
+        `${src}row ${b}: input_ids and attention_mask have different lengths ` +
+          `(${row?.length} and ${mask[b]?.length}); they must match`,
+      );
+    }
+    if (row.length > o.maxSeqLen) {
+      throw new UserError(`${src}row ${b} has ${row.length} tokens, more than max length ${o.maxSeqLen}`);
+    }
+    row.forEach((id, t) => {
+      if (!Number.isInteger(id) || id < 0 || id >= o.vocabSize) {
+        throw new UserError(
+          `${src}row ${b}, position ${t}: token id ${id} is outside the model's vocabulary ` +
+            `[0, ${o.vocabSize}); use the tokenizer the model was trained with`,
+        );
+      }
+      const m = mask[b][t];
+      if (m !== 0 && m !== 1) {
+        throw new UserError(`${src}row ${b}, position ${t}: attention_mask value ${m} must be 0 or 1`);
+      }
+    });
+  });
+}
+
+/**
+ * A Qwen3 forward + fitness over fixed device buffers sized for (maxBatch, maxSeqLen).
+ * Steps are built lazily per (batch, seqLen) and cached.
+ */
+export class Qwen3Forward {
+  readonly gpu: Gpu;
+  readonly config: Qwen3Config;
+  readonly options: Required<ForwardOptions>;
+  readonly vocabChunk: number;
+  #weights: WeightLookup;
+  #buf: Record<string, GPUBuffer> = {};
+  #steps = new Map<string, Step[]>();
+  #ropeFor = -1;
+
+  constructor(gpu: Gpu, config: Qwen3Config, weights: DeviceWeights | WeightLookup, options: ForwardOptions) {
+    this.gpu = gpu;
+    this.config = config;
+    this.#weights = typeof weights === "function" ? weights : (name) => {
+      const t = weights.get(name);
+      if (!t) throw new GpuError(`weight ${name} is not on the device`);
+      return t;
+    };
+    const c = config;
+    const rows = options.maxBatch * options.maxSeqLen;
+    // Activations are whole buffers: they answer to the adapter's real binding limit, not to the
+    // (possibly smaller, forced) weight shard size.
+    const binding = gpu.limits.maxStorageBufferBindingSize;
+    const fit = Math.floor(binding / (rows * 4));
+    const chunk = Math.min(options.vocabChunk ?? 8192, c.vocabSize, fit);
+    if (chunk < 1) {
+      throw new UserError(
+        `a batch of ${options.maxBatch}×${options.maxSeqLen} tokens is too large for one LM-head chunk ` +
+          `on ${gpu.adapterName}; lower the micro-batch or max length`,
+      );
+    }
+    this.vocabChunk = chunk;
+    this.options = {
+      vocabChunk: chunk,
+      debugLogits: options.debugLogits ?? false,
+      maxBatch: options.maxBatch,
+      maxSeqLen: options.maxSeqLen,
+    };
+    const H = c.hiddenSize, D = c.headDim, I = c.intermediateSize;
+    const sizes: Record<string, number> = {
+      ids: rows * 4,
+      mask: rows * 4,
+      target: rows * 4,
+      x: rows * H * 4,
+      xn: rows * H * 4,
+      q: rows * c.numHeads * D * 4,
+      k: rows * c.numKvHeads * D * 4,
+      v: rows * c.numKvHeads * D * 4,
+      attn: rows * c.numHeads * D * 4,
+      gate: rows * I * 4,
+      up: rows * I * 4,
+      logits: rows * chunk * 4,
+      state: rows * 3 * 4,
+      r: options.maxBatch * 4,
+      cos: options.maxSeqLen * (D / 2) * 4,
+      sin: options.maxSeqLen * (D / 2) * 4,
+    };
+    if (this.options.debugLogits) sizes.fullLogits = rows * c.vocabSize * 4;
+    for (const [name, bytes] of Object.entries(sizes)) {
+      if (bytes > binding) {
+        throw new UserError(
+          `activation ${name} needs ${bytes} bytes for ${options.maxBatch}×${options.maxSeqLen} tokens, ` +
+            `over the ${binding}-byte binding limit of ${gpu.adapterName}; lower the micro-batch or max length`,
+        );
+      }
+      this.#buf[name] = gpu.createBuffer(`act.${name}`, bytes);
+    }
+  }
+
+  /** Bytes of activation workspace this forward allocated. */
+  get workspaceBytes(): number {
+    return Object.values(this.#buf).reduce((a, b) => a + b.size, 0);
+  }
+
+  /** The device buffer of an activation, by name (x, xn, q, k, v, attn, gate, up, r, …). */
+  buffer(name: string): GPUBuffer {
+    return this.#buf[name];
+  }
+
+  #vec(name: string): GPUBuffer {
+    return this.#weights(name).shards[0].buffer;
+  }
+
+  /** Steps of the body: embedding, layers and final norm, leaving the normed states in xn. */
+  bodySteps(batch: number, seqLen: number): Step[] {
+    const c = this.config, g = this.gpu, b = this.#buf;
+    const R = batch * seqLen, H = c.hiddenSize, D = c.headDim;
+    const steps: Step[] = [];
+    steps.push(...embeddingSteps(g, {
+      label: "embed",
+      ids: b.ids,
+      table: this.#weights("model.embed_tokens.weight"),
+      x: b.x,
+      rows: R,
+    }));
+    for (let l = 0; l < c.numLayers; l++) {
+      const p = `model.layers.${l}.`;
+      const lin = (name: string, x: GPUBuffer, out: GPUBuffer, k: number, accumulate = false) =>
+        linearSteps(g, {
+          label: `L${l}.${name}`,
+          x,
+          m: R,
+          k,
+          w: this.#weights(`${p}${name}.weight`),
+          bias: c.attentionBias && name.startsWith("self_attn.")
+            ? this.#weights(`${p}${name}.bias`)
+            : undefined,
+          out,
+          accumulate,
+        });
+      steps.push(rmsnormStep(g, {
+        label: `L${l}.input_layernorm`,
+        x: b.x,
+        w: this.#vec(`${p}input_layernorm.weight`),
+        y: b.xn,
+        rows: R,
+        dim: H,
+        eps: c.rmsNormEps,
+      }));
+      steps.push(...lin("self_attn.q_proj", b.xn, b.q, H));
+      steps.push(...lin("self_attn.k_proj", b.xn, b.k, H));
+      steps.push(...lin("self_attn.v_proj", b.xn, b.v, H));
+      for (const [which, heads] of [["q", c.numHeads], ["k", c.numKvHeads]] as const) {
+        steps.push(qkNormRopeStep(g, {
+          label: `L${l}.${which}_norm_rope`,
+          x: b[which],
+          w: this.#vec(`${p}self_attn.${which}_norm.weight`),
+          cos: b.cos,
+          sin: b.sin,
+          rows: R,
+          seqLen,
+          heads,
+          headDim: D,
+          eps: c.rmsNormEps,
+        }));
+      }
+      steps.push(attentionStep(g, {
+        label: `L${l}.attention`,
+        q: b.q,
+        k: b.k,
+        v: b.v,
+        mask: b.mask,
+        out: b.attn,
+        batch,
+        seqLen,
+        heads: c.numHeads,
+        kvHeads: c.numKvHeads,
+        headDim: D,
+      }));
+      steps.push(...lin("self_attn.o_proj", b.attn, b.x, c.numHeads * D, true));
+      steps.push(rmsnormStep(g, {
+        label: `L${l}.post_attention_layernorm`,
+        x: b.x,
+        w: this.#vec(`${p}post_attention_layernorm.weight`),
+        y: b.xn,
+        rows: R,
+        dim: H,
+        eps: c.rmsNormEps,
+      }));
+      steps.push(...lin("mlp.gate_proj", b.xn, b.gate, H));
+      steps.push(...lin("mlp.up_proj", b.xn, b.up, H));
+      steps.push(swigluStep(g, { label: `L${l}.swiglu`, gate: b.gate, up: b.up, rows: R, width: c.intermediateSize }));
+      steps.push(...lin("mlp.down_proj", b.gate, b.x, c.intermediateSize, true));
+    }
+    steps.push(rmsnormStep(g, {
+      label: "norm",
+      x: b.x,
+      w: this.#vec("model.norm.weight"),
+      y: b.xn,
+      rows: R,
+      dim: H,
+      eps: c.rmsNormEps,
+    }));
+    return steps;
+  }
+
+  /** The LM head tensor: embed_tokens when tied. */
+  headTensor(): GpuTensor {
+    return this.#weights(this.config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+  }
+
+  /** Steps of the streamed fitness: per vocab chunk a matmul and a log-sum-exp fold, then R. */
+  fitnessSteps(batch: number, seqLen: number): Step[] {
+    const c = this.config, g = this.gpu, b = this.#buf;
+    const R = batch * seqLen;
+    const steps: Step[] = [];
+    let first = true;
+    for (const shard of this.headTensor().shards) {
+      for (let c0 = 0; c0 < shard.rows; c0 += this.vocabChunk) {
+        const n = Math.min(this.vocabChunk, shard.rows - c0);
+        const start = shard.rowStart + c0;
+        steps.push(matmulStep(g, {
+          label: `lm_head[${start}:${start + n}]`,
+          x: b.xn,
+          m: R,
+          k: c.hiddenSize,
+          w: shard.buffer,
+          wRowOffset: c0,
+          n,
+          out: b.logits,
+        }));
+        steps.push(logsumexpChunkStep(g, {
+          label: `logsumexp[${start}]`,
+          logits: b.logits,
+          target: b.target,
+          state: b.state,
+          rows: R,
+          width: n,
+          start,
+          first,
+        }));
+        first = false;
+      }
+    }
+    steps.push(logLikelihoodStep(g, { label: "log_likelihood", target: b.target, state: b.state, r: b.r, batch, seqLen }));
+    return steps;
+  }
+
+  /** All steps of forward + fitness for (batch, seqLen), built once and cached. */
+  steps(batch: number, seqLen: number): Step[] {
+    const key = `${batch}x${seqLen}`;
+    let s = this.#steps.get(key);
+    if (!s) {
+      s = [...this.bodySteps(batch, seqLen), ...this.fitnessSteps(batch, seqLen)];
+      this.#steps.set(key, s);
+    }
+    return s;
+  }
+
+  /**
+   * Uploads a batch (ids, mask, targets, RoPE tables) into the input buffers and returns its
+   * (batch, seqLen). seqLen is the longest row; shorter rows are padded with mask 0.
+   */
+  upload(tokens: TokenBatch): { batch: number; seqLen: number; scored: number } {
+    validateBatch(tokens, { vocabSize: this.config.vocabSize, maxSeqLen: this.options.maxSeqLen });
+    const batch = tokens.inputIds.length;
+    if (batch > this.options.maxBatch) {
+      throw new UserError(`batch of ${batch} samples exceeds the forward's maximum ${this.options.maxBatch}`);
+    }
+    const seqLen = Math.max(...tokens.inputIds.map((r) => r.length));
+    const ids = new Uint32Array(batch * seqLen);
+    const mask = new Uint32Array(batch * seqLen);
+    const paddedMask: number[][] = [];
+    tokens.inputIds.forEach((row, b) => {
+      ids.set(row, b * seqLen);
+      mask.set(tokens.attentionMask[b], b * seqLen);
+      paddedMask.push([...tokens.attentionMask[b], ...new Array(seqLen - row.length).fill(0)]);
+    });
+    const target = scoredTargets(tokens.inputIds, paddedMask, seqLen);
+    const g = this.gpu, b = this.#buf;
+    g.write(b.ids, ids);
+    g.write(b.mask, mask);
+    g.write(b.target, target);
+    if (this.#ropeFor !== seqLen) {
+      const t = ropeTables({ seqLen, headDim: this.config.headDim, theta: this.config.ropeTheta });
+      g.write(b.cos, t.cos);
+      g.write(b.sin, t.sin);
+      this.#ropeFor = seqLen;
+    }
+    const scored = target.reduce((n, t) => n + (t !== 0xffffffff ? 1 : 0), 0);
+    return { batch, seqLen, scored };
+  }
+
+  /** Scores a batch: R(x;θ) per sample, with one submit and one readback. */
+  async score(tokens: TokenBatch): Promise<ScoreResult> {
+    const { batch, seqLen, scored } = this.upload(tokens);
+    const steps = this.steps(batch, seqLen);
+    await this.gpu.checkPipelines();
+    submitSteps(this.gpu, steps, "score");
+    const r = await this.gpu.readF32(this.#buf.r, batch);
+    return { perSample: Array.from(r), tokens: scored };
+  }
+
+  /**
+   * Full logits (seqLen, V) of one row. Debug only: needs `debugLogits`, and builds the (R, V)
+   * buffer that scoring never does.
+   */
+  async logits(tokens: TokenBatch, row = 0): Promise<Float32Array> {
+    const full = this.#buf.fullLogits;
+    if (!full) throw new GpuError("logits() needs a forward made with debugLogits: true");
+    const { batch, seqLen } = this.upload(tokens);
+    const c = this.config, V = c.vocabSize;
+    const steps = [...this.bodySteps(batch, seqLen)];
+    for (const shard of this.headTensor().shards) {
+      steps.push(matmulStep(this.gpu, {
+        label: `lm_head.debug#${shard.rowStart}`,
+        x: this.#buf.xn,
+        m: batch * seqLen,
+        k: c.hiddenSize,
+        w: shard.buffer,
+        n: shard.rows,
+        out: full,
+        outStride: V,
+        outColOffset: shard.rowStart,
+      }));
+    }
+    await this.gpu.checkPipelines();
+    submitSteps(this.gpu, steps, "logits");
+    return await this.gpu.readF32(full, seqLen * V, row * seqLen * V * 4);
+  }
+
+  /** Waits for queued work. */
+  async finish(): Promise<void> {
+    await finish(this.gpu);
+  }
+
+  /** Frees the activation buffers. */
+  destroy(): void {
+    for (const b of Object.values(this.#buf)) this.gpu.destroyBuffer(b);
+    this.#buf = {};
+    this.#steps.clear();
+  }
+}

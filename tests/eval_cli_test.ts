@@ -1,0 +1,74 @@
+// `deno task eval` on bad input: one line on stderr naming the fault, exit code 2, no stack trace.
+// And on text: bytes and Qwen3 tokenizers end to end.
+import { assert, assertEquals, fixture, runCli } from "./helpers.ts";
+
+const TINY = fixture("qwen3-tiny-tied-f32");
+
+async function tempDir(): Promise<string> {
+  return await Deno.makeTempDir({ prefix: "esflow-eval-" });
+}
+
+async function expectUserError(args: string[], pattern: RegExp): Promise<void> {
+  const out = await runCli(["tools/eval.ts", ...args]);
+  assertEquals(out.code, 2, `exit code for ${args.join(" ")}; stderr: ${out.stderr}`);
+  assertEquals(out.stdout, "", "nothing on stdout");
+  const lines = out.stderr.trim().split("\n");
+  assertEquals(lines.length, 1, `one line on stderr, got:\n${out.stderr}`);
+  assert(pattern.test(lines[0]), `stderr ${JSON.stringify(lines[0])} should match ${pattern}`);
+  assert(!/\bat .*:\d+:\d+/.test(out.stderr), "no stack trace");
+}
+
+Deno.test("eval: a missing model dir", async () => {
+  await expectUserError(["--model", "/nonexistent/model", "--tokens", fixture("qwen3-tiny-tied-f32/tokens.json")], /\/nonexistent\/model/);
+});
+
+Deno.test("eval: an unknown model_type", async () => {
+  const dir = await tempDir();
+  const cfg = JSON.parse(await Deno.readTextFile(`${TINY}/config.json`));
+  cfg.model_type = "llama";
+  await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(cfg));
+  await Deno.copyFile(`${TINY}/model.safetensors`, `${dir}/model.safetensors`);
+  await expectUserError(["--model", dir, "--tokens", `${TINY}/tokens.json`], /model_type.*llama/);
+});
+
+Deno.test("eval: a token id ≥ vocab_size", async () => {
+  const dir = await tempDir();
+  await Deno.writeTextFile(`${dir}/t.json`, JSON.stringify({ input_ids: [[1, 2, 256]], attention_mask: [[1, 1, 1]] }));
+  await expectUserError(["--model", TINY, "--tokens", `${dir}/t.json`], /token id 256 .*vocabulary/);
+});
+
+Deno.test("eval: ids and mask of different lengths", async () => {
+  const dir = await tempDir();
+  await Deno.writeTextFile(`${dir}/t.json`, JSON.stringify({ input_ids: [[1, 2, 3]], attention_mask: [[1, 1]] }));
+  await expectUserError(["--model", TINY, "--tokens", `${dir}/t.json`], /different lengths/);
+});
+
+Deno.test("eval: empty text", async () => {
+  const dir = await tempDir();
+  await Deno.writeTextFile(`${dir}/empty.txt`, "\n  \n\n");
+  await expectUserError(["--model", TINY, "--text", `${dir}/empty.txt`], /empty\.txt/);
+});
+
+Deno.test("eval: flags — neither input, and an unknown flag", async () => {
+  await expectUserError(["--model", TINY], /--tokens.*--text/);
+  await expectUserError(["--model", TINY, "--tokens", `${TINY}/tokens.json`, "--bogus", "1"], /bogus/);
+});
+
+Deno.test("eval: a tokenizer larger than the model's vocabulary", async () => {
+  const dir = await tempDir();
+  await Deno.writeTextFile(`${dir}/a.txt`, "It is a truth universally acknowledged.\n");
+  await expectUserError(["--model", TINY, "--text", `${dir}/a.txt`, "--tokenizer", "qwen3"], /151669.*vocab_size 256/);
+});
+
+Deno.test("eval: text through the byte tokenizer scores every line", async () => {
+  const dir = await tempDir();
+  const lines = ["It is a truth universally acknowledged,", "that a single man in possession", "x"];
+  await Deno.writeTextFile(`${dir}/a.txt`, lines.join("\n") + "\n");
+  const out = await runCli(["tools/eval.ts", "--model", TINY, "--text", `${dir}/a.txt`, "--max-len", "16", "--batch", "2"]);
+  assertEquals(out.code, 0, out.stderr);
+  const res = JSON.parse(out.stdout);
+  // "x" has one byte, so no next token: it is skipped. The others are cut to 16 bytes.
+  assertEquals(res.per_sample.length, 2);
+  assertEquals(res.tokens, 15 + 15);
+  for (const r of res.per_sample) assert(r < 0 && r > -20, `R ${r} should be a mean log-probability`);
+});

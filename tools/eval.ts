@@ -1,0 +1,53 @@
+/**
+ * `deno task eval`: score text or token ids with a Qwen3 checkpoint on WebGPU, printing exactly
+ * one JSON object on stdout:
+ * {"per_sample": [...], "fitness": F, "tokens": n, "tokens_per_s": x, "adapter": "..."}.
+ *
+ *   deno task eval --model DIR --tokens FILE.json [--batch N]
+ *   deno task eval --model DIR --text FILE [--tokenizer bytes|qwen3|PATH] [--max-len N] [--batch N]
+ *
+ * @module
+ */
+import { intFlag, parseFlags, runMain } from "./cli.ts";
+import { UserError } from "../pipeline/errors.ts";
+import { evaluate, readTextSamples, readTokensFile } from "../pipeline/evaluate.ts";
+
+const USAGE = "deno task eval --model DIR (--tokens FILE.json | --text FILE [--tokenizer bytes|qwen3|PATH]) " +
+  "[--max-len N] [--batch N]";
+
+if (import.meta.main) {
+  await runMain("eval", async () => {
+    const { values } = parseFlags(Deno.args, {
+      model: { type: "string" },
+      tokens: { type: "string" },
+      text: { type: "string" },
+      tokenizer: { type: "string" },
+      "max-len": { type: "string" },
+      batch: { type: "string" },
+      "shard-bytes": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    }, USAGE);
+    if (values.help) {
+      console.log(`usage: ${USAGE}`);
+      return;
+    }
+    if (!values.model) throw new UserError(`--model DIR is required; usage: ${USAGE}`);
+    if (!values.tokens === !values.text) {
+      throw new UserError(`give exactly one of --tokens FILE.json or --text FILE; usage: ${USAGE}`);
+    }
+    if (values.tokens && values.tokenizer) {
+      throw new UserError("--tokenizer applies to --text only; --tokens already holds ids");
+    }
+    const maxLen = values["max-len"] === undefined ? undefined : intFlag(values["max-len"], "max-len", 0);
+    const batch = intFlag(values.batch, "batch", 16);
+    const samples = values.tokens
+      ? await readTokensFile(values.tokens)
+      : await readTextSamples(values.text!, { tokenizer: values.tokenizer ?? "bytes", maxLen: maxLen ?? 256 });
+    const result = await evaluate(values.model, samples, {
+      batch,
+      maxLen,
+      shardBytes: values["shard-bytes"] ? intFlag(values["shard-bytes"], "shard-bytes", 0) : undefined,
+    });
+    console.log(JSON.stringify(result));
+  });
+}
