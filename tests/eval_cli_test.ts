@@ -1,6 +1,6 @@
 // `deno task eval` on bad input: one line on stderr naming the fault, exit code 2, no stack trace.
 // And on text: bytes and Qwen3 tokenizers end to end.
-import { assert, assertEquals, fixture, runCli } from "./helpers.ts";
+import { assert, assertClose, assertEquals, fixture, runCli } from "./helpers.ts";
 
 const TINY = fixture("qwen3-tiny-tied-f32");
 
@@ -19,7 +19,12 @@ async function expectUserError(args: string[], pattern: RegExp): Promise<void> {
 }
 
 Deno.test("eval: a missing model dir", async () => {
-  await expectUserError(["--model", "/nonexistent/model", "--tokens", fixture("qwen3-tiny-tied-f32/tokens.json")], /\/nonexistent\/model/);
+  await expectUserError([
+    "--model",
+    "/nonexistent/model",
+    "--tokens",
+    fixture("qwen3-tiny-tied-f32/tokens.json"),
+  ], /\/nonexistent\/model/);
 });
 
 Deno.test("eval: an unknown model_type", async () => {
@@ -33,13 +38,22 @@ Deno.test("eval: an unknown model_type", async () => {
 
 Deno.test("eval: a token id ≥ vocab_size", async () => {
   const dir = await tempDir();
-  await Deno.writeTextFile(`${dir}/t.json`, JSON.stringify({ input_ids: [[1, 2, 256]], attention_mask: [[1, 1, 1]] }));
-  await expectUserError(["--model", TINY, "--tokens", `${dir}/t.json`], /token id 256 .*vocabulary/);
+  await Deno.writeTextFile(
+    `${dir}/t.json`,
+    JSON.stringify({ input_ids: [[1, 2, 256]], attention_mask: [[1, 1, 1]] }),
+  );
+  await expectUserError(
+    ["--model", TINY, "--tokens", `${dir}/t.json`],
+    /token id 256 .*vocabulary/,
+  );
 });
 
 Deno.test("eval: ids and mask of different lengths", async () => {
   const dir = await tempDir();
-  await Deno.writeTextFile(`${dir}/t.json`, JSON.stringify({ input_ids: [[1, 2, 3]], attention_mask: [[1, 1]] }));
+  await Deno.writeTextFile(
+    `${dir}/t.json`,
+    JSON.stringify({ input_ids: [[1, 2, 3]], attention_mask: [[1, 1]] }),
+  );
   await expectUserError(["--model", TINY, "--tokens", `${dir}/t.json`], /different lengths/);
 });
 
@@ -51,24 +65,77 @@ Deno.test("eval: empty text", async () => {
 
 Deno.test("eval: flags — neither input, and an unknown flag", async () => {
   await expectUserError(["--model", TINY], /--tokens.*--text/);
-  await expectUserError(["--model", TINY, "--tokens", `${TINY}/tokens.json`, "--bogus", "1"], /bogus/);
+  await expectUserError(
+    ["--model", TINY, "--tokens", `${TINY}/tokens.json`, "--bogus", "1"],
+    /bogus/,
+  );
 });
 
 Deno.test("eval: a tokenizer larger than the model's vocabulary", async () => {
   const dir = await tempDir();
   await Deno.writeTextFile(`${dir}/a.txt`, "It is a truth universally acknowledged.\n");
-  await expectUserError(["--model", TINY, "--text", `${dir}/a.txt`, "--tokenizer", "qwen3"], /151669.*vocab_size 256/);
+  await expectUserError(
+    ["--model", TINY, "--text", `${dir}/a.txt`, "--tokenizer", "qwen3"],
+    /151669.*vocab_size 256/,
+  );
 });
 
 Deno.test("eval: text through the byte tokenizer scores every line", async () => {
   const dir = await tempDir();
   const lines = ["It is a truth universally acknowledged,", "that a single man in possession", "x"];
   await Deno.writeTextFile(`${dir}/a.txt`, lines.join("\n") + "\n");
-  const out = await runCli(["tools/eval.ts", "--model", TINY, "--text", `${dir}/a.txt`, "--max-len", "16", "--batch", "2"]);
+  const out = await runCli([
+    "tools/eval.ts",
+    "--model",
+    TINY,
+    "--text",
+    `${dir}/a.txt`,
+    "--max-len",
+    "16",
+    "--batch",
+    "2",
+  ]);
   assertEquals(out.code, 0, out.stderr);
   const res = JSON.parse(out.stdout);
   // "x" has one byte, so no next token: it is skipped. The others are cut to 16 bytes.
   assertEquals(res.per_sample.length, 2);
   assertEquals(res.tokens, 15 + 15);
-  for (const r of res.per_sample) assert(r < 0 && r > -20, `R ${r} should be a mean log-probability`);
+  for (const r of res.per_sample) {
+    assert(r < 0 && r > -20, `R ${r} should be a mean log-probability`);
+  }
+});
+
+Deno.test("eval: the real Qwen3 tokenizer and a 151936-id vocabulary, streamed in chunks", async () => {
+  const { getPreset } = await import("../model/presets.ts");
+  const { randomInit } = await import("../model/weights.ts");
+  const { saveCheckpoint } = await import("../model/checkpoint.ts");
+  const dir = await tempDir();
+  // A narrow model with Qwen3's vocabulary: its LM head alone is 151936 × 32 floats.
+  const config = { ...getPreset("tiny-qwen3vocab"), hiddenSize: 32, intermediateSize: 64, numLayers: 1, headDim: 16 };
+  await saveCheckpoint(`${dir}/m`, { config, tensors: randomInit(config, { seed: 3 }) });
+  const line = "It is a truth universally acknowledged, that a single man";
+  await Deno.writeTextFile(`${dir}/a.txt`, line + "\n");
+  const { loadTokenizer } = await import("../tokenizers/mod.ts");
+  const n = (await loadTokenizer("qwen3")).encode(line).length;
+  assert(n < line.length / 2, `BPE should merge bytes: ${n} tokens for ${line.length} chars`);
+  const out = await runCli([
+    "tools/eval.ts",
+    "--model",
+    `${dir}/m`,
+    "--text",
+    `${dir}/a.txt`,
+    "--tokenizer",
+    "qwen3",
+    "--shard-bytes",
+    String(4 << 20),
+  ]);
+  assertEquals(out.code, 0, out.stderr);
+  const res = JSON.parse(out.stdout);
+  assertEquals(res.tokens, n - 1);
+  // Against the float64 CPU reference forward on the same weights and ids.
+  const { referenceScore } = await import("../model/reference.ts");
+  const weights = new Map([...randomInit(config, { seed: 3 })].map((t) => [t.name, t.data]));
+  const ids = (await loadTokenizer("qwen3")).encode(line);
+  const want = referenceScore(config, weights, { inputIds: [ids], attentionMask: [ids.map(() => 1)] });
+  assertClose(res.per_sample, want.perSample, { atol: 0, rtol: 1e-4 });
 });

@@ -32,7 +32,10 @@ for (const name of FIXTURES) {
         const weights = await uploadWeights(gpu, checkpointTensors(ckpt));
         if (shardBytes) {
           const embed = weights.get("model.embed_tokens.weight")!;
-          assert(embed.shards.length > 3, `embedding should be sharded, has ${embed.shards.length} shards`);
+          assert(
+            embed.shards.length > 3,
+            `embedding should be sharded, has ${embed.shards.length} shards`,
+          );
         }
         const T = batch.inputIds[0].length;
         const fwd = new Qwen3Forward(gpu, ckpt.config, weights, {
@@ -55,16 +58,31 @@ for (const name of FIXTURES) {
 
   Deno.test(`${name}: deno task eval prints one JSON object matching PyTorch`, async () => {
     const want = await expected(name);
-    const out = await runCli(["tools/eval.ts", "--model", fixture(name), "--tokens", fixture(`${name}/tokens.json`)]);
+    const out = await runCli([
+      "tools/eval.ts",
+      "--model",
+      fixture(name),
+      "--tokens",
+      fixture(`${name}/tokens.json`),
+    ]);
     assertEquals(out.code, 0, out.stderr);
     const lines = out.stdout.trim().split("\n");
     assertEquals(lines.length, 1, "stdout must hold exactly one line");
     const res = JSON.parse(lines[0]);
-    assertEquals(Object.keys(res).sort(), ["adapter", "fitness", "per_sample", "tokens", "tokens_per_s"]);
+    assertEquals(Object.keys(res).sort(), [
+      "adapter",
+      "fitness",
+      "per_sample",
+      "tokens",
+      "tokens_per_s",
+    ]);
     assertClose(res.per_sample, want.per_sample, { atol: 0, rtol: 1e-4 });
     assertClose([res.fitness], [want.fitness], { atol: 0, rtol: 1e-4 });
     const { batch } = await readTokensFile(fixture(`${name}/tokens.json`));
-    const scored = batch.attentionMask.reduce((n, m) => n + m.slice(1).reduce((a, b) => a + b, 0), 0);
+    const scored = batch.attentionMask.reduce(
+      (n, m) => n + m.slice(1).reduce((a, b) => a + b, 0),
+      0,
+    );
     assertEquals(res.tokens, scored);
     assert(res.tokens_per_s > 0 && typeof res.adapter === "string" && res.adapter.length > 0);
   });
@@ -84,4 +102,19 @@ Deno.test("eval --batch 1 gives the same R as one batch (padding never leaks acr
   ]);
   assertEquals(out.code, 0, out.stderr);
   assertClose(JSON.parse(out.stdout).per_sample, want.per_sample, { atol: 0, rtol: 1e-4 });
+});
+
+Deno.test("the float64 CPU reference forward itself matches PyTorch on both fixtures", async () => {
+  const { referenceScore } = await import("../model/reference.ts");
+  for (const name of FIXTURES) {
+    const want = await expected(name);
+    const { batch } = await readTokensFile(fixture(`${name}/tokens.json`));
+    const ckpt = await openCheckpoint(fixture(name));
+    const weights = new Map<string, Float32Array>();
+    for (const n of ckpt.tensors.keys()) weights.set(n, await ckpt.read(n));
+    ckpt.close();
+    const got = referenceScore(ckpt.config, weights, batch, { keepLogits: true });
+    assertClose(got.perSample, want.per_sample, { atol: 0, rtol: 1e-5 });
+    assertClose(got.logits[0], want.logits_row0.flat(), { atol: 1e-4, rtol: 0 });
+  }
 });

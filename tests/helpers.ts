@@ -34,7 +34,9 @@ export function assertClose(
   }
   if (worst >= 0) {
     throw new Error(
-      `element ${worst}: ${actual[worst]} vs expected ${expected[worst]} (atol ${atol}, rtol ${rtol})`,
+      `element ${worst}: ${actual[worst]} vs expected ${
+        expected[worst]
+      } (atol ${atol}, rtol ${rtol})`,
     );
   }
 }

@@ -30,12 +30,18 @@ Deno.test("rmsnorm matches the float64 reference on ragged rows", async () => {
   for (const [rows, dim] of [[37, 96], [1, 4], [130, 20]]) {
     const x = randn(rng, rows * dim, 2), w = randn(rng, dim);
     const y = gpu.createBuffer("y", rows * dim * 4);
-    submitSteps(gpu, [rmsnormStep(gpu, { label: "n", x: buf(x), w: buf(w), y, rows, dim, eps: 1e-6 })]);
+    submitSteps(gpu, [
+      rmsnormStep(gpu, { label: "n", x: buf(x), w: buf(w), y, rows, dim, eps: 1e-6 }),
+    ]);
     await gpu.checkPipelines();
-    assertClose(await gpu.readF32(y, rows * dim), rmsnormReference(x, w, { rows, dim, eps: 1e-6 }), {
-      atol: 1e-5,
-      rtol: 1e-5,
-    });
+    assertClose(
+      await gpu.readF32(y, rows * dim),
+      rmsnormReference(x, w, { rows, dim, eps: 1e-6 }),
+      {
+        atol: 1e-5,
+        rtol: 1e-5,
+      },
+    );
   }
 });
 
@@ -67,7 +73,9 @@ function normRopeReference(
 
 Deno.test("q/k norm + half-split RoPE matches the float64 reference", async () => {
   const rng = seeded(2);
-  for (const [batch, seqLen, heads, headDim, theta] of [[2, 13, 3, 16, 10000], [1, 40, 2, 32, 1e6]]) {
+  for (
+    const [batch, seqLen, heads, headDim, theta] of [[2, 13, 3, 16, 10000], [1, 40, 2, 32, 1e6]]
+  ) {
     const rows = batch * seqLen;
     const x = randn(rng, rows * heads * headDim), w = randn(rng, headDim);
     const t = ropeTables({ seqLen, headDim, theta });
@@ -107,7 +115,17 @@ Deno.test("attention: causal, key padding, GQA, MQA and MHA match the reference"
       for (let t = s.seqLen - 2 * b; t < s.seqLen; t++) mask[b * s.seqLen + t] = 0;
     }
     const out = gpu.createBuffer("out", q.byteLength);
-    submitSteps(gpu, [attentionStep(gpu, { label: "attn", q: buf(q), k: buf(k), v: buf(v), mask: buf(mask), out, ...s })]);
+    submitSteps(gpu, [
+      attentionStep(gpu, {
+        label: "attn",
+        q: buf(q),
+        k: buf(k),
+        v: buf(v),
+        mask: buf(mask),
+        out,
+        ...s,
+      }),
+    ]);
     assertClose(await gpu.readF32(out, q.length), attentionReference(q, k, v, { ...s, mask }), {
       atol: 1e-5,
       rtol: 1e-5,
@@ -134,7 +152,10 @@ Deno.test("embedding gather over a sharded table", async () => {
   const ids = Uint32Array.from({ length: 29 }, () => Math.floor(rng() * V));
   ids[0] = V - 1;
   const x = gpu.createBuffer("x", ids.length * H * 4);
-  submitSteps(gpu, embeddingSteps(gpu, { label: "e", ids: buf(ids), table: t, x, rows: ids.length }));
+  submitSteps(
+    gpu,
+    embeddingSteps(gpu, { label: "e", ids: buf(ids), table: t, x, rows: ids.length }),
+  );
   const want = new Float64Array(ids.length * H);
   ids.forEach((id, r) => want.set(table.subarray(id * H, id * H + H), r * H));
   assertClose(await gpu.readF32(x, want.length), want, { atol: 0, rtol: 0 });
@@ -145,11 +166,16 @@ Deno.test("streamed log-likelihood over ragged vocab chunks equals the full log-
   const batch = 3, seqLen = 9, V = 103;
   const rows = batch * seqLen;
   const logits = randn(rng, rows * V, 3);
-  const ids = Array.from({ length: batch }, () => Array.from({ length: seqLen }, () => Math.floor(rng() * V)));
+  const ids = Array.from(
+    { length: batch },
+    () => Array.from({ length: seqLen }, () => Math.floor(rng() * V)),
+  );
   const mask = ids.map((r, b) => r.map((_, t) => (t < seqLen - 2 * b ? 1 : 0)));
   const target = scoredTargets(ids, mask, seqLen);
   assert(target[seqLen - 1] === NO_TARGET, "the last position has no target");
-  const targetB = buf(target), state = gpu.createBuffer("state", rows * 12), r = gpu.createBuffer("r", 16);
+  const targetB = buf(target),
+    state = gpu.createBuffer("state", rows * 12),
+    r = gpu.createBuffer("r", 16);
   const steps = [];
   const chunk = 40; // 40 + 40 + 23: the last chunk is ragged
   for (let c0 = 0; c0 < V; c0 += chunk) {
