@@ -1,0 +1,123 @@
+/**
+ * The pipeline spec: what a pipeline YAML file says, as strict zod schemas with a documented
+ * default for every key, and the stage registry that decides which `type`s each stage accepts.
+ *
+ * A pipeline names seven stages in order — dataset → tokenizer → model → perturb → fitness →
+ * shape → update — each `{type, ...settings}`, plus the run settings name, seed, iterations and
+ * output. Built-in stage types register themselves in pipeline/stages/; users add their own with
+ * {@link registerStage} (for example a custom fitness) and then name them in YAML.
+ *
+ * @module
+ */
+import { z } from "zod";
+
+/** The seven stage kinds, in pipeline order. */
+export const STAGE_KINDS = ["dataset", "tokenizer", "model", "perturb", "fitness", "shape", "update"] as const;
+/** One of {@link STAGE_KINDS}. */
+export type StageKind = typeof STAGE_KINDS[number];
+
+/** A registered stage type: its settings schema (with `type: z.literal(name)`) and its implementation. */
+export interface StageType<Impl = unknown> {
+  kind: StageKind;
+  type: string;
+  /** Strict zod object schema of the stage's settings, including its `type` literal. */
+  // deno-lint-ignore no-explicit-any
+  schema: z.ZodObject<any>;
+  /** One line for `deno task plan` and docs. */
+  description: string;
+  /** What the engine calls; its shape depends on the kind (see pipeline/stages/types.ts). */
+  impl: Impl;
+}
+
+const registry = new Map<StageKind, Map<string, StageType>>(STAGE_KINDS.map((k) => [k, new Map()]));
+
+/**
+ * Registers a stage type so pipelines can name it. Throws if the kind is unknown or the type is
+ * already registered (re-registering would silently change existing pipelines).
+ */
+export function registerStage<Impl>(stage: StageType<Impl>): void {
+  const kind = registry.get(stage.kind);
+  if (!kind) throw new Error(`unknown stage kind "${stage.kind}"; kinds are ${STAGE_KINDS.join(", ")}`);
+  if (kind.has(stage.type)) throw new Error(`stage type ${stage.kind}.${stage.type} is already registered`);
+  kind.set(stage.type, stage as StageType);
+}
+
+/** The registered types of one stage kind. */
+export function stageTypes(kind: StageKind): StageType[] {
+  return [...registry.get(kind)!.values()];
+}
+
+/** One registered stage type, or undefined. */
+export function stageType(kind: StageKind, type: string): StageType | undefined {
+  return registry.get(kind)!.get(type);
+}
+
+/** A positive integer. */
+export const posInt = () => z.number().int().positive();
+/** A finite number > 0. */
+export const posNum = () => z.number().positive().finite();
+
+/** Step decay: the value is multiplied by `gamma` every `every` iterations (every 0: never). */
+export const decaySchema = z.strictObject({
+  /** γ: factor applied at each step. Default 1 (no decay), as the paper's runs. */
+  gamma: posNum().default(1),
+  /** S: iterations between steps; 0 disables decay. Default 0. */
+  every: z.number().int().nonnegative().default(0),
+});
+
+/** The run's output settings. */
+export const outputSchema = z.strictObject({
+  /** Run directory: metrics.jsonl, checkpoints/, final/. Default runs/<name>. */
+  dir: z.string().min(1).optional(),
+  /** Write checkpoints/iter-N every this many iterations; 0 only at the end. Default 50. */
+  checkpoint_every: z.number().int().nonnegative().default(50),
+  /** Evaluate the held-out loss every this many iterations (and at 0 and the last). Default 10. */
+  eval_every: posInt().default(10),
+  /** Status server settings (issue 4). */
+  status: z.strictObject({
+    /** Port of the status server on 127.0.0.1; 0 picks a free one. Default 8787. */
+    port: z.number().int().min(0).max(65535).default(8787),
+  }).prefault({}),
+});
+
+/** Builds the whole-pipeline schema from what is registered now. */
+export function pipelineSchema() {
+  const stages = Object.fromEntries(STAGE_KINDS.map((kind) => {
+    const types = stageTypes(kind);
+    if (types.length === 0) throw new Error(`no ${kind} stage types are registered`);
+    const union = types.length === 1
+      ? types[0].schema
+      : z.discriminatedUnion("type", types.map((t) => t.schema) as [z.ZodObject, z.ZodObject, ...z.ZodObject[]]);
+    return [kind, union];
+  }));
+  return z.strictObject({
+    /** Run name: the default output dir and the status page title. */
+    name: z.string().regex(/^[A-Za-z0-9._-]+$/, "use letters, digits, '.', '_' and '-'").default("esflow-run"),
+    /** Run seed: noise, data subsets, held-out split and random init all derive from it. Default 1234. */
+    seed: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).default(1234),
+    /** Total ES iterations. Default 1000 (the paper's). */
+    iterations: posInt().default(1000),
+    ...stages,
+    output: outputSchema.prefault({}),
+  });
+}
+
+/** A validated pipeline: every key present (defaults filled), stage settings by kind. */
+export interface PipelineSpec {
+  name: string;
+  seed: number;
+  iterations: number;
+  dataset: { type: string } & Record<string, unknown>;
+  tokenizer: { type: string } & Record<string, unknown>;
+  model: { type: string } & Record<string, unknown>;
+  perturb: { type: string } & Record<string, unknown>;
+  fitness: { type: string } & Record<string, unknown>;
+  shape: { type: string } & Record<string, unknown>;
+  update: { type: string } & Record<string, unknown>;
+  output: {
+    dir?: string;
+    checkpoint_every: number;
+    eval_every: number;
+    status: { port: number };
+  };
+}

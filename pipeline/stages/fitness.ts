@@ -1,0 +1,23 @@
+/**
+ * Fitness stage `log_likelihood`: the paper's R(x;θ), the mean log-probability of each next
+ * token, streamed over vocabulary chunks, averaged over the iteration's shared subset.
+ *
+ * @module
+ */
+import { z } from "zod";
+import { posInt, registerStage } from "../spec.ts";
+import type { FitnessImpl } from "./types.ts";
+
+registerStage<FitnessImpl>({
+  kind: "fitness",
+  type: "log_likelihood",
+  description: "R = mean over scored targets of log softmax(z_t)[x_{t+1}]; F = mean over samples",
+  schema: z.strictObject({
+    type: z.literal("log_likelihood"),
+    /** Samples per forward pass. Default 16 (the paper's). */
+    micro_batch: posInt().default(16),
+    /** Tokens per sample after truncation. Default 256 (the paper's). */
+    max_len: posInt().min(2).default(256),
+  }),
+  impl: { steps: (fwd, o) => fwd.fitnessSteps(o.batch, o.seqLen) },
+});

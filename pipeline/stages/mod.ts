@@ -1,0 +1,15 @@
+/**
+ * The built-in stage types. Importing this module registers them.
+ *
+ * @module
+ */
+import "./dataset.ts";
+import "./tokenizer.ts";
+import "./model.ts";
+import "./perturb.ts";
+import "./fitness.ts";
+import "./shape.ts";
+import "./update.ts";
+export type * from "./types.ts";
+export { groupMultipliers, tensorGroup, tensorLayer } from "./perturb.ts";
+export { resolvePath } from "./dataset.ts";

@@ -1,0 +1,80 @@
+/**
+ * Model stage `qwen3`: the architecture from a preset or an HF config.json, and the initial
+ * weights from HF's random init or a checkpoint directory.
+ *
+ * @module
+ */
+import { z } from "zod";
+import { registerStage } from "../spec.ts";
+import { UserError } from "../errors.ts";
+import { getPreset, PRESET_NAMES } from "../../model/presets.ts";
+import { loadConfigFile } from "../../model/config.ts";
+import { randomInit } from "../../model/weights.ts";
+import { openCheckpoint } from "../../model/checkpoint.ts";
+import { checkpointTensors } from "../../model/device_weights.ts";
+import type { ModelImpl } from "./types.ts";
+import { resolvePath } from "./dataset.ts";
+
+const qwen3: ModelImpl = {
+  async resolve(s, ctx) {
+    if ((s.preset === undefined) === (s.config === undefined)) {
+      throw new UserError(`${ctx.where(["model"])}: model: give exactly one of preset or config`);
+    }
+    let config;
+    if (s.preset !== undefined) {
+      if (!PRESET_NAMES.includes(s.preset as string)) {
+        throw new UserError(
+          `${ctx.where(["model", "preset"])}: model.preset: unknown preset "${s.preset}"; presets are ${
+            PRESET_NAMES.join(", ")
+          }`,
+        );
+      }
+      config = getPreset(s.preset as string);
+    } else {
+      config = await loadConfigFile(resolvePath(s.config as string, ctx));
+    }
+    const init = s.init as string;
+    if (init === "random") {
+      const seed = (s.init_seed as number | undefined) ?? ctx.seed;
+      return { config, tensors: () => randomInit(config, { seed }), source: `random init (seed ${seed})` };
+    }
+    const dir = resolvePath(init, ctx);
+    const ckpt = await openCheckpoint(dir);
+    ckpt.close();
+    if (JSON.stringify({ ...ckpt.config, torchDtype: "" }) !== JSON.stringify({ ...config, torchDtype: "" })) {
+      throw new UserError(
+        `${ctx.where(["model", "init"])}: model.init: checkpoint ${dir} has a different architecture than the model's config`,
+      );
+    }
+    return {
+      config,
+      source: dir,
+      tensors: async function* () {
+        const c = await openCheckpoint(dir);
+        try {
+          yield* checkpointTensors(c);
+        } finally {
+          c.close();
+        }
+      },
+    };
+  },
+};
+
+registerStage<ModelImpl>({
+  kind: "model",
+  type: "qwen3",
+  description: "Qwen3 (HF Qwen3ForCausalLM), from a preset or config.json",
+  schema: z.strictObject({
+    type: z.literal("qwen3"),
+    /** A preset name (qwen3-0.5b … qwen3-32b, tiny, micro, …). Give this or config. */
+    preset: z.string().min(1).optional(),
+    /** An HF config.json path, relative to the pipeline file. Give this or preset. */
+    config: z.string().min(1).optional(),
+    /** "random" (HF init: N(0, initializer_range), norms 1) or a checkpoint directory. Default random. */
+    init: z.string().min(1).default("random"),
+    /** Seed of the random init; default the run seed. */
+    init_seed: z.number().int().nonnegative().optional(),
+  }),
+  impl: qwen3,
+});

@@ -1,0 +1,100 @@
+/**
+ * Perturb stage `gaussian`: the population of Gaussian perturbations θ + σ·m_g·ε_j (EA4LLM §3),
+ * with antithetic pairs, group multipliers for σ and α, and σ step decay.
+ *
+ * @module
+ */
+import { z } from "zod";
+import { decaySchema, posInt, posNum, registerStage } from "../spec.ts";
+import { decayed } from "../es.ts";
+import type { PerturbImpl } from "./types.ts";
+
+/** Multipliers of one parameter group. */
+const multiplier = z.strictObject({
+  /** m_σ: scales σ for this group's tensors. Default 1. */
+  sigma: z.number().nonnegative().finite().default(1),
+  /** m_α: scales α for this group's tensors. Default 1. */
+  alpha: z.number().nonnegative().finite().default(1),
+});
+
+/** Parameter groups: by role, and by layer range; a tensor's multiplier is the product. */
+const groupsSchema = z.strictObject({
+  /** model.embed_tokens (and the tied head, which is the same tensor). */
+  embeddings: multiplier.prefault({}),
+  /** q/k/v/o projections and their biases. */
+  attention: multiplier.prefault({}),
+  /** gate/up/down projections. */
+  mlp: multiplier.prefault({}),
+  /** every RMSNorm weight: input, post-attention, q_norm, k_norm, final. */
+  norms: multiplier.prefault({}),
+  /** lm_head (untied models only). */
+  lm_head: multiplier.prefault({}),
+  /** Layer ranges [from, to] inclusive, applied on top of the role multipliers. */
+  layers: z.array(z.strictObject({
+    from: z.number().int().nonnegative(),
+    to: z.number().int().nonnegative(),
+    sigma: z.number().nonnegative().finite().default(1),
+    alpha: z.number().nonnegative().finite().default(1),
+  })).default([]),
+});
+
+type Groups = z.infer<typeof groupsSchema>;
+
+/** The role group of an HF Qwen3 tensor name. */
+export function tensorGroup(name: string): "embeddings" | "attention" | "mlp" | "norms" | "lm_head" {
+  if (name === "model.embed_tokens.weight") return "embeddings";
+  if (name === "lm_head.weight") return "lm_head";
+  if (name.includes("norm")) return "norms";
+  if (name.includes(".self_attn.")) return "attention";
+  return "mlp";
+}
+
+/** The layer index of a tensor name, or -1 outside the layers. */
+export function tensorLayer(name: string): number {
+  const m = /^model\.layers\.(\d+)\./.exec(name);
+  return m ? Number(m[1]) : -1;
+}
+
+/** σ and α multipliers of a tensor: its role group's times every layer range that holds it. */
+export function groupMultipliers(groups: Groups, name: string): { sigma: number; alpha: number } {
+  const g = groups[tensorGroup(name)];
+  let sigma = g.sigma, alpha = g.alpha;
+  const layer = tensorLayer(name);
+  for (const r of groups.layers) {
+    if (layer >= r.from && layer <= r.to) {
+      sigma *= r.sigma;
+      alpha *= r.alpha;
+    }
+  }
+  return { sigma, alpha };
+}
+
+const gaussian: PerturbImpl = {
+  population: (s) => s.population as number,
+  antithetic: (s) => s.antithetic as boolean,
+  sigmaAt(s, iteration) {
+    const d = s.decay as { gamma: number; every: number };
+    return decayed(s.sigma as number, d.gamma, d.every, iteration);
+  },
+  multipliers: (s, tensor) => groupMultipliers(s.groups as Groups, tensor),
+};
+
+registerStage<PerturbImpl>({
+  kind: "perturb",
+  type: "gaussian",
+  description: "θ + σ·m_g·ε, ε ~ N(0, I) from Philox4x32-10, regenerated from seeds, never stored",
+  schema: z.strictObject({
+    type: z.literal("gaussian"),
+    /** N: members per iteration. Default 30 (the paper's). */
+    population: posInt().min(2).default(30),
+    /** σ: noise scale. Default 1e-3 (the paper's). */
+    sigma: posNum().default(1e-3),
+    /** Mirrored pairs ±ε (blocked order +ε_1..+ε_K, −ε_1..−ε_K); needs an even population. Default false. */
+    antithetic: z.boolean().default(false),
+    /** σ decay: σ_t = σ·γ_σ^floor(t/S_σ). Default off. */
+    decay: decaySchema.prefault({}),
+    /** Group multipliers for σ and α. Default all 1. */
+    groups: groupsSchema.prefault({}),
+  }),
+  impl: gaussian,
+});
