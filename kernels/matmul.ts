@@ -1,0 +1,372 @@
+/**
+ * The linear-layer matmul: out[m, n] (+)= Σ_k x[m, k] · w[n, k] (+ bias[n]), with the weights
+ * left in HuggingFace's [out, in] layout.
+ *
+ * Shapes: x is (M, K), w is (N, K) (a row range of a larger (N_total, K) buffer), bias is (N),
+ * out is (M, outStride) with N columns written from outColOffset. K must be a multiple of 4,
+ * because x and w are read as vec4 along K.
+ *
+ * The kernel is kernels/matmul.wgsl; this module fills in its compile-time constants, generates
+ * the unrolled per-invocation block (see the notes at the top of the .wgsl), picks a tile per
+ * shape and builds {@link Step}s.
+ *
+ * @module
+ */
+import type { Gpu } from "./runtime.ts";
+import { makeStep, type Step, wgslConsts, wgslSource } from "./program.ts";
+import type { GpuTensor } from "./tensor.ts";
+
+/** The block of out one invocation computes: tm rows by tn columns. */
+export interface MatmulTile {
+  tm: number;
+  tn: number;
+}
+
+/** Options of {@link matmulStep}. Offsets and strides are in f32 elements. */
+export interface MatmulOptions {
+  /** What this step computes, e.g. "layer3.q_proj". */
+  label: string;
+  /** (M, K) f32 row-major. */
+  x: GPUBuffer;
+  /** Rows of x. */
+  m: number;
+  /** Inner dimension; must be a multiple of 4. */
+  k: number;
+  /** Holds rows of W (N_total, K) in [out, in] layout. */
+  w: GPUBuffer;
+  /** First row of W inside `w` to use. Default 0. */
+  wRowOffset?: number;
+  /** Rows of W used, which is the number of output columns. */
+  n: number;
+  /** (n) values read at biasOffset + column. */
+  bias?: GPUBuffer;
+  /** Element offset of the bias inside `bias`. Default 0. */
+  biasOffset?: number;
+  /** (M, outStride) f32. Must not be the same buffer as x, w or bias. */
+  out: GPUBuffer;
+  /** Row stride of out in elements. Default n. */
+  outStride?: number;
+  /** First column of out written. Default 0. */
+  outColOffset?: number;
+  /** out += result instead of out = result (fuses a residual add). Default false. */
+  accumulate?: boolean;
+  /** Block per invocation. Default {@link defaultMatmulTile} for this shape and adapter. */
+  tile?: MatmulTile;
+}
+
+/** The tiles the default selection chooses among, smallest first. Any tm, tn ≥ 1 also works. */
+export const MATMUL_TILES: readonly MatmulTile[] = [
+  { tm: 4, tn: 4 },
+  { tm: 8, tn: 4 },
+  { tm: 8, tn: 8 },
+  { tm: 16, tn: 8 },
+  { tm: 16, tn: 16 },
+  { tm: 32, tn: 16 },
+  { tm: 32, tn: 32 },
+];
+
+/** Invocations per workgroup (facts.md: the shape hardly matters at 8 or more on lavapipe). */
+const WORKGROUP = 64;
+
+/**
+ * GFLOP/s of each tile at 1024³, measured on llvmpipe (LLVM 15.0.6, 256 bits) over lavapipe on 2
+ * cores with tools/bench_matmul.ts --all. The default selection uses only the ratios between
+ * these numbers, so it carries over to other CPU speeds; a GPU would need its own table.
+ */
+const LAVAPIPE_GFLOPS: Record<string, number> = {
+  "4x4": 9.6,
+  "8x4": 12.1,
+  "8x8": 16.4,
+  "16x8": 19.1,
+  "16x16": 25.8,
+  "32x16": 31.2,
+  "32x32": 36.9,
+};
+
+/**
+ * Work below which 32×32 is left out of the default. It is the fastest tile on every benchmarked
+ * shape (10–35% over 32×16), but its unrolled block of 1024 accumulators takes ~9 s to compile
+ * on lavapipe against ~2.5 s for 32×16 (cold; Mesa then caches it on disk), and every distinct
+ * shape or offset is its own pipeline. Only a big matmul (≥ 2 GFLOP, the size of 1024³) repays it.
+ */
+const BIG_TILE_MIN_FLOPS = 2 ** 31;
+
+/**
+ * The default tile for an (m, k, n) matmul: the one with the least estimated time, where the time
+ * is the rounds of workgroups the cores run (ceil(workgroups / cores)) times the padded work of
+ * one workgroup over the tile's measured speed. Small m or n thus get small tiles, so there are
+ * enough workgroups for every core and little padding at the ragged edges.
+ *
+ * On adapters other than llvmpipe/lavapipe nothing has been measured: a GPU has thousands of
+ * lanes and wants many workgroups, so it gets 4×4 blocks.
+ */
+export function defaultMatmulTile(
+  gpu: Gpu,
+  shape: { m: number; k: number; n: number },
+): MatmulTile {
+  if (!/llvmpipe|lavapipe/i.test(gpu.adapterName)) return { tm: 4, tn: 4 };
+  // lavapipe runs one thread per CPU core.
+  const cores = Math.max(1, navigator.hardwareConcurrency ?? 1);
+  const flops = 2 * shape.m * shape.n * shape.k;
+  let best = MATMUL_TILES[0];
+  let bestTime = Infinity;
+  for (const tile of MATMUL_TILES) {
+    if (tile.tm * tile.tn >= 1024 && flops < BIG_TILE_MIN_FLOPS) continue;
+    const g = matmulGrid(gpu, { m: shape.m, n: shape.n }, tile);
+    const blockWork = WORKGROUP * tile.tm * tile.tn * shape.k;
+    const time = Math.ceil(g.blocksM * g.blocksN / cores) * blockWork /
+      LAVAPIPE_GFLOPS[tileKey(tile)];
+    if (time < bestTime * 0.999) {
+      best = tile;
+      bestTime = time;
+    }
+  }
+  return best;
+}
+
+/** How the out matrix is cut into workgroup blocks for a tile, and the dispatch grid. */
+interface MatmulGrid {
+  wgM: number;
+  wgN: number;
+  blocksM: number;
+  blocksN: number;
+  gridX: number;
+  gridY: number;
+}
+
+/**
+ * Picks the workgroup's shape (wgM × wgN = 64 invocations) that wastes the fewest padded
+ * invocations on this (m, n), ties going to the squarer shape, and lays the blocks on a grid that
+ * respects maxComputeWorkgroupsPerDimension.
+ */
+function matmulGrid(gpu: Gpu, shape: { m: number; n: number }, tile: MatmulTile): MatmulGrid {
+  const tilesM = Math.ceil(shape.m / tile.tm);
+  const tilesN = Math.ceil(shape.n / tile.tn);
+  let best: { wgM: number; blocksM: number; blocksN: number } | null = null;
+  let bestCost = Infinity;
+  for (let wgM = 1; wgM <= WORKGROUP; wgM *= 2) {
+    const wgN = WORKGROUP / wgM;
+    const blocksM = Math.ceil(tilesM / wgM);
+    const blocksN = Math.ceil(tilesN / wgN);
+    // Padded invocations, then squareness as a tie-break (a fraction below one invocation).
+    const cost = blocksM * blocksN * WORKGROUP + Math.abs(Math.log2(wgM / wgN)) / 64;
+    if (cost < bestCost) {
+      bestCost = cost;
+      best = { wgM, blocksM, blocksN };
+    }
+  }
+  const { wgM, blocksM, blocksN } = best!;
+  const blocks = blocksM * blocksN;
+  const max = gpu.limits.maxComputeWorkgroupsPerDimension;
+  const gridX = Math.min(blocks, max);
+  const gridY = Math.ceil(blocks / gridX);
+  if (gridY > max) {
+    throw new Error(
+      `matmul: ${blocks} workgroups exceed a ${max}×${max} grid; use a larger tile`,
+    );
+  }
+  return { wgM, wgN: WORKGROUP / wgM, blocksM, blocksN, gridX, gridY };
+}
+
+let template: string | null = null;
+
+/** The kernel source for one tile: the .wgsl with its @tile markers replaced by unrolled lines. */
+function matmulSource(tile: MatmulTile): string {
+  template ??= wgslSource(new URL("./matmul.wgsl", import.meta.url));
+  const rows = [...Array(tile.tm).keys()];
+  const cols = [...Array(tile.tn).keys()];
+  const setup = [
+    ...rows.map((i) => `let xo${i} = min(row0 + ${i}u, M - 1u) * K4;`),
+    ...cols.map((j) => `let wo${j} = (W_ROW + min(col0 + ${j}u, N - 1u)) * K4;`),
+    ...rows.flatMap((i) => cols.map((j) => `var c${i}_${j} = 0.0;`)),
+  ];
+  const step = [
+    ...rows.map((i) => `let a${i} = x[xo${i} + k];`),
+    ...cols.map((j) => `let b${j} = w[wo${j} + k];`),
+    ...rows.flatMap((i) => cols.map((j) => `c${i}_${j} += dot(a${i}, b${j});`)),
+  ];
+  const store = rows.flatMap((i) =>
+    cols.map((j) => `store(row0 + ${i}u, col0 + ${j}u, c${i}_${j});`)
+  );
+  const fill = (src: string, marker: string, lines: string[]) => {
+    const re = new RegExp(`^([ \\t]*)//@${marker}$`, "m");
+    const found = re.exec(src);
+    if (!found) throw new Error(`kernels/matmul.wgsl lost its //@${marker} marker`);
+    return src.replace(re, lines.map((l) => found[1] + l).join("\n"));
+  };
+  return fill(fill(fill(template, "tile-setup", setup), "tile-step", step), "tile-store", store);
+}
+
+/**
+ * One dispatch of out[m, outColOffset + n] (+)= Σ_k x[m, k] · w[wRowOffset + n, k] (+ bias).
+ * Every size and offset is compiled into the kernel, so the pipeline is cached per shape.
+ */
+export function matmulStep(gpu: Gpu, o: MatmulOptions): Step {
+  const where = `matmul ${o.label}`;
+  const { m, k, n } = o;
+  const wRowOffset = o.wRowOffset ?? 0;
+  const biasOffset = o.biasOffset ?? 0;
+  const outStride = o.outStride ?? n;
+  const outColOffset = o.outColOffset ?? 0;
+  for (const [name, v] of Object.entries({ m, k, n })) {
+    if (!Number.isInteger(v) || v < 1) throw new Error(`${where}: ${name} must be ≥ 1, got ${v}`);
+  }
+  if (k % 4 !== 0) {
+    throw new Error(
+      `${where}: k = ${k} is not a multiple of 4; x and w are read as vec4 along k (pad k)`,
+    );
+  }
+  for (const [name, v] of Object.entries({ wRowOffset, biasOffset, outStride, outColOffset })) {
+    if (!Number.isInteger(v) || v < 0) throw new Error(`${where}: ${name} must be ≥ 0, got ${v}`);
+  }
+  if (outColOffset + n > outStride) {
+    throw new Error(
+      `${where}: columns ${outColOffset}..${outColOffset + n} do not fit a row of ${outStride}`,
+    );
+  }
+  const need = (name: string, buffer: GPUBuffer, elements: number) => {
+    if (buffer.size < elements * 4) {
+      throw new Error(
+        `${where}: ${name} holds ${buffer.size} bytes, needs ${elements * 4} (${elements} f32)`,
+      );
+    }
+    if (buffer.size > gpu.limits.maxStorageBufferBindingSize) {
+      throw new Error(
+        `${where}: ${name} is ${buffer.size} bytes, over this adapter's binding limit ` +
+          `${gpu.limits.maxStorageBufferBindingSize}; shard it (kernels/tensor.ts)`,
+      );
+    }
+  };
+  need("x", o.x, m * k);
+  need("w", o.w, (wRowOffset + n) * k);
+  need("out", o.out, (m - 1) * outStride + outColOffset + n);
+  if (o.bias) need("bias", o.bias, biasOffset + n);
+  if (o.out === o.x || o.out === o.w || o.out === o.bias) {
+    throw new Error(`${where}: out must not be the same buffer as x, w or bias`);
+  }
+
+  const tile = o.tile ?? defaultMatmulTile(gpu, { m, k, n });
+  if (![tile.tm, tile.tn].every((t) => Number.isInteger(t) && t >= 1)) {
+    throw new Error(`${where}: tile ${JSON.stringify(tile)} needs positive integer tm and tn`);
+  }
+  const g = matmulGrid(gpu, { m, n }, tile);
+  const code = wgslConsts({
+    M: m,
+    N: n,
+    K4: k / 4,
+    W_ROW: wRowOffset,
+    BIAS_OFF: biasOffset,
+    OUT_STRIDE: outStride,
+    OUT_COL: outColOffset,
+    HAS_BIAS: o.bias !== undefined,
+    ACCUMULATE: o.accumulate ?? false,
+    TM: tile.tm,
+    TN: tile.tn,
+    WG_M: g.wgM,
+    WG_N: g.wgN,
+    BLOCKS_M: g.blocksM,
+    BLOCKS_N: g.blocksN,
+    GRID_X: g.gridX,
+  }) + matmulSource(tile);
+  const pipeline = gpu.pipeline(`matmul ${tileKey(tile)} ${m}x${k}x${n}`, code);
+  return makeStep(gpu, {
+    label: o.label,
+    kernel: "matmul",
+    pipeline,
+    // Without a bias the kernel never reads binding 2, but the layout still has it; x stands in
+    // (two read-only bindings of one buffer are allowed) so no dummy buffer is needed.
+    buffers: [o.x, o.w, o.bias ?? o.x, o.out],
+    workgroups: [g.gridX, g.gridY, 1],
+  });
+}
+
+/**
+ * out[:, c] (+)= x · W[c, :]ᵀ (+ bias[c]) for a W [N, K] that may be split into row shards: one
+ * step per shard of W, writing out columns [rowStart, rowStart + rows). Where a shard of W spans
+ * a shard boundary of the bias, the step is split there too.
+ */
+export function linearSteps(
+  gpu: Gpu,
+  o: {
+    label: string;
+    x: GPUBuffer;
+    m: number;
+    k: number;
+    w: GpuTensor;
+    bias?: GpuTensor;
+    out: GPUBuffer;
+    outStride?: number;
+    accumulate?: boolean;
+    tile?: MatmulTile;
+  },
+): Step[] {
+  const { w, bias } = o;
+  if (w.shape.length !== 2 || w.shape[1] !== o.k) {
+    throw new Error(
+      `linear ${o.label}: weight ${w.name} has shape ${JSON.stringify(w.shape)}, needs [N, ${o.k}]`,
+    );
+  }
+  const nTotal = w.shape[0];
+  if (bias && (bias.shape.length !== 1 || bias.shape[0] !== nTotal)) {
+    throw new Error(
+      `linear ${o.label}: bias ${bias.name} has shape ${
+        JSON.stringify(bias.shape)
+      }, needs [${nTotal}]`,
+    );
+  }
+  const steps: Step[] = [];
+  for (const [si, ws] of w.shards.entries()) {
+    let start = ws.rowStart;
+    const end = ws.rowStart + ws.rows;
+    while (start < end) {
+      const bs = bias?.shards.find((b) => b.rowStart <= start && start < b.rowStart + b.rows);
+      if (bias && !bs) throw new Error(`linear ${o.label}: bias ${bias.name} misses row ${start}`);
+      const stop = bs ? Math.min(end, bs.rowStart + bs.rows) : end;
+      // Labels name the shard (#i) and, where the bias cut it, the first column (@c).
+      const split = start !== ws.rowStart || stop !== end;
+      const label = o.label + (w.shards.length > 1 ? `#${si}` : "") + (split ? `@${start}` : "");
+      steps.push(matmulStep(gpu, {
+        label,
+        x: o.x,
+        m: o.m,
+        k: o.k,
+        w: ws.buffer,
+        wRowOffset: start - ws.rowStart,
+        n: stop - start,
+        bias: bs?.buffer,
+        biasOffset: bs ? start - bs.rowStart : undefined,
+        out: o.out,
+        outStride: o.outStride ?? nTotal,
+        outColOffset: start,
+        accumulate: o.accumulate,
+        tile: o.tile,
+      }));
+      start = stop;
+    }
+  }
+  return steps;
+}
+
+/** out = x · wᵀ (+ bias) in float64 on the CPU: x is (m, k), w is (n, k), out is (m, n). */
+export function matmulReference(
+  x: Float32Array,
+  w: Float32Array,
+  m: number,
+  k: number,
+  n: number,
+  bias?: Float32Array,
+): Float64Array {
+  const out = new Float64Array(m * n);
+  for (let r = 0; r < m; r++) {
+    for (let c = 0; c < n; c++) {
+      let s = bias ? bias[c] : 0;
+      for (let i = 0; i < k; i++) s += x[r * k + i] * w[c * k + i];
+      out[r * n + c] = s;
+    }
+  }
+  return out;
+}
+
+function tileKey(tile: MatmulTile): string {
+  return `${tile.tm}x${tile.tn}`;
+}

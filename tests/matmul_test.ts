@@ -1,0 +1,199 @@
+/**
+ * The matmul kernel on the real adapter (lavapipe here) against the float64 reference, on fresh
+ * random inputs with ragged sizes that are not multiples of any tile.
+ */
+import { acquireGpu, type Gpu } from "../kernels/runtime.ts";
+import { submitSteps } from "../kernels/program.ts";
+import { createTensor } from "../kernels/tensor.ts";
+import {
+  defaultMatmulTile,
+  linearSteps,
+  MATMUL_TILES,
+  matmulReference,
+  matmulStep,
+  type MatmulTile,
+} from "../kernels/matmul.ts";
+
+const gpu = await acquireGpu();
+
+function random(n: number, seed: number): Float32Array {
+  // A small LCG so a failure reproduces; values in [-1, 1).
+  let s = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    out[i] = s / 2 ** 31 - 1;
+  }
+  return out;
+}
+
+function upload(g: Gpu, label: string, data: Float32Array): GPUBuffer {
+  const b = g.createBuffer(label, data.byteLength);
+  g.write(b, data);
+  return b;
+}
+
+/** f32 rounding grows like sqrt(k) for random-sign sums; compare relative to the magnitude. */
+function assertClose(got: Float32Array, want: ArrayLike<number>, k: number, what: string) {
+  if (got.length !== want.length) {
+    throw new Error(`${what}: ${got.length} values, want ${want.length}`);
+  }
+  const tol = 1e-4 * Math.sqrt(k);
+  for (let i = 0; i < want.length; i++) {
+    const d = Math.abs(got[i] - want[i]);
+    if (!(d <= tol * (1 + Math.abs(want[i])))) {
+      throw new Error(`${what}: element ${i} is ${got[i]}, want ${want[i]} (|diff| ${d})`);
+    }
+  }
+}
+
+async function run(g: Gpu, steps: Parameters<typeof submitSteps>[1]) {
+  await g.scoped("matmul test", async () => {
+    submitSteps(g, steps);
+    await g.checkPipelines();
+  });
+}
+
+async function plainCase(shape: { m: number; k: number; n: number }, tile?: MatmulTile) {
+  const { m, k, n } = shape;
+  const xs = random(m * k, m * 7 + k), ws = random(n * k, n * 13 + k);
+  const x = upload(gpu, "x", xs), w = upload(gpu, "w", ws);
+  const out = gpu.createBuffer("out", m * n * 4);
+  await run(gpu, [matmulStep(gpu, { label: "plain", x, m, k, w, n, out, tile })]);
+  const got = await gpu.readF32(out, m * n);
+  const t = tile ?? defaultMatmulTile(gpu, shape);
+  assertClose(got, matmulReference(xs, ws, m, k, n), k, `${m}x${k}x${n} tile ${t.tm}x${t.tn}`);
+  for (const b of [x, w, out]) gpu.destroyBuffer(b);
+}
+
+Deno.test("every tile is exact on a ragged 37x20x53", async () => {
+  for (const tile of MATMUL_TILES) await plainCase({ m: 37, k: 20, n: 53 }, tile);
+});
+
+Deno.test("odd tiles (1x1, 3x5) and the default tile on assorted shapes", async () => {
+  await plainCase({ m: 9, k: 12, n: 11 }, { tm: 1, tn: 1 });
+  await plainCase({ m: 9, k: 12, n: 11 }, { tm: 3, tn: 5 });
+  for (
+    const s of [
+      { m: 1, k: 4, n: 1 },
+      { m: 1, k: 64, n: 300 },
+      { m: 300, k: 8, n: 2 },
+      { m: 130, k: 132, n: 70 },
+      { m: 257, k: 36, n: 513 },
+    ]
+  ) await plainCase(s);
+});
+
+Deno.test("bias, accumulate, outStride, outColOffset, wRowOffset and biasOffset together", async () => {
+  const m = 29, k = 28, n = 19, nTotal = 40, wRowOffset = 13;
+  const outStride = 50, outColOffset = 7, biasOffset = 5;
+  const xs = random(m * k, 1), ws = random(nTotal * k, 2), bs = random(biasOffset + n + 3, 3);
+  const before = random(m * outStride, 4);
+  const x = upload(gpu, "x", xs), w = upload(gpu, "w", ws), bias = upload(gpu, "b", bs);
+  for (const tile of [{ tm: 4, tn: 4 }, { tm: 16, tn: 8 }, undefined]) {
+    for (const accumulate of [false, true]) {
+      const out = upload(gpu, "out", before);
+      await run(gpu, [matmulStep(gpu, {
+        label: "offsets",
+        x,
+        m,
+        k,
+        w,
+        wRowOffset,
+        n,
+        bias,
+        biasOffset,
+        out,
+        outStride,
+        outColOffset,
+        accumulate,
+        tile,
+      })]);
+      const got = await gpu.readF32(out, m * outStride);
+      const ref = matmulReference(
+        xs,
+        ws.subarray(wRowOffset * k, (wRowOffset + n) * k),
+        m,
+        k,
+        n,
+        bs.subarray(biasOffset, biasOffset + n),
+      );
+      // Columns outside [outColOffset, outColOffset + n) must keep their old values exactly.
+      const want = Float64Array.from(before);
+      for (let r = 0; r < m; r++) {
+        for (let c = 0; c < n; c++) {
+          const at = r * outStride + outColOffset + c;
+          want[at] = ref[r * n + c] + (accumulate ? before[at] : 0);
+        }
+      }
+      assertClose(got, want, k, `offsets tile ${JSON.stringify(tile)} accumulate ${accumulate}`);
+      gpu.destroyBuffer(out);
+    }
+  }
+  for (const b of [x, w, bias]) gpu.destroyBuffer(b);
+});
+
+Deno.test("a sharded W (and a sharded bias) through linearSteps", async () => {
+  for (
+    const { k, shardBytes, n } of [{ k: 24, shardBytes: 1024, n: 53 }, {
+      k: 8,
+      shardBytes: 112,
+      n: 50,
+    }]
+  ) {
+    const g = await acquireGpu({ shardBytes });
+    const m = 21;
+    const xs = random(m * k, 5),
+      ws = random(n * k, 6),
+      bs = random(n, 7),
+      before = random(m * n, 8);
+    const w = createTensor(g, "w", [n, k], { data: ws });
+    const bias = createTensor(g, "b", [n], { data: bs });
+    if (w.shards.length < 3) throw new Error(`W has ${w.shards.length} shards, the test wants ≥ 3`);
+    const x = upload(g, "x", xs), out = upload(g, "out", before);
+    const steps = linearSteps(g, { label: "lin", x, m, k, w, bias, out, accumulate: true });
+    if (steps.length < w.shards.length) {
+      throw new Error(`${steps.length} steps for ${w.shards.length} shards`);
+    }
+    await run(g, steps);
+    const got = await g.readF32(out, m * n);
+    const want = matmulReference(xs, ws, m, k, n, bs).map((v, i) => v + before[i]);
+    assertClose(got, want, k, `sharded W (${w.shards.length} shards, bias ${bias.shards.length})`);
+    g.destroy();
+  }
+});
+
+Deno.test("more than 65535 workgroups go on a 2-D grid", async () => {
+  // Tile 1x1 gives 64 outputs per workgroup: 4096 × 1040 outputs need 66,560 workgroups.
+  await plainCase({ m: 4096, k: 4, n: 1040 }, { tm: 1, tn: 1 });
+});
+
+Deno.test("k not a multiple of 4, and bad sizes, are clear errors", () => {
+  const b = gpu.createBuffer("any", 4096);
+  const out = gpu.createBuffer("out", 4096);
+  const expectError = (fn: () => unknown, text: string) => {
+    try {
+      fn();
+    } catch (e) {
+      if (!(e instanceof Error) || !e.message.includes(text)) {
+        throw new Error(`wanted an error mentioning "${text}", got ${e}`);
+      }
+      return;
+    }
+    throw new Error(`wanted an error mentioning "${text}", got none`);
+  };
+  expectError(
+    () => matmulStep(gpu, { label: "bad", x: b, m: 2, k: 6, w: b, n: 2, out }),
+    "not a multiple of 4",
+  );
+  expectError(
+    () => matmulStep(gpu, { label: "big", x: b, m: 64, k: 64, w: b, n: 2, out }),
+    "x holds 4096 bytes",
+  );
+  expectError(
+    () => matmulStep(gpu, { label: "cols", x: b, m: 2, k: 4, w: b, n: 8, out, outStride: 6 }),
+    "do not fit a row",
+  );
+  gpu.destroyBuffer(b);
+  gpu.destroyBuffer(out);
+});

@@ -1,0 +1,145 @@
+/**
+ * Matmul speed on this adapter: GFLOP/s from GPU timestamps (profileSteps) and from the wall clock
+ * over `repeats` dispatches in one submit, for 1024³ and the shapes of a small transformer.
+ *
+ *   deno run -A tools/bench_matmul.ts            # the default tile of each shape
+ *   deno run -A tools/bench_matmul.ts --all      # every tile in MATMUL_TILES, per shape
+ *   deno run -A tools/bench_matmul.ts --repeats 20 --shape 512x1024x2048 --tile 16x16
+ *
+ * A shape is written MxKxN: x is (M, K), w is (N, K), out is (M, N). The first dispatch of a tile
+ * compiles it (up to ~10 s for 32x32 on lavapipe, unless Mesa's disk cache has it) and is shown
+ * apart as "first ms".
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { acquireGpu, type Gpu } from "../kernels/runtime.ts";
+import { finish, profileSteps, submitSteps } from "../kernels/program.ts";
+import { defaultMatmulTile, MATMUL_TILES, matmulStep, type MatmulTile } from "../kernels/matmul.ts";
+
+/** One matmul shape: x is (m, k), w is (n, k). */
+export interface MatmulShape {
+  m: number;
+  k: number;
+  n: number;
+}
+
+/** The speed of one shape with one tile. */
+export interface MatmulBenchResult extends MatmulShape {
+  /** GFLOP/s from GPU timestamps, 2·m·k·n per dispatch. */
+  gflops: number;
+  /** GFLOP/s from the wall clock over `repeats` dispatches in one submit, sync included. */
+  wallGflops: number;
+  /** GPU milliseconds of one dispatch. */
+  ms: number;
+  /** Wall milliseconds of the first dispatch: compiling the kernel (unless cached) and one run. */
+  firstMs: number;
+  tile: MatmulTile;
+}
+
+/** 1024³ and the transformer shapes facts.md quotes (M = 2048 tokens). */
+export const BENCH_SHAPES: readonly MatmulShape[] = [
+  { m: 1024, k: 1024, n: 1024 },
+  { m: 2048, k: 128, n: 384 },
+  { m: 2048, k: 384, n: 128 },
+  { m: 2048, k: 128, n: 128 },
+  { m: 2048, k: 128, n: 256 },
+];
+
+/**
+ * Times each shape with its default tile, or with each of `tiles` when given: GPU time is the best
+ * of three profiled batches of `repeats` dispatches. Inputs are random
+ * (zeros could take faster paths on some hardware). Without timestamp-query the GPU figure falls
+ * back to the wall clock.
+ */
+export async function benchMatmul(
+  gpu: Gpu,
+  shapes: readonly MatmulShape[],
+  options: { repeats?: number; tiles?: readonly MatmulTile[] } = {},
+): Promise<MatmulBenchResult[]> {
+  const repeats = options.repeats ?? 10;
+  const results: MatmulBenchResult[] = [];
+  for (const shape of shapes) {
+    const { m, k, n } = shape;
+    const x = gpu.createBuffer("bench.x", m * k * 4);
+    const w = gpu.createBuffer("bench.w", n * k * 4);
+    const out = gpu.createBuffer("bench.out", m * n * 4);
+    gpu.write(x, Float32Array.from({ length: m * k }, () => Math.random() - 0.5));
+    gpu.write(w, Float32Array.from({ length: n * k }, () => Math.random() - 0.5));
+    for (const tile of options.tiles ?? [defaultMatmulTile(gpu, shape)]) {
+      const step = matmulStep(gpu, { label: "bench", x, m, k, w, n, out, tile });
+      // Compile and warm up outside the timing.
+      const tFirst = performance.now();
+      await gpu.scoped(`bench ${m}x${k}x${n}`, async () => {
+        submitSteps(gpu, [step]);
+        await gpu.checkPipelines();
+        await finish(gpu);
+      });
+      const firstMs = performance.now() - tFirst;
+      const steps = Array(repeats).fill(step);
+      const t0 = performance.now();
+      submitSteps(gpu, steps);
+      await finish(gpu);
+      const wallMs = performance.now() - t0;
+      // Best of three timed batches: a 2-core VM shares its cores, and slow outliers are noise.
+      let gpuMs = Infinity;
+      for (let i = 0; i < 3; i++) {
+        const prof = await profileSteps(gpu, steps);
+        gpuMs = Math.min(gpuMs, prof?.totalMs ?? wallMs);
+      }
+      const ms = gpuMs / repeats;
+      const flop = 2 * m * k * n;
+      results.push({
+        m,
+        k,
+        n,
+        gflops: flop / ms / 1e6,
+        wallGflops: flop * repeats / wallMs / 1e6,
+        ms,
+        firstMs,
+        tile,
+      });
+    }
+    for (const b of [x, w, out]) gpu.destroyBuffer(b);
+  }
+  return results;
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    options: {
+      all: { type: "boolean", default: false },
+      tile: { type: "string", multiple: true },
+      repeats: { type: "string", default: "10" },
+      shape: { type: "string", multiple: true },
+    },
+  });
+  const shapes = values.shape?.map((s) => {
+    const [m, k, n] = s.split("x").map(Number);
+    if (![m, k, n].every((v) => Number.isInteger(v) && v > 0)) {
+      throw new Error(`--shape ${s}: want MxKxN, e.g. 2048x128x384`);
+    }
+    return { m, k, n };
+  }) ?? BENCH_SHAPES;
+  const gpu = await acquireGpu();
+  console.log(`adapter: ${gpu.adapterName}; timestamp-query: ${gpu.features.timestampQuery}`);
+  console.log("   M     K     N  tile    GPU ms  GFLOP/s  wall GFLOP/s  first ms");
+  const results = await benchMatmul(gpu, shapes, {
+    repeats: Number(values.repeats),
+    tiles: values.all ? MATMUL_TILES : values.tile?.map((t) => {
+      const [tm, tn] = t.split("x").map(Number);
+      return { tm, tn };
+    }),
+  });
+  for (const r of results) {
+    const def = defaultMatmulTile(gpu, r);
+    const mark = def.tm === r.tile.tm && def.tn === r.tile.tn ? " (default)" : "";
+    console.log(
+      `${String(r.m).padStart(4)}  ${String(r.k).padStart(4)}  ${String(r.n).padStart(4)}  ` +
+        `${`${r.tile.tm}x${r.tile.tn}`.padEnd(6)}${r.ms.toFixed(2).padStart(8)}` +
+        `${r.gflops.toFixed(1).padStart(9)}${r.wallGflops.toFixed(1).padStart(14)}` +
+        `${r.firstMs.toFixed(0).padStart(10)}${mark}`,
+    );
+  }
+  gpu.destroy();
+}
