@@ -31,7 +31,9 @@ export function attentionStep(
     throw new Error(`attention ${o.label}: head_dim ${o.headDim} must be a multiple of 4`);
   }
   if (o.heads % o.kvHeads !== 0) {
-    throw new Error(`attention ${o.label}: ${o.heads} heads not divisible by ${o.kvHeads} kv heads`);
+    throw new Error(
+      `attention ${o.label}: ${o.heads} heads not divisible by ${o.kvHeads} kv heads`,
+    );
   }
   return launch(gpu, {
     label: o.label,

@@ -37,7 +37,14 @@ export function logsumexpChunkStep(
 /** Per-sample R from the final state: r (batch) f32. */
 export function logLikelihoodStep(
   gpu: Gpu,
-  o: { label: string; target: GPUBuffer; state: GPUBuffer; r: GPUBuffer; batch: number; seqLen: number },
+  o: {
+    label: string;
+    target: GPUBuffer;
+    state: GPUBuffer;
+    r: GPUBuffer;
+    batch: number;
+    seqLen: number;
+  },
 ): Step {
   return launch(gpu, {
     label: o.label,

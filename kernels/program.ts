@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { Gpu } from "./runtime.ts";
+import type { Gpu } from "./runtime.ts";
 
 /** One compute dispatch, ready to encode. */
 export interface Step {
@@ -46,7 +46,9 @@ export function makeStep(
     : options.workgroups;
   const max = gpu.limits.maxComputeWorkgroupsPerDimension;
   if (wg.some((w) => w > max)) {
-    throw new Error(`step ${options.label}: workgroups ${wg} exceed the per-dimension limit ${max}`);
+    throw new Error(
+      `step ${options.label}: workgroups ${wg} exceed the per-dimension limit ${max}`,
+    );
   }
   return {
     label: options.label,

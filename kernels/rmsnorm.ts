@@ -9,9 +9,19 @@ import { launch, type Step } from "./program.ts";
 /** y = w · x · rsqrt(mean(x²) + eps) for each of `rows` rows of width `dim`. x is (rows, dim). */
 export function rmsnormStep(
   gpu: Gpu,
-  o: { label: string; x: GPUBuffer; w: GPUBuffer; y: GPUBuffer; rows: number; dim: number; eps: number },
+  o: {
+    label: string;
+    x: GPUBuffer;
+    w: GPUBuffer;
+    y: GPUBuffer;
+    rows: number;
+    dim: number;
+    eps: number;
+  },
 ): Step {
-  if (o.dim % 4 !== 0) throw new Error(`rmsnorm ${o.label}: width ${o.dim} must be a multiple of 4`);
+  if (o.dim % 4 !== 0) {
+    throw new Error(`rmsnorm ${o.label}: width ${o.dim} must be a multiple of 4`);
+  }
   return launch(gpu, {
     label: o.label,
     kernel: "rmsnorm",

@@ -96,7 +96,9 @@ export class Gpu {
   /** Throws if the device was lost or an error escaped every scope. */
   assertHealthy(context: string): void {
     if (this.#lost !== null) {
-      throw new GpuError(`${context}: the WebGPU device was lost (${this.#lost}) on ${this.adapterName}`);
+      throw new GpuError(
+        `${context}: the WebGPU device was lost (${this.#lost}) on ${this.adapterName}`,
+      );
     }
     if (this.#uncaptured.length > 0) {
       const msg = this.#uncaptured.splice(0).join("; ");
@@ -112,19 +114,23 @@ export class Gpu {
     this.assertHealthy(context);
     this.device.pushErrorScope("out-of-memory");
     this.device.pushErrorScope("validation");
-    let result: T;
+    let result: T | undefined;
+    let failure: unknown = null;
     try {
       result = await fn();
-    } finally {
-      const validation = await this.device.popErrorScope();
-      const oom = await this.device.popErrorScope();
-      if (validation) {
-        throw new GpuError(`${context}: WebGPU validation error: ${firstLine(validation.message)}`);
-      }
-      if (oom) throw new GpuError(`${context}: out of GPU memory on ${this.adapterName}`);
+    } catch (e) {
+      failure = e;
     }
+    // Scopes must be popped whatever happened, in reverse order of pushing.
+    const validation = await this.device.popErrorScope();
+    const oom = await this.device.popErrorScope();
+    if (validation) {
+      throw new GpuError(`${context}: WebGPU validation error: ${firstLine(validation.message)}`);
+    }
+    if (oom) throw new GpuError(`${context}: out of GPU memory on ${this.adapterName}`);
+    if (failure !== null) throw failure;
     this.assertHealthy(context);
-    return result;
+    return result as T;
   }
 
   /**
@@ -301,7 +307,9 @@ export async function acquireGpu(options: AcquireOptions = {}): Promise<Gpu> {
   // Shards must stay aligned to 16 bytes so every shard can be read as vec4.
   const cap = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
   const shardBytes = Math.floor(Math.min(options.shardBytes ?? cap, cap) / 16) * 16;
-  if (shardBytes < 16) throw new GpuError(`shardBytes must be at least 16, got ${options.shardBytes}`);
+  if (shardBytes < 16) {
+    throw new GpuError(`shardBytes must be at least 16, got ${options.shardBytes}`);
+  }
   return new Gpu(device, { adapterName, features, limits, subgroupSize }, shardBytes);
 }
 

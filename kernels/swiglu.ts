@@ -11,7 +11,9 @@ export function swigluStep(
   gpu: Gpu,
   o: { label: string; gate: GPUBuffer; up: GPUBuffer; rows: number; width: number },
 ): Step {
-  if (o.width % 4 !== 0) throw new Error(`swiglu ${o.label}: width ${o.width} must be a multiple of 4`);
+  if (o.width % 4 !== 0) {
+    throw new Error(`swiglu ${o.label}: width ${o.width} must be a multiple of 4`);
+  }
   const n4 = (o.rows * o.width) / 4;
   return launch(gpu, {
     label: o.label,

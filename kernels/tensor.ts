@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { Gpu, GpuError } from "./runtime.ts";
+import { type Gpu, GpuError } from "./runtime.ts";
 
 /** One contiguous range of rows of a tensor, in its own buffer. */
 export interface Shard {
@@ -67,9 +67,9 @@ export function createTensor(
   }
   if (options.data && options.data.length !== rows * rowSize) {
     throw new GpuError(
-      `tensor ${name}: data has ${options.data.length} elements, shape ${JSON.stringify(shape)} needs ${
-        rows * rowSize
-      }`,
+      `tensor ${name}: data has ${options.data.length} elements, shape ${
+        JSON.stringify(shape)
+      } needs ${rows * rowSize}`,
     );
   }
   const per = rowsPerShard(rowSize, gpu.shardBytes);
@@ -77,7 +77,10 @@ export function createTensor(
     const label = all.length > 1 ? `${name}#${i}` : name;
     const buffer = gpu.createBuffer(label, r.rows * rowSize * 4);
     if (options.data && r.rows > 0) {
-      gpu.write(buffer, options.data.subarray(r.rowStart * rowSize, (r.rowStart + r.rows) * rowSize));
+      gpu.write(
+        buffer,
+        options.data.subarray(r.rowStart * rowSize, (r.rowStart + r.rows) * rowSize),
+      );
     }
     return { buffer, rowStart: r.rowStart, rows: r.rows };
   });

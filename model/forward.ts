@@ -21,7 +21,7 @@
  * @module
  */
 import type { Qwen3Config } from "./config.ts";
-import { Gpu, GpuError } from "../kernels/runtime.ts";
+import { type Gpu, GpuError } from "../kernels/runtime.ts";
 import type { GpuTensor } from "../kernels/tensor.ts";
 import { finish, type Step, submitSteps } from "../kernels/program.ts";
 import { linearSteps, matmulStep } from "../kernels/matmul.ts";
@@ -87,7 +87,9 @@ export function validateBatch(
       );
     }
     if (row.length > o.maxSeqLen) {
-      throw new UserError(`${src}row ${b} has ${row.length} tokens, more than max length ${o.maxSeqLen}`);
+      throw new UserError(
+        `${src}row ${b} has ${row.length} tokens, more than max length ${o.maxSeqLen}`,
+      );
     }
     row.forEach((id, t) => {
       if (!Number.isInteger(id) || id < 0 || id >= o.vocabSize) {
@@ -98,7 +100,9 @@ export function validateBatch(
       }
       const m = mask[b][t];
       if (m !== 0 && m !== 1) {
-        throw new UserError(`${src}row ${b}, position ${t}: attention_mask value ${m} must be 0 or 1`);
+        throw new UserError(
+          `${src}row ${b}, position ${t}: attention_mask value ${m} must be 0 or 1`,
+        );
       }
     });
   });
@@ -118,7 +122,12 @@ export class Qwen3Forward {
   #steps = new Map<string, Step[]>();
   #ropeFor = -1;
 
-  constructor(gpu: Gpu, config: Qwen3Config, weights: DeviceWeights | WeightLookup, options: ForwardOptions) {
+  constructor(
+    gpu: Gpu,
+    config: Qwen3Config,
+    weights: DeviceWeights | WeightLookup,
+    options: ForwardOptions,
+  ) {
     this.gpu = gpu;
     this.config = config;
     this.#weights = typeof weights === "function" ? weights : (name) => {
@@ -269,7 +278,15 @@ export class Qwen3Forward {
       }));
       steps.push(...lin("mlp.gate_proj", b.xn, b.gate, H));
       steps.push(...lin("mlp.up_proj", b.xn, b.up, H));
-      steps.push(swigluStep(g, { label: `L${l}.swiglu`, gate: b.gate, up: b.up, rows: R, width: c.intermediateSize }));
+      steps.push(
+        swigluStep(g, {
+          label: `L${l}.swiglu`,
+          gate: b.gate,
+          up: b.up,
+          rows: R,
+          width: c.intermediateSize,
+        }),
+      );
       steps.push(...lin("mlp.down_proj", b.gate, b.x, c.intermediateSize, true));
     }
     steps.push(rmsnormStep(g, {
@@ -286,7 +303,9 @@ export class Qwen3Forward {
 
   /** The LM head tensor: embed_tokens when tied. */
   headTensor(): GpuTensor {
-    return this.#weights(this.config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+    return this.#weights(
+      this.config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight",
+    );
   }
 
   /** Steps of the streamed fitness: per vocab chunk a matmul and a log-sum-exp fold, then R. */
@@ -322,7 +341,16 @@ export class Qwen3Forward {
         first = false;
       }
     }
-    steps.push(logLikelihoodStep(g, { label: "log_likelihood", target: b.target, state: b.state, r: b.r, batch, seqLen }));
+    steps.push(
+      logLikelihoodStep(g, {
+        label: "log_likelihood",
+        target: b.target,
+        state: b.state,
+        r: b.r,
+        batch,
+        seqLen,
+      }),
+    );
     return steps;
   }
 
@@ -345,7 +373,9 @@ export class Qwen3Forward {
     validateBatch(tokens, { vocabSize: this.config.vocabSize, maxSeqLen: this.options.maxSeqLen });
     const batch = tokens.inputIds.length;
     if (batch > this.options.maxBatch) {
-      throw new UserError(`batch of ${batch} samples exceeds the forward's maximum ${this.options.maxBatch}`);
+      throw new UserError(
+        `batch of ${batch} samples exceeds the forward's maximum ${this.options.maxBatch}`,
+      );
     }
     const seqLen = Math.max(...tokens.inputIds.map((r) => r.length));
     const ids = new Uint32Array(batch * seqLen);

@@ -7,11 +7,16 @@
 import type { TokenBatch } from "../model/forward.ts";
 
 /** Right-pads sequences (each already ≤ the length wanted) into one batch with its mask. */
-export function padBatch(seqs: readonly (readonly number[])[], options: { padId: number }): TokenBatch {
+export function padBatch(
+  seqs: readonly (readonly number[])[],
+  options: { padId: number },
+): TokenBatch {
   const len = Math.max(0, ...seqs.map((s) => s.length));
   return {
     inputIds: seqs.map((s) => [...s, ...new Array(len - s.length).fill(options.padId)]),
-    attentionMask: seqs.map((s) => [...new Array(s.length).fill(1), ...new Array(len - s.length).fill(0)]),
+    attentionMask: seqs.map((
+      s,
+    ) => [...new Array(s.length).fill(1), ...new Array(len - s.length).fill(0)]),
   };
 }
 
@@ -31,7 +36,10 @@ export function splitBatch(batch: TokenBatch, size: number): TokenBatch[] {
     let len = 0;
     mask.forEach((m) => m.forEach((v, t) => v && (len = Math.max(len, t + 1))));
     len = Math.max(len, 1);
-    out.push({ inputIds: ids.map((r) => r.slice(0, len)), attentionMask: mask.map((r) => r.slice(0, len)) });
+    out.push({
+      inputIds: ids.map((r) => r.slice(0, len)),
+      attentionMask: mask.map((r) => r.slice(0, len)),
+    });
   }
   return out;
 }

@@ -54,7 +54,9 @@ export async function readTokensFile(path: string): Promise<Samples> {
   const mask = Array.isArray(j.attention_mask)
     ? j.attention_mask as number[][]
     : ids.map((r) => (Array.isArray(r) ? r.map(() => 1) : r));
-  if (ids.length === 0) throw new UserError(`${path}: input_ids is empty; give at least one sample`);
+  if (ids.length === 0) {
+    throw new UserError(`${path}: input_ids is empty; give at least one sample`);
+  }
   return { batch: { inputIds: ids, attentionMask: mask }, source: path };
 }
 
@@ -77,9 +79,15 @@ export async function readTextSamples(
     .map((l) => tok.encode(l).slice(0, options.maxLen))
     .filter((s) => s.length >= 2);
   if (seqs.length === 0) {
-    throw new UserError(`${path}: no line has two or more tokens to score; give a non-empty text file`);
+    throw new UserError(
+      `${path}: no line has two or more tokens to score; give a non-empty text file`,
+    );
   }
-  return { batch: padBatch(seqs, { padId: tok.padId }), source: path, tokenizerVocab: tok.vocabSize };
+  return {
+    batch: padBatch(seqs, { padId: tok.padId }),
+    source: path,
+    tokenizerVocab: tok.vocabSize,
+  };
 }
 
 /** Scores `samples` with the checkpoint in `modelDir`, in micro-batches of `batch`. */
@@ -104,7 +112,11 @@ export async function evaluate(
         `max length ${maxLen} exceeds the model's max_position_embeddings ${config.maxPositionEmbeddings}`,
       );
     }
-    validateBatch(samples.batch, { vocabSize: config.vocabSize, maxSeqLen: Infinity, source: samples.source });
+    validateBatch(samples.batch, {
+      vocabSize: config.vocabSize,
+      maxSeqLen: Infinity,
+      source: samples.source,
+    });
     const batch = truncate(samples.batch, maxLen);
     batch.attentionMask.forEach((m, b) => {
       if (m.slice(1).every((v) => v === 0)) {

@@ -22,7 +22,9 @@ import { Qwen3Forward, type TokenBatch } from "../model/forward.ts";
 export async function benchForward(
   gpu: Gpu,
   o: { preset: string; batch: number; seqLen: number; repeats: number },
-): Promise<{ tokens_per_s: number; ms_per_batch: number; kernels_ms: Record<string, number> | null }> {
+): Promise<
+  { tokens_per_s: number; ms_per_batch: number; kernels_ms: Record<string, number> | null }
+> {
   const config = getPreset(o.preset);
   const weights = await uploadWeights(gpu, randomInit(config, { seed: 1 }));
   const fwd = new Qwen3Forward(gpu, config, weights, { maxBatch: o.batch, maxSeqLen: o.seqLen });
@@ -75,11 +77,22 @@ if (import.meta.main) {
     log("\nmatmul (x (M,K) · wᵀ, w (N,K))");
     log("| M | K | N | GFLOP/s | tile |");
     log("|---|---|---|---|---|");
-    for (const r of matmul) log(`| ${r.m} | ${r.k} | ${r.n} | ${r.gflops.toFixed(1)} | ${r.tile} |`);
+    for (const r of matmul) {
+      log(`| ${r.m} | ${r.k} | ${r.n} | ${r.gflops.toFixed(1)} | ${r.tile} |`);
+    }
 
-    const fwd = await benchForward(gpu, { preset: "tiny", batch: 16, seqLen: 64, repeats: values.quick ? 3 : 10 });
+    const fwd = await benchForward(gpu, {
+      preset: "tiny",
+      batch: 16,
+      seqLen: 64,
+      repeats: values.quick ? 3 : 10,
+    });
     log("\nforward + fitness, tiny preset (hidden 128, 4 layers, vocab 256), batch 16 × 64 tokens");
-    log(`${Math.round(fwd.tokens_per_s)} scored tokens/s, ${fwd.ms_per_batch.toFixed(1)} ms per batch`);
+    log(
+      `${Math.round(fwd.tokens_per_s)} scored tokens/s, ${
+        fwd.ms_per_batch.toFixed(1)
+      } ms per batch`,
+    );
     if (fwd.kernels_ms) log(`GPU ms per kernel: ${JSON.stringify(fwd.kernels_ms)}`);
     if (values.json) {
       console.log(JSON.stringify({

@@ -38,6 +38,8 @@ export function parseFlags<T extends NonNullable<ParseArgsConfig["options"]>>(
 export function intFlag(value: string | undefined, flag: string, fallback: number): number {
   if (value === undefined) return fallback;
   const n = Number(value);
-  if (!Number.isInteger(n) || n <= 0) throw new UserError(`--${flag} must be a positive integer, got "${value}"`);
+  if (!Number.isInteger(n) || n <= 0) {
+    throw new UserError(`--${flag} must be a positive integer, got "${value}"`);
+  }
   return n;
 }

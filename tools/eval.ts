@@ -12,7 +12,8 @@ import { intFlag, parseFlags, runMain } from "./cli.ts";
 import { UserError } from "../pipeline/errors.ts";
 import { evaluate, readTextSamples, readTokensFile } from "../pipeline/evaluate.ts";
 
-const USAGE = "deno task eval --model DIR (--tokens FILE.json | --text FILE [--tokenizer bytes|qwen3|PATH]) " +
+const USAGE =
+  "deno task eval --model DIR (--tokens FILE.json | --text FILE [--tokenizer bytes|qwen3|PATH]) " +
   "[--max-len N] [--batch N]";
 
 if (import.meta.main) {
@@ -38,15 +39,22 @@ if (import.meta.main) {
     if (values.tokens && values.tokenizer) {
       throw new UserError("--tokenizer applies to --text only; --tokens already holds ids");
     }
-    const maxLen = values["max-len"] === undefined ? undefined : intFlag(values["max-len"], "max-len", 0);
+    const maxLen = values["max-len"] === undefined
+      ? undefined
+      : intFlag(values["max-len"], "max-len", 0);
     const batch = intFlag(values.batch, "batch", 16);
     const samples = values.tokens
       ? await readTokensFile(values.tokens)
-      : await readTextSamples(values.text!, { tokenizer: values.tokenizer ?? "bytes", maxLen: maxLen ?? 256 });
+      : await readTextSamples(values.text!, {
+        tokenizer: values.tokenizer ?? "bytes",
+        maxLen: maxLen ?? 256,
+      });
     const result = await evaluate(values.model, samples, {
       batch,
       maxLen,
-      shardBytes: values["shard-bytes"] ? intFlag(values["shard-bytes"], "shard-bytes", 0) : undefined,
+      shardBytes: values["shard-bytes"]
+        ? intFlag(values["shard-bytes"], "shard-bytes", 0)
+        : undefined,
     });
     console.log(JSON.stringify(result));
   });
