@@ -120,7 +120,6 @@ export class Qwen3Forward {
   #weights: WeightLookup;
   #buf: Record<string, GPUBuffer> = {};
   #steps = new Map<string, Step[]>();
-  #ropeFor = -1;
 
   constructor(
     gpu: Gpu,
@@ -184,6 +183,10 @@ export class Qwen3Forward {
       }
       this.#buf[name] = gpu.createBuffer(`act.${name}`, bytes);
     }
+    // Position p's angles sit at row p whatever the batch's length, so one table serves all.
+    const t = ropeTables({ seqLen: options.maxSeqLen, headDim: D, theta: c.ropeTheta });
+    gpu.write(this.#buf.cos, t.cos);
+    gpu.write(this.#buf.sin, t.sin);
   }
 
   /** Bytes of activation workspace this forward allocated. */
@@ -196,19 +199,19 @@ export class Qwen3Forward {
     return this.#buf[name];
   }
 
-  #vec(name: string): GPUBuffer {
-    return this.#weights(name).shards[0].buffer;
-  }
-
-  /** Steps of the body: embedding, layers and final norm, leaving the normed states in xn. */
-  bodySteps(batch: number, seqLen: number): Step[] {
+  /**
+   * Steps of the body: embedding, layers and final norm, leaving the normed states in xn.
+   * `weights` binds another set of tensors of the same shapes (a perturbed copy) instead.
+   */
+  bodySteps(batch: number, seqLen: number, weights: WeightLookup = this.#weights): Step[] {
     const c = this.config, g = this.gpu, b = this.#buf;
+    const vec = (name: string) => weights(name).shards[0].buffer;
     const R = batch * seqLen, H = c.hiddenSize, D = c.headDim;
     const steps: Step[] = [];
     steps.push(...embeddingSteps(g, {
       label: "embed",
       ids: b.ids,
-      table: this.#weights("model.embed_tokens.weight"),
+      table: weights("model.embed_tokens.weight"),
       x: b.x,
       rows: R,
     }));
@@ -220,9 +223,9 @@ export class Qwen3Forward {
           x,
           m: R,
           k,
-          w: this.#weights(`${p}${name}.weight`),
+          w: weights(`${p}${name}.weight`),
           bias: c.attentionBias && name.startsWith("self_attn.")
-            ? this.#weights(`${p}${name}.bias`)
+            ? weights(`${p}${name}.bias`)
             : undefined,
           out,
           accumulate,
@@ -230,7 +233,7 @@ export class Qwen3Forward {
       steps.push(rmsnormStep(g, {
         label: `L${l}.input_layernorm`,
         x: b.x,
-        w: this.#vec(`${p}input_layernorm.weight`),
+        w: vec(`${p}input_layernorm.weight`),
         y: b.xn,
         rows: R,
         dim: H,
@@ -243,7 +246,7 @@ export class Qwen3Forward {
         steps.push(qkNormRopeStep(g, {
           label: `L${l}.${which}_norm_rope`,
           x: b[which],
-          w: this.#vec(`${p}self_attn.${which}_norm.weight`),
+          w: vec(`${p}self_attn.${which}_norm.weight`),
           cos: b.cos,
           sin: b.sin,
           rows: R,
@@ -270,7 +273,7 @@ export class Qwen3Forward {
       steps.push(rmsnormStep(g, {
         label: `L${l}.post_attention_layernorm`,
         x: b.x,
-        w: this.#vec(`${p}post_attention_layernorm.weight`),
+        w: vec(`${p}post_attention_layernorm.weight`),
         y: b.xn,
         rows: R,
         dim: H,
@@ -292,7 +295,7 @@ export class Qwen3Forward {
     steps.push(rmsnormStep(g, {
       label: "norm",
       x: b.x,
-      w: this.#vec("model.norm.weight"),
+      w: vec("model.norm.weight"),
       y: b.xn,
       rows: R,
       dim: H,
@@ -302,19 +305,17 @@ export class Qwen3Forward {
   }
 
   /** The LM head tensor: embed_tokens when tied. */
-  headTensor(): GpuTensor {
-    return this.#weights(
-      this.config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight",
-    );
+  headTensor(weights: WeightLookup = this.#weights): GpuTensor {
+    return weights(this.config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight");
   }
 
   /** Steps of the streamed fitness: per vocab chunk a matmul and a log-sum-exp fold, then R. */
-  fitnessSteps(batch: number, seqLen: number): Step[] {
+  fitnessSteps(batch: number, seqLen: number, weights: WeightLookup = this.#weights): Step[] {
     const c = this.config, g = this.gpu, b = this.#buf;
     const R = batch * seqLen;
     const steps: Step[] = [];
     let first = true;
-    for (const shard of this.headTensor().shards) {
+    for (const shard of this.headTensor(weights).shards) {
       for (let c0 = 0; c0 < shard.rows; c0 += this.vocabChunk) {
         const n = Math.min(this.vocabChunk, shard.rows - c0);
         const start = shard.rowStart + c0;
@@ -354,12 +355,16 @@ export class Qwen3Forward {
     return steps;
   }
 
-  /** All steps of forward + fitness for (batch, seqLen), built once and cached. */
-  steps(batch: number, seqLen: number): Step[] {
-    const key = `${batch}x${seqLen}`;
+  /**
+   * All steps of forward + fitness for (batch, seqLen), built once and cached. `weights` and
+   * its cache `key` select another weight set (a perturbed copy) bound in place of the model's.
+   */
+  steps(batch: number, seqLen: number, options: { weights?: WeightLookup; key?: string } = {}): Step[] {
+    const key = `${options.key ?? ""}:${batch}x${seqLen}`;
     let s = this.#steps.get(key);
     if (!s) {
-      s = [...this.bodySteps(batch, seqLen), ...this.fitnessSteps(batch, seqLen)];
+      const w = options.weights ?? this.#weights;
+      s = [...this.bodySteps(batch, seqLen, w), ...this.fitnessSteps(batch, seqLen, w)];
       this.#steps.set(key, s);
     }
     return s;
@@ -391,12 +396,6 @@ export class Qwen3Forward {
     g.write(b.ids, ids);
     g.write(b.mask, mask);
     g.write(b.target, target);
-    if (this.#ropeFor !== seqLen) {
-      const t = ropeTables({ seqLen, headDim: this.config.headDim, theta: this.config.ropeTheta });
-      g.write(b.cos, t.cos);
-      g.write(b.sin, t.sin);
-      this.#ropeFor = seqLen;
-    }
     const scored = target.reduce((n, t) => n + (t !== 0xffffffff ? 1 : 0), 0);
     return { batch, seqLen, scored };
   }

@@ -78,7 +78,7 @@ if (import.meta.main) {
     log("| M | K | N | GFLOP/s | tile |");
     log("|---|---|---|---|---|");
     for (const r of matmul) {
-      log(`| ${r.m} | ${r.k} | ${r.n} | ${r.gflops.toFixed(1)} | ${r.tile} |`);
+      log(`| ${r.m} | ${r.k} | ${r.n} | ${r.gflops.toFixed(1)} | ${r.tile.tm}×${r.tile.tn} |`);
     }
 
     const fwd = await benchForward(gpu, {

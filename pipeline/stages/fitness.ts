@@ -19,5 +19,5 @@ registerStage<FitnessImpl>({
     /** Tokens per sample after truncation. Default 256 (the paper's). */
     max_len: posInt().min(2).default(256),
   }),
-  impl: { steps: (fwd, o) => fwd.fitnessSteps(o.batch, o.seqLen) },
+  impl: { steps: (fwd, o) => fwd.fitnessSteps(o.batch, o.seqLen, o.weights) },
 });

@@ -7,7 +7,7 @@
 import type { Qwen3Config } from "../../model/config.ts";
 import type { TensorStream } from "../../model/safetensors.ts";
 import type { Tokenizer } from "../../tokenizers/mod.ts";
-import type { Qwen3Forward } from "../../model/forward.ts";
+import type { Qwen3Forward, WeightLookup } from "../../model/forward.ts";
 import type { Step } from "../../kernels/program.ts";
 
 /** Where a stage resolves relative paths and names its source in errors. */
@@ -40,9 +40,12 @@ export interface ModelImpl {
   ): Promise<{ config: Qwen3Config; tensors: () => TensorStream; source: string }>;
 }
 
-/** fitness: the steps after the model body that leave per-sample fitness R in `out` (batch f32). */
+/**
+ * fitness: the steps after the model body (final normed states in fwd.buffer("xn")) that leave
+ * each sample's fitness R in fwd.buffer("r") (batch f32). `weights` are the member's tensors.
+ */
 export interface FitnessImpl {
-  steps(fwd: Qwen3Forward, o: { batch: number; seqLen: number }): Step[];
+  steps(fwd: Qwen3Forward, o: { batch: number; seqLen: number; weights: WeightLookup }): Step[];
 }
 
 /** shape: fitness values → weights w_j (pure). */

@@ -1,0 +1,309 @@
+/**
+ * The ES engine on the GPU: one iteration of EA4LLM (Algorithm 2) as one submit and one readback.
+ *
+ * Legend: N = population, M = samples per iteration, B = micro-batch, T = tokens, P = parameters.
+ *
+ *   per iteration t:
+ *     write perturb params (seed, t, noise index and signed σ_t of each member slot)
+ *     write the iteration's packed tokens (all micro-batches, one upload)
+ *     [held-out: forward over θ for each held-out micro-batch → R per sample]
+ *     for member j:                          θ is only read here, never modified
+ *       θ_j = θ + σ_t·m_g·ε_j                perturb kernel into the scratch copy
+ *       for micro-batch b: copy its tokens in, forward(θ_j), fitness, total[j] += Σ R
+ *     read back total[0..N) (and held-out R): the iteration's only round trip
+ *   then, on the CPU: F_j = total_j/M, w = shape(F), c = update coefficients (pure functions)
+ *   and on the GPU: θ += Σ_i d_i·m_α·ε_i, the noise regenerated from the seed, one pass over θ.
+ *
+ * Memory: θ, one scratch copy θ_j (the perturbed weights of the member being evaluated), the
+ * activation workspace of one micro-batch, and the iteration's tokens.
+ *
+ * @module
+ */
+import { type Gpu, STORAGE } from "../kernels/runtime.ts";
+import { createTensor, type GpuTensor } from "../kernels/tensor.ts";
+import { encodeSteps, type Step } from "../kernels/program.ts";
+import { accumulateStep, slotStride } from "../kernels/accumulate.ts";
+import {
+  createShardTable,
+  createUpdateParams,
+  encodePerturbParams,
+  encodeUpdateParams,
+  esUpdateSteps,
+  paramStride,
+  perturbSteps,
+} from "../kernels/es_update.ts";
+import type { Qwen3Config } from "../model/config.ts";
+import { qwen3TensorSpecs } from "../model/weights.ts";
+import { downloadWeights, uploadWeights } from "../model/device_weights.ts";
+import { Qwen3Forward, type WeightLookup } from "../model/forward.ts";
+import type { TensorData, TensorStream } from "../model/safetensors.ts";
+import type { PackedBatches } from "./data.ts";
+import { noiseMember } from "./es.ts";
+import type { FitnessImpl } from "./stages/types.ts";
+
+/** Options of {@link EsEngine.create}. */
+export interface EsEngineOptions {
+  config: Qwen3Config;
+  /** The initial θ, one tensor at a time. */
+  tensors: TensorStream;
+  seed: number;
+  population: number;
+  antithetic: boolean;
+  /** Most samples per iteration (M) and per held-out pass. */
+  maxSamples: number;
+  microBatch: number;
+  maxLen: number;
+  fitness: FitnessImpl;
+  /** σ and α multipliers of each tensor (group multipliers). */
+  multipliers: (tensor: string) => { sigma: number; alpha: number };
+}
+
+/** What one iteration's evaluation returns. */
+export interface IterationResult {
+  /** F_j = mean over the subset of R, per member. */
+  fitness: number[];
+  /** Held-out R per sample, when asked for. */
+  heldOut?: number[];
+}
+
+/** Input buffers of a packed set of micro-batches. */
+interface PackedInputs {
+  ids: GPUBuffer;
+  mask: GPUBuffer;
+  target: GPUBuffer;
+}
+
+/** The ES engine: θ, its scratch copy, the forward, and the per-iteration GPU work. */
+export class EsEngine {
+  readonly gpu: Gpu;
+  readonly config: Qwen3Config;
+  readonly options: EsEngineOptions;
+  readonly names: string[];
+  readonly theta: Map<string, GpuTensor>;
+  readonly scratch: Map<string, GpuTensor>;
+  readonly forward: Qwen3Forward;
+  #params: GPUBuffer;
+  #update: GPUBuffer;
+  #totals: GPUBuffer;
+  #heldOut: GPUBuffer;
+  #iter: PackedInputs;
+  #hold: PackedInputs;
+  #holdLayout: PackedBatches["layout"] = [];
+  #perturb: Step[][];
+  #updateSteps: Step[];
+
+  private constructor(gpu: Gpu, options: EsEngineOptions, theta: Map<string, GpuTensor>) {
+    this.gpu = gpu;
+    this.options = options;
+    this.config = options.config;
+    this.theta = theta;
+    this.names = qwen3TensorSpecs(options.config).map((s) => s.name);
+    const N = options.population;
+    this.scratch = new Map(
+      this.names.map((n) => {
+        const t = theta.get(n)!;
+        return [n, createTensor(gpu, `${n}~member`, t.shape)];
+      }),
+    );
+    this.forward = new Qwen3Forward(gpu, options.config, theta, {
+      maxBatch: options.microBatch,
+      maxSeqLen: options.maxLen,
+    });
+    const stride = paramStride(gpu);
+    this.#params = gpu.createBuffer("perturb.params", stride * N, STORAGE);
+    this.#totals = gpu.createBuffer("fitness.totals", slotStride(gpu) * N, STORAGE);
+    this.#update = createUpdateParams(gpu, N);
+    const tokens = options.maxSamples * options.maxLen * 4;
+    const inputs = (label: string): PackedInputs => ({
+      ids: gpu.createBuffer(`${label}.ids`, tokens),
+      mask: gpu.createBuffer(`${label}.mask`, tokens),
+      target: gpu.createBuffer(`${label}.target`, tokens),
+    });
+    this.#iter = inputs("iteration");
+    this.#hold = inputs("heldout");
+    this.#heldOut = gpu.createBuffer("heldout.r", options.maxSamples * 4);
+
+    // Perturb and update steps are built once: everything that changes per member or per
+    // iteration lives in the params buffers, written before each submit.
+    this.#perturb = [];
+    const perturbTables = new Map(this.names.map((n, id) => [
+      n,
+      createShardTable(gpu, theta.get(n)!, { tensorId: id, multiplier: options.multipliers(n).sigma }),
+    ]));
+    for (let j = 0; j < N; j++) {
+      this.#perturb.push(this.names.flatMap((n) =>
+        perturbSteps(gpu, {
+          theta: theta.get(n)!,
+          out: this.scratch.get(n)!,
+          params: this.#params,
+          paramIndex: j,
+          table: perturbTables.get(n)!,
+        }).steps
+      ));
+    }
+    this.#updateSteps = this.names.flatMap((n, id) =>
+      esUpdateSteps(gpu, {
+        theta: theta.get(n)!,
+        coeffs: this.#update,
+        tensorId: id,
+        multiplier: options.multipliers(n).alpha,
+      }).steps
+    );
+  }
+
+  /** Uploads θ and builds every buffer and fixed step. */
+  static async create(gpu: Gpu, options: EsEngineOptions): Promise<EsEngine> {
+    const theta = await uploadWeights(gpu, options.tensors);
+    return new EsEngine(gpu, options, theta);
+  }
+
+  /** The member's weights: the scratch copy the perturb steps fill. */
+  #memberWeights: WeightLookup = (name) => {
+    const t = this.scratch.get(name);
+    if (!t) throw new Error(`no scratch tensor for ${name}`);
+    return t;
+  };
+
+  #thetaWeights: WeightLookup = (name) => {
+    const t = this.theta.get(name);
+    if (!t) throw new Error(`no tensor ${name}`);
+    return t;
+  };
+
+  /** Uploads the held-out micro-batches once; they are the same for the whole run. */
+  setHeldOut(packed: PackedBatches): void {
+    this.#upload(this.#hold, packed);
+    this.#holdLayout = packed.layout;
+  }
+
+  #upload(into: PackedInputs, packed: PackedBatches): void {
+    const max = this.options.maxSamples * this.options.maxLen;
+    if (packed.ids.length > max) {
+      throw new Error(`packed batches of ${packed.ids.length} tokens exceed the engine's ${max}`);
+    }
+    this.gpu.write(into.ids, packed.ids);
+    this.gpu.write(into.mask, packed.mask);
+    this.gpu.write(into.target, packed.target);
+  }
+
+  /** Copies one packed micro-batch into the forward's input buffers. */
+  #copyIn(enc: GPUCommandEncoder, from: PackedInputs, l: PackedBatches["layout"][number]): void {
+    const bytes = l.batch * l.seqLen * 4, at = l.offset * 4;
+    enc.copyBufferToBuffer(from.ids, at, this.forward.buffer("ids"), 0, bytes);
+    enc.copyBufferToBuffer(from.mask, at, this.forward.buffer("mask"), 0, bytes);
+    enc.copyBufferToBuffer(from.target, at, this.forward.buffer("target"), 0, bytes);
+  }
+
+  #scoreSteps(l: PackedBatches["layout"][number], weights: WeightLookup, key: string): Step[] {
+    const fwd = this.forward;
+    const cacheKey = `${key}:${l.batch}x${l.seqLen}`;
+    let steps = this.#scoreCache.get(cacheKey);
+    if (!steps) {
+      steps = [
+        ...fwd.bodySteps(l.batch, l.seqLen, weights),
+        ...this.options.fitness.steps(fwd, { batch: l.batch, seqLen: l.seqLen, weights }),
+      ];
+      this.#scoreCache.set(cacheKey, steps);
+    }
+    return steps;
+  }
+  #scoreCache = new Map<string, Step[]>();
+
+  /**
+   * Evaluates the population on the iteration's packed micro-batches (and the held-out set when
+   * `heldOut`), with one submit and one readback.
+   */
+  async evaluate(
+    packed: PackedBatches,
+    o: { iteration: number; sigma: number; heldOut: boolean },
+  ): Promise<IterationResult> {
+    const g = this.gpu, N = this.options.population;
+    const records = Array.from({ length: N }, (_, j) => {
+      const m = noiseMember(j, N, this.options.antithetic);
+      return { seed: this.options.seed, iteration: o.iteration, member: m.index, scale: m.sign * o.sigma };
+    });
+    g.write(this.#params, encodePerturbParams(records, paramStride(g)));
+    this.#upload(this.#iter, packed);
+    const enc = g.device.createCommandEncoder({ label: `iteration ${o.iteration}` });
+    enc.clearBuffer(this.#totals);
+    if (o.heldOut) this.#encodeHeldOut(enc);
+    for (let j = 0; j < N; j++) {
+      encodeSteps(enc, this.#perturb[j]);
+      for (const l of packed.layout) {
+        this.#copyIn(enc, this.#iter, l);
+        encodeSteps(enc, [
+          ...this.#scoreSteps(l, this.#memberWeights, "member"),
+          this.#accumulate(l.batch, j),
+        ]);
+      }
+    }
+    g.device.queue.submit([enc.finish()]);
+    const samples = packed.layout.reduce((a, l) => a + l.batch, 0);
+    const stride = slotStride(g);
+    const reads = [{ buffer: this.#totals, bytes: stride * N }];
+    const heldCount = this.#holdLayout.reduce((a, l) => a + l.batch, 0);
+    if (o.heldOut) reads.push({ buffer: this.#heldOut, bytes: heldCount * 4 });
+    const out = await g.readMany(reads);
+    const totals = new Float32Array(out[0]);
+    const fitness = Array.from({ length: N }, (_, j) => totals[(j * stride) / 4] / samples);
+    return {
+      fitness,
+      heldOut: o.heldOut ? Array.from(new Float32Array(out[1])) : undefined,
+    };
+  }
+
+  #accumulateCache = new Map<string, Step>();
+  #accumulate(batch: number, slot: number): Step {
+    const key = `${batch}:${slot}`;
+    let s = this.#accumulateCache.get(key);
+    if (!s) {
+      s = accumulateStep(this.gpu, {
+        label: `fitness.total[${slot}]`,
+        r: this.forward.buffer("r"),
+        batch,
+        totals: this.#totals,
+        slot,
+      });
+      this.#accumulateCache.set(key, s);
+    }
+    return s;
+  }
+
+  #encodeHeldOut(enc: GPUCommandEncoder): void {
+    let at = 0;
+    for (const l of this.#holdLayout) {
+      this.#copyIn(enc, this.#hold, l);
+      encodeSteps(enc, this.#scoreSteps(l, this.#thetaWeights, "theta"));
+      enc.copyBufferToBuffer(this.forward.buffer("r"), 0, this.#heldOut, at * 4, l.batch * 4);
+      at += l.batch;
+    }
+  }
+
+  /** Held-out R per sample on θ alone (one submit, one readback). */
+  async heldOut(): Promise<number[]> {
+    const enc = this.gpu.device.createCommandEncoder({ label: "held-out" });
+    this.#encodeHeldOut(enc);
+    this.gpu.device.queue.submit([enc.finish()]);
+    const n = this.#holdLayout.reduce((a, l) => a + l.batch, 0);
+    return Array.from(await this.gpu.readF32(this.#heldOut, n));
+  }
+
+  /**
+   * θ += m_α·Σ_i d_i·ε_i with d the per-noise coefficients of iteration `iteration`: queued, no
+   * wait (the next submit or readback is ordered after it).
+   */
+  update(o: { iteration: number; coefficients: ArrayLike<number> }): void {
+    this.gpu.write(
+      this.#update,
+      encodeUpdateParams({ seed: this.options.seed, iteration: o.iteration, coefficients: o.coefficients }),
+    );
+    const enc = this.gpu.device.createCommandEncoder({ label: `update ${o.iteration}` });
+    encodeSteps(enc, this.#updateSteps);
+    this.gpu.device.queue.submit([enc.finish()]);
+  }
+
+  /** θ read back one tensor at a time, in HF order. */
+  weights(): AsyncGenerator<TensorData> {
+    return downloadWeights(this.gpu, this.theta, this.names);
+  }
+}

@@ -1,0 +1,329 @@
+/**
+ * The training run: the ES loop over iterations, metrics.jsonl, checkpoints and exact resume.
+ *
+ * Run state is one plain object ({@link RunState}) saved whole in each checkpoint's state.json.
+ * Everything else a resumed run needs — the data subset of iteration t, σ_t and α_t, the noise —
+ * is a pure function of (seed, t), so a run stopped after iteration k and resumed reaches the
+ * same bytes at iteration K as one that never stopped.
+ *
+ * @module
+ */
+import type { Qwen3Config } from "../model/config.ts";
+import type { TensorStream } from "../model/safetensors.ts";
+import { openCheckpoint, saveCheckpoint } from "../model/checkpoint.ts";
+import { checkpointTensors } from "../model/device_weights.ts";
+import type { Tokenizer } from "../tokenizers/mod.ts";
+import type { Gpu } from "../kernels/runtime.ts";
+import { UserError } from "./errors.ts";
+import type { PipelineSpec } from "./spec.ts";
+import { stageType } from "./spec.ts";
+import { heldOutBatches, iterationBatches, packBatches, splitHoldout, subsetSamples, tokenizeSamples } from "./data.ts";
+import { noiseCoefficients } from "./es.ts";
+import { EsEngine } from "./engine.ts";
+import type { FitnessImpl, PerturbImpl, ShapeImpl, UpdateImpl } from "./stages/types.ts";
+import type { TokenBatch } from "../model/forward.ts";
+
+/** What a run needs from a resolved pipeline. */
+export interface RunInputs {
+  spec: PipelineSpec;
+  config: Qwen3Config;
+  tokenizer: Tokenizer;
+  texts: string[];
+  model: { tensors: () => TensorStream };
+  outDir: string;
+}
+
+/** One line of metrics.jsonl. */
+export interface MetricsLine {
+  iter: number;
+  fitness_mean: number;
+  fitness_max: number;
+  fitness_min: number;
+  /** Held-out mean negative log-likelihood per token of θ_t (before iteration t's update). */
+  eval_loss?: number;
+  sigma: number;
+  alpha: number;
+  seconds: number;
+  /** Population × scored tokens per second over the whole iteration. */
+  tokens_per_s: number;
+}
+
+/** The run state saved in state.json: enough, with the pipeline, to continue exactly. */
+export interface RunState {
+  format: "esflow-run-state/1";
+  /** Iterations completed: θ in this checkpoint is θ_iteration. */
+  iteration: number;
+  /** Total iterations the run was asked for when this was written. */
+  iterations: number;
+  seed: number;
+  /** σ and α of the next iteration (pure functions of the iteration; recorded for readers). */
+  sigma: number;
+  alpha: number;
+  /** The data state: the split sizes and the per-iteration subset size, all from the seed. */
+  data: { samples: number; train: number; holdout: number; samples_per_iteration: number };
+  /** The pipeline that produced it, minus the keys a resume may change. */
+  pipeline: Omit<PipelineSpec, "iterations" | "output">;
+  adapter: string;
+}
+
+/** Options of {@link runTraining}. */
+export interface RunOptions {
+  /** Continue the run in `outDir` from its latest checkpoint. */
+  resume?: boolean;
+  /** Called after each iteration with its metrics line. */
+  onIteration?: (line: MetricsLine, o: { total: number }) => void;
+  /** Called with each checkpoint directory written. */
+  onCheckpoint?: (dir: string, iteration: number) => void;
+  /** Stops after the current iteration (with a checkpoint) when it returns true. */
+  shouldStop?: () => boolean;
+}
+
+/** The outcome of a run. */
+export interface RunSummary {
+  outDir: string;
+  finalDir: string;
+  iterations: number;
+  startedAt: number;
+  lastLine?: MetricsLine;
+  stopped: boolean;
+}
+
+function impl<T>(kind: "perturb" | "fitness" | "shape" | "update", type: string): T {
+  const t = stageType(kind, type);
+  if (!t) throw new UserError(`${kind}: no stage type "${type}" is registered`);
+  return t.impl as T;
+}
+
+/** Rounds a micro-batch's length up to a multiple of 16 (≤ maxLen) so few distinct shapes compile. */
+function bucketed(b: TokenBatch, o: { maxLen: number; padId: number }): TokenBatch {
+  const T = b.inputIds[0]?.length ?? 0;
+  const to = Math.min(o.maxLen, Math.ceil(T / 16) * 16);
+  if (to === T) return b;
+  const pad = (r: number[], v: number) => [...r, ...new Array(to - r.length).fill(v)];
+  return { inputIds: b.inputIds.map((r) => pad(r, o.padId)), attentionMask: b.attentionMask.map((r) => pad(r, 0)) };
+}
+
+/** The latest checkpoint of a run dir: final/ or checkpoints/iter-N with the most iterations. */
+export async function latestCheckpoint(outDir: string): Promise<{ dir: string; state: RunState } | null> {
+  const candidates: string[] = [`${outDir}/final`];
+  try {
+    for await (const e of Deno.readDir(`${outDir}/checkpoints`)) {
+      if (e.isDirectory && /^iter-\d+$/.test(e.name)) candidates.push(`${outDir}/checkpoints/${e.name}`);
+    }
+  } catch { /* no checkpoints yet */ }
+  let best: { dir: string; state: RunState } | null = null;
+  for (const dir of candidates) {
+    let state: RunState;
+    try {
+      state = JSON.parse(await Deno.readTextFile(`${dir}/state.json`));
+    } catch {
+      continue;
+    }
+    if (!best || state.iteration > best.state.iteration) best = { dir, state };
+  }
+  return best;
+}
+
+function stableJson(v: unknown): string {
+  return JSON.stringify(v, (_k, x) =>
+    x && typeof x === "object" && !Array.isArray(x)
+      ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => a.localeCompare(b)))
+      : x);
+}
+
+/** Appends lines to metrics.jsonl (fsynced: a crash loses at most the line being written). */
+async function appendMetrics(path: string, line: MetricsLine): Promise<void> {
+  const f = await Deno.open(path, { append: true, create: true });
+  try {
+    await f.write(new TextEncoder().encode(JSON.stringify(line) + "\n"));
+    await f.sync();
+  } finally {
+    f.close();
+  }
+}
+
+/** Keeps the metrics lines of iterations before `iteration` (a resume rewrites the rest). */
+async function truncateMetrics(path: string, iteration: number): Promise<void> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch {
+    return;
+  }
+  const kept = text.split("\n").filter((l) => l.trim() && JSON.parse(l).iter < iteration);
+  const tmp = `${path}.tmp`;
+  await Deno.writeTextFile(tmp, kept.map((l) => l + "\n").join(""));
+  const f = await Deno.open(tmp, { read: true, write: true });
+  await f.sync();
+  f.close();
+  await Deno.rename(tmp, path);
+}
+
+/**
+ * Trains: the ES loop of EA4LLM from iteration 0 (or from the latest checkpoint with `resume`)
+ * to spec.iterations, writing metrics.jsonl, checkpoints/iter-N every output.checkpoint_every
+ * iterations, and final/.
+ */
+export async function runTraining(gpu: Gpu, run: RunInputs, options: RunOptions = {}): Promise<RunSummary> {
+  const { spec, config, tokenizer } = run;
+  const outDir = run.outDir.replace(/\/+$/, "");
+  const perturb = impl<PerturbImpl>("perturb", spec.perturb.type);
+  const fitness = impl<FitnessImpl>("fitness", spec.fitness.type);
+  const shape = impl<ShapeImpl>("shape", spec.shape.type);
+  const update = impl<UpdateImpl>("update", spec.update.type);
+  const N = perturb.population(spec.perturb);
+  const antithetic = perturb.antithetic(spec.perturb);
+  const microBatch = (spec.fitness.micro_batch as number | undefined) ?? 16;
+  const maxLen = (spec.fitness.max_len as number | undefined) ?? 256;
+  const ds = spec.dataset as unknown as { samples_per_iteration: number; holdout: number };
+
+  // Data: tokenized once; the split and every subset are functions of the seed.
+  const { tokens } = tokenizeSamples(run.texts, tokenizer, { maxLen });
+  const split = splitHoldout(tokens.length, { seed: spec.seed, holdout: ds.holdout });
+  const M = ds.samples_per_iteration;
+  if (M > split.train.length) {
+    throw new UserError(
+      `dataset.samples_per_iteration ${M} exceeds the ${split.train.length} training samples left after the holdout`,
+    );
+  }
+  const heldOut = heldOutBatches(tokens, split.holdout, { microBatch, padId: tokenizer.padId })
+    .map((b) => bucketed(b, { maxLen, padId: tokenizer.padId }));
+  const heldPacked = packBatches(heldOut);
+  const heldTokens = heldOut.flatMap((b) => b.attentionMask.map((m) => m.slice(1).reduce((a, x) => a + x, 0)));
+
+  // Where to start: fresh, or the latest checkpoint of this run dir.
+  let start = 0;
+  let tensors: TensorStream = run.model.tensors();
+  const pipelineKey = (() => {
+    const { iterations: _i, output: _o, ...rest } = spec;
+    return rest;
+  })();
+  if (options.resume) {
+    const latest = await latestCheckpoint(outDir);
+    if (!latest) throw new UserError(`${outDir}: no checkpoint to resume from (no final/ or checkpoints/iter-N/)`);
+    if (stableJson(latest.state.pipeline) !== stableJson(pipelineKey)) {
+      throw new UserError(
+        `${latest.dir}/state.json: this run was made by a different pipeline (or seed); resume it with the same one`,
+      );
+    }
+    start = latest.state.iteration;
+    const ckpt = await openCheckpoint(latest.dir);
+    tensors = (async function* () {
+      try {
+        yield* checkpointTensors(ckpt);
+      } finally {
+        ckpt.close();
+      }
+    })();
+  } else if (await exists(`${outDir}/metrics.jsonl`) || await exists(`${outDir}/checkpoints`) || await exists(`${outDir}/final`)) {
+    throw new UserError(`${outDir} already holds a run; continue it with --resume or choose another --out`);
+  }
+
+  const engine = await EsEngine.create(gpu, {
+    config,
+    tensors,
+    seed: spec.seed,
+    population: N,
+    antithetic,
+    maxSamples: Math.max(M, heldOut.reduce((a, b) => a + b.inputIds.length, 0)),
+    microBatch,
+    maxLen,
+    fitness,
+    multipliers: (t) => perturb.multipliers(spec.perturb, t),
+  });
+  engine.setHeldOut(heldPacked);
+
+  await Deno.mkdir(outDir, { recursive: true });
+  const metricsPath = `${outDir}/metrics.jsonl`;
+  if (options.resume) await truncateMetrics(metricsPath, start);
+
+  const total = spec.iterations;
+  const state = (iteration: number): RunState => ({
+    format: "esflow-run-state/1",
+    iteration,
+    iterations: total,
+    seed: spec.seed,
+    sigma: perturb.sigmaAt(spec.perturb, iteration),
+    alpha: update.alphaAt(spec.update, iteration),
+    data: { samples: tokens.length, train: split.train.length, holdout: split.holdout.length, samples_per_iteration: M },
+    pipeline: pipelineKey,
+    adapter: gpu.adapterName,
+  });
+  const save = async (dir: string, iteration: number) => {
+    await saveCheckpoint(dir, {
+      config,
+      tensors: engine.weights(),
+      dtype: "F32",
+      overwrite: true,
+      files: { "state.json": JSON.stringify(state(iteration), null, 2) + "\n" },
+    });
+    options.onCheckpoint?.(dir, iteration);
+  };
+
+  const every = spec.output.checkpoint_every;
+  const evalEvery = spec.output.eval_every;
+  let lastLine: MetricsLine | undefined;
+  let t = start;
+  let stopped = false;
+  const startedAt = performance.now();
+  for (; t < total; t++) {
+    const t0 = performance.now();
+    const sigma = perturb.sigmaAt(spec.perturb, t);
+    const alpha = update.alphaAt(spec.update, t);
+    const indices = subsetSamples(split.train, { seed: spec.seed, iteration: t, size: M });
+    const batches = iterationBatches(tokens, indices, { microBatch, padId: tokenizer.padId })
+      .map((b) => bucketed(b, { maxLen, padId: tokenizer.padId }));
+    const packed = packBatches(batches);
+    const wantEval = t % evalEvery === 0 || t === total - 1;
+    const res = await engine.evaluate(packed, { iteration: t, sigma, heldOut: wantEval });
+    const w = shape.shape(res.fitness);
+    const c = update.coefficients(w, { settings: spec.update, iteration: t, sigma });
+    engine.update({ iteration: t, coefficients: noiseCoefficients(c, antithetic) });
+    const seconds = (performance.now() - t0) / 1000;
+    const scored = packed.layout.reduce((a, l) => a + l.scored, 0);
+    const line: MetricsLine = {
+      iter: t,
+      fitness_mean: res.fitness.reduce((a, b) => a + b, 0) / N,
+      fitness_max: Math.max(...res.fitness),
+      fitness_min: Math.min(...res.fitness),
+      ...(res.heldOut ? { eval_loss: heldOutLoss(res.heldOut, heldTokens) } : {}),
+      sigma,
+      alpha,
+      seconds,
+      tokens_per_s: (N * scored) / seconds,
+    };
+    await appendMetrics(metricsPath, line);
+    lastLine = line;
+    options.onIteration?.(line, { total });
+    const done = t + 1;
+    if (every > 0 && done % every === 0 && done < total) await save(`${outDir}/checkpoints/iter-${done}`, done);
+    if (options.shouldStop?.() && done < total) {
+      await save(`${outDir}/checkpoints/iter-${done}`, done);
+      t = done;
+      stopped = true;
+      break;
+    }
+  }
+  const finalDir = `${outDir}/final`;
+  if (!stopped) await save(finalDir, total);
+  return { outDir, finalDir, iterations: stopped ? t : total, startedAt, lastLine, stopped };
+}
+
+/** Held-out loss: mean negative log-likelihood per scored token, −Σ_b R_b·n_b / Σ_b n_b. */
+export function heldOutLoss(r: readonly number[], tokens: readonly number[]): number {
+  let s = 0, n = 0;
+  r.forEach((rb, b) => {
+    s += rb * tokens[b];
+    n += tokens[b];
+  });
+  return -s / n;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

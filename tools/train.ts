@@ -1,0 +1,124 @@
+/**
+ * `deno task train`: ES training from a pipeline YAML (the embedded default with no argument).
+ *
+ *   deno task train [PIPELINE] [--iterations N] [--out DIR] [--seed N] [--resume DIR] [--quiet]
+ *
+ * `--iterations` is the total: `train --iterations 3 --out d` then `train --resume d
+ * --iterations 6` ends where `train --iterations 6` ends. Bad input prints one line naming the
+ * file:line:col and exits with code 2, before anything is written.
+ *
+ * @module
+ */
+// @ts-types="npm:@types/cli-progress@3.11.6"
+import cliProgress from "cli-progress";
+import { intFlag, parseFlags, runMain } from "./cli.ts";
+import { UserError } from "../pipeline/errors.ts";
+import { DEFAULT_PIPELINE_PATH, loadPipelineFile } from "../pipeline/load.ts";
+import { resolvePipeline } from "../pipeline/resolve.ts";
+import { type MetricsLine, runTraining } from "../pipeline/run.ts";
+import { acquireGpu } from "../kernels/runtime.ts";
+import { paramCount } from "../model/presets.ts";
+
+const USAGE = "deno task train [PIPELINE.yaml] [--iterations N] [--out DIR] [--seed N] [--resume DIR] [--quiet]";
+
+function fmtSeconds(s: number): string {
+  if (!Number.isFinite(s)) return "?";
+  const m = Math.floor(s / 60);
+  return m > 0 ? `${m}m${String(Math.round(s % 60)).padStart(2, "0")}s` : `${s.toFixed(1)}s`;
+}
+
+if (import.meta.main) {
+  await runMain("train", async () => {
+    const { values, positionals } = parseFlags(Deno.args, {
+      iterations: { type: "string" },
+      out: { type: "string" },
+      seed: { type: "string" },
+      resume: { type: "string" },
+      quiet: { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+    }, USAGE);
+    if (values.help) {
+      console.log(`usage: ${USAGE}`);
+      return;
+    }
+    if (positionals.length > 1) throw new UserError(`one pipeline file at most; usage: ${USAGE}`);
+    if (values.resume && values.out && values.resume !== values.out) {
+      throw new UserError("--resume DIR continues the run in DIR; drop --out or give the same dir");
+    }
+    const seed = values.seed === undefined ? undefined : Number(values.seed);
+    if (seed !== undefined && (!Number.isSafeInteger(seed) || seed < 0)) {
+      throw new UserError(`--seed must be a non-negative integer, got "${values.seed}"`);
+    }
+    const file = positionals[0] ?? DEFAULT_PIPELINE_PATH;
+    const loaded = await loadPipelineFile(file, {
+      overrides: {
+        iterations: values.iterations === undefined ? undefined : intFlag(values.iterations, "iterations", 1),
+        seed,
+        out: values.resume ?? values.out,
+      },
+    });
+    const resolved = await resolvePipeline(loaded);
+    const gpu = await acquireGpu();
+    const spec = resolved.spec;
+    const log = (s: string) => values.quiet ? undefined : console.log(s);
+    log(
+      `esflow train ${spec.name}: ${loaded.file}\n` +
+        `  model ${spec.model.type} (${(paramCount(resolved.config) / 1e6).toFixed(2)}M parameters, ${resolved.model.source})\n` +
+        `  adapter ${gpu.adapterName}\n  output ${resolved.outDir}`,
+    );
+
+    let stop = false;
+    const onSignal = () => {
+      if (stop) Deno.exit(130);
+      stop = true;
+      console.error("esflow train: stopping after this iteration (Ctrl-C again to quit now)");
+    };
+    Deno.addSignalListener("SIGINT", onSignal);
+
+    const tty = Deno.stdout.isTerminal() && !values.quiet;
+    const bar = tty
+      ? new cliProgress.SingleBar({
+        format: "iter {value}/{total} |{bar}| fitness {fitness} | eval {eval} | {tps} tok/s | ETA {eta_formatted}",
+        hideCursor: true,
+      }, cliProgress.Presets.shades_classic)
+      : null;
+    let lastEval = "-";
+    let started = false;
+    let firstIter: number | undefined;
+    const t0 = performance.now();
+    const summary = await runTraining(gpu, resolved, {
+      resume: values.resume !== undefined,
+      shouldStop: () => stop,
+      onIteration: (line: MetricsLine, o) => {
+        if (line.eval_loss !== undefined) lastEval = line.eval_loss.toFixed(4);
+        const fitness = line.fitness_mean.toFixed(4), tps = Math.round(line.tokens_per_s);
+        if (bar) {
+          if (!started) bar.start(o.total, line.iter, { fitness, eval: lastEval, tps });
+          started = true;
+          bar.update(line.iter + 1, { fitness, eval: lastEval, tps });
+        } else {
+          const elapsed = (performance.now() - t0) / 1000;
+          firstIter ??= line.iter;
+          const eta = (elapsed / (line.iter + 1 - firstIter)) * (o.total - line.iter - 1);
+          log(
+            `iter ${line.iter + 1}/${o.total} fitness ${fitness} (max ${line.fitness_max.toFixed(4)}) ` +
+              `eval ${lastEval} ${tps} tok/s ${line.seconds.toFixed(2)}s ETA ${fmtSeconds(eta)}`,
+          );
+        }
+      },
+      onCheckpoint: (dir) => {
+        if (!bar) log(`checkpoint ${dir}`);
+      },
+    });
+    bar?.stop();
+    Deno.removeSignalListener("SIGINT", onSignal);
+    const l = summary.lastLine;
+    log(
+      `${summary.stopped ? "stopped" : "done"}: ${summary.iterations} iterations in ${
+        fmtSeconds((performance.now() - t0) / 1000)
+      }` + (l ? `, fitness ${l.fitness_mean.toFixed(4)}, held-out loss ${lastEval}` : "") +
+        `\n  ${summary.stopped ? `checkpoint in ${summary.outDir}/checkpoints` : `model in ${summary.finalDir}`}`,
+    );
+    gpu.destroy();
+  });
+}
