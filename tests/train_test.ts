@@ -1,0 +1,234 @@
+// ES training end to end: one GPU iteration against a float64 CPU reference of the whole
+// algorithm, byte-identical reruns and resumes, the run output, and a registered custom stage.
+import { assert, assertClose, assertEquals, runCli } from "./helpers.ts";
+import { acquireGpu } from "../kernels/runtime.ts";
+import { gaussianNoise } from "../kernels/philox.ts";
+import { loadPipelineText } from "../pipeline/load.ts";
+import { resolvePipeline } from "../pipeline/resolve.ts";
+import { runTraining } from "../pipeline/run.ts";
+import { iterationBatches, splitHoldout, subsetSamples, tokenizeSamples } from "../pipeline/data.ts";
+import { noiseMember, updateCoefficients, zscoreShape } from "../pipeline/es.ts";
+import { groupMultipliers } from "../pipeline/stages/perturb.ts";
+import { openCheckpoint } from "../model/checkpoint.ts";
+import { qwen3TensorSpecs, randomInit } from "../model/weights.ts";
+import { referenceScore } from "../model/reference.ts";
+import { registerStage } from "../pipeline/spec.ts";
+import { z } from "zod";
+import { makeStep, wgslConsts } from "../kernels/program.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const CORPUS = `${ROOT}data/pride_and_prejudice.txt`;
+
+/** A small pipeline: micro preset, a few samples, short lines. */
+function pipelineYaml(o: {
+  iterations?: number;
+  population?: number;
+  antithetic?: boolean;
+  shape?: string;
+  fitness?: string;
+  groups?: string;
+  samples?: number;
+  microBatch?: number;
+} = {}): string {
+  return `
+name: t
+seed: 77
+iterations: ${o.iterations ?? 2}
+dataset: { type: text_lines, path: ${CORPUS}, max_lines: 120, samples_per_iteration: ${o.samples ?? 6}, holdout: 5 }
+tokenizer: { type: bytes }
+model: { type: qwen3, preset: micro }
+perturb: { type: gaussian, population: ${o.population ?? 4}, sigma: 0.02, antithetic: ${o.antithetic ?? false}${
+    o.groups ? `, groups: ${o.groups}` : ""
+  } }
+fitness: { type: ${o.fitness ?? "log_likelihood"}, micro_batch: ${o.microBatch ?? 4}, max_len: 24 }
+shape: { type: ${o.shape ?? "zscore"} }
+update: { type: es, alpha: 0.05 }
+output: { checkpoint_every: 1, eval_every: 1, status: { port: 0 } }
+`;
+}
+
+async function train(yaml: string, out: string, o: { resume?: boolean } = {}) {
+  const loaded = loadPipelineText(yaml, { file: `${out}.yaml`, overrides: { out } });
+  const resolved = await resolvePipeline(loaded);
+  const gpu = await acquireGpu();
+  try {
+    return { summary: await runTraining(gpu, resolved, { resume: o.resume }), resolved };
+  } finally {
+    gpu.destroy();
+  }
+}
+
+async function readWeights(dir: string): Promise<Map<string, Float32Array>> {
+  const ckpt = await openCheckpoint(dir);
+  const out = new Map<string, Float32Array>();
+  for (const name of ckpt.tensors.keys()) out.set(name, await ckpt.read(name));
+  ckpt.close();
+  return out;
+}
+
+async function metrics(dir: string) {
+  return (await Deno.readTextFile(`${dir}/metrics.jsonl`)).trim().split("\n").map((l) => JSON.parse(l));
+}
+
+for (const antithetic of [false, true]) {
+  Deno.test(`one GPU ES iteration equals the float64 CPU reference of EA4LLM (antithetic ${antithetic})`, async () => {
+    const out = await Deno.makeTempDir();
+    // Group multipliers on: the attention σ halved, the MLP α doubled, layer 1 σ ×0.5.
+    const groups = "{ attention: { sigma: 0.5 }, mlp: { alpha: 2 }, layers: [{ from: 1, to: 1, sigma: 0.5 }] }";
+    const yaml = pipelineYaml({ iterations: 1, antithetic, groups });
+    const { resolved } = await train(yaml, `${out}/run`);
+    const spec = resolved.spec, config = resolved.config;
+    const N = 4, sigma = 0.02, alpha = 0.05;
+    // The reference, from the pieces' definitions: θ_0, the subset of iteration 0, each member's
+    // exact perturbation, F_j from the float64 forward, z-score shaping, the update.
+    const theta0 = new Map([...randomInit(config, { seed: spec.seed })].map((t) => [t.name, t.data]));
+    const { tokens } = tokenizeSamples(resolved.texts, resolved.tokenizer, { maxLen: 24 });
+    const split = splitHoldout(tokens.length, { seed: spec.seed, holdout: 5 });
+    const indices = subsetSamples(split.train, { seed: spec.seed, iteration: 0, size: 6 });
+    const batches = iterationBatches(tokens, indices, { microBatch: 4, padId: 0 });
+    const names = qwen3TensorSpecs(config).map((s) => s.name);
+    const groupsOf = (n: string) => groupMultipliers(spec.perturb.groups as never, n);
+    const noise = (member: number, id: number, n: string) =>
+      gaussianNoise(spec.seed, 0, member, id, theta0.get(n)!.length);
+    const F: number[] = [];
+    for (let j = 0; j < N; j++) {
+      const m = noiseMember(j, N, antithetic);
+      const thetaJ = new Map(names.map((n, id) => {
+        const eps = noise(m.index, id, n), base = theta0.get(n)!, s = m.sign * sigma * groupsOf(n).sigma;
+        return [n, Float32Array.from(base, (v, e) => v + s * eps[e])];
+      }));
+      const r = batches.flatMap((b) => referenceScore(config, thetaJ, b).perSample);
+      F.push(r.reduce((a, b) => a + b, 0) / r.length);
+    }
+    const lines = await metrics(`${out}/run`);
+    assertClose([lines[0].fitness_mean, lines[0].fitness_max, lines[0].fitness_min], [
+      F.reduce((a, b) => a + b, 0) / N,
+      Math.max(...F),
+      Math.min(...F),
+    ], { atol: 0, rtol: 2e-5 });
+    const c = updateCoefficients(zscoreShape(F), { alpha, sigma, population: N });
+    const got = await readWeights(`${out}/run/final`);
+    for (const [id, n] of names.entries()) {
+      const want = Float64Array.from(theta0.get(n)!);
+      for (let j = 0; j < N; j++) {
+        const m = noiseMember(j, N, antithetic), eps = noise(m.index, id, n);
+        const k = c[j] * m.sign * groupsOf(n).alpha;
+        for (let e = 0; e < want.length; e++) want[e] += k * eps[e];
+      }
+      // The update moves elements by ~1e-2; f32 fitness differences reach w through the
+      // z-score, so allow a small relative error of the step.
+      assertClose(got.get(n)!, want, { atol: 2e-5, rtol: 1e-5 });
+    }
+  });
+}
+
+Deno.test("same seed, same bytes; stopped and resumed, same bytes as never stopped", async () => {
+  const out = await Deno.makeTempDir();
+  const yaml = pipelineYaml({ iterations: 4, population: 4, antithetic: true, shape: "rank" });
+  await train(yaml, `${out}/a`);
+  await train(yaml, `${out}/b`);
+  const a = await Deno.readFile(`${out}/a/final/model.safetensors`);
+  const b = await Deno.readFile(`${out}/b/final/model.safetensors`);
+  assertEquals(a.length, b.length);
+  assert(a.every((x, i) => x === b[i]), "two runs with one seed must give identical bytes");
+
+  // Stop after 2 (the CLI's --iterations is the total), then resume to 4.
+  const file = `${out}/p.yaml`;
+  await Deno.writeTextFile(file, pipelineYaml({ iterations: 4, population: 4, antithetic: true, shape: "rank" }));
+  let r = await runCli(["tools/train.ts", file, "--iterations", "2", "--out", `${out}/c`, "--quiet"]);
+  assertEquals(r.code, 0, r.stderr);
+  assertEquals(JSON.parse(await Deno.readTextFile(`${out}/c/final/state.json`)).iteration, 2);
+  r = await runCli(["tools/train.ts", file, "--resume", `${out}/c`, "--iterations", "4", "--quiet"]);
+  assertEquals(r.code, 0, r.stderr);
+  const c = await Deno.readFile(`${out}/c/final/model.safetensors`);
+  assert(a.every((x, i) => x === c[i]), "a resumed run must reach the same bytes");
+  const ma = await metrics(`${out}/a`), mc = await metrics(`${out}/c`);
+  assertEquals(mc.map((l) => l.iter), [0, 1, 2, 3]);
+  assertEquals(mc.map((l) => l.fitness_mean), ma.map((l) => l.fitness_mean));
+  assertEquals(mc.map((l) => l.eval_loss), ma.map((l) => l.eval_loss));
+  // A different seed gives different bytes (the test above can fail).
+  r = await runCli(["tools/train.ts", file, "--iterations", "2", "--seed", "5", "--out", `${out}/d`, "--quiet"]);
+  assertEquals(r.code, 0, r.stderr);
+  const d = await Deno.readFile(`${out}/d/final/model.safetensors`);
+  assert(d.some((x, i) => x !== a[i]), "another seed must change the weights");
+});
+
+Deno.test("run output: metrics keys, checkpoints with state.json, final/ loads in eval", async () => {
+  const out = await Deno.makeTempDir();
+  await train(pipelineYaml({ iterations: 3 }), `${out}/r`);
+  const lines = await metrics(`${out}/r`);
+  assertEquals(lines.length, 3);
+  for (const l of lines) {
+    for (const k of ["iter", "fitness_mean", "fitness_max", "fitness_min", "sigma", "alpha", "seconds", "tokens_per_s"]) {
+      assert(typeof l[k] === "number" && Number.isFinite(l[k]), `${k} in ${JSON.stringify(l)}`);
+    }
+    assert(l.fitness_min <= l.fitness_mean && l.fitness_mean <= l.fitness_max);
+    assert(l.eval_loss > 0 && l.eval_loss < 8, `eval_loss ${l.eval_loss}`);
+  }
+  for (const dir of ["checkpoints/iter-1", "checkpoints/iter-2", "final"]) {
+    const state = JSON.parse(await Deno.readTextFile(`${out}/r/${dir}/state.json`));
+    assertEquals(state.iteration, dir === "final" ? 3 : Number(dir.split("-")[1]));
+    assertEquals(state.seed, 77);
+    const cfg = JSON.parse(await Deno.readTextFile(`${out}/r/${dir}/config.json`));
+    assertEquals(cfg.model_type, "qwen3");
+  }
+  // No temp files are left behind by the atomic writes.
+  for await (const e of Deno.readDir(`${out}/r`)) assert(!e.name.includes("tmp"), e.name);
+  await Deno.writeTextFile(`${out}/a.txt`, "It is a truth universally acknowledged\n");
+  const r = await runCli(["tools/eval.ts", "--model", `${out}/r/final`, "--text", `${out}/a.txt`]);
+  assertEquals(r.code, 0, r.stderr);
+  assert(JSON.parse(r.stdout).per_sample[0] < 0);
+});
+
+Deno.test("a run dir that holds a run is refused without --resume, and nothing is written", async () => {
+  const out = await Deno.makeTempDir();
+  const file = `${out}/p.yaml`;
+  await Deno.writeTextFile(file, pipelineYaml({ iterations: 1 }));
+  let r = await runCli(["tools/train.ts", file, "--out", `${out}/r`, "--quiet"]);
+  assertEquals(r.code, 0, r.stderr);
+  const before = await Deno.readTextFile(`${out}/r/metrics.jsonl`);
+  r = await runCli(["tools/train.ts", file, "--out", `${out}/r`, "--quiet"]);
+  assertEquals(r.code, 2);
+  assert(/already holds a run/.test(r.stderr), r.stderr);
+  assertEquals(await Deno.readTextFile(`${out}/r/metrics.jsonl`), before);
+  r = await runCli(["tools/train.ts", file, "--resume", `${out}/nothing-here`, "--quiet"]);
+  assertEquals(r.code, 2);
+  assert(/no checkpoint/.test(r.stderr), r.stderr);
+});
+
+Deno.test("a custom fitness registered from TypeScript runs from YAML", async () => {
+  // fitness = 2·R: the built-in steps, then a user kernel doubling each sample's value.
+  registerStage({
+    kind: "fitness",
+    type: "doubled_log_likelihood",
+    description: "2·R, a test of custom stages",
+    schema: z.strictObject({
+      type: z.literal("doubled_log_likelihood"),
+      micro_batch: z.number().int().positive().default(16),
+      max_len: z.number().int().positive().default(256),
+    }),
+    impl: {
+      steps: (fwd: import("../model/forward.ts").Qwen3Forward, o: { batch: number; seqLen: number; weights: never }) => {
+        const code = wgslConsts({ B: o.batch }) + `
+@group(0) @binding(0) var<storage, read_write> r: array<f32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3u) { if (g.x < B) { r[g.x] = 2.0 * r[g.x]; } }`;
+        return [
+          ...fwd.fitnessSteps(o.batch, o.seqLen, o.weights),
+          makeStep(fwd.gpu, {
+            label: "double",
+            kernel: "double",
+            pipeline: fwd.gpu.pipeline("double", code),
+            buffers: [fwd.buffer("r")],
+            workgroups: 1,
+          }),
+        ];
+      },
+    },
+  });
+  const out = await Deno.makeTempDir();
+  await train(pipelineYaml({ iterations: 1 }), `${out}/plain`);
+  await train(pipelineYaml({ iterations: 1, fitness: "doubled_log_likelihood" }), `${out}/doubled`);
+  const [p] = await metrics(`${out}/plain`), [d] = await metrics(`${out}/doubled`);
+  assertClose([d.fitness_mean], [2 * p.fitness_mean], { atol: 0, rtol: 1e-6 });
+});
