@@ -13,7 +13,13 @@
 import { isCollection, isMap, isScalar, isSeq, LineCounter, type Node, parseDocument } from "yaml";
 import { fileURLToPath } from "node:url";
 import { dirname, resolve as resolvePath } from "node:path";
-import { type PipelineSpec, pipelineSchema, STAGE_KINDS, type StageKind, stageTypes } from "./spec.ts";
+import {
+  pipelineSchema,
+  type PipelineSpec,
+  STAGE_KINDS,
+  type StageKind,
+  stageTypes,
+} from "./spec.ts";
 import { UserError } from "./errors.ts";
 import "./stages/mod.ts";
 
@@ -77,7 +83,9 @@ export async function loadPipelineFile(
       : e instanceof Deno.errors.IsADirectory
       ? "is a directory, not a YAML file"
       : (e as Error).message.split("\n")[0];
-    throw new UserError(`${path}: cannot read the pipeline (${why}); give the path of a pipeline YAML file`);
+    throw new UserError(
+      `${path}: cannot read the pipeline (${why}); give the path of a pipeline YAML file`,
+    );
   }
   return loadPipelineText(text, { file: path, overrides: options.overrides });
 }
@@ -103,7 +111,7 @@ export function loadPipelineText(
   if (doc.errors.length > 0) {
     const e = doc.errors[0];
     const message = e.code === "DUPLICATE_KEY"
-      ? `duplicate key ${quote(sourceAt(text, e.pos[0]))}; a key may appear once per map, remove one`
+      ? `duplicate key '${sourceAt(text, e.pos[0])}'; a key may appear once per map, remove one`
       : `YAML syntax: ${e.message.split("\n")[0]}`;
     throw new UserError(`${pos(e.pos[0])}: ${message}${more(doc.errors.length - 1)}`);
   }
@@ -128,7 +136,10 @@ export function loadPipelineText(
     fail([{ path: [], message: `YAML: ${(e as Error).message.split("\n")[0]}` }]);
   }
   if (data === null || data === undefined) {
-    fail([{ path: [], message: `the pipeline is empty; it needs the stages ${STAGE_KINDS.join(", ")}` }]);
+    fail([{
+      path: [],
+      message: `the pipeline is empty; it needs the stages ${STAGE_KINDS.join(", ")}`,
+    }]);
   }
 
   const schema = pipelineSchema();
@@ -146,10 +157,6 @@ export function loadPipelineText(
 /** " (+N more)" when there are other faults, so the user knows to run again after fixing one. */
 function more(n: number): string {
   return n > 0 ? ` (+${n} more)` : "";
-}
-
-function quote(s: string): string {
-  return `'${s}'`;
 }
 
 /** The scalar token starting at `offset` (a duplicate key's name). */
@@ -173,10 +180,11 @@ function locateNode(root: Node | null, path: KeyPath, atKey: boolean): number {
       const keyOffset = (pair.key as Node).range?.[0] ?? offset;
       const value = pair.value as Node | null;
       const last = i === path.length - 1;
-      if ((last && atKey) || !value || !value.range || (isCollection(value) && !value.flow)) {
+      const empty = !value?.range || value.range[0] === value.range[1];
+      if ((last && atKey) || !value || empty || (isCollection(value) && !value.flow)) {
         offset = keyOffset;
       } else {
-        offset = value.range[0];
+        offset = value.range![0];
       }
       node = value;
     } else if (isSeq(node)) {
@@ -230,7 +238,10 @@ function explainIssues(raw: ZodIssueLike[], data: unknown, schema: unknown): Pip
       }
       continue;
     }
-    if (kind && path.length === 2 && last === "type" && (zi.code === "invalid_union" || zi.code === "invalid_value")) {
+    if (
+      kind && path.length === 2 && last === "type" &&
+      (zi.code === "invalid_union" || zi.code === "invalid_value")
+    ) {
       issues.push({ path, message: unknownTypeMessage(kind, value) });
       continue;
     }
@@ -240,15 +251,41 @@ function explainIssues(raw: ZodIssueLike[], data: unknown, schema: unknown): Pip
         issues.push({
           path,
           at: [],
-          message: `missing stage '${kind}'; add ${kind}: { type: ${types[0]}, ... } (types: ${types.join(", ")})`,
+          message: `missing stage '${kind}'; add ${kind}: { type: ${types[0]}, ... } (types: ${
+            types.join(", ")
+          })`,
         });
       } else {
         issues.push({
           path,
-          at: path,
-          message: `missing required key '${String(last)}'; add it${parent.length ? ` under ${parent.join(".")}` : ""}`,
+          message: `missing required key '${String(last)}'; add it${
+            parent.length ? ` under ${parent.join(".")}` : ""
+          }`,
         });
       }
+      continue;
+    }
+    if (zi.code === "invalid_type" && path.length === 0) {
+      issues.push({
+        path,
+        message: `the pipeline must be a YAML map of name, seed, iterations, the stages ${
+          STAGE_KINDS.join(", ")
+        } and output; got ${describe(value)}`,
+      });
+      continue;
+    }
+    if (zi.code === "invalid_type" && kind && path.length === 1) {
+      // A stage given as a bare name (`shape: rank`) or left empty.
+      const types = stageTypes(kind).map((t) => t.type);
+      const example = typeof value === "string" && types.includes(value) ? value : types[0];
+      issues.push({
+        path,
+        message:
+          `a stage is a map with a type and its settings, got ${
+            describe(value)
+          }; write ${kind}: { type: ${example} } ` +
+          `(types: ${types.join(", ")})`,
+      });
       continue;
     }
     if (zi.code === "invalid_type") {
@@ -283,7 +320,9 @@ function explainIssues(raw: ZodIssueLike[], data: unknown, schema: unknown): Pip
     if (zi.code === "invalid_value" && zi.values) {
       issues.push({
         path,
-        message: `expected ${zi.values.map((v) => JSON.stringify(v)).join(" or ")}, got ${describe(value)}`,
+        message: `expected ${zi.values.map((v) => JSON.stringify(v)).join(" or ")}, got ${
+          describe(value)
+        }`,
       });
       continue;
     }
@@ -321,7 +360,10 @@ function wrongTypeMessage(expected: string, value: unknown): string {
   const want = names[expected] ?? expected;
   if (value === null) return `no value given; expected ${want}`;
   let hint = "";
-  if (typeof value === "string" && (expected === "number" || expected === "int") && value.trim() !== "" && Number.isFinite(Number(value))) {
+  if (
+    typeof value === "string" && (expected === "number" || expected === "int") &&
+    value.trim() !== "" && Number.isFinite(Number(value))
+  ) {
     hint = "; remove the quotes";
   } else if (typeof value === "string" && expected === "boolean") {
     hint = "; write true or false (YAML 1.2 reads yes/no/on/off as strings)";
@@ -351,7 +393,8 @@ function valueAt(data: unknown, path: KeyPath): unknown {
 
 function hasKey(data: unknown, path: KeyPath): boolean {
   const parent = valueAt(data, path.slice(0, -1));
-  return parent !== null && typeof parent === "object" && Object.hasOwn(parent, path[path.length - 1]);
+  return parent !== null && typeof parent === "object" &&
+    Object.hasOwn(parent, path[path.length - 1]);
 }
 
 /** zod 4's internal definition of a schema (the only way to list an object's keys generically). */
@@ -365,7 +408,11 @@ function unwrap(schema: unknown, data: unknown): unknown {
   for (let guard = 0; guard < 32; guard++) {
     const def = defOf(schema);
     if (!def) return undefined;
-    if (["optional", "default", "prefault", "nullable", "nonoptional", "readonly", "catch"].includes(def.type)) {
+    if (
+      ["optional", "default", "prefault", "nullable", "nonoptional", "readonly", "catch"].includes(
+        def.type,
+      )
+    ) {
       schema = def.innerType;
     } else if (def.type === "pipe") {
       schema = def.in;
@@ -419,7 +466,10 @@ export function closest(name: string, known: readonly string[]): string | undefi
 
 /** Optimal string alignment distance: insert, delete, substitute, swap adjacent. */
 function editDistance(a: string, b: string): number {
-  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array(b.length).fill(0)]);
+  const d: number[][] = Array.from(
+    { length: a.length + 1 },
+    (_, i) => [i, ...new Array(b.length).fill(0)],
+  );
   for (let j = 1; j <= b.length; j++) d[0][j] = j;
   for (let i = 1; i <= a.length; i++) {
     for (let j = 1; j <= b.length; j++) {
@@ -443,9 +493,9 @@ function semanticIssues(spec: PipelineSpec): PipelineIssue[] {
   if (p.antithetic === true && typeof p.population === "number" && p.population % 2 === 1) {
     issues.push({
       path: ["perturb", "population"],
-      message: `antithetic pairs ±ε need an even population, got ${p.population}; use ${p.population - 1} or ${
-        p.population + 1
-      }, or antithetic: false`,
+      message: `antithetic pairs ±ε need an even population, got ${p.population}; use ${
+        p.population - 1
+      } or ${p.population + 1}, or antithetic: false`,
     });
   }
   const layers = (p.groups as { layers?: unknown } | undefined)?.layers;
@@ -454,7 +504,8 @@ function semanticIssues(spec: PipelineSpec): PipelineIssue[] {
       if (typeof r.from === "number" && typeof r.to === "number" && r.from > r.to) {
         issues.push({
           path: ["perturb", "groups", "layers", i, "from"],
-          message: `the range [from, to] is inclusive and needs from ≤ to, got from ${r.from} > to ${r.to}; swap them`,
+          message:
+            `the range [from, to] is inclusive and needs from ≤ to, got from ${r.from} > to ${r.to}; swap them`,
         });
       }
     });
@@ -463,16 +514,24 @@ function semanticIssues(spec: PipelineSpec): PipelineIssue[] {
 }
 
 /** Replaces the YAML's settings with the command line's, validated like the YAML. */
-function applyOverrides(spec: PipelineSpec, o: PipelineOverrides, schema: ReturnType<typeof pipelineSchema>) {
+function applyOverrides(
+  spec: PipelineSpec,
+  o: PipelineOverrides,
+  schema: ReturnType<typeof pipelineSchema>,
+) {
   if (o.iterations !== undefined) {
     if (!schema.shape.iterations.safeParse(o.iterations).success) {
-      throw new UserError(`--iterations must be a positive integer (the total), got ${o.iterations}`);
+      throw new UserError(
+        `--iterations must be a positive integer (the total), got ${o.iterations}`,
+      );
     }
     spec.iterations = o.iterations;
   }
   if (o.seed !== undefined) {
     if (!schema.shape.seed.safeParse(o.seed).success) {
-      throw new UserError(`--seed must be an integer from 0 to ${Number.MAX_SAFE_INTEGER}, got ${o.seed}`);
+      throw new UserError(
+        `--seed must be an integer from 0 to ${Number.MAX_SAFE_INTEGER}, got ${o.seed}`,
+      );
     }
     spec.seed = o.seed;
   }

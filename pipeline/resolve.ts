@@ -44,11 +44,24 @@ export interface ResolvedPipeline {
  */
 export async function resolvePipeline(loaded: LoadedPipeline): Promise<ResolvedPipeline> {
   const { spec } = loaded;
-  const ctx: StageContext = { baseDir: loaded.baseDir, file: loaded.file, seed: spec.seed, where: loaded.where };
+  const ctx: StageContext = {
+    baseDir: loaded.baseDir,
+    file: loaded.file,
+    seed: spec.seed,
+    where: loaded.where,
+  };
 
   // Stages run in document order, so the first fault thrown is the first in the file.
-  const texts = await runStage(loaded, "dataset", (impl: DatasetImpl) => impl.load(spec.dataset, ctx));
-  const tokenizer = await runStage(loaded, "tokenizer", (impl: TokenizerImpl) => impl.create(spec.tokenizer, ctx));
+  const texts = await runStage(
+    loaded,
+    "dataset",
+    (impl: DatasetImpl) => impl.load(spec.dataset, ctx),
+  );
+  const tokenizer = await runStage(
+    loaded,
+    "tokenizer",
+    (impl: TokenizerImpl) => impl.create(spec.tokenizer, ctx),
+  );
   const model = await runStage(loaded, "model", (impl: ModelImpl) => impl.resolve(spec.model, ctx));
   const { config } = model;
 
@@ -92,7 +105,9 @@ async function runStage<Impl, T>(
 function settingMentioned(loaded: LoadedPipeline, kind: StageKind, message: string): KeyPath {
   for (const [key, value] of Object.entries(loaded.spec[kind])) {
     if (key === "type" || typeof value !== "string" || value === "") continue;
-    if (message.includes(value) || message.includes(absolute(loaded.baseDir, value))) return [kind, key];
+    if (message.includes(value) || message.includes(absolute(loaded.baseDir, value))) {
+      return [kind, key];
+    }
   }
   return [kind];
 }
@@ -109,14 +124,16 @@ function crossIssues(
   if (typeof ds.holdout === "number" && ds.holdout >= n) {
     issues.push({
       path: ["dataset", "holdout"],
-      message: `holdout ${ds.holdout} leaves no samples to train on: the corpus has ${n}; use fewer than ${n}`,
+      message:
+        `holdout ${ds.holdout} leaves no samples to train on: the corpus has ${n}; use fewer than ${n}`,
     });
   } else if (typeof ds.samples_per_iteration === "number") {
     const left = n - (typeof ds.holdout === "number" ? ds.holdout : 0);
     if (ds.samples_per_iteration > left) {
       issues.push({
         path: ["dataset", "samples_per_iteration"],
-        message: `${ds.samples_per_iteration} samples per iteration, but only ${left} are left after the holdout ` +
+        message:
+          `${ds.samples_per_iteration} samples per iteration, but only ${left} are left after the holdout ` +
           `(${n} samples, ${ds.holdout ?? 0} held out); use at most ${left}`,
       });
     }
@@ -125,7 +142,8 @@ function crossIssues(
   if (o.tokenizer.vocabSize > config.vocabSize) {
     issues.push({
       path: ["tokenizer", "type"],
-      message: `the ${o.tokenizer.name} tokenizer has ${o.tokenizer.vocabSize} ids but the model's vocab_size is ` +
+      message:
+        `the ${o.tokenizer.name} tokenizer has ${o.tokenizer.vocabSize} ids but the model's vocab_size is ` +
         `${config.vocabSize}; use a tokenizer that fits or a model with a larger vocabulary`,
     });
   }
@@ -152,7 +170,8 @@ function crossIssues(
   if (typeof maxLen === "number" && maxLen > config.maxPositionEmbeddings) {
     issues.push({
       path: ["fitness", "max_len"],
-      message: `${maxLen} tokens exceed the model's max_position_embeddings ${config.maxPositionEmbeddings}; ` +
+      message:
+        `${maxLen} tokens exceed the model's max_position_embeddings ${config.maxPositionEmbeddings}; ` +
         `use at most ${config.maxPositionEmbeddings}`,
     });
   }
@@ -170,6 +189,8 @@ function issuesError(loaded: LoadedPipeline, issues: PipelineIssue[]): UserError
   const { issue, where } = placed[0];
   const rest = placed.length - 1;
   return new UserError(
-    `${where}: ${(issue.at ?? issue.path).join(".")}: ${issue.message}${rest > 0 ? ` (+${rest} more)` : ""}`,
+    `${where}: ${(issue.at ?? issue.path).join(".")}: ${issue.message}${
+      rest > 0 ? ` (+${rest} more)` : ""
+    }`,
   );
 }

@@ -69,7 +69,7 @@ const jsonl: DatasetImpl = {
       }
       const v = (obj as Record<string, unknown>)?.[field];
       if (typeof v !== "string") {
-        throw new UserError(`${resolvePath(settings.path as string, ctx)}:${i + 1}: no string field "${field}"`);
+        throw new UserError(`${resolvePath(settings.path as string, ctx)}:${i + 1}: no string field "${field}"; set dataset.field to the field that holds the text`);
       }
       if (v.trim().length > 0) samples.push(v);
     });
