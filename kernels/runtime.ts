@@ -72,6 +72,7 @@ export class Gpu {
   #lost: string | null = null;
   #uncaptured: string[] = [];
   #bytesLive = 0;
+  #ledger = new Map<GPUBuffer, string>();
   #bytesPeak = 0;
 
   constructor(
@@ -181,6 +182,7 @@ export class Gpu {
       );
     }
     const buffer = this.device.createBuffer({ label, size, usage });
+    this.#ledger.set(buffer, label);
     this.#bytesLive += size;
     this.#bytesPeak = Math.max(this.#bytesPeak, this.#bytesLive);
     return buffer;
@@ -188,6 +190,7 @@ export class Gpu {
 
   /** Destroys a buffer made by {@link createBuffer} and uncounts it. */
   destroyBuffer(buffer: GPUBuffer): void {
+    if (!this.#ledger.delete(buffer)) return;
     this.#bytesLive -= buffer.size;
     buffer.destroy();
   }
@@ -195,6 +198,11 @@ export class Gpu {
   /** Bytes of device buffers alive now, and the most ever alive at once. */
   get memory(): { live: number; peak: number } {
     return { live: this.#bytesLive, peak: this.#bytesPeak };
+  }
+
+  /** Every live buffer made by {@link createBuffer}: its label and bytes, in allocation order. */
+  allocations(): { label: string; bytes: number }[] {
+    return [...this.#ledger].map(([b, label]) => ({ label, bytes: b.size }));
   }
 
   /** Writes `data` into `buffer` at `offset` bytes. */
@@ -277,39 +285,24 @@ export async function acquireGpu(options: AcquireOptions = {}): Promise<Gpu> {
   const wanted: GPUFeatureName[] = ["shader-f16", "timestamp-query", "subgroups" as GPUFeatureName];
   const requiredFeatures = wanted.filter((f) => adapter.features.has(f));
 
-  // The default device limits are far below what adapters offer (128 MiB binding on lavapipe
-  // against a 128 MiB default only by luck; 2 GiB buffers against 256 MiB): ask for the
-  // adapter's own numbers.
+  // The default device limits are far below what adapters offer (2 GiB buffers against 256 MiB,
+  // for one): ask for the adapter's own numbers.
+  const limits = limitsOf(adapter);
   const a = adapter.limits;
-  const limits: GpuLimits = {
-    maxStorageBufferBindingSize: a.maxStorageBufferBindingSize,
-    maxBufferSize: a.maxBufferSize,
-    maxComputeWorkgroupsPerDimension: a.maxComputeWorkgroupsPerDimension,
-    maxComputeInvocationsPerWorkgroup: a.maxComputeInvocationsPerWorkgroup,
-    maxComputeWorkgroupStorageSize: a.maxComputeWorkgroupStorageSize,
-    maxStorageBuffersPerShaderStage: a.maxStorageBuffersPerShaderStage,
-    minStorageBufferOffsetAlignment: a.minStorageBufferOffsetAlignment,
-  };
   const device = await adapter.requestDevice({
     label: "esflow",
     requiredFeatures,
     requiredLimits: { ...limits, maxComputeWorkgroupSizeX: a.maxComputeWorkgroupSizeX },
   });
   const info = adapter.info;
-  const adapterName = [info.description || info.device || info.vendor || "unknown adapter"]
-    .join("");
+  const adapterName = nameOf(adapter);
   const features: GpuFeatures = {
     shaderF16: requiredFeatures.includes("shader-f16"),
     timestampQuery: requiredFeatures.includes("timestamp-query"),
     subgroups: requiredFeatures.includes("subgroups" as GPUFeatureName),
   };
   const subgroupSize = (info as unknown as { subgroupMinSize?: number }).subgroupMinSize ?? 0;
-  // Shards must stay aligned to 16 bytes so every shard can be read as vec4.
-  const cap = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
-  const shardBytes = Math.floor(Math.min(options.shardBytes ?? cap, cap) / 16) * 16;
-  if (shardBytes < 16) {
-    throw new GpuError(`shardBytes must be at least 16, got ${options.shardBytes}`);
-  }
+  const shardBytes = shardBytesFor(limits, options.shardBytes);
   return new Gpu(device, { adapterName, features, limits, subgroupSize }, shardBytes);
 }
 
@@ -321,4 +314,67 @@ export function alignUp(n: number, to: number): number {
 function firstLine(s: string): string {
   const line = s.split("\n").map((l) => l.trim()).find((l) => l.length > 0) ?? s;
   return line.length > 400 ? line.slice(0, 400) + "…" : line;
+}
+
+/**
+ * A {@link Gpu} that allocates nothing and runs nothing: buffers, pipelines and bind groups are
+ * stand-ins, so the code that builds the real steps can be run to plan a model of any size
+ * (the 32B preset on a laptop) with the limits of a real or a named adapter.
+ */
+export function planningGpu(o: { adapterName: string; limits: GpuLimits; shardBytes?: number }): Gpu {
+  const noop = () => {};
+  const device = {
+    lost: new Promise(() => {}),
+    addEventListener: noop,
+    pushErrorScope: noop,
+    popErrorScope: () => Promise.resolve(null),
+    createShaderModule: () => ({}),
+    createComputePipeline: () => ({ getBindGroupLayout: () => ({}) }),
+    createBindGroup: () => ({}),
+    createBuffer: (d: GPUBufferDescriptor) => ({ label: d.label, size: d.size, usage: d.usage, destroy: noop }),
+    queue: { writeBuffer: noop, submit: noop, onSubmittedWorkDone: () => Promise.resolve() },
+    destroy: noop,
+  } as unknown as GPUDevice;
+  const shardBytes = shardBytesFor(o.limits, o.shardBytes);
+  return new Gpu(device, {
+    adapterName: o.adapterName,
+    features: { shaderF16: false, timestampQuery: false, subgroups: false },
+    limits: o.limits,
+    subgroupSize: 0,
+  }, shardBytes);
+}
+
+/** The limits of the adapter Deno finds, without making a device; null with no adapter. */
+export async function adapterLimits(): Promise<{ adapterName: string; limits: GpuLimits } | null> {
+  const adapter = typeof navigator !== "undefined" && "gpu" in navigator
+    ? await navigator.gpu.requestAdapter({ powerPreference: "high-performance" })
+    : null;
+  if (!adapter) return null;
+  return { adapterName: nameOf(adapter), limits: limitsOf(adapter) };
+}
+
+/** The shard size: the binding limit, or a smaller requested one, in whole vec4s (16 bytes). */
+function shardBytesFor(limits: GpuLimits, requested?: number): number {
+  const cap = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
+  const bytes = Math.floor(Math.min(requested ?? cap, cap) / 16) * 16;
+  if (bytes < 16) throw new GpuError(`shardBytes must be at least 16, got ${requested}`);
+  return bytes;
+}
+
+function nameOf(adapter: GPUAdapter): string {
+  const i = adapter.info;
+  return i.description || i.device || i.vendor || "unknown adapter";
+}
+
+function limitsOf(adapter: GPUAdapter): GpuLimits {
+  const a = adapter.limits;
+  return {
+    maxStorageBufferBindingSize: a.maxStorageBufferBindingSize,
+    maxBufferSize: a.maxBufferSize,
+    maxComputeWorkgroupsPerDimension: a.maxComputeWorkgroupsPerDimension,
+    maxComputeInvocationsPerWorkgroup: a.maxComputeInvocationsPerWorkgroup,
+    maxComputeWorkgroupStorageSize: a.maxComputeWorkgroupStorageSize,
+    maxStorageBuffersPerShaderStage: a.maxStorageBuffersPerShaderStage,
+    minStorageBufferOffsetAlignment: a.minStorageBufferOffsetAlignment,
+  };
 }

@@ -20,7 +20,7 @@
  * @module
  */
 import { type Gpu, STORAGE } from "../kernels/runtime.ts";
-import { createTensor, type GpuTensor } from "../kernels/tensor.ts";
+import { createTensor, destroyTensor, type GpuTensor } from "../kernels/tensor.ts";
 import { encodeSteps, type Step } from "../kernels/program.ts";
 import { accumulateStep, slotStride } from "../kernels/accumulate.ts";
 import {
@@ -44,8 +44,8 @@ import type { FitnessImpl } from "./stages/types.ts";
 /** Options of {@link EsEngine.create}. */
 export interface EsEngineOptions {
   config: Qwen3Config;
-  /** The initial θ, one tensor at a time. */
-  tensors: TensorStream;
+  /** The initial θ, one tensor at a time; absent when only planning (θ is allocated, not filled). */
+  tensors?: TensorStream;
   seed: number;
   population: number;
   antithetic: boolean;
@@ -91,6 +91,7 @@ export class EsEngine {
   #holdLayout: PackedBatches["layout"] = [];
   #perturb: Step[][];
   #updateSteps: Step[];
+  #own: GPUBuffer[];
 
   private constructor(gpu: Gpu, options: EsEngineOptions, theta: Map<string, GpuTensor>) {
     this.gpu = gpu;
@@ -122,6 +123,7 @@ export class EsEngine {
     this.#iter = inputs("iteration");
     this.#hold = inputs("heldout");
     this.#heldOut = gpu.createBuffer("heldout.r", options.maxSamples * 4);
+    this.#own = [this.#params, this.#totals, this.#update, this.#heldOut, ...Object.values(this.#iter), ...Object.values(this.#hold)];
 
     // Perturb and update steps are built once: everything that changes per member or per
     // iteration lives in the params buffers, written before each submit.
@@ -141,19 +143,20 @@ export class EsEngine {
         }).steps
       ));
     }
-    this.#updateSteps = this.names.flatMap((n, id) =>
-      esUpdateSteps(gpu, {
-        theta: theta.get(n)!,
-        coeffs: this.#update,
-        tensorId: id,
-        multiplier: options.multipliers(n).alpha,
-      }).steps
+    const updateTables = this.names.map((n, id) =>
+      createShardTable(gpu, theta.get(n)!, { tensorId: id, multiplier: options.multipliers(n).alpha })
     );
+    this.#updateSteps = this.names.flatMap((n, id) =>
+      esUpdateSteps(gpu, { theta: theta.get(n)!, coeffs: this.#update, table: updateTables[id] }).steps
+    );
+    this.#own.push(...[...perturbTables.values(), ...updateTables].map((t) => t.buffer));
   }
 
   /** Uploads θ and builds every buffer and fixed step. */
   static async create(gpu: Gpu, options: EsEngineOptions): Promise<EsEngine> {
-    const theta = await uploadWeights(gpu, options.tensors);
+    const theta = options.tensors
+      ? await uploadWeights(gpu, options.tensors)
+      : new Map(qwen3TensorSpecs(options.config).map((s) => [s.name, createTensor(gpu, s.name, [...s.shape])]));
     return new EsEngine(gpu, options, theta);
   }
 
@@ -194,7 +197,7 @@ export class EsEngine {
     enc.copyBufferToBuffer(from.target, at, this.forward.buffer("target"), 0, bytes);
   }
 
-  #scoreSteps(l: PackedBatches["layout"][number], weights: WeightLookup, key: string): Step[] {
+  #scoreSteps(l: { batch: number; seqLen: number }, weights: WeightLookup, key: string): Step[] {
     const fwd = this.forward;
     const cacheKey = `${key}:${l.batch}x${l.seqLen}`;
     let steps = this.#scoreCache.get(cacheKey);
@@ -231,10 +234,7 @@ export class EsEngine {
       encodeSteps(enc, this.#perturb[j]);
       for (const l of packed.layout) {
         this.#copyIn(enc, this.#iter, l);
-        encodeSteps(enc, [
-          ...this.#scoreSteps(l, this.#memberWeights, "member"),
-          this.#accumulate(l.batch, j),
-        ]);
+        encodeSteps(enc, this.memberSteps(l, j));
       }
     }
     g.device.queue.submit([enc.finish()]);
@@ -250,6 +250,28 @@ export class EsEngine {
       fitness,
       heldOut: o.heldOut ? Array.from(new Float32Array(out[1])) : undefined,
     };
+  }
+
+  /** Member `slot`'s steps on one micro-batch: forward over θ_j, fitness, total[slot] += Σ R. */
+  memberSteps(l: { batch: number; seqLen: number }, slot: number): Step[] {
+    return [...this.#scoreSteps(l, this.#memberWeights, "member"), this.#accumulate(l.batch, slot)];
+  }
+
+  /** The steps that form member `slot`'s θ_j in the scratch copy. */
+  perturbSteps(slot: number): Step[] {
+    return this.#perturb[slot];
+  }
+
+  /** The steps of the update, one pass over θ. */
+  updateSteps(): Step[] {
+    return this.#updateSteps;
+  }
+
+  /** Frees every buffer the engine made. */
+  destroy(): void {
+    this.forward.destroy();
+    for (const t of [...this.theta.values(), ...this.scratch.values()]) destroyTensor(this.gpu, t);
+    for (const b of this.#own) this.gpu.destroyBuffer(b);
   }
 
   #accumulateCache = new Map<string, Step>();

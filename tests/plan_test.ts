@@ -1,0 +1,66 @@
+// The Plan: flat data from the same code that allocates at run time. Its buffers and bytes
+// equal what a real device allocates, and `deno task plan` prints it for every shipped pipeline.
+import { assert, assertEquals, runCli } from "./helpers.ts";
+import { acquireGpu } from "../kernels/runtime.ts";
+import { compile, countDispatches } from "../pipeline/compile.ts";
+import { loadPipelineFile } from "../pipeline/load.ts";
+import { resolvePipeline } from "../pipeline/resolve.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+
+Deno.test("plan bytes equal the real allocations on this adapter", async () => {
+  const loaded = await loadPipelineFile(`${ROOT}configs/pipelines/micro-smoke.yaml`);
+  const { config } = await resolvePipeline(loaded);
+  const gpu = await acquireGpu();
+  try {
+    const planned = await compile(loaded.spec, config, {
+      adapter: { adapterName: gpu.adapterName, limits: gpu.limits },
+    });
+    const real = await compile(loaded.spec, config, { gpu });
+    assert(planned.bytes.total > 0 && planned.bytes.weights > 0 && planned.bytes.activations > 0);
+    assertEquals(real.bytes, planned.bytes);
+    assertEquals(real.buffers.map((b) => [b.name, b.bytes]), planned.buffers.map((b) => [b.name, b.bytes]));
+    // Everything the real device held was in the plan, and compile freed it again.
+    assertEquals(gpu.memory.peak, planned.bytes.total);
+    assertEquals(gpu.memory.live, 0);
+  } finally {
+    gpu.destroy();
+  }
+});
+
+Deno.test("plan: sharded tensors and dispatch counts", async () => {
+  const loaded = await loadPipelineFile(`${ROOT}configs/pipelines/micro-smoke.yaml`);
+  const { config } = await resolvePipeline(loaded);
+  const gpu = await acquireGpu({ shardBytes: 8192 });
+  try {
+    const plan = await compile(loaded.spec, config, { gpu });
+    // 8 KiB shards split the 256×64 embedding (64 KiB) into 8.
+    assertEquals(plan.sharded["model.embed_tokens.weight"], 8);
+    const counts = countDispatches(plan.iteration);
+    // Population 4, one micro-batch: one accumulate and one embedding gather per shard per member.
+    assertEquals(counts.get("fitness/accumulate"), 4);
+    assertEquals(counts.get("model/embedding"), 4 * 8);
+  } finally {
+    gpu.destroy();
+  }
+});
+
+Deno.test("deno task plan prints stages, buffers and the total for every shipped pipeline", async () => {
+  for await (const e of Deno.readDir(`${ROOT}configs/pipelines`)) {
+    if (!e.name.endsWith(".yaml")) continue;
+    const args = ["tools/plan.ts", `configs/pipelines/${e.name}`];
+    // The paper's big sizes need a GPU's binding limit: plan them as for one.
+    if (/qwen3-(4b|8b|14b|32b)/.test(e.name)) args.push("--max-binding", String(2 ** 32 - 4));
+    const r = await runCli(args);
+    assertEquals(r.code, 0, `${e.name}: ${r.stderr}`);
+    for (const part of ["stages → kernels", "perturb", "update", "buffers", "total device memory"]) {
+      assert(r.stdout.includes(part), `${e.name}: "${part}" missing from\n${r.stdout}`);
+    }
+  }
+});
+
+Deno.test("deno task plan on a pipeline too big for the binding limit says what to change", async () => {
+  const r = await runCli(["tools/plan.ts", "configs/pipelines/qwen3-32b.yaml", "--max-binding", String(128 << 20)]);
+  assertEquals(r.code, 2);
+  assert(/micro-batch or max length/.test(r.stderr), r.stderr);
+});

@@ -1,0 +1,118 @@
+/**
+ * `deno task plan PIPELINE`: what a pipeline will run and how much device memory it takes,
+ * before anything is allocated: stages → kernels with dispatch counts per iteration, the
+ * buffers with their bytes and shards, and the total.
+ *
+ *   deno task plan [PIPELINE.yaml] [--json]
+ *
+ * Planning allocates nothing (the 32B preset plans on a laptop); it uses the limits of the
+ * adapter Deno finds, or WebGPU's defaults when there is none.
+ *
+ * @module
+ */
+import { intFlag, parseFlags, runMain } from "./cli.ts";
+import { DEFAULT_PIPELINE_PATH, loadPipelineFile } from "../pipeline/load.ts";
+import { compile, countDispatches, DEFAULT_LIMITS, type Plan, type PlanBlock } from "../pipeline/compile.ts";
+import { adapterLimits } from "../kernels/runtime.ts";
+import { getPreset } from "../model/presets.ts";
+import { loadConfigFile } from "../model/config.ts";
+import { resolvePath } from "../pipeline/stages/mod.ts";
+import { UserError } from "../pipeline/errors.ts";
+import type { Qwen3Config } from "../model/config.ts";
+import { paramCount } from "../model/presets.ts";
+
+/** Bytes in human units (binary). */
+export function formatBytes(n: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0, v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(i === 0 ? 0 : 2)} ${units[i]}`;
+}
+
+/** The plan as text: stages → kernels, buffers, bytes, total. */
+export function formatPlan(plan: Plan, o: { file: string; config: Qwen3Config }): string {
+  const lines: string[] = [];
+  lines.push(`plan ${plan.name} (${o.file})`);
+  lines.push(
+    `  model: ${(paramCount(o.config) / 1e6).toFixed(2)}M parameters, ${o.config.numLayers} layers, hidden ${o.config.hiddenSize}, vocab ${o.config.vocabSize}`,
+  );
+  lines.push(`  adapter limits: ${plan.adapter}, shards of at most ${formatBytes(plan.shardBytes)}`);
+  lines.push(
+    `  one iteration: N=${plan.population} members × ${plan.samplesPerIteration} samples ` +
+      `(micro-batches of ${plan.microBatch} × ${plan.maxLen} tokens)`,
+  );
+  lines.push("", "stages → kernels (dispatches per iteration)");
+  const counts = countDispatches(plan.iteration);
+  const byStage = new Map<string, string[]>();
+  for (const [key, n] of counts) {
+    const [stage, kernel] = key.split("/");
+    byStage.set(stage, [...(byStage.get(stage) ?? []), `${kernel} ×${n}`]);
+  }
+  lines.push(`  dataset   one upload of the iteration's tokens (ids, mask, targets), one readback of N fitness values`);
+  for (const stage of ["perturb", "model", "fitness", "update"]) {
+    lines.push(`  ${stage.padEnd(9)} ${(byStage.get(stage) ?? []).join(", ")}`);
+  }
+  const total = [...counts.values()].reduce((a, b) => a + b, 0);
+  lines.push(`  total     ${total} dispatches, 1 submit and 1 readback for evaluation, 1 submit for the update`);
+  lines.push("", "loop structure");
+  const walk = (b: PlanBlock, depth: number) => {
+    const steps = b.steps.filter((s) => !("repeat" in s)).length;
+    lines.push(`${"  ".repeat(depth + 1)}${b.what} ×${b.repeat}: ${steps} steps`);
+    for (const s of b.steps) if ("repeat" in s) walk(s, depth + 1);
+  };
+  walk(plan.iteration, 0);
+  lines.push("", "buffers");
+  const roles = ["weights", "scratch", "activations", "tokens", "es"] as const;
+  const what: Record<typeof roles[number], string> = {
+    weights: "θ, f32, HF [out, in] layout",
+    scratch: "θ_j, the member being evaluated",
+    activations: "one micro-batch of the forward and one LM-head chunk",
+    tokens: "the iteration's and the held-out samples",
+    es: "perturb/update params, shard tables, fitness totals",
+  };
+  for (const role of roles) {
+    const bs = plan.buffers.filter((b) => b.role === role);
+    lines.push(`  ${role.padEnd(12)} ${formatBytes(plan.bytes[role]).padStart(11)}  ${bs.length} buffers (${what[role]})`);
+  }
+  const sharded = Object.entries(plan.sharded);
+  if (sharded.length > 0) {
+    lines.push(`  sharded: ${sharded.map(([n, k]) => `${n} in ${k} shards`).join(", ")}`);
+  }
+  const biggest = [...plan.buffers].sort((a, b) => b.bytes - a.bytes).slice(0, 8);
+  lines.push("  largest:");
+  for (const b of biggest) lines.push(`    ${b.name.padEnd(48)} ${formatBytes(b.bytes).padStart(11)}`);
+  lines.push("", `total device memory: ${formatBytes(plan.bytes.total)} (${plan.bytes.total} bytes)`);
+  return lines.join("\n");
+}
+
+if (import.meta.main) {
+  await runMain("plan", async () => {
+    const usage = "deno task plan [PIPELINE.yaml] [--json] [--max-binding BYTES]";
+    const { values, positionals } = parseFlags(Deno.args, {
+      json: { type: "boolean" },
+      "max-binding": { type: "string" },
+    }, usage);
+    if (positionals.length > 1) throw new UserError("one pipeline file at most; usage: deno task plan [PIPELINE.yaml]");
+    const file = positionals[0] ?? DEFAULT_PIPELINE_PATH;
+    const loaded = await loadPipelineFile(file);
+    // The plan needs the architecture only: no corpus, tokenizer or weights are read.
+    const m = loaded.spec.model as { preset?: string; config?: string };
+    const config = m.preset !== undefined
+      ? getPreset(m.preset)
+      : await loadConfigFile(resolvePath(m.config!, { baseDir: loaded.baseDir } as never));
+    let adapter = await adapterLimits() ?? { adapterName: "no adapter: WebGPU default limits", limits: DEFAULT_LIMITS };
+    if (values["max-binding"] !== undefined) {
+      // Plan for another adapter: a GPU binds far more than lavapipe's 128 MiB.
+      const bytes = intFlag(values["max-binding"], "max-binding", 0);
+      adapter = {
+        adapterName: `${adapter.adapterName}, binding limit set to ${formatBytes(bytes)}`,
+        limits: { ...adapter.limits, maxStorageBufferBindingSize: bytes, maxBufferSize: Math.max(bytes, adapter.limits.maxBufferSize) },
+      };
+    }
+    const plan = await compile(loaded.spec, config, { adapter });
+    console.log(values.json ? JSON.stringify(plan) : formatPlan(plan, { file: loaded.file, config }));
+  });
+}
