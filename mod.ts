@@ -6,7 +6,20 @@
  * - Qwen3 configs, presets, safetensors checkpoints and random init;
  * - the Qwen3 forward with the paper's log-likelihood fitness ({@link Qwen3Forward});
  * - tokenizers (built-in bytes, HF tokenizer.json, the real Qwen3 tokenizer);
- * - scoring a checkpoint on samples ({@link evaluate}), the library behind `deno task eval`.
+ * - scoring a checkpoint on samples ({@link evaluate}), the library behind `deno task eval`;
+ * - pipelines: {@link loadPipelineFile} (YAML + strict schemas, errors at file:line:col),
+ *   {@link resolvePipeline}, {@link compile} to a {@link Plan}, {@link runTraining};
+ * - the stage registry ({@link registerStage}): add a stage type from TypeScript, name it in YAML;
+ * - the pure ES functions of EA4LLM: shaping, coefficients, schedules, and the data subset.
+ *
+ * @example Train from a pipeline file
+ * ```ts
+ * import { acquireGpu, loadPipelineFile, resolvePipeline, runTraining } from "./mod.ts";
+ * const loaded = await loadPipelineFile("configs/pipelines/micro-smoke.yaml", { overrides: { out: "runs/smoke" } });
+ * const gpu = await acquireGpu();
+ * const summary = await runTraining(gpu, await resolvePipeline(loaded));
+ * console.log(summary.finalDir);
+ * ```
  *
  * @example Score a batch of token ids with a checkpoint
  * ```ts
@@ -22,11 +35,11 @@
  * @module
  */
 
-export { acquireGpu, Gpu, GpuError } from "./kernels/runtime.ts";
+export { acquireGpu, adapterLimits, Gpu, GpuError, planningGpu } from "./kernels/runtime.ts";
 export type { AcquireOptions, GpuFeatures, GpuLimits } from "./kernels/runtime.ts";
 export { createTensor, destroyTensor, readTensor, writeTensor } from "./kernels/tensor.ts";
 export type { GpuTensor, Shard } from "./kernels/tensor.ts";
-export { encodeSteps, profileSteps, submitSteps } from "./kernels/program.ts";
+export { encodeSteps, launch, makeStep, profileSteps, submitSteps, wgslConsts } from "./kernels/program.ts";
 export type { Step, StepTimes } from "./kernels/program.ts";
 
 export type { Qwen3Config } from "./model/config.ts";
@@ -48,3 +61,37 @@ export { evaluate, readTextSamples, readTokensFile } from "./pipeline/evaluate.t
 export type { EvalResult, Samples } from "./pipeline/evaluate.ts";
 export { microBatches, padBatch, splitBatch } from "./pipeline/batch.ts";
 export { UserError } from "./pipeline/errors.ts";
+
+export { loadPipelineFile, loadPipelineText } from "./pipeline/load.ts";
+export type { LoadedPipeline, PipelineOverrides } from "./pipeline/load.ts";
+export { resolvePipeline } from "./pipeline/resolve.ts";
+export type { ResolvedPipeline } from "./pipeline/resolve.ts";
+export { compile, countDispatches } from "./pipeline/compile.ts";
+export type { Plan, PlanBlock, PlanBuffer, PlanStep } from "./pipeline/compile.ts";
+export { heldOutLoss, latestCheckpoint, runTraining } from "./pipeline/run.ts";
+export type { MetricsLine, RunOptions, RunState, RunSummary } from "./pipeline/run.ts";
+export { EsEngine } from "./pipeline/engine.ts";
+export { pipelineSchema, registerStage, STAGE_KINDS, stageType, stageTypes } from "./pipeline/spec.ts";
+export type { PipelineSpec, StageKind, StageType } from "./pipeline/spec.ts";
+import "./pipeline/stages/mod.ts";
+export type * from "./pipeline/stages/types.ts";
+export {
+  decayed,
+  esGradient,
+  esUpdateReference,
+  noiseCoefficients,
+  noiseMember,
+  rankShape,
+  updateCoefficients,
+  zscoreShape,
+} from "./pipeline/es.ts";
+export { gaussianNoise, philox4x32_10 } from "./kernels/philox.ts";
+export {
+  heldOutBatches,
+  iterationBatches,
+  packBatches,
+  splitHoldout,
+  subsetIndices,
+  subsetSamples,
+  tokenizeSamples,
+} from "./pipeline/data.ts";
