@@ -39,7 +39,14 @@ export { acquireGpu, adapterLimits, Gpu, GpuError, planningGpu } from "./kernels
 export type { AcquireOptions, GpuFeatures, GpuLimits } from "./kernels/runtime.ts";
 export { createTensor, destroyTensor, readTensor, writeTensor } from "./kernels/tensor.ts";
 export type { GpuTensor, Shard } from "./kernels/tensor.ts";
-export { encodeSteps, launch, makeStep, profileSteps, submitSteps, wgslConsts } from "./kernels/program.ts";
+export {
+  encodeSteps,
+  launch,
+  makeStep,
+  profileSteps,
+  submitSteps,
+  wgslConsts,
+} from "./kernels/program.ts";
 export type { Step, StepTimes } from "./kernels/program.ts";
 
 export type { Qwen3Config } from "./model/config.ts";
@@ -71,7 +78,13 @@ export type { Plan, PlanBlock, PlanBuffer, PlanStep } from "./pipeline/compile.t
 export { heldOutLoss, latestCheckpoint, runTraining } from "./pipeline/run.ts";
 export type { MetricsLine, RunOptions, RunState, RunSummary } from "./pipeline/run.ts";
 export { EsEngine } from "./pipeline/engine.ts";
-export { pipelineSchema, registerStage, STAGE_KINDS, stageType, stageTypes } from "./pipeline/spec.ts";
+export {
+  pipelineSchema,
+  registerStage,
+  STAGE_KINDS,
+  stageType,
+  stageTypes,
+} from "./pipeline/spec.ts";
 export type { PipelineSpec, StageKind, StageType } from "./pipeline/spec.ts";
 import "./pipeline/stages/mod.ts";
 export type * from "./pipeline/stages/types.ts";

@@ -321,7 +321,9 @@ function firstLine(s: string): string {
  * stand-ins, so the code that builds the real steps can be run to plan a model of any size
  * (the 32B preset on a laptop) with the limits of a real or a named adapter.
  */
-export function planningGpu(o: { adapterName: string; limits: GpuLimits; shardBytes?: number }): Gpu {
+export function planningGpu(
+  o: { adapterName: string; limits: GpuLimits; shardBytes?: number },
+): Gpu {
   const noop = () => {};
   const device = {
     lost: new Promise(() => {}),
@@ -331,7 +333,12 @@ export function planningGpu(o: { adapterName: string; limits: GpuLimits; shardBy
     createShaderModule: () => ({}),
     createComputePipeline: () => ({ getBindGroupLayout: () => ({}) }),
     createBindGroup: () => ({}),
-    createBuffer: (d: GPUBufferDescriptor) => ({ label: d.label, size: d.size, usage: d.usage, destroy: noop }),
+    createBuffer: (d: GPUBufferDescriptor) => ({
+      label: d.label,
+      size: d.size,
+      usage: d.usage,
+      destroy: noop,
+    }),
     queue: { writeBuffer: noop, submit: noop, onSubmittedWorkDone: () => Promise.resolve() },
     destroy: noop,
   } as unknown as GPUDevice;

@@ -359,7 +359,11 @@ export class Qwen3Forward {
    * All steps of forward + fitness for (batch, seqLen), built once and cached. `weights` and
    * its cache `key` select another weight set (a perturbed copy) bound in place of the model's.
    */
-  steps(batch: number, seqLen: number, options: { weights?: WeightLookup; key?: string } = {}): Step[] {
+  steps(
+    batch: number,
+    seqLen: number,
+    options: { weights?: WeightLookup; key?: string } = {},
+  ): Step[] {
     const key = `${options.key ?? ""}:${batch}x${seqLen}`;
     let s = this.#steps.get(key);
     if (!s) {

@@ -21,7 +21,14 @@ export function referenceScore(
     if (!t) throw new Error(`reference: missing ${name}`);
     return t;
   };
-  const linear = (x: Float64Array, rows: number, name: string, inF: number, outF: number, bias?: string) => {
+  const linear = (
+    x: Float64Array,
+    rows: number,
+    name: string,
+    inF: number,
+    outF: number,
+    bias?: string,
+  ) => {
     const W = w(name), b = bias ? w(bias) : null;
     const y = new Float64Array(rows * outF);
     for (let r = 0; r < rows; r++) {
@@ -59,8 +66,20 @@ export function referenceScore(
       const q = linear(xn, T, `${p}self_attn.q_proj.weight`, H, NH * D, bias("q_proj"));
       const k = linear(xn, T, `${p}self_attn.k_proj.weight`, H, NKV * D, bias("k_proj"));
       const v = linear(xn, T, `${p}self_attn.v_proj.weight`, H, NKV * D, bias("v_proj"));
-      const qn = rope(rmsnorm(q, T * NH, D, w(`${p}self_attn.q_norm.weight`)), T, NH, D, c.ropeTheta);
-      const kn = rope(rmsnorm(k, T * NKV, D, w(`${p}self_attn.k_norm.weight`)), T, NKV, D, c.ropeTheta);
+      const qn = rope(
+        rmsnorm(q, T * NH, D, w(`${p}self_attn.q_norm.weight`)),
+        T,
+        NH,
+        D,
+        c.ropeTheta,
+      );
+      const kn = rope(
+        rmsnorm(k, T * NKV, D, w(`${p}self_attn.k_norm.weight`)),
+        T,
+        NKV,
+        D,
+        c.ropeTheta,
+      );
       const attn = new Float64Array(T * NH * D);
       for (let h = 0; h < NH; h++) {
         const g = Math.floor(h / (NH / NKV));

@@ -54,7 +54,14 @@ export interface Plan {
   /** Tensors of θ split into several shards: name → shard count. */
   sharded: Record<string, number>;
   iteration: PlanBlock;
-  bytes: { weights: number; scratch: number; activations: number; tokens: number; es: number; total: number };
+  bytes: {
+    weights: number;
+    scratch: number;
+    activations: number;
+    tokens: number;
+    es: number;
+    total: number;
+  };
 }
 
 function roleOf(label: string): PlanBuffer["role"] {
@@ -69,14 +76,22 @@ function roleOf(label: string): PlanBuffer["role"] {
 function stageOf(kernel: string, label: string): PlanStep["stage"] {
   if (kernel === "perturb") return "perturb";
   if (kernel === "es_update") return "update";
-  if (["logsumexp_chunk", "log_likelihood", "accumulate"].includes(kernel) || label.startsWith("lm_head")) {
+  if (
+    ["logsumexp_chunk", "log_likelihood", "accumulate"].includes(kernel) ||
+    label.startsWith("lm_head")
+  ) {
     return "fitness";
   }
   return "model";
 }
 
 function toPlanSteps(steps: readonly Step[]): PlanStep[] {
-  return steps.map((s) => ({ stage: stageOf(s.kernel, s.label), kernel: s.kernel, label: s.label, workgroups: s.workgroups }));
+  return steps.map((s) => ({
+    stage: stageOf(s.kernel, s.label),
+    kernel: s.kernel,
+    label: s.label,
+    workgroups: s.workgroups,
+  }));
 }
 
 /**
@@ -88,7 +103,8 @@ export async function compile(
   config: Qwen3Config,
   options: { gpu?: Gpu; adapter?: { adapterName: string; limits: GpuLimits } } = {},
 ): Promise<Plan> {
-  const gpu = options.gpu ?? planningGpu(options.adapter ?? { adapterName: "planning", limits: DEFAULT_LIMITS });
+  const gpu = options.gpu ??
+    planningGpu(options.adapter ?? { adapterName: "planning", limits: DEFAULT_LIMITS });
   const perturb = stageType("perturb", spec.perturb.type)!.impl as PerturbImpl;
   const fitness = stageType("fitness", spec.fitness.type)!.impl as FitnessImpl;
   const N = perturb.population(spec.perturb);
@@ -112,8 +128,14 @@ export async function compile(
     .map((a) => ({ name: a.label, bytes: a.bytes, role: roleOf(a.label) }));
   const full = Math.floor(M / microBatch), rest = M % microBatch;
   const member = (b: number) => toPlanSteps(engine.memberSteps({ batch: b, seqLen: maxLen }, 0));
-  const microBlocks: PlanBlock[] = [{ what: `micro-batch of ${microBatch}×${maxLen}`, repeat: full, steps: member(microBatch) }];
-  if (rest > 0) microBlocks.push({ what: `micro-batch of ${rest}×${maxLen}`, repeat: 1, steps: member(rest) });
+  const microBlocks: PlanBlock[] = [{
+    what: `micro-batch of ${microBatch}×${maxLen}`,
+    repeat: full,
+    steps: member(microBatch),
+  }];
+  if (rest > 0) {
+    microBlocks.push({ what: `micro-batch of ${rest}×${maxLen}`, repeat: 1, steps: member(rest) });
+  }
   const iteration: PlanBlock = {
     what: "iteration",
     repeat: 1,
@@ -126,7 +148,8 @@ export async function compile(
       ...toPlanSteps(engine.updateSteps()),
     ],
   };
-  const sum = (role: PlanBuffer["role"]) => buffers.filter((b) => b.role === role).reduce((a, b) => a + b.bytes, 0);
+  const sum = (role: PlanBuffer["role"]) =>
+    buffers.filter((b) => b.role === role).reduce((a, b) => a + b.bytes, 0);
   const sharded: Record<string, number> = {};
   for (const s of qwen3TensorSpecs(config)) {
     const n = engine.theta.get(s.name)!.shards.length;

@@ -123,14 +123,24 @@ export class EsEngine {
     this.#iter = inputs("iteration");
     this.#hold = inputs("heldout");
     this.#heldOut = gpu.createBuffer("heldout.r", options.maxSamples * 4);
-    this.#own = [this.#params, this.#totals, this.#update, this.#heldOut, ...Object.values(this.#iter), ...Object.values(this.#hold)];
+    this.#own = [
+      this.#params,
+      this.#totals,
+      this.#update,
+      this.#heldOut,
+      ...Object.values(this.#iter),
+      ...Object.values(this.#hold),
+    ];
 
     // Perturb and update steps are built once: everything that changes per member or per
     // iteration lives in the params buffers, written before each submit.
     this.#perturb = [];
     const perturbTables = new Map(this.names.map((n, id) => [
       n,
-      createShardTable(gpu, theta.get(n)!, { tensorId: id, multiplier: options.multipliers(n).sigma }),
+      createShardTable(gpu, theta.get(n)!, {
+        tensorId: id,
+        multiplier: options.multipliers(n).sigma,
+      }),
     ]));
     for (let j = 0; j < N; j++) {
       this.#perturb.push(this.names.flatMap((n) =>
@@ -144,19 +154,25 @@ export class EsEngine {
       ));
     }
     const updateTables = this.names.map((n, id) =>
-      createShardTable(gpu, theta.get(n)!, { tensorId: id, multiplier: options.multipliers(n).alpha })
+      createShardTable(gpu, theta.get(n)!, {
+        tensorId: id,
+        multiplier: options.multipliers(n).alpha,
+      })
     );
     this.#updateSteps = this.names.flatMap((n, id) =>
-      esUpdateSteps(gpu, { theta: theta.get(n)!, coeffs: this.#update, table: updateTables[id] }).steps
+      esUpdateSteps(gpu, { theta: theta.get(n)!, coeffs: this.#update, table: updateTables[id] })
+        .steps
     );
     this.#own.push(...[...perturbTables.values(), ...updateTables].map((t) => t.buffer));
   }
 
   /** Uploads θ and builds every buffer and fixed step. */
   static async create(gpu: Gpu, options: EsEngineOptions): Promise<EsEngine> {
-    const theta = options.tensors
-      ? await uploadWeights(gpu, options.tensors)
-      : new Map(qwen3TensorSpecs(options.config).map((s) => [s.name, createTensor(gpu, s.name, [...s.shape])]));
+    const theta = options.tensors ? await uploadWeights(gpu, options.tensors) : new Map(
+      qwen3TensorSpecs(options.config).map((
+        s,
+      ) => [s.name, createTensor(gpu, s.name, [...s.shape])]),
+    );
     return new EsEngine(gpu, options, theta);
   }
 
@@ -223,7 +239,12 @@ export class EsEngine {
     const g = this.gpu, N = this.options.population;
     const records = Array.from({ length: N }, (_, j) => {
       const m = noiseMember(j, N, this.options.antithetic);
-      return { seed: this.options.seed, iteration: o.iteration, member: m.index, scale: m.sign * o.sigma };
+      return {
+        seed: this.options.seed,
+        iteration: o.iteration,
+        member: m.index,
+        scale: m.sign * o.sigma,
+      };
     });
     g.write(this.#params, encodePerturbParams(records, paramStride(g)));
     this.#upload(this.#iter, packed);
@@ -317,7 +338,11 @@ export class EsEngine {
   update(o: { iteration: number; coefficients: ArrayLike<number> }): void {
     this.gpu.write(
       this.#update,
-      encodeUpdateParams({ seed: this.options.seed, iteration: o.iteration, coefficients: o.coefficients }),
+      encodeUpdateParams({
+        seed: this.options.seed,
+        iteration: o.iteration,
+        coefficients: o.coefficients,
+      }),
     );
     const enc = this.gpu.device.createCommandEncoder({ label: `update ${o.iteration}` });
     encodeSteps(enc, this.#updateSteps);

@@ -145,7 +145,7 @@ export function loadPipelineText(
   const schema = pipelineSchema();
   const parsed = schema.safeParse(data);
   if (!parsed.success) fail(explainIssues(parsed.error.issues as ZodIssueLike[], data, schema));
-  const spec = parsed.data as PipelineSpec;
+  const spec = parsed.data as unknown as PipelineSpec;
 
   const semantic = semanticIssues(spec);
   if (semantic.length > 0) fail(semantic);

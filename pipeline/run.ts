@@ -17,7 +17,14 @@ import type { Gpu } from "../kernels/runtime.ts";
 import { UserError } from "./errors.ts";
 import type { PipelineSpec } from "./spec.ts";
 import { stageType } from "./spec.ts";
-import { heldOutBatches, iterationBatches, packBatches, splitHoldout, subsetSamples, tokenizeSamples } from "./data.ts";
+import {
+  heldOutBatches,
+  iterationBatches,
+  packBatches,
+  splitHoldout,
+  subsetSamples,
+  tokenizeSamples,
+} from "./data.ts";
 import { noiseCoefficients } from "./es.ts";
 import { EsEngine } from "./engine.ts";
 import type { FitnessImpl, PerturbImpl, ShapeImpl, UpdateImpl } from "./stages/types.ts";
@@ -100,15 +107,22 @@ function bucketed(b: TokenBatch, o: { maxLen: number; padId: number }): TokenBat
   const to = Math.min(o.maxLen, Math.ceil(T / 16) * 16);
   if (to === T) return b;
   const pad = (r: number[], v: number) => [...r, ...new Array(to - r.length).fill(v)];
-  return { inputIds: b.inputIds.map((r) => pad(r, o.padId)), attentionMask: b.attentionMask.map((r) => pad(r, 0)) };
+  return {
+    inputIds: b.inputIds.map((r) => pad(r, o.padId)),
+    attentionMask: b.attentionMask.map((r) => pad(r, 0)),
+  };
 }
 
 /** The latest checkpoint of a run dir: final/ or checkpoints/iter-N with the most iterations. */
-export async function latestCheckpoint(outDir: string): Promise<{ dir: string; state: RunState } | null> {
+export async function latestCheckpoint(
+  outDir: string,
+): Promise<{ dir: string; state: RunState } | null> {
   const candidates: string[] = [`${outDir}/final`];
   try {
     for await (const e of Deno.readDir(`${outDir}/checkpoints`)) {
-      if (e.isDirectory && /^iter-\d+$/.test(e.name)) candidates.push(`${outDir}/checkpoints/${e.name}`);
+      if (e.isDirectory && /^iter-\d+$/.test(e.name)) {
+        candidates.push(`${outDir}/checkpoints/${e.name}`);
+      }
     }
   } catch { /* no checkpoints yet */ }
   let best: { dir: string; state: RunState } | null = null;
@@ -125,10 +139,13 @@ export async function latestCheckpoint(outDir: string): Promise<{ dir: string; s
 }
 
 function stableJson(v: unknown): string {
-  return JSON.stringify(v, (_k, x) =>
-    x && typeof x === "object" && !Array.isArray(x)
-      ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => a.localeCompare(b)))
-      : x);
+  return JSON.stringify(
+    v,
+    (_k, x) =>
+      x && typeof x === "object" && !Array.isArray(x)
+        ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => a.localeCompare(b)))
+        : x,
+  );
 }
 
 /** Appends lines to metrics.jsonl (fsynced: a crash loses at most the line being written). */
@@ -164,7 +181,11 @@ async function truncateMetrics(path: string, iteration: number): Promise<void> {
  * to spec.iterations, writing metrics.jsonl, checkpoints/iter-N every output.checkpoint_every
  * iterations, and final/.
  */
-export async function runTraining(gpu: Gpu, run: RunInputs, options: RunOptions = {}): Promise<RunSummary> {
+export async function runTraining(
+  gpu: Gpu,
+  run: RunInputs,
+  options: RunOptions = {},
+): Promise<RunSummary> {
   const { spec, config, tokenizer } = run;
   const outDir = run.outDir.replace(/\/+$/, "");
   const perturb = impl<PerturbImpl>("perturb", spec.perturb.type);
@@ -189,7 +210,9 @@ export async function runTraining(gpu: Gpu, run: RunInputs, options: RunOptions 
   const heldOut = heldOutBatches(tokens, split.holdout, { microBatch, padId: tokenizer.padId })
     .map((b) => bucketed(b, { maxLen, padId: tokenizer.padId }));
   const heldPacked = packBatches(heldOut);
-  const heldTokens = heldOut.flatMap((b) => b.attentionMask.map((m) => m.slice(1).reduce((a, x) => a + x, 0)));
+  const heldTokens = heldOut.flatMap((b) =>
+    b.attentionMask.map((m) => m.slice(1).reduce((a, x) => a + x, 0))
+  );
 
   // Where to start: fresh, or the latest checkpoint of this run dir.
   let start = 0;
@@ -200,7 +223,11 @@ export async function runTraining(gpu: Gpu, run: RunInputs, options: RunOptions 
   })();
   if (options.resume) {
     const latest = await latestCheckpoint(outDir);
-    if (!latest) throw new UserError(`${outDir}: no checkpoint to resume from (no final/ or checkpoints/iter-N/)`);
+    if (!latest) {
+      throw new UserError(
+        `${outDir}: no checkpoint to resume from (no final/ or checkpoints/iter-N/)`,
+      );
+    }
     if (stableJson(latest.state.pipeline) !== stableJson(pipelineKey)) {
       throw new UserError(
         `${latest.dir}/state.json: this run was made by a different pipeline (or seed); resume it with the same one`,
@@ -215,8 +242,13 @@ export async function runTraining(gpu: Gpu, run: RunInputs, options: RunOptions 
         ckpt.close();
       }
     })();
-  } else if (await exists(`${outDir}/metrics.jsonl`) || await exists(`${outDir}/checkpoints`) || await exists(`${outDir}/final`)) {
-    throw new UserError(`${outDir} already holds a run; continue it with --resume or choose another --out`);
+  } else if (
+    await exists(`${outDir}/metrics.jsonl`) || await exists(`${outDir}/checkpoints`) ||
+    await exists(`${outDir}/final`)
+  ) {
+    throw new UserError(
+      `${outDir} already holds a run; continue it with --resume or choose another --out`,
+    );
   }
 
   const engine = await EsEngine.create(gpu, {
@@ -245,7 +277,12 @@ export async function runTraining(gpu: Gpu, run: RunInputs, options: RunOptions 
     seed: spec.seed,
     sigma: perturb.sigmaAt(spec.perturb, iteration),
     alpha: update.alphaAt(spec.update, iteration),
-    data: { samples: tokens.length, train: split.train.length, holdout: split.holdout.length, samples_per_iteration: M },
+    data: {
+      samples: tokens.length,
+      train: split.train.length,
+      holdout: split.holdout.length,
+      samples_per_iteration: M,
+    },
     pipeline: pipelineKey,
     adapter: gpu.adapterName,
   });
@@ -296,7 +333,9 @@ export async function runTraining(gpu: Gpu, run: RunInputs, options: RunOptions 
     lastLine = line;
     options.onIteration?.(line, { total });
     const done = t + 1;
-    if (every > 0 && done % every === 0 && done < total) await save(`${outDir}/checkpoints/iter-${done}`, done);
+    if (every > 0 && done % every === 0 && done < total) {
+      await save(`${outDir}/checkpoints/iter-${done}`, done);
+    }
     if (options.shouldStop?.() && done < total) {
       await save(`${outDir}/checkpoints/iter-${done}`, done);
       t = done;

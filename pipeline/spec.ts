@@ -12,7 +12,15 @@
 import { z } from "zod";
 
 /** The seven stage kinds, in pipeline order. */
-export const STAGE_KINDS = ["dataset", "tokenizer", "model", "perturb", "fitness", "shape", "update"] as const;
+export const STAGE_KINDS = [
+  "dataset",
+  "tokenizer",
+  "model",
+  "perturb",
+  "fitness",
+  "shape",
+  "update",
+] as const;
 /** One of {@link STAGE_KINDS}. */
 export type StageKind = typeof STAGE_KINDS[number];
 
@@ -37,8 +45,12 @@ const registry = new Map<StageKind, Map<string, StageType>>(STAGE_KINDS.map((k) 
  */
 export function registerStage<Impl>(stage: StageType<Impl>): void {
   const kind = registry.get(stage.kind);
-  if (!kind) throw new Error(`unknown stage kind "${stage.kind}"; kinds are ${STAGE_KINDS.join(", ")}`);
-  if (kind.has(stage.type)) throw new Error(`stage type ${stage.kind}.${stage.type} is already registered`);
+  if (!kind) {
+    throw new Error(`unknown stage kind "${stage.kind}"; kinds are ${STAGE_KINDS.join(", ")}`);
+  }
+  if (kind.has(stage.type)) {
+    throw new Error(`stage type ${stage.kind}.${stage.type} is already registered`);
+  }
   kind.set(stage.type, stage as StageType);
 }
 
@@ -81,18 +93,22 @@ export const outputSchema = z.strictObject({
 });
 
 /** Builds the whole-pipeline schema from what is registered now. */
-export function pipelineSchema() {
+// deno-lint-ignore no-explicit-any
+export function pipelineSchema(): z.ZodObject<any> {
   const stages = Object.fromEntries(STAGE_KINDS.map((kind) => {
     const types = stageTypes(kind);
     if (types.length === 0) throw new Error(`no ${kind} stage types are registered`);
-    const union = types.length === 1
-      ? types[0].schema
-      : z.discriminatedUnion("type", types.map((t) => t.schema) as [z.ZodObject, z.ZodObject, ...z.ZodObject[]]);
+    const union = types.length === 1 ? types[0].schema : z.discriminatedUnion(
+      "type",
+      types.map((t) => t.schema) as [z.ZodObject, z.ZodObject, ...z.ZodObject[]],
+    );
     return [kind, union];
   }));
   return z.strictObject({
     /** Run name: the default output dir and the status page title. */
-    name: z.string().regex(/^[A-Za-z0-9._-]+$/, "use letters, digits, '.', '_' and '-'").default("esflow-run"),
+    name: z.string().regex(/^[A-Za-z0-9._-]+$/, "use letters, digits, '.', '_' and '-'").default(
+      "esflow-run",
+    ),
     /** Run seed: noise, data subsets, held-out split and random init all derive from it. Default 1234. */
     seed: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).default(1234),
     /** Total ES iterations. Default 1000 (the paper's). */

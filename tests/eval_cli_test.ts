@@ -111,7 +111,13 @@ Deno.test("eval: the real Qwen3 tokenizer and a 151936-id vocabulary, streamed i
   const { saveCheckpoint } = await import("../model/checkpoint.ts");
   const dir = await tempDir();
   // A narrow model with Qwen3's vocabulary: its LM head alone is 151936 × 32 floats.
-  const config = { ...getPreset("tiny-qwen3vocab"), hiddenSize: 32, intermediateSize: 64, numLayers: 1, headDim: 16 };
+  const config = {
+    ...getPreset("tiny-qwen3vocab"),
+    hiddenSize: 32,
+    intermediateSize: 64,
+    numLayers: 1,
+    headDim: 16,
+  };
   await saveCheckpoint(`${dir}/m`, { config, tensors: randomInit(config, { seed: 3 }) });
   const line = "It is a truth universally acknowledged, that a single man";
   await Deno.writeTextFile(`${dir}/a.txt`, line + "\n");
@@ -136,6 +142,9 @@ Deno.test("eval: the real Qwen3 tokenizer and a 151936-id vocabulary, streamed i
   const { referenceScore } = await import("../model/reference.ts");
   const weights = new Map([...randomInit(config, { seed: 3 })].map((t) => [t.name, t.data]));
   const ids = (await loadTokenizer("qwen3")).encode(line);
-  const want = referenceScore(config, weights, { inputIds: [ids], attentionMask: [ids.map(() => 1)] });
+  const want = referenceScore(config, weights, {
+    inputIds: [ids],
+    attentionMask: [ids.map(() => 1)],
+  });
   assertClose(res.per_sample, want.perSample, { atol: 0, rtol: 1e-4 });
 });

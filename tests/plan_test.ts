@@ -19,7 +19,10 @@ Deno.test("plan bytes equal the real allocations on this adapter", async () => {
     const real = await compile(loaded.spec, config, { gpu });
     assert(planned.bytes.total > 0 && planned.bytes.weights > 0 && planned.bytes.activations > 0);
     assertEquals(real.bytes, planned.bytes);
-    assertEquals(real.buffers.map((b) => [b.name, b.bytes]), planned.buffers.map((b) => [b.name, b.bytes]));
+    assertEquals(
+      real.buffers.map((b) => [b.name, b.bytes]),
+      planned.buffers.map((b) => [b.name, b.bytes]),
+    );
     // Everything the real device held was in the plan, and compile freed it again.
     assertEquals(gpu.memory.peak, planned.bytes.total);
     assertEquals(gpu.memory.live, 0);
@@ -53,14 +56,21 @@ Deno.test("deno task plan prints stages, buffers and the total for every shipped
     if (/qwen3-(4b|8b|14b|32b)/.test(e.name)) args.push("--max-binding", String(2 ** 32 - 4));
     const r = await runCli(args);
     assertEquals(r.code, 0, `${e.name}: ${r.stderr}`);
-    for (const part of ["stages → kernels", "perturb", "update", "buffers", "total device memory"]) {
+    for (
+      const part of ["stages → kernels", "perturb", "update", "buffers", "total device memory"]
+    ) {
       assert(r.stdout.includes(part), `${e.name}: "${part}" missing from\n${r.stdout}`);
     }
   }
 });
 
 Deno.test("deno task plan on a pipeline too big for the binding limit says what to change", async () => {
-  const r = await runCli(["tools/plan.ts", "configs/pipelines/qwen3-32b.yaml", "--max-binding", String(128 << 20)]);
+  const r = await runCli([
+    "tools/plan.ts",
+    "configs/pipelines/qwen3-32b.yaml",
+    "--max-binding",
+    String(128 << 20),
+  ]);
   assertEquals(r.code, 2);
   assert(/micro-batch or max length/.test(r.stderr), r.stderr);
 });

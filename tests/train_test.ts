@@ -6,7 +6,12 @@ import { gaussianNoise } from "../kernels/philox.ts";
 import { loadPipelineText } from "../pipeline/load.ts";
 import { resolvePipeline } from "../pipeline/resolve.ts";
 import { runTraining } from "../pipeline/run.ts";
-import { iterationBatches, splitHoldout, subsetSamples, tokenizeSamples } from "../pipeline/data.ts";
+import {
+  iterationBatches,
+  splitHoldout,
+  subsetSamples,
+  tokenizeSamples,
+} from "../pipeline/data.ts";
 import { noiseMember, updateCoefficients, zscoreShape } from "../pipeline/es.ts";
 import { groupMultipliers } from "../pipeline/stages/perturb.ts";
 import { openCheckpoint } from "../model/checkpoint.ts";
@@ -34,12 +39,14 @@ function pipelineYaml(o: {
 name: t
 seed: 77
 iterations: ${o.iterations ?? 2}
-dataset: { type: text_lines, path: ${CORPUS}, max_lines: 120, samples_per_iteration: ${o.samples ?? 6}, holdout: 5 }
+dataset: { type: text_lines, path: ${CORPUS}, max_lines: 120, samples_per_iteration: ${
+    o.samples ?? 6
+  }, holdout: 5 }
 tokenizer: { type: bytes }
 model: { type: qwen3, preset: micro }
-perturb: { type: gaussian, population: ${o.population ?? 4}, sigma: 0.02, antithetic: ${o.antithetic ?? false}${
-    o.groups ? `, groups: ${o.groups}` : ""
-  } }
+perturb: { type: gaussian, population: ${o.population ?? 4}, sigma: 0.02, antithetic: ${
+    o.antithetic ?? false
+  }${o.groups ? `, groups: ${o.groups}` : ""} }
 fitness: { type: ${o.fitness ?? "log_likelihood"}, micro_batch: ${o.microBatch ?? 4}, max_len: 24 }
 shape: { type: ${o.shape ?? "zscore"} }
 update: { type: es, alpha: 0.05 }
@@ -67,21 +74,26 @@ async function readWeights(dir: string): Promise<Map<string, Float32Array>> {
 }
 
 async function metrics(dir: string) {
-  return (await Deno.readTextFile(`${dir}/metrics.jsonl`)).trim().split("\n").map((l) => JSON.parse(l));
+  return (await Deno.readTextFile(`${dir}/metrics.jsonl`)).trim().split("\n").map((l) =>
+    JSON.parse(l)
+  );
 }
 
 for (const antithetic of [false, true]) {
   Deno.test(`one GPU ES iteration equals the float64 CPU reference of EA4LLM (antithetic ${antithetic})`, async () => {
     const out = await Deno.makeTempDir();
     // Group multipliers on: the attention σ halved, the MLP α doubled, layer 1 σ ×0.5.
-    const groups = "{ attention: { sigma: 0.5 }, mlp: { alpha: 2 }, layers: [{ from: 1, to: 1, sigma: 0.5 }] }";
+    const groups =
+      "{ attention: { sigma: 0.5 }, mlp: { alpha: 2 }, layers: [{ from: 1, to: 1, sigma: 0.5 }] }";
     const yaml = pipelineYaml({ iterations: 1, antithetic, groups });
     const { resolved } = await train(yaml, `${out}/run`);
     const spec = resolved.spec, config = resolved.config;
     const N = 4, sigma = 0.02, alpha = 0.05;
     // The reference, from the pieces' definitions: θ_0, the subset of iteration 0, each member's
     // exact perturbation, F_j from the float64 forward, z-score shaping, the update.
-    const theta0 = new Map([...randomInit(config, { seed: spec.seed })].map((t) => [t.name, t.data]));
+    const theta0 = new Map(
+      [...randomInit(config, { seed: spec.seed })].map((t) => [t.name, t.data]),
+    );
     const { tokens } = tokenizeSamples(resolved.texts, resolved.tokenizer, { maxLen: 24 });
     const split = splitHoldout(tokens.length, { seed: spec.seed, holdout: 5 });
     const indices = subsetSamples(split.train, { seed: spec.seed, iteration: 0, size: 6 });
@@ -94,7 +106,9 @@ for (const antithetic of [false, true]) {
     for (let j = 0; j < N; j++) {
       const m = noiseMember(j, N, antithetic);
       const thetaJ = new Map(names.map((n, id) => {
-        const eps = noise(m.index, id, n), base = theta0.get(n)!, s = m.sign * sigma * groupsOf(n).sigma;
+        const eps = noise(m.index, id, n),
+          base = theta0.get(n)!,
+          s = m.sign * sigma * groupsOf(n).sigma;
         return [n, Float32Array.from(base, (v, e) => v + s * eps[e])];
       }));
       const r = batches.flatMap((b) => referenceScore(config, thetaJ, b).perSample);
@@ -134,11 +148,30 @@ Deno.test("same seed, same bytes; stopped and resumed, same bytes as never stopp
 
   // Stop after 2 (the CLI's --iterations is the total), then resume to 4.
   const file = `${out}/p.yaml`;
-  await Deno.writeTextFile(file, pipelineYaml({ iterations: 4, population: 4, antithetic: true, shape: "rank" }));
-  let r = await runCli(["tools/train.ts", file, "--iterations", "2", "--out", `${out}/c`, "--quiet"]);
+  await Deno.writeTextFile(
+    file,
+    pipelineYaml({ iterations: 4, population: 4, antithetic: true, shape: "rank" }),
+  );
+  let r = await runCli([
+    "tools/train.ts",
+    file,
+    "--iterations",
+    "2",
+    "--out",
+    `${out}/c`,
+    "--quiet",
+  ]);
   assertEquals(r.code, 0, r.stderr);
   assertEquals(JSON.parse(await Deno.readTextFile(`${out}/c/final/state.json`)).iteration, 2);
-  r = await runCli(["tools/train.ts", file, "--resume", `${out}/c`, "--iterations", "4", "--quiet"]);
+  r = await runCli([
+    "tools/train.ts",
+    file,
+    "--resume",
+    `${out}/c`,
+    "--iterations",
+    "4",
+    "--quiet",
+  ]);
   assertEquals(r.code, 0, r.stderr);
   const c = await Deno.readFile(`${out}/c/final/model.safetensors`);
   assert(a.every((x, i) => x === c[i]), "a resumed run must reach the same bytes");
@@ -147,7 +180,17 @@ Deno.test("same seed, same bytes; stopped and resumed, same bytes as never stopp
   assertEquals(mc.map((l) => l.fitness_mean), ma.map((l) => l.fitness_mean));
   assertEquals(mc.map((l) => l.eval_loss), ma.map((l) => l.eval_loss));
   // A different seed gives different bytes (the test above can fail).
-  r = await runCli(["tools/train.ts", file, "--iterations", "2", "--seed", "5", "--out", `${out}/d`, "--quiet"]);
+  r = await runCli([
+    "tools/train.ts",
+    file,
+    "--iterations",
+    "2",
+    "--seed",
+    "5",
+    "--out",
+    `${out}/d`,
+    "--quiet",
+  ]);
   assertEquals(r.code, 0, r.stderr);
   const d = await Deno.readFile(`${out}/d/final/model.safetensors`);
   assert(d.some((x, i) => x !== a[i]), "another seed must change the weights");
@@ -159,7 +202,18 @@ Deno.test("run output: metrics keys, checkpoints with state.json, final/ loads i
   const lines = await metrics(`${out}/r`);
   assertEquals(lines.length, 3);
   for (const l of lines) {
-    for (const k of ["iter", "fitness_mean", "fitness_max", "fitness_min", "sigma", "alpha", "seconds", "tokens_per_s"]) {
+    for (
+      const k of [
+        "iter",
+        "fitness_mean",
+        "fitness_max",
+        "fitness_min",
+        "sigma",
+        "alpha",
+        "seconds",
+        "tokens_per_s",
+      ]
+    ) {
       assert(typeof l[k] === "number" && Number.isFinite(l[k]), `${k} in ${JSON.stringify(l)}`);
     }
     assert(l.fitness_min <= l.fitness_mean && l.fitness_mean <= l.fitness_max);
@@ -208,7 +262,10 @@ Deno.test("a custom fitness registered from TypeScript runs from YAML", async ()
       max_len: z.number().int().positive().default(256),
     }),
     impl: {
-      steps: (fwd: import("../model/forward.ts").Qwen3Forward, o: { batch: number; seqLen: number; weights: never }) => {
+      steps: (
+        fwd: import("../model/forward.ts").Qwen3Forward,
+        o: { batch: number; seqLen: number; weights: never },
+      ) => {
         const code = wgslConsts({ B: o.batch }) + `
 @group(0) @binding(0) var<storage, read_write> r: array<f32>;
 @compute @workgroup_size(64)
@@ -249,7 +306,9 @@ update: { type: es, alpha: 0.05 }
 output: { checkpoint_every: 0, eval_every: 10 }
 `;
   await train(yaml, `${out}/r`);
-  const evals = (await metrics(`${out}/r`)).filter((l) => l.eval_loss !== undefined).map((l) => l.eval_loss);
+  const evals = (await metrics(`${out}/r`)).filter((l) => l.eval_loss !== undefined).map((l) =>
+    l.eval_loss
+  );
   assertEquals(evals.length, 5, "held-out loss at 0, 10, 20, 30 and the last iteration");
   // Random init sits at ≈ ln 256 = 5.55 nats; 40 iterations move it by ~0.4-0.6 (three seeds).
   assert(Math.abs(evals[0] - Math.log(256)) < 0.1, `initial loss ${evals[0]}`);

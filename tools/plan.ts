@@ -12,7 +12,13 @@
  */
 import { intFlag, parseFlags, runMain } from "./cli.ts";
 import { DEFAULT_PIPELINE_PATH, loadPipelineFile } from "../pipeline/load.ts";
-import { compile, countDispatches, DEFAULT_LIMITS, type Plan, type PlanBlock } from "../pipeline/compile.ts";
+import {
+  compile,
+  countDispatches,
+  DEFAULT_LIMITS,
+  type Plan,
+  type PlanBlock,
+} from "../pipeline/compile.ts";
 import { adapterLimits } from "../kernels/runtime.ts";
 import { getPreset } from "../model/presets.ts";
 import { loadConfigFile } from "../model/config.ts";
@@ -37,9 +43,13 @@ export function formatPlan(plan: Plan, o: { file: string; config: Qwen3Config })
   const lines: string[] = [];
   lines.push(`plan ${plan.name} (${o.file})`);
   lines.push(
-    `  model: ${(paramCount(o.config) / 1e6).toFixed(2)}M parameters, ${o.config.numLayers} layers, hidden ${o.config.hiddenSize}, vocab ${o.config.vocabSize}`,
+    `  model: ${
+      (paramCount(o.config) / 1e6).toFixed(2)
+    }M parameters, ${o.config.numLayers} layers, hidden ${o.config.hiddenSize}, vocab ${o.config.vocabSize}`,
   );
-  lines.push(`  adapter limits: ${plan.adapter}, shards of at most ${formatBytes(plan.shardBytes)}`);
+  lines.push(
+    `  adapter limits: ${plan.adapter}, shards of at most ${formatBytes(plan.shardBytes)}`,
+  );
   lines.push(
     `  one iteration: N=${plan.population} members × ${plan.samplesPerIteration} samples ` +
       `(micro-batches of ${plan.microBatch} × ${plan.maxLen} tokens)`,
@@ -51,12 +61,16 @@ export function formatPlan(plan: Plan, o: { file: string; config: Qwen3Config })
     const [stage, kernel] = key.split("/");
     byStage.set(stage, [...(byStage.get(stage) ?? []), `${kernel} ×${n}`]);
   }
-  lines.push(`  dataset   one upload of the iteration's tokens (ids, mask, targets), one readback of N fitness values`);
+  lines.push(
+    `  dataset   one upload of the iteration's tokens (ids, mask, targets), one readback of N fitness values`,
+  );
   for (const stage of ["perturb", "model", "fitness", "update"]) {
     lines.push(`  ${stage.padEnd(9)} ${(byStage.get(stage) ?? []).join(", ")}`);
   }
   const total = [...counts.values()].reduce((a, b) => a + b, 0);
-  lines.push(`  total     ${total} dispatches, 1 submit and 1 readback for evaluation, 1 submit for the update`);
+  lines.push(
+    `  total     ${total} dispatches, 1 submit and 1 readback for evaluation, 1 submit for the update`,
+  );
   lines.push("", "loop structure");
   const walk = (b: PlanBlock, depth: number) => {
     const steps = b.steps.filter((s) => !("repeat" in s)).length;
@@ -75,7 +89,11 @@ export function formatPlan(plan: Plan, o: { file: string; config: Qwen3Config })
   };
   for (const role of roles) {
     const bs = plan.buffers.filter((b) => b.role === role);
-    lines.push(`  ${role.padEnd(12)} ${formatBytes(plan.bytes[role]).padStart(11)}  ${bs.length} buffers (${what[role]})`);
+    lines.push(
+      `  ${role.padEnd(12)} ${formatBytes(plan.bytes[role]).padStart(11)}  ${bs.length} buffers (${
+        what[role]
+      })`,
+    );
   }
   const sharded = Object.entries(plan.sharded);
   if (sharded.length > 0) {
@@ -83,8 +101,13 @@ export function formatPlan(plan: Plan, o: { file: string; config: Qwen3Config })
   }
   const biggest = [...plan.buffers].sort((a, b) => b.bytes - a.bytes).slice(0, 8);
   lines.push("  largest:");
-  for (const b of biggest) lines.push(`    ${b.name.padEnd(48)} ${formatBytes(b.bytes).padStart(11)}`);
-  lines.push("", `total device memory: ${formatBytes(plan.bytes.total)} (${plan.bytes.total} bytes)`);
+  for (const b of biggest) {
+    lines.push(`    ${b.name.padEnd(48)} ${formatBytes(b.bytes).padStart(11)}`);
+  }
+  lines.push(
+    "",
+    `total device memory: ${formatBytes(plan.bytes.total)} (${plan.bytes.total} bytes)`,
+  );
   return lines.join("\n");
 }
 
@@ -95,7 +118,9 @@ if (import.meta.main) {
       json: { type: "boolean" },
       "max-binding": { type: "string" },
     }, usage);
-    if (positionals.length > 1) throw new UserError("one pipeline file at most; usage: deno task plan [PIPELINE.yaml]");
+    if (positionals.length > 1) {
+      throw new UserError("one pipeline file at most; usage: deno task plan [PIPELINE.yaml]");
+    }
     const file = positionals[0] ?? DEFAULT_PIPELINE_PATH;
     const loaded = await loadPipelineFile(file);
     // The plan needs the architecture only: no corpus, tokenizer or weights are read.
@@ -103,16 +128,23 @@ if (import.meta.main) {
     const config = m.preset !== undefined
       ? getPreset(m.preset)
       : await loadConfigFile(resolvePath(m.config!, { baseDir: loaded.baseDir } as never));
-    let adapter = await adapterLimits() ?? { adapterName: "no adapter: WebGPU default limits", limits: DEFAULT_LIMITS };
+    let adapter = await adapterLimits() ??
+      { adapterName: "no adapter: WebGPU default limits", limits: DEFAULT_LIMITS };
     if (values["max-binding"] !== undefined) {
       // Plan for another adapter: a GPU binds far more than lavapipe's 128 MiB.
       const bytes = intFlag(values["max-binding"], "max-binding", 0);
       adapter = {
         adapterName: `${adapter.adapterName}, binding limit set to ${formatBytes(bytes)}`,
-        limits: { ...adapter.limits, maxStorageBufferBindingSize: bytes, maxBufferSize: Math.max(bytes, adapter.limits.maxBufferSize) },
+        limits: {
+          ...adapter.limits,
+          maxStorageBufferBindingSize: bytes,
+          maxBufferSize: Math.max(bytes, adapter.limits.maxBufferSize),
+        },
       };
     }
     const plan = await compile(loaded.spec, config, { adapter });
-    console.log(values.json ? JSON.stringify(plan) : formatPlan(plan, { file: loaded.file, config }));
+    console.log(
+      values.json ? JSON.stringify(plan) : formatPlan(plan, { file: loaded.file, config }),
+    );
   });
 }

@@ -19,7 +19,8 @@ import { type MetricsLine, runTraining } from "../pipeline/run.ts";
 import { acquireGpu } from "../kernels/runtime.ts";
 import { paramCount } from "../model/presets.ts";
 
-const USAGE = "deno task train [PIPELINE.yaml] [--iterations N] [--out DIR] [--seed N] [--resume DIR] [--quiet]";
+const USAGE =
+  "deno task train [PIPELINE.yaml] [--iterations N] [--out DIR] [--seed N] [--resume DIR] [--quiet]";
 
 function fmtSeconds(s: number): string {
   if (!Number.isFinite(s)) return "?";
@@ -52,7 +53,9 @@ if (import.meta.main) {
     const file = positionals[0] ?? DEFAULT_PIPELINE_PATH;
     const loaded = await loadPipelineFile(file, {
       overrides: {
-        iterations: values.iterations === undefined ? undefined : intFlag(values.iterations, "iterations", 1),
+        iterations: values.iterations === undefined
+          ? undefined
+          : intFlag(values.iterations, "iterations", 1),
         seed,
         out: values.resume ?? values.out,
       },
@@ -63,7 +66,9 @@ if (import.meta.main) {
     const log = (s: string) => values.quiet ? undefined : console.log(s);
     log(
       `esflow train ${spec.name}: ${loaded.file}\n` +
-        `  model ${spec.model.type} (${(paramCount(resolved.config) / 1e6).toFixed(2)}M parameters, ${resolved.model.source})\n` +
+        `  model ${spec.model.type} (${
+          (paramCount(resolved.config) / 1e6).toFixed(2)
+        }M parameters, ${resolved.model.source})\n` +
         `  adapter ${gpu.adapterName}\n  output ${resolved.outDir}`,
     );
 
@@ -78,7 +83,8 @@ if (import.meta.main) {
     const tty = Deno.stdout.isTerminal() && !values.quiet;
     const bar = tty
       ? new cliProgress.SingleBar({
-        format: "iter {value}/{total} |{bar}| fitness {fitness} | eval {eval} | {tps} tok/s | ETA {eta_formatted}",
+        format:
+          "iter {value}/{total} |{bar}| fitness {fitness} | eval {eval} | {tps} tok/s | ETA {eta_formatted}",
         hideCursor: true,
       }, cliProgress.Presets.shades_classic)
       : null;
@@ -101,7 +107,9 @@ if (import.meta.main) {
           firstIter ??= line.iter;
           const eta = (elapsed / (line.iter + 1 - firstIter)) * (o.total - line.iter - 1);
           log(
-            `iter ${line.iter + 1}/${o.total} fitness ${fitness} (max ${line.fitness_max.toFixed(4)}) ` +
+            `iter ${line.iter + 1}/${o.total} fitness ${fitness} (max ${
+              line.fitness_max.toFixed(4)
+            }) ` +
               `eval ${lastEval} ${tps} tok/s ${line.seconds.toFixed(2)}s ETA ${fmtSeconds(eta)}`,
           );
         }
@@ -117,7 +125,11 @@ if (import.meta.main) {
       `${summary.stopped ? "stopped" : "done"}: ${summary.iterations} iterations in ${
         fmtSeconds((performance.now() - t0) / 1000)
       }` + (l ? `, fitness ${l.fitness_mean.toFixed(4)}, held-out loss ${lastEval}` : "") +
-        `\n  ${summary.stopped ? `checkpoint in ${summary.outDir}/checkpoints` : `model in ${summary.finalDir}`}`,
+        `\n  ${
+          summary.stopped
+            ? `checkpoint in ${summary.outDir}/checkpoints`
+            : `model in ${summary.finalDir}`
+        }`,
     );
     gpu.destroy();
   });

@@ -32,16 +32,26 @@ async function readCorpus(settings: Record<string, unknown>, ctx: StageContext):
   try {
     return await Deno.readTextFile(path);
   } catch (e) {
-    const why = e instanceof Deno.errors.NotFound ? "does not exist" : (e as Error).message.split("\n")[0];
-    throw new UserError(`${ctx.where(["dataset", "path"])}: dataset.path: corpus ${path} ${why}; fix the path`);
+    const why = e instanceof Deno.errors.NotFound
+      ? "does not exist"
+      : (e as Error).message.split("\n")[0];
+    throw new UserError(
+      `${ctx.where(["dataset", "path"])}: dataset.path: corpus ${path} ${why}; fix the path`,
+    );
   }
 }
 
-function nonEmpty(samples: string[], settings: Record<string, unknown>, ctx: StageContext): string[] {
+function nonEmpty(
+  samples: string[],
+  settings: Record<string, unknown>,
+  ctx: StageContext,
+): string[] {
   const out = samples.slice(0, settings.max_lines as number);
   if (out.length === 0) {
     throw new UserError(
-      `${ctx.where(["dataset", "path"])}: dataset.path: corpus ${settings.path} has no non-empty samples; give a text file`,
+      `${
+        ctx.where(["dataset", "path"])
+      }: dataset.path: corpus ${settings.path} has no non-empty samples; give a text file`,
     );
   }
   return out;
@@ -65,11 +75,19 @@ const jsonl: DatasetImpl = {
       try {
         obj = JSON.parse(line);
       } catch {
-        throw new UserError(`${resolvePath(settings.path as string, ctx)}:${i + 1}: not valid JSON; one object per line`);
+        throw new UserError(
+          `${resolvePath(settings.path as string, ctx)}:${
+            i + 1
+          }: not valid JSON; one object per line`,
+        );
       }
       const v = (obj as Record<string, unknown>)?.[field];
       if (typeof v !== "string") {
-        throw new UserError(`${resolvePath(settings.path as string, ctx)}:${i + 1}: no string field "${field}"; set dataset.field to the field that holds the text`);
+        throw new UserError(
+          `${resolvePath(settings.path as string, ctx)}:${
+            i + 1
+          }: no string field "${field}"; set dataset.field to the field that holds the text`,
+        );
       }
       if (v.trim().length > 0) samples.push(v);
     });

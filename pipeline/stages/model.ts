@@ -24,9 +24,9 @@ const qwen3: ModelImpl = {
     if (s.preset !== undefined) {
       if (!PRESET_NAMES.includes(s.preset as string)) {
         throw new UserError(
-          `${ctx.where(["model", "preset"])}: model.preset: unknown preset "${s.preset}"; presets are ${
-            PRESET_NAMES.join(", ")
-          }`,
+          `${
+            ctx.where(["model", "preset"])
+          }: model.preset: unknown preset "${s.preset}"; presets are ${PRESET_NAMES.join(", ")}`,
         );
       }
       config = getPreset(s.preset as string);
@@ -36,14 +36,23 @@ const qwen3: ModelImpl = {
     const init = s.init as string;
     if (init === "random") {
       const seed = (s.init_seed as number | undefined) ?? ctx.seed;
-      return { config, tensors: () => randomInit(config, { seed }), source: `random init (seed ${seed})` };
+      return {
+        config,
+        tensors: () => randomInit(config, { seed }),
+        source: `random init (seed ${seed})`,
+      };
     }
     const dir = resolvePath(init, ctx);
     const ckpt = await openCheckpoint(dir);
     ckpt.close();
-    if (JSON.stringify({ ...ckpt.config, torchDtype: "" }) !== JSON.stringify({ ...config, torchDtype: "" })) {
+    if (
+      JSON.stringify({ ...ckpt.config, torchDtype: "" }) !==
+        JSON.stringify({ ...config, torchDtype: "" })
+    ) {
       throw new UserError(
-        `${ctx.where(["model", "init"])}: model.init: checkpoint ${dir} has a different architecture than the model's config`,
+        `${
+          ctx.where(["model", "init"])
+        }: model.init: checkpoint ${dir} has a different architecture than the model's config`,
       );
     }
     return {

@@ -41,7 +41,9 @@ const groupsSchema = z.strictObject({
 type Groups = z.infer<typeof groupsSchema>;
 
 /** The role group of an HF Qwen3 tensor name. */
-export function tensorGroup(name: string): "embeddings" | "attention" | "mlp" | "norms" | "lm_head" {
+export function tensorGroup(
+  name: string,
+): "embeddings" | "attention" | "mlp" | "norms" | "lm_head" {
   if (name === "model.embed_tokens.weight") return "embeddings";
   if (name === "lm_head.weight") return "lm_head";
   if (name.includes("norm")) return "norms";
