@@ -230,13 +230,19 @@ export class EsEngine {
 
   /**
    * Evaluates the population on the iteration's packed micro-batches (and the held-out set when
-   * `heldOut`), with one submit and one readback.
+   * `heldOut`), with one submit and one readback. `members` limits it to the slots
+   * [start, end) — a distributed worker's share; the result then holds those members' fitness
+   * only, in order.
    */
   async evaluate(
     packed: PackedBatches,
-    o: { iteration: number; sigma: number; heldOut: boolean },
+    o: { iteration: number; sigma: number; heldOut: boolean; members?: { start: number; end: number } },
   ): Promise<IterationResult> {
     const g = this.gpu, N = this.options.population;
+    const { start, end } = o.members ?? { start: 0, end: N };
+    if (!(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start <= end && end <= N)) {
+      throw new Error(`members [${start}, ${end}) outside the population of ${N}`);
+    }
     const records = Array.from({ length: N }, (_, j) => {
       const m = noiseMember(j, N, this.options.antithetic);
       return {
@@ -251,7 +257,7 @@ export class EsEngine {
     const enc = g.device.createCommandEncoder({ label: `iteration ${o.iteration}` });
     enc.clearBuffer(this.#totals);
     if (o.heldOut) this.#encodeHeldOut(enc);
-    for (let j = 0; j < N; j++) {
+    for (let j = start; j < end; j++) {
       encodeSteps(enc, this.#perturb[j]);
       for (const l of packed.layout) {
         this.#copyIn(enc, this.#iter, l);
@@ -261,12 +267,12 @@ export class EsEngine {
     g.device.queue.submit([enc.finish()]);
     const samples = packed.layout.reduce((a, l) => a + l.batch, 0);
     const stride = slotStride(g);
-    const reads = [{ buffer: this.#totals, bytes: stride * N }];
+    const reads = [{ buffer: this.#totals, offset: stride * start, bytes: stride * (end - start) }];
     const heldCount = this.#holdLayout.reduce((a, l) => a + l.batch, 0);
-    if (o.heldOut) reads.push({ buffer: this.#heldOut, bytes: heldCount * 4 });
+    if (o.heldOut) reads.push({ buffer: this.#heldOut, offset: 0, bytes: heldCount * 4 });
     const out = await g.readMany(reads);
     const totals = new Float32Array(out[0]);
-    const fitness = Array.from({ length: N }, (_, j) => totals[(j * stride) / 4] / samples);
+    const fitness = Array.from({ length: end - start }, (_, j) => totals[(j * stride) / 4] / samples);
     return {
       fitness,
       heldOut: o.heldOut ? Array.from(new Float32Array(out[1])) : undefined,
