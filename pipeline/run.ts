@@ -26,7 +26,8 @@ import {
   tokenizeSamples,
 } from "./data.ts";
 import { noiseCoefficients } from "./es.ts";
-import { EsEngine } from "./engine.ts";
+import { EsEngine, type IterationResult } from "./engine.ts";
+import type { PackedBatches } from "./data.ts";
 import type { FitnessImpl, PerturbImpl, ShapeImpl, UpdateImpl } from "./stages/types.ts";
 import type { TokenBatch } from "../model/forward.ts";
 
@@ -77,12 +78,31 @@ export interface RunState {
 export interface RunOptions {
   /** Continue the run in `outDir` from its latest checkpoint. */
   resume?: boolean;
+  /**
+   * Scores the population of one iteration. Default: every member on this process's engine.
+   * A distributed coordinator replaces it to share members out (pipeline/distributed.ts); it
+   * must return every member's fitness, in member order.
+   */
+  evaluator?: (ctx: EvaluateContext) => Promise<IterationResult>;
+  /** Called after each iteration's update is queued, with the shaped weights that made it. */
+  onUpdate?: (ctx: EvaluateContext & { fitness: number[]; coefficients: Float64Array }) => Promise<void> | void;
   /** Called after each iteration with its metrics line. */
   onIteration?: (line: MetricsLine, o: { total: number }) => void;
   /** Called with each checkpoint directory written. */
   onCheckpoint?: (dir: string, iteration: number) => void;
   /** Stops after the current iteration (with a checkpoint) when it returns true. */
   shouldStop?: () => boolean;
+}
+
+/** What an evaluator is asked to score. */
+export interface EvaluateContext {
+  engine: EsEngine;
+  iteration: number;
+  sigma: number;
+  packed: PackedBatches;
+  /** Subset indices into the train list (for a worker that rebuilds the batch itself). */
+  indices: number[];
+  heldOut: boolean;
 }
 
 /** The outcome of a run. */
@@ -312,10 +332,15 @@ export async function runTraining(
       .map((b) => bucketed(b, { maxLen, padId: tokenizer.padId }));
     const packed = packBatches(batches);
     const wantEval = t % evalEvery === 0 || t === total - 1;
-    const res = await engine.evaluate(packed, { iteration: t, sigma, heldOut: wantEval });
+    const ctx: EvaluateContext = { engine, iteration: t, sigma, packed, indices, heldOut: wantEval };
+    const res = options.evaluator
+      ? await options.evaluator(ctx)
+      : await engine.evaluate(packed, { iteration: t, sigma, heldOut: wantEval });
     const w = shape.shape(res.fitness);
     const c = update.coefficients(w, { settings: spec.update, iteration: t, sigma });
-    engine.update({ iteration: t, coefficients: noiseCoefficients(c, antithetic) });
+    const d = noiseCoefficients(c, antithetic);
+    engine.update({ iteration: t, coefficients: d });
+    await options.onUpdate?.({ ...ctx, fitness: res.fitness, coefficients: d });
     const seconds = (performance.now() - t0) / 1000;
     const scored = packed.layout.reduce((a, l) => a + l.scored, 0);
     const line: MetricsLine = {

@@ -37,6 +37,13 @@ if (import.meta.main) {
       resume: { type: "string" },
       quiet: { type: "boolean" },
       help: { type: "boolean", short: "h" },
+      // The status server (server/): port (0 = a free one), host, off.
+      "status-port": { type: "string" },
+      "status-host": { type: "string" },
+      "no-status": { type: "boolean" },
+      // Distributed ES (pipeline/distributed.ts): coordinate workers through Redis.
+      redis: { type: "string" },
+      "no-local-eval": { type: "boolean" },
     }, USAGE);
     if (values.help) {
       console.log(`usage: ${USAGE}`);
