@@ -226,6 +226,7 @@ export class Gpu {
     // A shader that failed to compile shows up here as its own error, not as the invalid
     // pipeline's knock-on errors.
     await this.checkPipelines();
+    this.assertHealthy("readback");
     const total = sources.reduce((s, x) => s + alignUp(x.bytes, 4), 0);
     const staging = this.device.createBuffer({
       label: "readback",
@@ -240,7 +241,13 @@ export class Gpu {
       at += n;
     }
     this.device.queue.submit([enc.finish()]);
-    await staging.mapAsync(GPUMapMode.READ);
+    try {
+      await staging.mapAsync(GPUMapMode.READ);
+    } catch (e) {
+      // A failed map is the symptom; a lost device or an earlier validation error is the cause.
+      this.assertHealthy("readback");
+      throw new GpuError(`readback on ${this.adapterName} failed: ${(e as Error).message}`);
+    }
     const mapped = staging.getMappedRange();
     const out: ArrayBuffer[] = [];
     at = 0;
