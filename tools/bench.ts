@@ -12,11 +12,19 @@
 import { parseFlags, runMain } from "./cli.ts";
 import { benchMatmul } from "./bench_matmul.ts";
 import { acquireGpu, type Gpu } from "../kernels/runtime.ts";
-import { profileSteps } from "../kernels/program.ts";
+import { encodeSteps, profileSteps } from "../kernels/program.ts";
 import { getPreset } from "../model/presets.ts";
 import { randomInit } from "../model/weights.ts";
 import { uploadWeights } from "../model/device_weights.ts";
 import { Qwen3Forward, type TokenBatch } from "../model/forward.ts";
+import { tensorBytes } from "../kernels/tensor.ts";
+import { EsEngine } from "../pipeline/engine.ts";
+import { packBatches } from "../pipeline/data.ts";
+
+/** The PyTorch CPU peer's ES throughput on this configuration (issue 5: 45,000–51,000). */
+const PEER_ES_TOKENS_PER_S = 48000;
+/** OpenBLAS sgemm at 1024³ on these 2 cores (facts.md: 220–230 GFLOP/s). */
+const OPENBLAS_GFLOPS = 230;
 
 /** Forward + fitness throughput of a preset on a random batch. */
 export async function benchForward(
@@ -45,6 +53,77 @@ export async function benchForward(
     tokens_per_s: tokens / ((ms * o.repeats) / 1000),
     ms_per_batch: ms,
     kernels_ms: prof ? roundAll(prof.byKernel) : null,
+  };
+}
+
+/**
+ * ES throughput over whole iterations (perturb, forward, fitness, readback, update) against the
+ * unperturbed forward on the same batch: the issue's tiny configuration is N=30, M=32, T=64.
+ */
+export async function benchEs(
+  gpu: Gpu,
+  o: { preset: string; population: number; samples: number; seqLen: number; iterations: number },
+): Promise<{
+  es_tokens_per_s: number;
+  inference_tokens_per_s: number;
+  es_seconds_per_iteration: number;
+  weight_bytes: number;
+  peak_device_bytes: number;
+}> {
+  const config = getPreset(o.preset);
+  let s = 777;
+  const rand = () => (s = (Math.imul(s, 1103515245) + 12345) >>> 0) % config.vocabSize;
+  const batch: TokenBatch = {
+    inputIds: Array.from({ length: o.samples }, () => Array.from({ length: o.seqLen }, rand)),
+    attentionMask: Array.from({ length: o.samples }, () => new Array(o.seqLen).fill(1)),
+  };
+  const packed = packBatches([batch]);
+  const scored = packed.layout[0].scored;
+  const engine = await EsEngine.create(gpu, {
+    config,
+    tensors: randomInit(config, { seed: 1 }),
+    seed: 1,
+    population: o.population,
+    antithetic: false,
+    maxSamples: o.samples,
+    microBatch: o.samples,
+    maxLen: o.seqLen,
+    fitness: { steps: (fwd, x) => fwd.fitnessSteps(x.batch, x.seqLen, x.weights) },
+    multipliers: () => ({ sigma: 1, alpha: 1 }),
+  });
+  const weightBytes = [...engine.theta.values()].reduce((a, t) => a + tensorBytes(t), 0);
+  const iterate = async (t: number) => {
+    const r = await engine.evaluate(packed, { iteration: t, sigma: 1e-3, heldOut: false });
+    engine.update({ iteration: t, coefficients: r.fitness.map(() => 1e-6) });
+  };
+  await iterate(0); // compiles every pipeline
+  const t0 = performance.now();
+  for (let t = 1; t <= o.iterations; t++) await iterate(t);
+  await gpu.device.queue.onSubmittedWorkDone();
+  const esSeconds = (performance.now() - t0) / 1000 / o.iterations;
+  // Inference at its best: N unperturbed forwards of the same batch in one submit, one readback,
+  // so both sides pay the same one synchronisation per N forwards.
+  const fwd = engine.forward;
+  fwd.upload(batch);
+  const steps = fwd.steps(o.samples, o.seqLen);
+  const forwards = async () => {
+    const enc = gpu.device.createCommandEncoder();
+    for (let i = 0; i < o.population; i++) encodeSteps(enc, steps);
+    gpu.device.queue.submit([enc.finish()]);
+    await gpu.readF32(fwd.buffer("r"), 1);
+  };
+  await forwards();
+  const t1 = performance.now();
+  for (let i = 0; i < o.iterations; i++) await forwards();
+  const inferSeconds = (performance.now() - t1) / 1000 / (o.iterations * o.population);
+  const peak = gpu.memory.peak;
+  engine.destroy();
+  return {
+    es_tokens_per_s: (o.population * scored) / esSeconds,
+    inference_tokens_per_s: scored / inferSeconds,
+    es_seconds_per_iteration: esSeconds,
+    weight_bytes: weightBytes,
+    peak_device_bytes: peak,
   };
 }
 
@@ -83,22 +162,65 @@ if (import.meta.main) {
 
     const fwd = await benchForward(gpu, {
       preset: "tiny",
-      batch: 16,
+      batch: 32,
       seqLen: 64,
       repeats: values.quick ? 3 : 10,
     });
-    log("\nforward + fitness, tiny preset (hidden 128, 4 layers, vocab 256), batch 16 × 64 tokens");
+    log("\nforward + fitness, tiny preset (hidden 128, 4 layers, vocab 256), batch 32 × 64 tokens");
     log(
       `${Math.round(fwd.tokens_per_s)} scored tokens/s, ${
         fwd.ms_per_batch.toFixed(1)
       } ms per batch`,
     );
     if (fwd.kernels_ms) log(`GPU ms per kernel: ${JSON.stringify(fwd.kernels_ms)}`);
+
+    const es = await benchEs(gpu, {
+      preset: "tiny",
+      population: 30,
+      samples: 32,
+      seqLen: 64,
+      iterations: values.quick ? 2 : 5,
+    });
+    const ratio = es.es_tokens_per_s / es.inference_tokens_per_s;
+    const row = (what: string, value: string, target: string) =>
+      log(`| ${what} | ${value} | ${target} |`);
+    log(
+      "\nES, tiny preset, N=30, M=32, T=64 (whole iterations: perturb, forward, fitness, readback, update)",
+    );
+    log("| measure | esflow | target |");
+    log("|---|---|---|");
+    row("ES population-tokens/s", String(Math.round(es.es_tokens_per_s)), "");
+    row("inference tokens/s, same batch", String(Math.round(es.inference_tokens_per_s)), "");
+    row("ES / inference", ratio.toFixed(2), "≥ 0.9");
+    row(
+      `ES / PyTorch CPU peer (${PEER_ES_TOKENS_PER_S} pop-tokens/s, the peer's own measurement)`,
+      (es.es_tokens_per_s / PEER_ES_TOKENS_PER_S).toFixed(2),
+      "≥ 1",
+    );
+    row(
+      `matmul 1024³ / OpenBLAS sgemm (~${OPENBLAS_GFLOPS} GFLOP/s)`,
+      (matmul[0].gflops / OPENBLAS_GFLOPS).toFixed(2),
+      "0.25",
+    );
+    row(
+      "peak device bytes / weight bytes",
+      (es.peak_device_bytes / es.weight_bytes).toFixed(2),
+      "",
+    );
+    log(
+      `seconds per ES iteration ${es.es_seconds_per_iteration.toFixed(2)}; ` +
+        `weights ${es.weight_bytes} B; peak device ${es.peak_device_bytes} B`,
+    );
     if (values.json) {
       console.log(JSON.stringify({
         adapter: gpu.adapterName,
+        command: `deno task bench${values.quick ? " --quick" : ""} --json`,
         matmul: matmul.map(({ m, k, n, gflops }) => ({ m, k, n, gflops })),
-        inference_tokens_per_s: fwd.tokens_per_s,
+        es_tokens_per_s: es.es_tokens_per_s,
+        inference_tokens_per_s: es.inference_tokens_per_s,
+        es_over_inference: ratio,
+        weight_bytes: es.weight_bytes,
+        peak_device_bytes: es.peak_device_bytes,
         forward_ms_per_batch: fwd.ms_per_batch,
         kernels_ms: fwd.kernels_ms,
       }));
