@@ -26,7 +26,7 @@ import {
   tokenizeSamples,
 } from "./data.ts";
 import { noiseCoefficients } from "./es.ts";
-import { EsEngine, type IterationResult } from "./engine.ts";
+import { EsEngine, type EsEngineOptions, type IterationResult } from "./engine.ts";
 import type { PackedBatches } from "./data.ts";
 import type { FitnessImpl, PerturbImpl, ShapeImpl, UpdateImpl } from "./stages/types.ts";
 import type { TokenBatch } from "../model/forward.ts";
@@ -133,6 +133,101 @@ function bucketed(b: TokenBatch, o: { maxLen: number; padId: number }): TokenBat
   };
 }
 
+/**
+ * Thrown by an evaluator to stop the run after a checkpoint of θ_t, the weights before the
+ * iteration it could not finish (a distributed coordinator that lost Redis or saw a diverged
+ * worker). {@link runTraining} writes checkpoints/iter-t and rethrows it with the directory named.
+ */
+export class RunInterrupted extends UserError {
+  override name = "RunInterrupted";
+}
+
+/** What every process of a run derives identically from the pipeline (see {@link runSetup}). */
+export interface RunSetup {
+  perturb: PerturbImpl;
+  fitness: FitnessImpl;
+  shape: ShapeImpl;
+  update: UpdateImpl;
+  /** Population and antithetic sampling. */
+  N: number;
+  antithetic: boolean;
+  /** Samples per iteration. */
+  M: number;
+  tokens: number[][];
+  split: ReturnType<typeof splitHoldout>;
+  heldOutPacked: PackedBatches;
+  /** Scored tokens of each held-out sample. */
+  heldOutTokens: number[];
+  /** The engine's options, θ from `tensors`. */
+  engineOptions(tensors: TensorStream): EsEngineOptions;
+  /** Iteration t's subset and its packed micro-batches: a pure function of (seed, t). */
+  iterationInputs(t: number): { indices: number[]; packed: PackedBatches };
+}
+
+/**
+ * The data, stages and engine options of a run. {@link runTraining} and a distributed worker
+ * (pipeline/distributed.ts) both build from it, so every process packs the same bytes.
+ */
+export function runSetup(run: Pick<RunInputs, "spec" | "config" | "tokenizer" | "texts">): RunSetup {
+  const { spec, config, tokenizer } = run;
+  const perturb = impl<PerturbImpl>("perturb", spec.perturb.type);
+  const fitness = impl<FitnessImpl>("fitness", spec.fitness.type);
+  const shape = impl<ShapeImpl>("shape", spec.shape.type);
+  const update = impl<UpdateImpl>("update", spec.update.type);
+  const N = perturb.population(spec.perturb);
+  const antithetic = perturb.antithetic(spec.perturb);
+  const microBatch = (spec.fitness.micro_batch as number | undefined) ?? 16;
+  const maxLen = (spec.fitness.max_len as number | undefined) ?? 256;
+  const ds = spec.dataset as unknown as { samples_per_iteration: number; holdout: number };
+
+  // Data: tokenized once; the split and every subset are functions of the seed.
+  const { tokens } = tokenizeSamples(run.texts, tokenizer, { maxLen });
+  const split = splitHoldout(tokens.length, { seed: spec.seed, holdout: ds.holdout });
+  const M = ds.samples_per_iteration;
+  if (M > split.train.length) {
+    throw new UserError(
+      `dataset.samples_per_iteration ${M} exceeds the ${split.train.length} training samples left after the holdout`,
+    );
+  }
+  const padId = tokenizer.padId;
+  const heldOut = heldOutBatches(tokens, split.holdout, { microBatch, padId })
+    .map((b) => bucketed(b, { maxLen, padId }));
+  const maxSamples = Math.max(M, heldOut.reduce((a, b) => a + b.inputIds.length, 0));
+  return {
+    perturb,
+    fitness,
+    shape,
+    update,
+    N,
+    antithetic,
+    M,
+    tokens,
+    split,
+    heldOutPacked: packBatches(heldOut),
+    heldOutTokens: heldOut.flatMap((b) =>
+      b.attentionMask.map((m) => m.slice(1).reduce((a, x) => a + x, 0))
+    ),
+    engineOptions: (tensors) => ({
+      config,
+      tensors,
+      seed: spec.seed,
+      population: N,
+      antithetic,
+      maxSamples,
+      microBatch,
+      maxLen,
+      fitness,
+      multipliers: (t) => perturb.multipliers(spec.perturb, t),
+    }),
+    iterationInputs: (t) => {
+      const indices = subsetSamples(split.train, { seed: spec.seed, iteration: t, size: M });
+      const batches = iterationBatches(tokens, indices, { microBatch, padId })
+        .map((b) => bucketed(b, { maxLen, padId }));
+      return { indices, packed: packBatches(batches) };
+    },
+  };
+}
+
 /** The latest checkpoint of a run dir: final/ or checkpoints/iter-N with the most iterations. */
 export async function latestCheckpoint(
   outDir: string,
@@ -187,7 +282,14 @@ async function truncateMetrics(path: string, iteration: number): Promise<void> {
   } catch {
     return;
   }
-  const kept = text.split("\n").filter((l) => l.trim() && JSON.parse(l).iter < iteration);
+  // A line cut short by a crash does not parse: it belongs to an iteration that is rerun.
+  const kept = text.split("\n").filter((l) => {
+    try {
+      return l.trim() !== "" && JSON.parse(l).iter < iteration;
+    } catch {
+      return false;
+    }
+  });
   const tmp = `${path}.tmp`;
   await Deno.writeTextFile(tmp, kept.map((l) => l + "\n").join(""));
   const f = await Deno.open(tmp, { read: true, write: true });
@@ -208,31 +310,10 @@ export async function runTraining(
 ): Promise<RunSummary> {
   const { spec, config, tokenizer } = run;
   const outDir = run.outDir.replace(/\/+$/, "");
-  const perturb = impl<PerturbImpl>("perturb", spec.perturb.type);
-  const fitness = impl<FitnessImpl>("fitness", spec.fitness.type);
-  const shape = impl<ShapeImpl>("shape", spec.shape.type);
-  const update = impl<UpdateImpl>("update", spec.update.type);
-  const N = perturb.population(spec.perturb);
-  const antithetic = perturb.antithetic(spec.perturb);
-  const microBatch = (spec.fitness.micro_batch as number | undefined) ?? 16;
-  const maxLen = (spec.fitness.max_len as number | undefined) ?? 256;
-  const ds = spec.dataset as unknown as { samples_per_iteration: number; holdout: number };
-
-  // Data: tokenized once; the split and every subset are functions of the seed.
-  const { tokens } = tokenizeSamples(run.texts, tokenizer, { maxLen });
-  const split = splitHoldout(tokens.length, { seed: spec.seed, holdout: ds.holdout });
-  const M = ds.samples_per_iteration;
-  if (M > split.train.length) {
-    throw new UserError(
-      `dataset.samples_per_iteration ${M} exceeds the ${split.train.length} training samples left after the holdout`,
-    );
-  }
-  const heldOut = heldOutBatches(tokens, split.holdout, { microBatch, padId: tokenizer.padId })
-    .map((b) => bucketed(b, { maxLen, padId: tokenizer.padId }));
-  const heldPacked = packBatches(heldOut);
-  const heldTokens = heldOut.flatMap((b) =>
-    b.attentionMask.map((m) => m.slice(1).reduce((a, x) => a + x, 0))
-  );
+  const setup = runSetup(run);
+  const { perturb, shape, update, N, antithetic, M, tokens, split } = setup;
+  const heldPacked = setup.heldOutPacked;
+  const heldTokens = setup.heldOutTokens;
 
   // Where to start: fresh, or the latest checkpoint of this run dir.
   let start = 0;
@@ -271,18 +352,7 @@ export async function runTraining(
     );
   }
 
-  const engine = await EsEngine.create(gpu, {
-    config,
-    tensors,
-    seed: spec.seed,
-    population: N,
-    antithetic,
-    maxSamples: Math.max(M, heldOut.reduce((a, b) => a + b.inputIds.length, 0)),
-    microBatch,
-    maxLen,
-    fitness,
-    multipliers: (t) => perturb.multipliers(spec.perturb, t),
-  });
+  const engine = await EsEngine.create(gpu, setup.engineOptions(tensors));
   engine.setHeldOut(heldPacked);
 
   await Deno.mkdir(outDir, { recursive: true });
@@ -327,15 +397,21 @@ export async function runTraining(
     const t0 = performance.now();
     const sigma = perturb.sigmaAt(spec.perturb, t);
     const alpha = update.alphaAt(spec.update, t);
-    const indices = subsetSamples(split.train, { seed: spec.seed, iteration: t, size: M });
-    const batches = iterationBatches(tokens, indices, { microBatch, padId: tokenizer.padId })
-      .map((b) => bucketed(b, { maxLen, padId: tokenizer.padId }));
-    const packed = packBatches(batches);
+    const { indices, packed } = setup.iterationInputs(t);
     const wantEval = t % evalEvery === 0 || t === total - 1;
     const ctx: EvaluateContext = { engine, iteration: t, sigma, packed, indices, heldOut: wantEval };
-    const res = options.evaluator
-      ? await options.evaluator(ctx)
-      : await engine.evaluate(packed, { iteration: t, sigma, heldOut: wantEval });
+    let res: IterationResult;
+    try {
+      res = options.evaluator
+        ? await options.evaluator(ctx)
+        : await engine.evaluate(packed, { iteration: t, sigma, heldOut: wantEval });
+    } catch (e) {
+      // θ_t is intact (evaluation never changes it): keep it, so --resume continues from here.
+      if (!(e instanceof RunInterrupted)) throw e;
+      const dir = `${outDir}/checkpoints/iter-${t}`;
+      await save(dir, t);
+      throw new RunInterrupted(`${e.message}; wrote ${dir}, continue with --resume ${outDir}`);
+    }
     const w = shape.shape(res.fitness);
     const c = update.coefficients(w, { settings: spec.update, iteration: t, sigma });
     const d = noiseCoefficients(c, antithetic);

@@ -3,7 +3,6 @@
  * sharded), atomicity of saves, and the errors a user meets with a wrong or incomplete dir.
  */
 import assert from "node:assert/strict";
-import { UserError } from "../pipeline/errors.ts";
 import { openCheckpoint, saveCheckpoint } from "../model/checkpoint.ts";
 import { formatQwen3Config, type Qwen3Config } from "../model/config.ts";
 import { getPreset } from "../model/presets.ts";
@@ -15,32 +14,9 @@ import {
 } from "../model/safetensors.ts";
 import { qwen3TensorSpecs, randomInit } from "../model/weights.ts";
 
+import { assertUserError, withTempDir } from "./helpers.ts";
+
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
-
-async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "esflow_checkpoint_" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
-/** Asserts `fn` rejects with a one-line UserError whose message contains each of `parts`. */
-async function assertUserError(fn: () => Promise<unknown>, ...parts: string[]): Promise<string> {
-  let caught: unknown;
-  try {
-    await fn();
-  } catch (err) {
-    caught = err;
-  }
-  assert.ok(caught instanceof UserError, `expected a UserError, got ${caught}`);
-  assert.ok(!caught.message.includes("\n"), `message is not one line: ${caught.message}`);
-  for (const part of parts) {
-    assert.ok(caught.message.includes(part), `"${caught.message}" lacks "${part}"`);
-  }
-  return caught.message;
-}
 
 function bitsOf(values: Float32Array): number[] {
   return [...new Uint32Array(values.buffer, values.byteOffset, values.length)];

@@ -84,3 +84,33 @@ export async function runCli(
 export function fixture(path: string): string {
   return new URL(`./fixtures/${path}`, import.meta.url).pathname;
 }
+
+/** Runs `fn` with a fresh temporary directory, removed afterwards. */
+export async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "esflow_test_" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/**
+ * Asserts `fn` (sync or async) throws a one-line UserError whose message contains each of
+ * `parts`; returns the message.
+ */
+export async function assertUserError(fn: () => unknown, ...parts: string[]): Promise<string> {
+  const { UserError } = await import("../pipeline/errors.ts");
+  let caught: unknown;
+  try {
+    await fn();
+  } catch (err) {
+    caught = err;
+  }
+  assert(caught instanceof UserError, `expected a UserError, got ${caught}`);
+  assert(!caught.message.includes("\n"), `message is not one line: ${caught.message}`);
+  for (const part of parts) {
+    assert(caught.message.includes(part), `"${caught.message}" lacks "${part}"`);
+  }
+  return caught.message;
+}

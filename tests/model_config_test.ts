@@ -14,24 +14,11 @@ import {
 import { getPreset, paramCount, PRESET_NAMES } from "../model/presets.ts";
 import { initTensor, qwen3TensorSpecs, randomInit, Xoshiro128 } from "../model/weights.ts";
 
+import { assertUserError } from "./helpers.ts";
+
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
 
 /** Asserts `fn` throws a one-line UserError whose message contains each of `parts`. */
-function assertUserError(fn: () => unknown, ...parts: string[]): string {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (err) {
-    caught = err;
-  }
-  assert.ok(caught instanceof UserError, `expected a UserError, got ${caught}`);
-  assert.ok(!caught.message.includes("\n"), `message is not one line: ${caught.message}`);
-  for (const part of parts) {
-    assert.ok(caught.message.includes(part), `"${caught.message}" lacks "${part}"`);
-  }
-  return caught.message;
-}
-
 /** A minimal 4.51-form config.json object for a tiny model. */
 function baseJson(): Record<string, unknown> {
   return {
@@ -157,8 +144,8 @@ Deno.test("config: defaults for absent keys", () => {
   );
 });
 
-Deno.test("config: model_type other than qwen3 is refused, naming file and value", () => {
-  assertUserError(
+Deno.test("config: model_type other than qwen3 is refused, naming file and value", async () => {
+  await assertUserError(
     () => parseQwen3Config({ ...baseJson(), model_type: "llama" }, { file: "/m/config.json" }),
     "/m/config.json",
     '"llama"',
@@ -166,16 +153,20 @@ Deno.test("config: model_type other than qwen3 is refused, naming file and value
   );
   const json = baseJson();
   delete json.model_type;
-  assertUserError(
+  await assertUserError(
     () => parseQwen3Config(json, { file: "f.json" }),
     "f.json",
     "model_type",
     "qwen3",
   );
-  assertUserError(() => parseQwen3Config([1], { file: "f.json" }), "f.json", "not a JSON object");
+  await assertUserError(
+    () => parseQwen3Config([1], { file: "f.json" }),
+    "f.json",
+    "not a JSON object",
+  );
 });
 
-Deno.test("config: missing required keys are named", () => {
+Deno.test("config: missing required keys are named", async () => {
   for (
     const key of [
       "vocab_size",
@@ -187,7 +178,7 @@ Deno.test("config: missing required keys are named", () => {
   ) {
     const json = baseJson();
     delete json[key];
-    assertUserError(
+    await assertUserError(
       () => parseQwen3Config(json, { file: "cfg.json" }),
       "cfg.json",
       `missing required key "${key}"`,
@@ -195,7 +186,7 @@ Deno.test("config: missing required keys are named", () => {
   }
 });
 
-Deno.test("config: bad values are named with the key and the value", () => {
+Deno.test("config: bad values are named with the key and the value", async () => {
   const bad: [Record<string, unknown>, string[]][] = [
     [{ hidden_size: 12.5 }, ['"hidden_size"', "12.5"]],
     [{ hidden_size: "64" }, ['"hidden_size"', '"64"']],
@@ -217,7 +208,7 @@ Deno.test("config: bad values are named with the key and the value", () => {
     [{ bos_token_id: 1.5 }, ['"bos_token_id"']],
   ];
   for (const [patch, parts] of bad) {
-    assertUserError(
+    await assertUserError(
       () => parseQwen3Config({ ...baseJson(), ...patch }, { file: "c.json" }),
       "c.json",
       ...parts,
@@ -227,7 +218,7 @@ Deno.test("config: bad values are named with the key and the value", () => {
   delete json.head_dim;
   json.num_attention_heads = 3;
   json.num_key_value_heads = 1;
-  assertUserError(() => parseQwen3Config(json, { file: "c.json" }), "head_dim is absent");
+  await assertUserError(() => parseQwen3Config(json, { file: "c.json" }), "head_dim is absent");
 });
 
 Deno.test("config: loadConfigFile reports a missing file and bad JSON", async () => {
@@ -251,7 +242,7 @@ Deno.test("config: loadConfigFile reports a missing file and bad JSON", async ()
   }
 });
 
-Deno.test("presets: every preset survives config.json and back", () => {
+Deno.test("presets: every preset survives config.json and back", async () => {
   assert.deepEqual(PRESET_NAMES, [
     "qwen3-0.5b",
     "qwen3-1.7b",
@@ -275,7 +266,7 @@ Deno.test("presets: every preset survives config.json and back", () => {
   const tiny = getPreset("tiny");
   tiny.hiddenSize = 1;
   assert.equal(getPreset("tiny").hiddenSize, 128, "getPreset returns a copy");
-  assertUserError(() => getPreset("qwen3-7b"), '"qwen3-7b"', "qwen3-0.5b", "tiny", "micro");
+  await assertUserError(() => getPreset("qwen3-7b"), '"qwen3-7b"', "qwen3-0.5b", "tiny", "micro");
 });
 
 Deno.test("presets: the paper's table rows and the tiny sizes", () => {

@@ -3,7 +3,6 @@
  * and F16, sharded sets, and one crafted bad file per fault the reader must reject.
  */
 import assert from "node:assert/strict";
-import { UserError } from "../pipeline/errors.ts";
 import { loadConfigFile } from "../model/config.ts";
 import {
   bf16BitsToF32,
@@ -21,33 +20,9 @@ import {
 import { getPreset } from "../model/presets.ts";
 import { qwen3TensorSpecs, randomInit } from "../model/weights.ts";
 
+import { assertUserError, withTempDir } from "./helpers.ts";
+
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
-
-/** Runs `fn` with a fresh temporary directory, removed afterwards. */
-async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "esflow_safetensors_" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
-
-/** Asserts `fn` rejects with a one-line UserError whose message contains each of `parts`. */
-async function assertUserError(fn: () => Promise<unknown>, ...parts: string[]): Promise<string> {
-  let caught: unknown;
-  try {
-    await fn();
-  } catch (err) {
-    caught = err;
-  }
-  assert.ok(caught instanceof UserError, `expected a UserError, got ${caught}`);
-  assert.ok(!caught.message.includes("\n"), `message is not one line: ${caught.message}`);
-  for (const part of parts) {
-    assert.ok(caught.message.includes(part), `"${caught.message}" lacks "${part}"`);
-  }
-  return caught.message;
-}
 
 /** The bytes of a safetensors file with this header object and data buffer. */
 function craft(
