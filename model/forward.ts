@@ -206,6 +206,17 @@ export class Qwen3Forward {
   bodySteps(batch: number, seqLen: number, weights: WeightLookup = this.#weights): Step[] {
     const c = this.config, g = this.gpu, b = this.#buf;
     const vec = (name: string) => weights(name).shards[0].buffer;
+    // xn = rmsnorm(x): every norm of the body reads the residual stream and writes xn.
+    const norm = (label: string, weight: string) =>
+      rmsnormStep(g, {
+        label,
+        x: b.x,
+        w: vec(weight),
+        y: b.xn,
+        rows: R,
+        dim: H,
+        eps: c.rmsNormEps,
+      });
     const R = batch * seqLen, H = c.hiddenSize, D = c.headDim;
     const steps: Step[] = [];
     steps.push(...embeddingSteps(g, {
@@ -230,15 +241,7 @@ export class Qwen3Forward {
           out,
           accumulate,
         });
-      steps.push(rmsnormStep(g, {
-        label: `L${l}.input_layernorm`,
-        x: b.x,
-        w: vec(`${p}input_layernorm.weight`),
-        y: b.xn,
-        rows: R,
-        dim: H,
-        eps: c.rmsNormEps,
-      }));
+      steps.push(norm(`L${l}.input_layernorm`, `${p}input_layernorm.weight`));
       steps.push(...lin("self_attn.q_proj", b.xn, b.q, H));
       steps.push(...lin("self_attn.k_proj", b.xn, b.k, H));
       steps.push(...lin("self_attn.v_proj", b.xn, b.v, H));
@@ -270,15 +273,7 @@ export class Qwen3Forward {
         headDim: D,
       }));
       steps.push(...lin("self_attn.o_proj", b.attn, b.x, c.numHeads * D, true));
-      steps.push(rmsnormStep(g, {
-        label: `L${l}.post_attention_layernorm`,
-        x: b.x,
-        w: vec(`${p}post_attention_layernorm.weight`),
-        y: b.xn,
-        rows: R,
-        dim: H,
-        eps: c.rmsNormEps,
-      }));
+      steps.push(norm(`L${l}.post_attention_layernorm`, `${p}post_attention_layernorm.weight`));
       steps.push(...lin("mlp.gate_proj", b.xn, b.gate, H));
       steps.push(...lin("mlp.up_proj", b.xn, b.up, H));
       steps.push(
@@ -292,15 +287,7 @@ export class Qwen3Forward {
       );
       steps.push(...lin("mlp.down_proj", b.gate, b.x, c.intermediateSize, true));
     }
-    steps.push(rmsnormStep(g, {
-      label: "norm",
-      x: b.x,
-      w: vec("model.norm.weight"),
-      y: b.xn,
-      rows: R,
-      dim: H,
-      eps: c.rmsNormEps,
-    }));
+    steps.push(norm("norm", "model.norm.weight"));
     return steps;
   }
 
