@@ -41,8 +41,9 @@ const WG = 64;
 /** Bytes of a shard-table or perturb-params record before alignment padding. */
 const RECORD_BYTES = 32;
 
-const PERTURB_SOURCE = wgslSource(new URL("./noise_perturb.wgsl", import.meta.url));
-const UPDATE_SOURCE = wgslSource(new URL("./es_update.wgsl", import.meta.url));
+const SHARD_RECORD = wgslSource(new URL("./shard_record.wgsl", import.meta.url));
+const PERTURB_SOURCE = SHARD_RECORD + wgslSource(new URL("./noise_perturb.wgsl", import.meta.url));
+const UPDATE_SOURCE = SHARD_RECORD + wgslSource(new URL("./es_update.wgsl", import.meta.url));
 
 /** es_update's noise source in training: regenerate ε_i of this shard's tensor. */
 const EPS_REGENERATED = `

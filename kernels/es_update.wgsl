@@ -10,13 +10,7 @@
 // (seed, iteration, i, tensor, block) in training, or ε read from a buffer in tests, so both
 // run this same accumulation.
 
-struct Shard {
-  start: u32,       // first element of this shard in the whole tensor (rowStart·rowSize)
-  count: u32,       // elements in this shard
-  tensor: u32,      // tensor id: the Philox counter's second word
-  numel: u32,       // elements in the whole tensor
-  multiplier: f32,  // group multiplier m_g of this tensor
-}
+// struct Shard (one shard-table record) comes from shard_record.wgsl, prepended by the wrapper.
 
 struct Update {
   key: vec2u,           // run seed (lo32, hi32)

@@ -9,13 +9,7 @@
 // Everything that changes per member or per iteration (seed, iteration, noise index, scale)
 // is read from `params`, so one compiled pipeline serves every member of every tensor.
 
-struct Shard {
-  start: u32,       // first element of this shard in the whole tensor (rowStart·rowSize)
-  count: u32,       // elements in this shard
-  tensor: u32,      // tensor id: the Philox counter's second word
-  numel: u32,       // elements in the whole tensor
-  multiplier: f32,  // group multiplier m_g of this tensor
-}
+// struct Shard (one shard-table record) comes from shard_record.wgsl, prepended by the wrapper.
 
 struct Perturb {
   key: vec2u,       // run seed (lo32, hi32)

@@ -1,0 +1,11 @@
+// One record of a tensor's shard table (kernels/es_update.ts createShardTable), shared by the
+// perturb and es_update kernels: which elements of which tensor a dispatch covers, and the
+// tensor's group multiplier.
+struct Shard {
+  start: u32,       // first element of this shard in the whole tensor (rowStart·rowSize)
+  count: u32,       // elements in this shard
+  tensor: u32,      // tensor id: the Philox counter's second word
+  numel: u32,       // elements in the whole tensor
+  multiplier: f32,  // group multiplier m_g of this tensor
+}
+
