@@ -74,3 +74,39 @@ Deno.test("deno task plan on a pipeline too big for the binding limit says what 
   assertEquals(r.code, 2);
   assert(/micro-batch or max length/.test(r.stderr), r.stderr);
 });
+
+Deno.test("memory report: ES bytes from the planner beside Adam mixed precision", async () => {
+  const { adamBytes, memoryRow } = await import("../pipeline/memory.ts");
+  const { getPreset, paramCount } = await import("../model/presets.ts");
+  const c = getPreset("qwen3-0.5b");
+  const a = adamBytes(c, { microBatch: 16, maxLen: 256 });
+  assertEquals(a.states, 16 * paramCount(c));
+  // Doubling the tokens doubles the kept activations, not the optimizer states.
+  assertEquals(adamBytes(c, { microBatch: 32, maxLen: 256 }).activations, 2 * a.activations);
+  const loaded = await loadPipelineFile(`${ROOT}configs/pipelines/micro-smoke.yaml`);
+  const { config } = await resolvePipeline(loaded);
+  const gpu = await acquireGpu();
+  try {
+    const plan = await compile(loaded.spec, config, { gpu });
+    const row = memoryRow(plan, config);
+    // The ES column is exactly what the device held while the engine was built.
+    assertEquals(row.es, gpu.memory.peak);
+    // θ and θ_j in f32: 8 bytes a parameter, up to 16 bytes of alignment per buffer.
+    const buffers = plan.buffers.filter((b) => b.role === "weights" || b.role === "scratch").length;
+    const slack = row.es_weights - 8 * paramCount(config);
+    assert(
+      slack >= 0 && slack < 16 * buffers,
+      `θ + θ_j = ${row.es_weights} B for ${paramCount(config)} parameters`,
+    );
+    assert(row.es_bf16 < row.es && row.ratio_bf16 > row.ratio);
+  } finally {
+    gpu.destroy();
+  }
+  const r = await runCli(["tools/plan.ts", "--memory-table"]);
+  assertEquals(r.code, 0, r.stderr);
+  const lines = r.stdout.trim().split("\n");
+  assertEquals(lines.length, 2 + 6, r.stdout);
+  for (const size of ["0.5b", "1.7b", "4b", "8b", "14b", "32b"]) {
+    assert(r.stdout.includes(`qwen3-${size}`), size);
+  }
+});

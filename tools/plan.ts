@@ -26,6 +26,7 @@ import { resolvePath } from "../pipeline/stages/mod.ts";
 import { UserError } from "../pipeline/errors.ts";
 import type { Qwen3Config } from "../model/config.ts";
 import { paramCount } from "../model/presets.ts";
+import { type MemoryRow, memoryRow } from "../pipeline/memory.ts";
 
 /** Bytes in human units (binary). */
 export function formatBytes(n: number): string {
@@ -111,13 +112,61 @@ export function formatPlan(plan: Plan, o: { file: string; config: Qwen3Config })
   return lines.join("\n");
 }
 
+/** The memory report of the paper's six sizes with their shipped pipelines (micro-batch 16 × 256). */
+export async function memoryTable(maxBinding: number): Promise<MemoryRow[]> {
+  const rows: MemoryRow[] = [];
+  // A GPU-sized binding limit: the paper's sizes do not fit lavapipe's 128 MiB activations.
+  const limits = {
+    ...DEFAULT_LIMITS,
+    maxStorageBufferBindingSize: maxBinding,
+    maxBufferSize: maxBinding,
+  };
+  for (const size of ["0.5b", "1.7b", "4b", "8b", "14b", "32b"]) {
+    const file = new URL(`../configs/pipelines/qwen3-${size}.yaml`, import.meta.url).pathname;
+    const loaded = await loadPipelineFile(file);
+    const config = getPreset(`qwen3-${size}`);
+    const plan = await compile(loaded.spec, config, {
+      adapter: { adapterName: "planning", limits },
+    });
+    rows.push(memoryRow(plan, config));
+  }
+  return rows;
+}
+
+/** The memory report as a Markdown table. */
+export function formatMemoryTable(rows: MemoryRow[]): string {
+  const gib = (n: number) => (n / 2 ** 30).toFixed(2);
+  const lines = [
+    "| pipeline | parameters | ES f32 (GiB) | of which θ + θ_j | ES bf16 θ (GiB) | Adam mixed (GiB) | Adam / ES | Adam / ES bf16 |",
+    "|---|---|---|---|---|---|---|---|",
+  ];
+  for (const r of rows) {
+    lines.push(
+      `| ${r.name} | ${(r.parameters / 1e9).toFixed(2)}B | ${gib(r.es)} | ${gib(r.es_weights)} | ${
+        gib(r.es_bf16)
+      } | ${gib(r.adam)} | ${r.ratio.toFixed(2)}× | ${r.ratio_bf16.toFixed(2)}× |`,
+    );
+  }
+  return lines.join("\n");
+}
+
 if (import.meta.main) {
   await runMain("plan", async () => {
-    const usage = "deno task plan [PIPELINE.yaml] [--json] [--max-binding BYTES]";
+    const usage =
+      "deno task plan [PIPELINE.yaml] [--json] [--memory] [--memory-table] [--max-binding BYTES]";
     const { values, positionals } = parseFlags(Deno.args, {
       json: { type: "boolean" },
+      memory: { type: "boolean" },
+      "memory-table": { type: "boolean" },
       "max-binding": { type: "string" },
     }, usage);
+    if (values["memory-table"]) {
+      const rows = await memoryTable(
+        values["max-binding"] ? intFlag(values["max-binding"], "max-binding", 0) : 2 ** 32 - 4,
+      );
+      console.log(values.json ? JSON.stringify(rows) : formatMemoryTable(rows));
+      return;
+    }
     if (positionals.length > 1) {
       throw new UserError("one pipeline file at most; usage: deno task plan [PIPELINE.yaml]");
     }
@@ -143,6 +192,11 @@ if (import.meta.main) {
       };
     }
     const plan = await compile(loaded.spec, config, { adapter });
+    if (values.memory) {
+      const row = memoryRow(plan, config);
+      console.log(values.json ? JSON.stringify(row) : formatMemoryTable([row]));
+      return;
+    }
     console.log(
       values.json ? JSON.stringify(plan) : formatPlan(plan, { file: loaded.file, config }),
     );
