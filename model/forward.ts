@@ -202,8 +202,15 @@ export class Qwen3Forward {
   /**
    * Steps of the body: embedding, layers and final norm, leaving the normed states in xn.
    * `weights` binds another set of tensors of the same shapes (a perturbed copy) instead.
+   * `layers` runs part of it: the embedding only when `from` is 0, layers [from, to), and the
+   * final norm only when `to` is the last layer — the residual stream x carries between parts.
    */
-  bodySteps(batch: number, seqLen: number, weights: WeightLookup = this.#weights): Step[] {
+  bodySteps(
+    batch: number,
+    seqLen: number,
+    weights: WeightLookup = this.#weights,
+    layers: { from: number; to: number } = { from: 0, to: this.config.numLayers },
+  ): Step[] {
     const c = this.config, g = this.gpu, b = this.#buf;
     const vec = (name: string) => weights(name).shards[0].buffer;
     // xn = rmsnorm(x): every norm of the body reads the residual stream and writes xn.
@@ -219,14 +226,16 @@ export class Qwen3Forward {
       });
     const R = batch * seqLen, H = c.hiddenSize, D = c.headDim;
     const steps: Step[] = [];
-    steps.push(...embeddingSteps(g, {
-      label: "embed",
-      ids: b.ids,
-      table: weights("model.embed_tokens.weight"),
-      x: b.x,
-      rows: R,
-    }));
-    for (let l = 0; l < c.numLayers; l++) {
+    if (layers.from === 0) {
+      steps.push(...embeddingSteps(g, {
+        label: "embed",
+        ids: b.ids,
+        table: weights("model.embed_tokens.weight"),
+        x: b.x,
+        rows: R,
+      }));
+    }
+    for (let l = layers.from; l < layers.to; l++) {
       const p = `model.layers.${l}.`;
       const lin = (name: string, x: GPUBuffer, out: GPUBuffer, k: number, accumulate = false) =>
         linearSteps(g, {
@@ -287,7 +296,7 @@ export class Qwen3Forward {
       );
       steps.push(...lin("mlp.down_proj", b.gate, b.x, c.intermediateSize, true));
     }
-    steps.push(norm("norm", "model.norm.weight"));
+    if (layers.to === c.numLayers) steps.push(norm("norm", "model.norm.weight"));
     return steps;
   }
 

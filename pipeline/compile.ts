@@ -67,7 +67,7 @@ export interface Plan {
 function roleOf(label: string): PlanBuffer["role"] {
   if (label.endsWith(".shards")) return "es";
   if (label.includes("~member")) return "scratch";
-  if (label.startsWith("act.")) return "activations";
+  if (label.startsWith("act.") || label.startsWith("prefix.")) return "activations";
   if (/^(iteration|heldout)\./.test(label)) return "tokens";
   if (label.startsWith("model.") || label.startsWith("lm_head")) return "weights";
   return "es";
@@ -136,10 +136,22 @@ export async function compile(
   if (rest > 0) {
     microBlocks.push({ what: `micro-batch of ${rest}×${maxLen}`, repeat: 1, steps: member(rest) });
   }
+  const prefix = (b: number) => toPlanSteps(engine.prefixSteps({ batch: b, seqLen: maxLen }));
+  const prefixBlocks: PlanBlock[] = engine.prefixLayers === 0 ? [] : [
+    {
+      what: `shared prefix (layers below ${engine.prefixLayers}) on ${microBatch}×${maxLen}`,
+      repeat: full,
+      steps: prefix(microBatch),
+    },
+    ...(rest > 0
+      ? [{ what: `shared prefix on ${rest}×${maxLen}`, repeat: 1, steps: prefix(rest) }]
+      : []),
+  ].filter((b) => b.repeat > 0);
   const iteration: PlanBlock = {
     what: "iteration",
     repeat: 1,
     steps: [
+      ...prefixBlocks,
       {
         what: "member",
         repeat: N,

@@ -56,6 +56,29 @@ export interface EsEngineOptions {
   fitness: FitnessImpl;
   /** σ and α multipliers of each tensor (group multipliers). */
   multipliers: (tensor: string) => { sigma: number; alpha: number };
+  /**
+   * Share the unperturbed prefix (the embedding and the layers below the first one any member
+   * perturbs) across members: computed once per micro-batch and iteration. Default true.
+   */
+  prefixCache?: boolean;
+}
+
+/**
+ * The number of leading layers no member perturbs: 0 unless the embedding has σ multiplier 0,
+ * else the first layer with a perturbed tensor. Their output is the same for every member.
+ */
+export function unperturbedPrefix(
+  config: Qwen3Config,
+  multipliers: (tensor: string) => { sigma: number },
+): number {
+  const names = qwen3TensorSpecs(config).map((s) => s.name);
+  if (multipliers("model.embed_tokens.weight").sigma !== 0) return 0;
+  for (let l = 0; l < config.numLayers; l++) {
+    const prefix = `model.layers.${l}.`;
+    if (names.some((n) => n.startsWith(prefix) && multipliers(n).sigma !== 0)) return l;
+  }
+  // No layer is perturbed: only the final norm and the head differ between members.
+  return config.numLayers;
 }
 
 /** What one iteration's evaluation returns. */
@@ -91,6 +114,9 @@ export class EsEngine {
   #holdLayout: PackedBatches["layout"] = [];
   #perturb: Step[][];
   #updateSteps: Step[];
+  #prefix: GPUBuffer | null;
+  /** Leading layers no member perturbs, computed once per iteration (0: no prefix cache). */
+  readonly prefixLayers: number;
   #own: GPUBuffer[];
 
   private constructor(gpu: Gpu, options: EsEngineOptions, theta: Map<string, GpuTensor>) {
@@ -123,7 +149,17 @@ export class EsEngine {
     this.#iter = inputs("iteration");
     this.#hold = inputs("heldout");
     this.#heldOut = gpu.createBuffer("heldout.r", options.maxSamples * 4);
+    this.prefixLayers = options.prefixCache === false
+      ? 0
+      : unperturbedPrefix(options.config, options.multipliers);
+    this.#prefix = this.prefixLayers > 0
+      ? gpu.createBuffer(
+        "prefix.x",
+        options.maxSamples * options.maxLen * options.config.hiddenSize * 4,
+      )
+      : null;
     this.#own = [
+      ...(this.#prefix ? [this.#prefix] : []),
       this.#params,
       this.#totals,
       this.#update,
@@ -213,13 +249,20 @@ export class EsEngine {
     enc.copyBufferToBuffer(from.target, at, this.forward.buffer("target"), 0, bytes);
   }
 
-  #scoreSteps(l: { batch: number; seqLen: number }, weights: WeightLookup, key: string): Step[] {
+  /** Forward from layer `from` (0: from the embedding) and fitness, cached per shape. */
+  #scoreSteps(
+    l: { batch: number; seqLen: number },
+    weights: WeightLookup,
+    key: string,
+    from = 0,
+  ): Step[] {
     const fwd = this.forward;
-    const cacheKey = `${key}:${l.batch}x${l.seqLen}`;
+    const cacheKey = `${key}:${from}:${l.batch}x${l.seqLen}`;
     let steps = this.#scoreCache.get(cacheKey);
     if (!steps) {
+      const layers = { from, to: this.config.numLayers };
       steps = [
-        ...fwd.bodySteps(l.batch, l.seqLen, weights),
+        ...fwd.bodySteps(l.batch, l.seqLen, weights, layers),
         ...this.options.fitness.steps(fwd, { batch: l.batch, seqLen: l.seqLen, weights }),
       ];
       this.#scoreCache.set(cacheKey, steps);
@@ -236,11 +279,18 @@ export class EsEngine {
    */
   async evaluate(
     packed: PackedBatches,
-    o: { iteration: number; sigma: number; heldOut: boolean; members?: { start: number; end: number } },
+    o: {
+      iteration: number;
+      sigma: number;
+      heldOut: boolean;
+      members?: { start: number; end: number };
+    },
   ): Promise<IterationResult> {
     const g = this.gpu, N = this.options.population;
     const { start, end } = o.members ?? { start: 0, end: N };
-    if (!(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start <= end && end <= N)) {
+    if (
+      !(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start <= end && end <= N)
+    ) {
       throw new Error(`members [${start}, ${end}) outside the population of ${N}`);
     }
     const records = Array.from({ length: N }, (_, j) => {
@@ -257,10 +307,34 @@ export class EsEngine {
     const enc = g.device.createCommandEncoder({ label: `iteration ${o.iteration}` });
     enc.clearBuffer(this.#totals);
     if (o.heldOut) this.#encodeHeldOut(enc);
+    const H4 = this.config.hiddenSize * 4;
+    if (this.prefixLayers > 0) {
+      // The shared prefix, once per micro-batch: its residual stream waits in the cache.
+      for (const l of packed.layout) {
+        this.#copyIn(enc, this.#iter, l);
+        encodeSteps(enc, this.prefixSteps(l));
+        enc.copyBufferToBuffer(
+          this.forward.buffer("x"),
+          0,
+          this.#prefix!,
+          l.offset * H4,
+          l.batch * l.seqLen * H4,
+        );
+      }
+    }
     for (let j = start; j < end; j++) {
       encodeSteps(enc, this.#perturb[j]);
       for (const l of packed.layout) {
         this.#copyIn(enc, this.#iter, l);
+        if (this.prefixLayers > 0) {
+          enc.copyBufferToBuffer(
+            this.#prefix!,
+            l.offset * H4,
+            this.forward.buffer("x"),
+            0,
+            l.batch * l.seqLen * H4,
+          );
+        }
         encodeSteps(enc, this.memberSteps(l, j));
       }
     }
@@ -272,7 +346,10 @@ export class EsEngine {
     if (o.heldOut) reads.push({ buffer: this.#heldOut, offset: 0, bytes: heldCount * 4 });
     const out = await g.readMany(reads);
     const totals = new Float32Array(out[0]);
-    const fitness = Array.from({ length: end - start }, (_, j) => totals[(j * stride) / 4] / samples);
+    const fitness = Array.from(
+      { length: end - start },
+      (_, j) => totals[(j * stride) / 4] / samples,
+    );
     return {
       fitness,
       heldOut: o.heldOut ? Array.from(new Float32Array(out[1])) : undefined,
@@ -281,7 +358,24 @@ export class EsEngine {
 
   /** Member `slot`'s steps on one micro-batch: forward over θ_j, fitness, total[slot] += Σ R. */
   memberSteps(l: { batch: number; seqLen: number }, slot: number): Step[] {
-    return [...this.#scoreSteps(l, this.#memberWeights, "member"), this.#accumulate(l.batch, slot)];
+    return [
+      ...this.#scoreSteps(l, this.#memberWeights, "member", this.prefixLayers),
+      this.#accumulate(l.batch, slot),
+    ];
+  }
+
+  /** The shared prefix on one micro-batch: embedding and layers [0, prefixLayers) over θ. */
+  prefixSteps(l: { batch: number; seqLen: number }): Step[] {
+    const key = `prefix:${l.batch}x${l.seqLen}`;
+    let steps = this.#scoreCache.get(key);
+    if (!steps) {
+      steps = this.forward.bodySteps(l.batch, l.seqLen, this.#thetaWeights, {
+        from: 0,
+        to: this.prefixLayers,
+      });
+      this.#scoreCache.set(key, steps);
+    }
+    return steps;
   }
 
   /** The steps that form member `slot`'s θ_j in the scratch copy. */

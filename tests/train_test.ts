@@ -314,3 +314,62 @@ output: { checkpoint_every: 0, eval_every: 10 }
   assert(Math.abs(evals[0] - Math.log(256)) < 0.1, `initial loss ${evals[0]}`);
   assert(evals[4] < evals[0] - 0.2, `held-out loss ${evals.join(" → ")} should fall by > 0.2 nats`);
 });
+
+Deno.test("prefix caching: unperturbed leading layers are computed once, with the same fitness", async () => {
+  const { EsEngine, unperturbedPrefix } = await import("../pipeline/engine.ts");
+  const { getPreset } = await import("../model/presets.ts");
+  const { packBatches } = await import("../pipeline/data.ts");
+  const { stageType } = await import("../pipeline/spec.ts");
+  const config = { ...getPreset("micro"), numLayers: 3 };
+  // Embedding and layer 0 frozen (σ multiplier 0): every member shares their output.
+  const multipliers = (n: string) => ({
+    sigma: n === "model.embed_tokens.weight" || n.startsWith("model.layers.0.") ? 0 : 1,
+    alpha: 1,
+  });
+  assertEquals(unperturbedPrefix(config, multipliers), 1);
+  assertEquals(unperturbedPrefix(config, () => ({ sigma: 1 })), 0);
+  assertEquals(unperturbedPrefix(config, () => ({ sigma: 0 })), 3);
+  let s = 9;
+  const rand = () => (s = (Math.imul(s, 1103515245) + 12345) >>> 0) % 256;
+  const batches = [6, 3].map((rows) => ({
+    inputIds: Array.from({ length: rows }, () => Array.from({ length: 12 }, rand)),
+    attentionMask: Array.from(
+      { length: rows },
+      (_, r) => Array.from({ length: 12 }, (_, t) => (t < 12 - r ? 1 : 0)),
+    ),
+  }));
+  const packed = packBatches(batches);
+  const fitness = stageType("fitness", "log_likelihood")!
+    .impl as import("../pipeline/stages/types.ts").FitnessImpl;
+  const run = async (prefixCache: boolean) => {
+    const gpu = await acquireGpu();
+    try {
+      const engine = await EsEngine.create(gpu, {
+        config,
+        tensors: randomInit(config, { seed: 4 }),
+        seed: 4,
+        population: 6,
+        antithetic: true,
+        maxSamples: 9,
+        microBatch: 6,
+        maxLen: 12,
+        fitness,
+        multipliers,
+        prefixCache,
+      });
+      assertEquals(engine.prefixLayers, prefixCache ? 1 : 0);
+      const out = [];
+      for (let t = 0; t < 2; t++) {
+        const r = await engine.evaluate(packed, { iteration: t, sigma: 0.05, heldOut: false });
+        out.push(...r.fitness);
+        engine.update({ iteration: t, coefficients: r.fitness.slice(0, 3).map((f) => f * 1e-3) });
+      }
+      return out;
+    } finally {
+      gpu.destroy();
+    }
+  };
+  const cached = await run(true), uncached = await run(false);
+  assertClose(cached, uncached, { atol: 0, rtol: 1e-6 });
+  assert(new Set(cached).size > 1, "members must differ: the perturbed layers change the fitness");
+});
