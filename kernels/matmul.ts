@@ -12,6 +12,7 @@
  *
  * @module
  */
+import { cachedTile } from "./tile_cache.ts";
 import type { Gpu } from "./runtime.ts";
 import { makeStep, type Step, wgslConsts, wgslSource } from "./program.ts";
 import type { GpuTensor } from "./tensor.ts";
@@ -98,12 +99,16 @@ const BIG_TILE_MIN_FLOPS = 2 ** 31;
  * enough workgroups for every core and little padding at the ragged edges.
  *
  * On adapters other than llvmpipe/lavapipe nothing has been measured: a GPU has thousands of
- * lanes and wants many workgroups, so it gets 4×4 blocks.
+ * lanes and wants many workgroups, so it gets 4×4 blocks. Either way a tile tuned for this
+ * adapter and shape (kernels/tile_cache.ts) wins.
  */
 export function defaultMatmulTile(
   gpu: Gpu,
   shape: { m: number; k: number; n: number },
 ): MatmulTile {
+  // A tile measured on this very adapter and shape (deno task bench --tune) beats any model.
+  const tuned = cachedTile(gpu.adapterName, shape);
+  if (tuned) return { tm: tuned.tm, tn: tuned.tn };
   if (!/llvmpipe|lavapipe/i.test(gpu.adapterName)) return { tm: 4, tn: 4 };
   // lavapipe runs one thread per CPU core.
   const cores = Math.max(1, navigator.hardwareConcurrency ?? 1);

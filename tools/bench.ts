@@ -11,6 +11,8 @@
  */
 import { parseFlags, runMain } from "./cli.ts";
 import { benchMatmul } from "./bench_matmul.ts";
+import { MATMUL_TILES } from "../kernels/matmul.ts";
+import { shapeKey, type TileChoice, writeTileCache } from "../kernels/tile_cache.ts";
 import { acquireGpu, type Gpu } from "../kernels/runtime.ts";
 import { encodeSteps, profileSteps } from "../kernels/program.ts";
 import { getPreset } from "../model/presets.ts";
@@ -127,6 +129,55 @@ export async function benchEs(
   };
 }
 
+/** The tiny preset's matmul shapes at micro-batches of 16 and 32 × 64 tokens, and 1024³. */
+export function tuneShapes(): { m: number; k: number; n: number }[] {
+  const c = getPreset("tiny");
+  const shapes = [{ m: 1024, k: 1024, n: 1024 }];
+  for (const m of [1024, 2048]) {
+    const q = c.numHeads * c.headDim, kv = c.numKvHeads * c.headDim;
+    for (
+      const [k, n] of [
+        [c.hiddenSize, q],
+        [c.hiddenSize, kv],
+        [q, c.hiddenSize],
+        [c.hiddenSize, c.intermediateSize],
+        [c.intermediateSize, c.hiddenSize],
+        [c.hiddenSize, c.vocabSize],
+      ]
+    ) {
+      if (!shapes.some((s) => s.m === m && s.k === k && s.n === n)) shapes.push({ m, k, n });
+    }
+  }
+  return shapes;
+}
+
+/**
+ * Autotunes: times every candidate tile on each shape and caches the fastest for this adapter
+ * (kernels/tile_cache.ts), where the matmul's default selection finds it.
+ */
+async function tune(gpu: Gpu): Promise<void> {
+  console.log(`adapter: ${gpu.adapterName}\ncommand: deno task bench --tune`);
+  const tuned: Record<string, TileChoice> = {};
+  console.log("| M | K | N | best tile | GFLOP/s | runner-up |\n|---|---|---|---|---|---|");
+  for (const shape of tuneShapes()) {
+    // 32×32 takes ~9 s to compile on lavapipe: only big matmuls try it.
+    const tiles = MATMUL_TILES.filter((t) =>
+      t.tm * t.tn < 1024 || 2 * shape.m * shape.k * shape.n >= 2 ** 31
+    );
+    const results = (await benchMatmul(gpu, [shape], { repeats: 5, tiles })).sort((a, b) =>
+      b.gflops - a.gflops
+    );
+    const [best, second] = results;
+    tuned[shapeKey(shape)] = { tm: best.tile.tm, tn: best.tile.tn, gflops: best.gflops };
+    console.log(
+      `| ${shape.m} | ${shape.k} | ${shape.n} | ${best.tile.tm}×${best.tile.tn} | ${
+        best.gflops.toFixed(1)
+      } | ${second ? `${second.tile.tm}×${second.tile.tn} ${second.gflops.toFixed(1)}` : "-"} |`,
+    );
+  }
+  console.log(`cached in ${await writeTileCache(gpu.adapterName, tuned)}`);
+}
+
 function roundAll(r: Record<string, number>): Record<string, number> {
   return Object.fromEntries(Object.entries(r).map(([k, v]) => [k, Math.round(v * 100) / 100]));
 }
@@ -136,8 +187,14 @@ if (import.meta.main) {
     const { values } = parseFlags(Deno.args, {
       quick: { type: "boolean" },
       json: { type: "boolean" },
-    }, "deno task bench [--quick] [--json]");
+      tune: { type: "boolean" },
+    }, "deno task bench [--quick] [--json] [--tune]");
     const gpu = await acquireGpu();
+    if (values.tune) {
+      await tune(gpu);
+      gpu.destroy();
+      return;
+    }
     const log = (s: string) => values.json ? console.error(s) : console.log(s);
     log(`adapter: ${gpu.adapterName}`);
     log(`command: deno task bench${values.quick ? " --quick" : ""}`);
