@@ -2,6 +2,7 @@
  * `deno task train`: ES training from a pipeline YAML (the embedded default with no argument).
  *
  *   deno task train [PIPELINE] [--iterations N] [--out DIR] [--seed N] [--resume DIR] [--quiet]
+ *                   [--status-port N] [--status-host H] [--no-status]
  *
  * `--iterations` is the total: `train --iterations 3 --out d` then `train --resume d
  * --iterations 6` ends where `train --iterations 6` ends. Bad input prints one line naming the
@@ -18,9 +19,11 @@ import { resolvePipeline } from "../pipeline/resolve.ts";
 import { type MetricsLine, runTraining } from "../pipeline/run.ts";
 import { acquireGpu } from "../kernels/runtime.ts";
 import { paramCount } from "../model/presets.ts";
+import { startTrainingStatus, withStatusHooks } from "../server/train_status.ts";
 
 const USAGE =
-  "deno task train [PIPELINE.yaml] [--iterations N] [--out DIR] [--seed N] [--resume DIR] [--quiet]";
+  "deno task train [PIPELINE.yaml] [--iterations N] [--out DIR] [--seed N] [--resume DIR] [--quiet] " +
+  "[--status-port N] [--status-host H] [--no-status]";
 
 function fmtSeconds(s: number): string {
   if (!Number.isFinite(s)) return "?";
@@ -78,6 +81,15 @@ if (import.meta.main) {
         }M parameters, ${resolved.model.source})\n` +
         `  adapter ${gpu.adapterName}\n  output ${resolved.outDir}`,
     );
+    // The status server (server/), before training: a taken port fails here, nothing trained.
+    const status = values["no-status"] ? null : await startTrainingStatus(resolved, {
+      adapter: gpu.adapterName,
+      limits: gpu.limits,
+      host: values["status-host"],
+      port: values["status-port"],
+    });
+    // On stderr even with --quiet: with port 0 or a generated token it is the only way in.
+    if (status) console.error(`esflow train: ${status.banner}`);
 
     let stop = false;
     const onSignal = () => {
@@ -99,32 +111,40 @@ if (import.meta.main) {
     let started = false;
     let firstIter: number | undefined;
     const t0 = performance.now();
-    const summary = await runTraining(gpu, resolved, {
-      resume: values.resume !== undefined,
-      shouldStop: () => stop,
-      onIteration: (line: MetricsLine, o) => {
-        if (line.eval_loss !== undefined) lastEval = line.eval_loss.toFixed(4);
-        const fitness = line.fitness_mean.toFixed(4), tps = Math.round(line.tokens_per_s);
-        if (bar) {
-          if (!started) bar.start(o.total, line.iter, { fitness, eval: lastEval, tps });
-          started = true;
-          bar.update(line.iter + 1, { fitness, eval: lastEval, tps });
-        } else {
-          const elapsed = (performance.now() - t0) / 1000;
-          firstIter ??= line.iter;
-          const eta = (elapsed / (line.iter + 1 - firstIter)) * (o.total - line.iter - 1);
-          log(
-            `iter ${line.iter + 1}/${o.total} fitness ${fitness} (max ${
-              line.fitness_max.toFixed(4)
-            }) ` +
-              `eval ${lastEval} ${tps} tok/s ${line.seconds.toFixed(2)}s ETA ${fmtSeconds(eta)}`,
-          );
-        }
-      },
-      onCheckpoint: (dir) => {
-        if (!bar) log(`checkpoint ${dir}`);
-      },
+    const summary = await runTraining(
+      gpu,
+      resolved,
+      withStatusHooks(status?.live, {
+        resume: values.resume !== undefined,
+        shouldStop: () => stop,
+        onIteration: (line: MetricsLine, o) => {
+          if (line.eval_loss !== undefined) lastEval = line.eval_loss.toFixed(4);
+          const fitness = line.fitness_mean.toFixed(4), tps = Math.round(line.tokens_per_s);
+          if (bar) {
+            if (!started) bar.start(o.total, line.iter, { fitness, eval: lastEval, tps });
+            started = true;
+            bar.update(line.iter + 1, { fitness, eval: lastEval, tps });
+          } else {
+            const elapsed = (performance.now() - t0) / 1000;
+            firstIter ??= line.iter;
+            const eta = (elapsed / (line.iter + 1 - firstIter)) * (o.total - line.iter - 1);
+            log(
+              `iter ${line.iter + 1}/${o.total} fitness ${fitness} (max ${
+                line.fitness_max.toFixed(4)
+              }) ` +
+                `eval ${lastEval} ${tps} tok/s ${line.seconds.toFixed(2)}s ETA ${fmtSeconds(eta)}`,
+            );
+          }
+        },
+        onCheckpoint: (dir) => {
+          if (!bar) log(`checkpoint ${dir}`);
+        },
+      }),
+    ).catch((e) => {
+      status?.live.fail(e);
+      throw e;
     });
+    status?.live.finish(summary);
     bar?.stop();
     Deno.removeSignalListener("SIGINT", onSignal);
     const l = summary.lastLine;
@@ -139,5 +159,6 @@ if (import.meta.main) {
         }`,
     );
     gpu.destroy();
+    await status?.close();
   });
 }

@@ -1,0 +1,135 @@
+/**
+ * What the status server shows: a run seen through a {@link RunSource}, whether it is training in
+ * this process ({@link LiveRun} in server/live.ts) or lies on disk (server/run_dir.ts).
+ *
+ * The server never reaches into the training loop: it reads snapshots and receives events. A
+ * source answers every question from memory or from the run dir's fixed files, so no request can
+ * name a path.
+ *
+ * @module
+ */
+import type { MetricsLine } from "../pipeline/run.ts";
+
+/**
+ * Where a run stands.
+ * - running: training in this process.
+ * - finished: all iterations done; final/ is written.
+ * - stopped: ended early by request (POST /api/stop, Ctrl-C) with a checkpoint of the last
+ *   iteration, so `--resume` loses nothing. From disk: every iteration in metrics.jsonl is in a
+ *   checkpoint and there is no final/.
+ * - failed: training threw in this process; `error` says why.
+ * - crashed: from disk only: metrics.jsonl holds iterations past the latest checkpoint and there
+ *   is no final/ (the process died; a run still going in another process also looks like this).
+ */
+export type RunStateName = "running" | "finished" | "stopped" | "failed" | "crashed";
+
+/** An event of the run, as GET /api/events sends it. */
+export type RunEvent =
+  | { type: "iteration"; data: MetricsLine }
+  | { type: "checkpoint"; data: { dir: string; iteration: number } }
+  | { type: "end"; data: { state: RunStateName; error?: string } };
+
+/** A moment of a run: what GET /api/status reports (in camelCase here, snake_case on the wire). */
+export interface RunSnapshot {
+  /** The pipeline's name. */
+  run: string;
+  /** The pipeline file the run was started from; null when only the run dir is known. */
+  pipelineFile: string | null;
+  /** The resolved pipeline (every key, defaults filled); null when no state.json exists yet. */
+  pipeline: Record<string, unknown> | null;
+  adapter: string | null;
+  state: RunStateName;
+  /** Why the run failed (state "failed"); null otherwise. */
+  error: string | null;
+  /** Iterations completed. */
+  iteration: number;
+  /** Iterations the run is asked for; null when unknown (a run dir with no state.json). */
+  total: number | null;
+  /** The latest metrics line. */
+  latest: MetricsLine | null;
+  /** The latest held-out loss and the iteration it was measured at (not every line has one). */
+  evalLoss: { iter: number; value: number } | null;
+  /** Measured wall seconds per iteration (recent ones); null before the first. */
+  secondsPerIteration: number | null;
+  /** Seconds left at that pace; 0 once finished; null when not running. */
+  etaSeconds: number | null;
+  /** Device memory of the compiled plan (pipeline/compile.ts, Plan.bytes.total). */
+  plannedMemoryBytes: number | null;
+}
+
+/** A run the server can show. Every method is cheap: it is called per request. */
+export interface RunSource {
+  snapshot(): Promise<RunSnapshot>;
+  /** Every metrics line so far, in iteration order. */
+  metrics(): Promise<MetricsLine[]>;
+  /** Calls `listener` on each event from now on; returns the unsubscribe function. */
+  subscribe(listener: (event: RunEvent) => void): () => void;
+  /**
+   * Asks the run to stop after its current iteration (with a checkpoint). Returns false when it
+   * is not running. Absent on read-only sources.
+   */
+  requestStop?(): boolean;
+}
+
+/** The JSON body of GET /api/status. */
+export interface StatusBody {
+  run: string;
+  pipeline: string | null;
+  adapter: string | null;
+  state: RunStateName;
+  error: string | null;
+  iteration: number;
+  total: number | null;
+  fitness_mean: number | null;
+  fitness_max: number | null;
+  fitness_min: number | null;
+  eval_loss: number | null;
+  eval_iteration: number | null;
+  sigma: number | null;
+  alpha: number | null;
+  tokens_per_s: number | null;
+  seconds_per_iteration: number | null;
+  eta_seconds: number | null;
+  planned_memory_bytes: number | null;
+  read_only: boolean;
+  sse_clients: number;
+}
+
+/** The wire form of a snapshot. */
+export function statusBody(
+  s: RunSnapshot,
+  o: { readOnly: boolean; sseClients: number },
+): StatusBody {
+  const l = s.latest;
+  return {
+    run: s.run,
+    pipeline: s.pipelineFile,
+    adapter: s.adapter,
+    state: s.state,
+    error: s.error,
+    iteration: s.iteration,
+    total: s.total,
+    fitness_mean: l?.fitness_mean ?? null,
+    fitness_max: l?.fitness_max ?? null,
+    fitness_min: l?.fitness_min ?? null,
+    eval_loss: s.evalLoss?.value ?? null,
+    eval_iteration: s.evalLoss?.iter ?? null,
+    sigma: l?.sigma ?? null,
+    alpha: l?.alpha ?? null,
+    tokens_per_s: l?.tokens_per_s ?? null,
+    seconds_per_iteration: s.secondsPerIteration,
+    eta_seconds: s.etaSeconds,
+    planned_memory_bytes: s.plannedMemoryBytes,
+    read_only: o.readOnly,
+    sse_clients: o.sseClients,
+  };
+}
+
+/** The latest held-out loss in `lines` (eval_loss is only on evaluated iterations). */
+export function latestEval(lines: readonly MetricsLine[]): { iter: number; value: number } | null {
+  for (let i = lines.length - 1; i >= 0; i--) {
+    const v = lines[i].eval_loss;
+    if (v !== undefined) return { iter: lines[i].iter, value: v };
+  }
+  return null;
+}
