@@ -30,6 +30,13 @@ import { qkNormRopeStep, ropeTables } from "../kernels/qk_norm_rope.ts";
 import { attentionStep } from "../kernels/attention.ts";
 import { swigluStep } from "../kernels/swiglu.ts";
 import { embeddingSteps } from "../kernels/embedding.ts";
+import {
+  lowRankApplyStep,
+  lowRankEmbedStep,
+  lowRankLinearSteps,
+  lowRankOf,
+  lowRankProjectStep,
+} from "../kernels/lowrank.ts";
 import { logLikelihoodStep, logsumexpChunkStep, scoredTargets } from "../kernels/log_likelihood.ts";
 import { UserError } from "../pipeline/errors.ts";
 import type { DeviceWeights } from "./device_weights.ts";
@@ -63,7 +70,11 @@ export interface ScoreResult {
   tokens: number;
 }
 
-/** Source of the tensor bound at each weight read; the ES stages substitute perturbed copies. */
+/**
+ * Source of the tensor bound at each weight read; the ES stages substitute perturbed copies.
+ * A returned tensor may carry a low-rank delta (kernels/lowrank.ts LowRankTensor): the forward
+ * then adds σ/√r·(x·B)·Aᵀ after each read of it, so a member runs over the shared θ.
+ */
 export type WeightLookup = (name: string) => GpuTensor;
 
 /** Validates a batch against a config; every fault is a one-line {@link UserError}. */
@@ -227,29 +238,35 @@ export class Qwen3Forward {
     const R = batch * seqLen, H = c.hiddenSize, D = c.headDim;
     const steps: Step[] = [];
     if (layers.from === 0) {
-      steps.push(...embeddingSteps(g, {
-        label: "embed",
-        ids: b.ids,
-        table: weights("model.embed_tokens.weight"),
-        x: b.x,
-        rows: R,
-      }));
+      const table = weights("model.embed_tokens.weight");
+      steps.push(...embeddingSteps(g, { label: "embed", ids: b.ids, table, x: b.x, rows: R }));
+      const delta = lowRankOf(table);
+      if (delta) {
+        steps.push(
+          lowRankEmbedStep(g, { label: "embed", ids: b.ids, delta, x: b.x, rows: R, hidden: H }),
+        );
+      }
     }
     for (let l = layers.from; l < layers.to; l++) {
       const p = `model.layers.${l}.`;
-      const lin = (name: string, x: GPUBuffer, out: GPUBuffer, k: number, accumulate = false) =>
-        linearSteps(g, {
-          label: `L${l}.${name}`,
-          x,
-          m: R,
-          k,
-          w: weights(`${p}${name}.weight`),
-          bias: c.attentionBias && name.startsWith("self_attn.")
-            ? weights(`${p}${name}.bias`)
-            : undefined,
-          out,
-          accumulate,
-        });
+      const lin = (name: string, x: GPUBuffer, out: GPUBuffer, k: number, accumulate = false) => {
+        const w = weights(`${p}${name}.weight`), delta = lowRankOf(w), label = `L${l}.${name}`;
+        return [
+          ...linearSteps(g, {
+            label,
+            x,
+            m: R,
+            k,
+            w,
+            bias: c.attentionBias && name.startsWith("self_attn.")
+              ? weights(`${p}${name}.bias`)
+              : undefined,
+            out,
+            accumulate,
+          }),
+          ...(delta ? lowRankLinearSteps(g, { label, x, m: R, k, n: w.shape[0], delta, out }) : []),
+        ];
+      };
       steps.push(norm(`L${l}.input_layernorm`, `${p}input_layernorm.weight`));
       steps.push(...lin("self_attn.q_proj", b.xn, b.q, H));
       steps.push(...lin("self_attn.k_proj", b.xn, b.k, H));
@@ -311,7 +328,14 @@ export class Qwen3Forward {
     const R = batch * seqLen;
     const steps: Step[] = [];
     let first = true;
-    for (const shard of this.headTensor(weights).shards) {
+    const head = this.headTensor(weights), delta = lowRankOf(head);
+    // A low-rank member's head: u = xn·B once, then each chunk's logits += u·A[chunk]ᵀ.
+    if (delta) {
+      steps.push(
+        lowRankProjectStep(g, { label: "lm_head", x: b.xn, m: R, k: c.hiddenSize, delta }),
+      );
+    }
+    for (const shard of head.shards) {
       for (let c0 = 0; c0 < shard.rows; c0 += this.vocabChunk) {
         const n = Math.min(this.vocabChunk, shard.rows - c0);
         const start = shard.rowStart + c0;
@@ -325,6 +349,16 @@ export class Qwen3Forward {
           n,
           out: b.logits,
         }));
+        if (delta) {
+          steps.push(lowRankApplyStep(g, {
+            label: `lm_head[${start}:${start + n}]`,
+            m: R,
+            n,
+            delta,
+            wRowOffset: start,
+            out: b.logits,
+          }));
+        }
         steps.push(logsumexpChunkStep(g, {
           label: `logsumexp[${start}]`,
           logits: b.logits,

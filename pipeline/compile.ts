@@ -21,7 +21,10 @@ import type { FitnessImpl, PerturbImpl } from "./stages/types.ts";
 export interface PlanBuffer {
   name: string;
   bytes: number;
-  /** What it holds: θ, the member's perturbed copy, activations, tokens, or ES bookkeeping. */
+  /**
+   * What it holds: θ, the member's perturbed copy (or, low-rank, its perturbed vectors and
+   * factors), activations, tokens, or ES bookkeeping.
+   */
   role: "weights" | "scratch" | "activations" | "tokens" | "es";
 }
 
@@ -75,7 +78,8 @@ function roleOf(label: string): PlanBuffer["role"] {
 
 function stageOf(kernel: string, label: string): PlanStep["stage"] {
   if (kernel === "perturb") return "perturb";
-  if (kernel === "es_update") return "update";
+  if (kernel === "es_update" || label.startsWith("lowrank_update.")) return "update";
+  if (kernel === "lowrank_factors") return "perturb";
   if (
     ["logsumexp_chunk", "log_likelihood", "accumulate"].includes(kernel) ||
     label.startsWith("lm_head")
@@ -123,6 +127,7 @@ export async function compile(
     maxLen,
     fitness,
     multipliers: (t) => perturb.multipliers(spec.perturb, t),
+    lowRank: perturb.lowRank?.(spec.perturb),
   });
   const buffers = gpu.allocations().filter((a) => !before.has(a.label))
     .map((a) => ({ name: a.label, bytes: a.bytes, role: roleOf(a.label) }));

@@ -17,6 +17,15 @@
  * Memory: θ, one scratch copy θ_j (the perturbed weights of the member being evaluated), the
  * activation workspace of one micro-batch, and the iteration's tokens.
  *
+ * Low-rank mode (`lowRank`, EGGROLL; kernels/lowrank.ts): a matrix's perturbation is
+ * σ_t·m_g·A_j·B_jᵀ/√r. The perturb steps write only the member's factors a = ±σ_t·m_g/√r·A_j
+ * (O, r4) and Bᵀ (r4, I) and its perturbed vectors (norms, biases: full-rank noise, a small
+ * scratch); the forward reads θ's matrices and adds σ/√r·(x·B)·Aᵀ after each (kernels/lowrank.ts
+ * LowRankTensor). The update is θ += Σ_i d_i·m_α/√r·A_i·B_iᵀ as one matmul per shard,
+ * Ã (rows, n·r4) · B̃ (I, n·r4)ᵀ, plus the full-rank update of the vectors. Memory: θ, the
+ * vectors' scratch, the factors (r4·(O + I) per matrix), u (rows, r4), and Ã and B̃ of the largest
+ * matrix.
+ *
  * @module
  */
 import { type Gpu, STORAGE } from "../kernels/runtime.ts";
@@ -38,7 +47,17 @@ import { downloadWeights, uploadWeights } from "../model/device_weights.ts";
 import { Qwen3Forward, type WeightLookup } from "../model/forward.ts";
 import type { TensorData, TensorStream } from "../model/safetensors.ts";
 import type { PackedBatches } from "./data.ts";
-import { noiseMember } from "./es.ts";
+import { noiseCount, noiseMember } from "./es.ts";
+import {
+  createFactorTable,
+  type FactorRecord,
+  lowRankCounterIds,
+  lowRankFactorStep,
+  type LowRankTensor,
+  paddedRank,
+} from "../kernels/lowrank.ts";
+import { matmulStep } from "../kernels/matmul.ts";
+import { UserError } from "./errors.ts";
 import type { FitnessImpl } from "./stages/types.ts";
 
 /** Options of {@link EsEngine.create}. */
@@ -61,6 +80,11 @@ export interface EsEngineOptions {
    * perturbs) across members: computed once per micro-batch and iteration. Default true.
    */
   prefixCache?: boolean;
+  /**
+   * Low-rank perturbations of every matrix (EGGROLL) with this rank; vectors keep full-rank
+   * noise. Absent: full-rank noise everywhere through a scratch copy of θ.
+   */
+  lowRank?: { rank: number };
 }
 
 /**
@@ -103,7 +127,10 @@ export class EsEngine {
   readonly options: EsEngineOptions;
   readonly names: string[];
   readonly theta: Map<string, GpuTensor>;
+  /** The member's perturbed tensors: all of θ, or only the vectors in low-rank mode. */
   readonly scratch: Map<string, GpuTensor>;
+  /** What the member's forward binds per tensor: scratch, θ, or θ with a low-rank delta. */
+  #member = new Map<string, GpuTensor>();
   readonly forward: Qwen3Forward;
   #params: GPUBuffer;
   #update: GPUBuffer;
@@ -126,12 +153,15 @@ export class EsEngine {
     this.theta = theta;
     this.names = qwen3TensorSpecs(options.config).map((s) => s.name);
     const N = options.population;
+    const lowRank = options.lowRank;
+    const isLowRank = (n: string) => lowRank !== undefined && theta.get(n)!.shape.length === 2;
     this.scratch = new Map(
-      this.names.map((n) => {
+      this.names.filter((n) => !isLowRank(n)).map((n) => {
         const t = theta.get(n)!;
         return [n, createTensor(gpu, `${n}~member`, t.shape)];
       }),
     );
+    for (const [n, t] of this.scratch) this.#member.set(n, t);
     this.forward = new Qwen3Forward(gpu, options.config, theta, {
       maxBatch: options.microBatch,
       maxSeqLen: options.maxLen,
@@ -171,15 +201,17 @@ export class EsEngine {
     // Perturb and update steps are built once: everything that changes per member or per
     // iteration lives in the params buffers, written before each submit.
     this.#perturb = [];
-    const perturbTables = new Map(this.names.map((n, id) => [
+    const vectors = this.names.filter((n) => !isLowRank(n));
+    const perturbTables = new Map(vectors.map((n) => [
       n,
       createShardTable(gpu, theta.get(n)!, {
-        tensorId: id,
+        tensorId: this.names.indexOf(n),
         multiplier: options.multipliers(n).sigma,
       }),
     ]));
+    const lowRankSteps = lowRank ? this.#lowRank(lowRank.rank) : null;
     for (let j = 0; j < N; j++) {
-      this.#perturb.push(this.names.flatMap((n) =>
+      this.#perturb.push(vectors.flatMap((n) =>
         perturbSteps(gpu, {
           theta: theta.get(n)!,
           out: this.scratch.get(n)!,
@@ -188,18 +220,171 @@ export class EsEngine {
           table: perturbTables.get(n)!,
         }).steps
       ));
+      if (lowRankSteps) this.#perturb[j].push(...lowRankSteps.member(j));
     }
-    const updateTables = this.names.map((n, id) =>
+    const updateTables = vectors.map((n) =>
       createShardTable(gpu, theta.get(n)!, {
-        tensorId: id,
+        tensorId: this.names.indexOf(n),
         multiplier: options.multipliers(n).alpha,
       })
     );
-    this.#updateSteps = this.names.flatMap((n, id) =>
-      esUpdateSteps(gpu, { theta: theta.get(n)!, coeffs: this.#update, table: updateTables[id] })
+    this.#updateSteps = vectors.flatMap((n, k) =>
+      esUpdateSteps(gpu, { theta: theta.get(n)!, coeffs: this.#update, table: updateTables[k] })
         .steps
     );
+    if (lowRankSteps) this.#updateSteps.push(...lowRankSteps.update);
     this.#own.push(...[...perturbTables.values(), ...updateTables].map((t) => t.buffer));
+  }
+
+  /**
+   * Low-rank mode: the member's factor buffers and delta per perturbed matrix (bound in
+   * #member), the factor steps of each member slot, and the update's steps. Matrices with σ
+   * multiplier 0 are bound as θ itself; with α multiplier 0 they get no update steps.
+   */
+  #lowRank(rank: number): { member: (slot: number) => Step[]; update: Step[] } {
+    const gpu = this.gpu, o = this.options, N = o.population;
+    const r4 = paddedRank(rank);
+    const binding = gpu.limits.maxStorageBufferBindingSize;
+    const buffer = (label: string, bytes: number) => {
+      if (bytes > binding) {
+        throw new UserError(
+          `low-rank ${label} needs ${bytes} bytes, over the ${binding}-byte binding limit of ` +
+            `${gpu.adapterName}; lower the rank or the population`,
+        );
+      }
+      const b = gpu.createBuffer(label, bytes);
+      this.#own.push(b);
+      return b;
+    };
+    const u = buffer("act.lowrank.u", o.microBatch * o.maxLen * r4 * 4);
+    const matrices = this.names.filter((n) => this.theta.get(n)!.shape.length === 2);
+    for (const n of matrices) {
+      const [rows, cols] = this.theta.get(n)!.shape;
+      if (rank > Math.min(rows, cols)) {
+        throw new UserError(`rank ${rank} exceeds min(out, in) = ${Math.min(rows, cols)} of ${n}`);
+      }
+    }
+    const step = 1 / Math.sqrt(rank);
+    // The member's factors: a = ±σ_t·m_σ/√r·A (O, r4) and Bᵀ (r4, I).
+    const records: FactorRecord[] = [];
+    const outs: { label: string; out: GPUBuffer }[] = [];
+    for (const n of matrices) {
+      const t = this.theta.get(n)! as LowRankTensor, [O, I] = t.shape;
+      const m = o.multipliers(n).sigma;
+      if (m === 0) continue;
+      const ids = lowRankCounterIds(this.names.indexOf(n));
+      const a = buffer(`${n}~member.a`, O * r4 * 4), bt = buffer(`${n}~member.bt`, r4 * I * 4);
+      this.#member.set(n, { ...t, lowRank: { rank, r4, a, bt, u } } as LowRankTensor);
+      const base = { row0: 0, rank, noiseStride: 0 };
+      records.push({
+        ...base,
+        tensor: ids.a,
+        rows: O,
+        rowStride: r4,
+        kStride: 1,
+        scaled: true,
+        multiplier: m * step,
+      });
+      records.push({
+        ...base,
+        tensor: ids.b,
+        rows: I,
+        rowStride: 1,
+        kStride: I,
+        scaled: false,
+        multiplier: 1,
+      });
+      outs.push({ label: `lowrank_factors.${n}.a`, out: a }, {
+        label: `lowrank_factors.${n}.b`,
+        out: bt,
+      });
+    }
+    const memberTable = createFactorTable(gpu, "lowrank.member_factors", records);
+    this.#own.push(memberTable.buffer);
+    const stride = paramStride(gpu);
+    const member = (slot: number) =>
+      outs.map((x, i) =>
+        lowRankFactorStep(gpu, {
+          label: `${x.label}.slot${slot}`,
+          table: memberTable,
+          index: i,
+          params: { buffer: this.#params, offset: slot * stride, size: 32 },
+          out: x.out,
+          mode: "member",
+        })
+      );
+
+    // The update: per matrix, B̃ (I, n·r4) = [B_0 … B_{n−1}], then per shard of θ
+    // Ã (rows, n·r4) = [d_0·m_α/√r·A_0 … ] on its rows and θ_shard += Ã·B̃ᵀ.
+    const noises = noiseCount(N, o.antithetic), K = noises * r4;
+    const updated = matrices.filter((n) => o.multipliers(n).alpha !== 0);
+    const update: Step[] = [];
+    if (updated.length > 0) {
+      const maxRows = Math.max(
+        ...updated.flatMap((n) => this.theta.get(n)!.shards.map((s) => s.rows)),
+      );
+      const maxCols = Math.max(...updated.map((n) => this.theta.get(n)!.shape[1]));
+      const aBuf = buffer("lowrank_update.a", maxRows * K * 4);
+      const bBuf = buffer("lowrank_update.b", maxCols * K * 4);
+      const updateRecords: FactorRecord[] = [];
+      const plan: { label: string; out: GPUBuffer; matmul?: () => Step }[] = [];
+      for (const n of updated) {
+        const t = this.theta.get(n)!, [, I] = t.shape;
+        const ids = lowRankCounterIds(this.names.indexOf(n));
+        const base = { rank, rowStride: K, noiseStride: r4, kStride: 1 };
+        updateRecords.push({
+          ...base,
+          tensor: ids.b,
+          row0: 0,
+          rows: I,
+          scaled: false,
+          multiplier: 1,
+        });
+        plan.push({ label: `lowrank_update.${n}.b`, out: bBuf });
+        t.shards.forEach((s, k) => {
+          if (s.rows === 0) return;
+          const label = `lowrank_update.${n}${t.shards.length > 1 ? `#${k}` : ""}`;
+          updateRecords.push({
+            ...base,
+            tensor: ids.a,
+            row0: s.rowStart,
+            rows: s.rows,
+            scaled: true,
+            multiplier: o.multipliers(n).alpha * step,
+          });
+          plan.push({
+            label: `${label}.a`,
+            out: aBuf,
+            matmul: () =>
+              matmulStep(gpu, {
+                label,
+                x: aBuf,
+                m: s.rows,
+                k: K,
+                w: bBuf,
+                n: I,
+                out: s.buffer,
+                accumulate: true,
+              }),
+          });
+        });
+      }
+      const updateTable = createFactorTable(gpu, "lowrank.update_factors", updateRecords);
+      this.#own.push(updateTable.buffer);
+      plan.forEach((p, i) => {
+        update.push(lowRankFactorStep(gpu, {
+          label: p.label,
+          table: updateTable,
+          index: i,
+          params: this.#update,
+          out: p.out,
+          mode: "update",
+          noises,
+        }));
+        if (p.matmul) update.push(p.matmul());
+      });
+    }
+    return { member, update };
   }
 
   /** Uploads θ and builds every buffer and fixed step. */
@@ -212,10 +397,13 @@ export class EsEngine {
     return new EsEngine(gpu, options, theta);
   }
 
-  /** The member's weights: the scratch copy the perturb steps fill. */
+  /**
+   * The member's weights: the scratch copy the perturb steps fill, or in low-rank mode θ's
+   * matrix with the member's factors attached (θ alone where its σ multiplier is 0).
+   */
   #memberWeights: WeightLookup = (name) => {
-    const t = this.scratch.get(name);
-    if (!t) throw new Error(`no scratch tensor for ${name}`);
+    const t = this.#member.get(name) ?? this.theta.get(name);
+    if (!t) throw new Error(`no tensor ${name}`);
     return t;
   };
 

@@ -15,7 +15,13 @@ import type { Tokenizer } from "../tokenizers/mod.ts";
 import { type PipelineSpec, type StageKind, stageType } from "./spec.ts";
 import { UserError } from "./errors.ts";
 import type { KeyPath, LoadedPipeline, PipelineIssue } from "./load.ts";
-import type { DatasetImpl, ModelImpl, StageContext, TokenizerImpl } from "./stages/types.ts";
+import type {
+  DatasetImpl,
+  ModelImpl,
+  PerturbImpl,
+  StageContext,
+  TokenizerImpl,
+} from "./stages/types.ts";
 import "./stages/mod.ts";
 
 /** A pipeline with its data, tokenizer and model in hand, ready to compile. */
@@ -165,6 +171,9 @@ function crossIssues(
       }
     });
   }
+
+  const perturb = stageType("perturb", spec.perturb.type)?.impl as PerturbImpl | undefined;
+  issues.push(...(perturb?.issues?.(spec.perturb, { config }) ?? []));
 
   const maxLen = spec.fitness.max_len;
   if (typeof maxLen === "number" && maxLen > config.maxPositionEmbeddings) {

@@ -218,6 +218,7 @@ export function runSetup(run: Pick<RunInputs, "spec" | "config" | "tokenizer" | 
       maxLen,
       fitness,
       multipliers: (t) => perturb.multipliers(spec.perturb, t),
+      lowRank: perturb.lowRank?.(spec.perturb),
     }),
     iterationInputs: (t) => {
       const indices = subsetSamples(split.train, { seed: spec.seed, iteration: t, size: M });

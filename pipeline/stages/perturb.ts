@@ -8,6 +8,8 @@ import { z } from "zod";
 import { decaySchema, posInt, posNum, registerStage } from "../spec.ts";
 import { decayed } from "../es.ts";
 import type { PerturbImpl } from "./types.ts";
+import type { Qwen3Config } from "../../model/config.ts";
+import { qwen3TensorSpecs } from "../../model/weights.ts";
 
 /** Multipliers of one parameter group. */
 const multiplier = z.strictObject({
@@ -81,6 +83,20 @@ const gaussian: PerturbImpl = {
   multipliers: (s, tensor) => groupMultipliers(s.groups as Groups, tensor),
 };
 
+/** The settings gaussian and lowrank share. */
+const populationSettings = {
+  /** N: members per iteration. Default 30 (the paper's). */
+  population: posInt().min(2).default(30),
+  /** σ: noise scale. Default 1e-3 (the paper's). */
+  sigma: posNum().default(1e-3),
+  /** Mirrored pairs ±ε (blocked order +ε_1..+ε_K, −ε_1..−ε_K); needs an even population. Default false. */
+  antithetic: z.boolean().default(false),
+  /** σ decay: σ_t = σ·γ_σ^floor(t/S_σ). Default off. */
+  decay: decaySchema.prefault({}),
+  /** Group multipliers for σ and α. Default all 1. */
+  groups: groupsSchema.prefault({}),
+};
+
 registerStage<PerturbImpl>({
   kind: "perturb",
   type: "gaussian",
@@ -99,4 +115,42 @@ registerStage<PerturbImpl>({
     groups: groupsSchema.prefault({}),
   }),
   impl: gaussian,
+});
+
+/** The smallest min(out, in) over the model's matrices: the largest rank every matrix admits. */
+export function maxLowRank(config: Qwen3Config): number {
+  return Math.min(
+    ...qwen3TensorSpecs(config).filter((s) => s.shape.length === 2).map((s) =>
+      Math.min(s.shape[0], s.shape[1])
+    ),
+  );
+}
+
+const lowrank: PerturbImpl = {
+  ...gaussian,
+  lowRank: (s) => ({ rank: s.rank as number }),
+  issues(s, { config }) {
+    const max = maxLowRank(config), rank = s.rank as number;
+    if (rank <= max) return [];
+    return [{
+      path: ["perturb", "rank"],
+      message: `rank ${rank} exceeds min(out, in) = ${max} of the model's smallest matrix; ` +
+        `use a rank from 1 to ${max}`,
+    }];
+  },
+};
+
+registerStage<PerturbImpl>({
+  kind: "perturb",
+  type: "lowrank",
+  description:
+    "EGGROLL: matrices θ + σ·m_g·A·Bᵀ/√r (A, B ~ N(0, I) from Philox, rank r), vectors full-rank; " +
+    "members share θ, no perturbed copy",
+  schema: z.strictObject({
+    type: z.literal("lowrank"),
+    /** r: rank of each matrix's perturbation A·Bᵀ, 1..min(out, in). Default 1. */
+    rank: posInt().default(1),
+    ...populationSettings,
+  }),
+  impl: lowrank,
 });

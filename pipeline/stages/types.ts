@@ -69,4 +69,14 @@ export interface PerturbImpl {
   sigmaAt(settings: Record<string, unknown>, iteration: number): number;
   /** σ and α multipliers of one tensor by its HF name. */
   multipliers(settings: Record<string, unknown>, tensor: string): { sigma: number; alpha: number };
+  /**
+   * Low-rank perturbations of the matrices (EGGROLL): their rank, or undefined for full-rank
+   * noise everywhere. Absent means full rank.
+   */
+  lowRank?(settings: Record<string, unknown>): { rank: number } | undefined;
+  /** Checks that need the model (a rank beyond a matrix's dimensions), as located issues. */
+  issues?(
+    settings: Record<string, unknown>,
+    o: { config: Qwen3Config },
+  ): { path: (string | number)[]; message: string }[];
 }

@@ -1,0 +1,62 @@
+// lowrank_factors: the factors of EGGROLL's low-rank perturbation (Sarkar et al. 2025), written
+// from the counter-based noise. A member's perturbation of a matrix W (O, I) is
+// σ·A·Bᵀ/√r with A (O, r) and B (I, r) standard normal: element (o, k) of A is noise element
+// o·r + k of the counter word `tensor` (kernels/lowrank.ts lowRankCounterIds), B likewise.
+//
+// Shapes. One dispatch writes rows [row0, row0 + rows) of one factor (A or B) for n noises:
+// element (row, k) of noise i goes to out[(row − row0)·row_stride + i·noise_stride + k·k_stride],
+// times multiplier, and times the noise's scale when `scaled`. The strides give the layouts the
+// engine wants: a member's A as (O, r4) (row_stride r4), its Bᵀ as (r4, I) (k_stride I), and the
+// update's Ã (rows, n·r4) and B̃ (I, n·r4) (noise_stride r4). r4 = r rounded up to 4; the pad
+// columns are never written and stay zero. One invocation owns one aligned block of four counter
+// elements of one noise, so each Philox call yields all four normals it makes.
+//
+// The params record (which noises, their scales) is prepended by the wrapper: a member's
+// perturb record (one noise, scale ±σ_t) or the update's header and coefficients d_i (n noises).
+
+struct Factor {
+  tensor: u32,        // Philox counter word of this factor
+  row0: u32,          // first row written
+  rows: u32,          // rows written
+  rank: u32,          // r: the counter element of (row, k) is row·r + k
+  row_stride: u32,
+  noise_stride: u32,
+  k_stride: u32,
+  scaled: u32,        // 1: times noise_scale(i)
+  multiplier: f32,    // m_g/√r for A, 1 for B
+}
+
+@group(0) @binding(0) var<storage, read> factor: Factor;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(WG)
+fn main(
+  @builtin(workgroup_id) wid: vec3u,
+  @builtin(num_workgroups) groups: vec3u,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let idx = (wid.y * groups.x + wid.x) * WG + lid;
+  let start = factor.row0 * factor.rank;
+  let end = (factor.row0 + factor.rows) * factor.rank;
+  let first = start >> 2u;
+  let blocks = ((end + 3u) >> 2u) - first;
+  let i = idx / blocks;
+  if (i >= noise_count()) {
+    return;
+  }
+  let block = first + idx % blocks;
+  var s = factor.multiplier;
+  if (factor.scaled != 0u) {
+    s *= noise_scale(i);
+  }
+  let v = noise4(params.key, params.iteration, noise_index(i), factor.tensor, block) * s;
+  for (var k4 = 0u; k4 < 4u; k4++) {
+    let e = block * 4u + k4;
+    if (e >= start && e < end) {
+      let row = e / factor.rank;
+      let k = e % factor.rank;
+      out[(row - factor.row0) * factor.row_stride + i * factor.noise_stride + k * factor.k_stride] =
+        v[k4];
+    }
+  }
+}
