@@ -85,7 +85,9 @@ export interface RunOptions {
    */
   evaluator?: (ctx: EvaluateContext) => Promise<IterationResult>;
   /** Called after each iteration's update is queued, with the shaped weights that made it. */
-  onUpdate?: (ctx: EvaluateContext & { fitness: number[]; coefficients: Float64Array }) => Promise<void> | void;
+  onUpdate?: (
+    ctx: EvaluateContext & { fitness: number[]; coefficients: Float64Array },
+  ) => Promise<void> | void;
   /** Called after each iteration with its metrics line. */
   onIteration?: (line: MetricsLine, o: { total: number }) => void;
   /** Called with each checkpoint directory written. */
@@ -168,7 +170,9 @@ export interface RunSetup {
  * The data, stages and engine options of a run. {@link runTraining} and a distributed worker
  * (pipeline/distributed.ts) both build from it, so every process packs the same bytes.
  */
-export function runSetup(run: Pick<RunInputs, "spec" | "config" | "tokenizer" | "texts">): RunSetup {
+export function runSetup(
+  run: Pick<RunInputs, "spec" | "config" | "tokenizer" | "texts">,
+): RunSetup {
   const { spec, config, tokenizer } = run;
   const perturb = impl<PerturbImpl>("perturb", spec.perturb.type);
   const fitness = impl<FitnessImpl>("fitness", spec.fitness.type);
@@ -309,7 +313,7 @@ export async function runTraining(
   run: RunInputs,
   options: RunOptions = {},
 ): Promise<RunSummary> {
-  const { spec, config, tokenizer } = run;
+  const { spec, config } = run;
   const outDir = run.outDir.replace(/\/+$/, "");
   const setup = runSetup(run);
   const { perturb, shape, update, N, antithetic, M, tokens, split } = setup;
@@ -400,7 +404,14 @@ export async function runTraining(
     const alpha = update.alphaAt(spec.update, t);
     const { indices, packed } = setup.iterationInputs(t);
     const wantEval = t % evalEvery === 0 || t === total - 1;
-    const ctx: EvaluateContext = { engine, iteration: t, sigma, packed, indices, heldOut: wantEval };
+    const ctx: EvaluateContext = {
+      engine,
+      iteration: t,
+      sigma,
+      packed,
+      indices,
+      heldOut: wantEval,
+    };
     let res: IterationResult;
     try {
       res = options.evaluator

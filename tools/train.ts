@@ -19,6 +19,7 @@ import { resolvePipeline } from "../pipeline/resolve.ts";
 import { type MetricsLine, runTraining } from "../pipeline/run.ts";
 import { acquireGpu } from "../kernels/runtime.ts";
 import { paramCount } from "../model/presets.ts";
+import { Coordinator } from "../pipeline/distributed.ts";
 import { startTrainingStatus, withStatusHooks } from "../server/train_status.ts";
 
 const USAGE =
@@ -91,6 +92,21 @@ if (import.meta.main) {
     // On stderr even with --quiet: with port 0 or a generated token it is the only way in.
     if (status) console.error(`esflow train: ${status.banner}`);
 
+    // Distributed ES (pipeline/distributed.ts): with --redis this process is the coordinator.
+    if (values["no-local-eval"] && !values.redis) {
+      throw new UserError("--no-local-eval needs --redis URL");
+    }
+    const coordinator = values.redis
+      ? await Coordinator.start(resolved, {
+        url: values.redis,
+        localEval: !values["no-local-eval"],
+        log,
+      })
+      : null;
+    if (coordinator) {
+      log(`  coordinating run ${coordinator.run} at ${coordinator.bus.target.display}`);
+    }
+
     let stop = false;
     const onSignal = () => {
       if (stop) Deno.exit(130);
@@ -117,6 +133,7 @@ if (import.meta.main) {
       withStatusHooks(status?.live, {
         resume: values.resume !== undefined,
         shouldStop: () => stop,
+        ...coordinator?.runOptions(),
         onIteration: (line: MetricsLine, o) => {
           if (line.eval_loss !== undefined) lastEval = line.eval_loss.toFixed(4);
           const fitness = line.fitness_mean.toFixed(4), tps = Math.round(line.tokens_per_s);
@@ -145,6 +162,7 @@ if (import.meta.main) {
       throw e;
     });
     status?.live.finish(summary);
+    await coordinator?.finish({ stopped: summary.stopped });
     bar?.stop();
     Deno.removeSignalListener("SIGINT", onSignal);
     const l = summary.lastLine;

@@ -1,0 +1,440 @@
+// Distributed ES over Redis Streams, end to end with real processes and a real redis-server:
+// a coordinator and workers reach the single-process bytes; a worker SIGKILLed while it holds a
+// claim, and a worker that joins late, change nothing; Redis going away stops the coordinator
+// with a checkpoint that --resume continues; a password in the URL works and its absence is a
+// clear error. Plus the pieces: the GPU checksum against its CPU twin, the result set, URLs.
+import { assert, assertEquals } from "./helpers.ts";
+import { startRedis, type TestRedis, waitFor } from "./redis_helpers.ts";
+import { acquireGpu } from "../kernels/runtime.ts";
+import { createTensor } from "../kernels/tensor.ts";
+import { checksumReference, WeightsChecksum } from "../kernels/checksum.ts";
+import {
+  DivergenceError,
+  memberRanges,
+  parseRedisUrl,
+  RedisBus,
+  ResultSet,
+  runKeys,
+} from "../pipeline/distributed.ts";
+
+const ROOT = new URL("..", import.meta.url).pathname;
+const ITERATIONS = 6;
+const POPULATION = 8;
+
+/** micro preset, N = 8, a checkpoint every 2 iterations (a late worker's bootstrap). */
+const PIPELINE = `
+name: dist-test
+seed: 4321
+iterations: ${ITERATIONS}
+dataset: { type: text_lines, path: ${ROOT}data/pride_and_prejudice.txt, max_lines: 200, samples_per_iteration: 8, holdout: 8 }
+tokenizer: { type: bytes }
+model: { type: qwen3, preset: micro, init: random }
+perturb: { type: gaussian, population: ${POPULATION}, sigma: 0.01, antithetic: false }
+fitness: { type: log_likelihood, micro_batch: 8, max_len: 32 }
+shape: { type: rank }
+update: { type: es, alpha: 0.05, nes: false }
+output: { checkpoint_every: 2, eval_every: 1 }
+`;
+
+/** A child process whose output is collected as it comes. */
+interface Proc {
+  pid: number;
+  out: () => string;
+  /** Exit code, or a thrown error (and a SIGKILL) past `ms`. */
+  wait(ms: number): Promise<number>;
+  kill(signal?: Deno.Signal): void;
+}
+
+const live = new Set<Proc>();
+
+function spawn(script: string, args: string[], env: Record<string, string> = {}): Proc {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", script, ...args],
+    cwd: ROOT,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1", ...env },
+  }).spawn();
+  let text = "";
+  const dec = new TextDecoder();
+  const drain = async (s: ReadableStream<Uint8Array>) => {
+    for await (const chunk of s) text += dec.decode(chunk, { stream: true });
+  };
+  const drained = Promise.all([drain(child.stdout), drain(child.stderr)]);
+  let code: number | null = null;
+  const status = child.status.then(async (s) => {
+    await drained;
+    code = s.code;
+    live.delete(proc);
+    return s.code;
+  });
+  const proc: Proc = {
+    pid: child.pid,
+    out: () => text,
+    kill(signal: Deno.Signal = "SIGKILL") {
+      if (code !== null) return;
+      try {
+        child.kill(signal);
+      } catch { /* already exited */ }
+    },
+    async wait(ms: number) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          proc.kill();
+          reject(new Error(`${script} ${args.join(" ")} still running after ${ms} ms:\n${text}`));
+        }, ms);
+      });
+      try {
+        return await Promise.race([status, timeout]);
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+  };
+  live.add(proc);
+  return proc;
+}
+
+/** Runs `fn` with a temp dir holding the pipeline and a fresh redis-server; cleans up all. */
+async function withRun(
+  o: { tcp?: boolean; password?: string },
+  fn: (x: { dir: string; file: string; redis: TestRedis }) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "esflow_dist_" });
+  const file = `${dir}/p.yaml`;
+  await Deno.writeTextFile(file, PIPELINE);
+  const redis = await startRedis(o);
+  try {
+    await fn({ dir, file, redis });
+  } finally {
+    for (const p of [...live]) {
+      p.kill();
+      await p.wait(10_000).catch(() => {});
+    }
+    await redis.stop();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    await Deno.remove(redis.dir, { recursive: true }).catch(() => {});
+  }
+}
+
+function train(file: string, args: string[], env: Record<string, string> = {}): Proc {
+  return spawn("tools/train.ts", [file, "--quiet", "--no-status", ...args], env);
+}
+
+function worker(url: string, env: Record<string, string> = {}): Proc {
+  return spawn("tools/worker.ts", ["--redis", url], env);
+}
+
+async function metricsLines(out: string): Promise<number> {
+  try {
+    return (await Deno.readTextFile(`${out}/metrics.jsonl`)).trim().split("\n").filter(Boolean)
+      .length;
+  } catch {
+    return 0;
+  }
+}
+
+async function sameBytes(a: string, b: string, what: string): Promise<void> {
+  const x = await Deno.readFile(`${a}/final/model.safetensors`);
+  const y = await Deno.readFile(`${b}/final/model.safetensors`);
+  assertEquals(x.length, y.length, what);
+  assert(x.every((v, i) => v === y[i]), `${what}: model.safetensors differs`);
+}
+
+/** The single-process reference run, made once. */
+let reference: Promise<string> | null = null;
+function referenceRun(): Promise<string> {
+  reference ??= (async () => {
+    const dir = await Deno.makeTempDir({ prefix: "esflow_dist_ref_" });
+    await Deno.writeTextFile(`${dir}/p.yaml`, PIPELINE);
+    const p = train(`${dir}/p.yaml`, ["--out", `${dir}/run`]);
+    assertEquals(await p.wait(60_000), 0, p.out());
+    return `${dir}/run`;
+  })();
+  return reference;
+}
+
+/** Settings that keep a run going long enough to kill or add a process in it. */
+const SLOW = { ESFLOW_RANGE_SIZE: "2", ESFLOW_CLAIM_DEADLINE_MS: "1500" };
+
+Deno.test("the GPU weights checksum equals its CPU twin, sharded or not, and sees one flipped bit", async () => {
+  const gpu = await acquireGpu({ shardBytes: 1024 });
+  try {
+    const rng = (n: number, k: number) =>
+      Float32Array.from({ length: n }, (_, i) => Math.sin(i * k));
+    const datas = [rng(1000, 0.37), rng(7, 1.1), rng(64 * 9, 0.05)];
+    const shapes = [[1000], [7], [64, 9]];
+    const tensors = datas.map((d, i) => createTensor(gpu, `t${i}`, shapes[i], { data: d }));
+    assert(tensors[2].shards.length > 1, "the 64×9 tensor is sharded at 1 KiB");
+    const ck = new WeightsChecksum(gpu, tensors);
+    const want = checksumReference(datas);
+    assertEquals(await ck.compute(), want);
+    assertEquals(await ck.compute(), want, "recomputing gives the same digest");
+    const flipped = datas.map((d) => d.slice());
+    new Uint32Array(flipped[2].buffer)[300] ^= 1;
+    const other = checksumReference(flipped);
+    assert(other !== want, "one flipped low bit changes the digest");
+    const s1 = tensors[2].shards[1];
+    gpu.write(s1.buffer, flipped[2].subarray(s1.rowStart * 9, (s1.rowStart + s1.rows) * 9));
+    assertEquals(await ck.compute(), other);
+    ck.destroy();
+  } finally {
+    gpu.destroy();
+  }
+});
+
+Deno.test("result set: stale and duplicate results are ignored, another θ is divergence", () => {
+  const ranges = memberRanges(5, 2);
+  assertEquals(ranges, [[0, 2], [2, 4], [4, 5]]);
+  const set = new ResultSet({ session: "s", iteration: 3, checksum: "abc", ranges });
+  const r = (o: Record<string, string | number>) =>
+    Object.fromEntries(
+      Object.entries({ session: "s", iter: 3, checksum: "abc", consumer: "w", ...o }).map((
+        [k, v],
+      ) => [k, String(v)]),
+    );
+  assertEquals(set.offer(r({ iter: 2, start: 0, end: 2, fitness: "[9,9]" })), "stale");
+  assertEquals(set.offer(r({ session: "old", start: 0, end: 2, fitness: "[9,9]" })), "stale");
+  assertEquals(set.offer(r({ start: 0, end: 2, fitness: "[-1.5,-2.25]" })), "accepted");
+  assertEquals(set.offer(r({ start: 0, end: 2, fitness: "[-1.5,-2.25]" })), "duplicate");
+  assertEquals(set.offer(r({ start: 4, end: 5, fitness: "[0.1]", consumer: "x" })), "accepted");
+  assert(!set.complete);
+  assertEquals(set.offer(r({ start: 2, end: 4, fitness: "[-3,1e-300]" })), "accepted");
+  assert(set.complete);
+  assertEquals(set.fitness(), [-1.5, -2.25, -3, 1e-300, 0.1]);
+  assertEquals([...set.contributors], [["w", 4], ["x", 1]]);
+  let err: unknown;
+  try {
+    set.offer(r({ start: 0, end: 2, fitness: "[0,0]", checksum: "def" }));
+  } catch (e) {
+    err = e;
+  }
+  assert(
+    err instanceof DivergenceError && /diverged at iteration 3/.test(err.message),
+    String(err),
+  );
+});
+
+Deno.test("redis URLs: password, ACL user, database, unix socket; the password never shows", () => {
+  let t = parseRedisUrl("redis://alice:s%40cret@10.0.0.5:6380/2");
+  assertEquals(t.socket, { host: "10.0.0.5", port: 6380 });
+  assertEquals([t.username, t.password, t.database], ["alice", "s@cret", 2]);
+  assert(!t.display.includes("cret"), t.display);
+  t = parseRedisUrl("redis://:pw@localhost");
+  assertEquals([t.username, t.password, t.socket], [undefined, "pw", {
+    host: "localhost",
+    port: 6379,
+  }]);
+  t = parseRedisUrl("unix://bob:pw@/run/redis/redis.sock?db=3");
+  assertEquals([t.socket, t.username, t.password, t.database], [
+    { path: "/run/redis/redis.sock" },
+    "bob",
+    "pw",
+    3,
+  ]);
+  assert(!t.display.includes("pw"), t.display);
+  for (const bad of ["localhost:6379", "http://x", "redis://h/x"]) {
+    let msg = "";
+    try {
+      parseRedisUrl(bad);
+    } catch (e) {
+      msg = (e as Error).message;
+    }
+    assert(/redis:\/\//.test(msg), `${bad}: ${msg}`);
+  }
+});
+
+Deno.test("coordinator + 2 workers (3 processes) reach the single-process bytes", async () => {
+  const ref = await referenceRun();
+  await withRun({}, async ({ dir, file, redis }) => {
+    const w = [worker(redis.url), worker(redis.url)];
+    await waitFor(() => w.every((p) => p.out().includes("waiting for a run")), {
+      ms: 30_000,
+      what: "workers to connect",
+    });
+    const c = train(file, ["--out", `${dir}/run`, "--redis", redis.url]);
+    assertEquals(await c.wait(90_000), 0, c.out());
+    for (const p of w) assertEquals(await p.wait(20_000), 0, p.out());
+    await sameBytes(ref, `${dir}/run`, "coordinator + 2 workers");
+    // Who evaluated what: every member of every iteration exactly once, workers included.
+    const bus = await RedisBus.connect(redis.url, { name: "test" });
+    const meta = await bus.hash(runKeys("dist-test").meta);
+    bus.close();
+    assertEquals(meta.status, "done");
+    const contributors = JSON.parse(meta.contributors) as Record<string, number>;
+    const total = Object.values(contributors).reduce((a, b) => a + b, 0);
+    assertEquals(total, ITERATIONS * POPULATION, meta.contributors);
+    assert(
+      Object.keys(contributors).some((k) => k.startsWith("worker@")),
+      `workers contributed: ${meta.contributors}`,
+    );
+  });
+});
+
+Deno.test("a worker SIGKILLed while it holds a claim: the run completes with the same bytes", async () => {
+  const ref = await referenceRun();
+  await withRun({}, async ({ dir, file, redis }) => {
+    // The victim is slow, so it is mid-evaluation when killed; the others keep a pace that
+    // leaves the run going until its claim passes the deadline and is reclaimed.
+    const victim = worker(redis.url, { ...SLOW, ESFLOW_TEST_EVAL_DELAY_MS: "60000" });
+    const other = worker(redis.url, { ...SLOW, ESFLOW_TEST_EVAL_DELAY_MS: "150" });
+    await waitFor(() => [victim, other].every((p) => p.out().includes("waiting for a run")), {
+      ms: 30_000,
+      what: "workers to connect",
+    });
+    const c = train(file, ["--out", `${dir}/run`, "--redis", redis.url], {
+      ...SLOW,
+      ESFLOW_TEST_EVAL_DELAY_MS: "150",
+    });
+    const bus = await RedisBus.connect(redis.url, { name: "test" });
+    const tasks = runKeys("dist-test").tasks;
+    try {
+      // XPENDING lists claims per consumer; the consumer name carries the PID.
+      await waitFor(async () => {
+        const reply = await bus.call(["XPENDING", tasks, "evaluators"]).catch(() => null);
+        return JSON.stringify(reply ?? "").includes(`:${victim.pid}"`);
+      }, { ms: 60_000, what: "the victim to claim a range" });
+    } finally {
+      bus.close();
+    }
+    victim.kill("SIGKILL");
+    assertEquals(await c.wait(90_000), 0, c.out());
+    assertEquals(await other.wait(20_000), 0, other.out());
+    await sameBytes(ref, `${dir}/run`, "after a SIGKILLed worker");
+  });
+});
+
+Deno.test("a worker started late bootstraps from a checkpoint, replays the ledger, contributes", async () => {
+  const ref = await referenceRun();
+  await withRun({}, async ({ dir, file, redis }) => {
+    const slow = { ...SLOW, ESFLOW_TEST_EVAL_DELAY_MS: "500" };
+    const first = worker(redis.url, slow);
+    const c = train(file, ["--out", `${dir}/run`, "--redis", redis.url], slow);
+    // Iterations 0 and 1 done: checkpoints/iter-2 exists and the ledger has two entries.
+    await waitFor(
+      () => Deno.stat(`${dir}/run/checkpoints/iter-2/state.json`).then(() => true, () => false),
+      {
+        ms: 60_000,
+        what: "checkpoints/iter-2",
+      },
+    );
+    const late = worker(redis.url);
+    assertEquals(await c.wait(90_000), 0, c.out());
+    assertEquals(await late.wait(20_000), 0, late.out());
+    assertEquals(await first.wait(20_000), 0, first.out());
+    await sameBytes(ref, `${dir}/run`, "with a late worker");
+    const log = late.out();
+    assert(/θ from .*checkpoints\/iter-\d+ \(iteration [1-9]/.test(log), log);
+    const m = /evaluated (\d+) members in \d+ ranges, applied (\d+) updates/.exec(log);
+    assert(m && Number(m[1]) > 0, `the late worker evaluated members:\n${log}`);
+    assert(Number(m[2]) >= 1, `it applied ledger updates:\n${log}`);
+  });
+});
+
+Deno.test("a worker whose θ differs (a corrupted checkpoint) stops the run with a clear divergence error", async () => {
+  await withRun({}, async ({ dir, file, redis }) => {
+    const env = { ...SLOW, ESFLOW_TEST_EVAL_DELAY_MS: "400" };
+    const out = `${dir}/run`;
+    const c = train(file, ["--out", out, "--redis", redis.url], env);
+    const ckpt = `${out}/checkpoints/iter-2`;
+    await waitFor(() => Deno.stat(`${ckpt}/state.json`).then(() => true, () => false), {
+      ms: 60_000,
+      what: "checkpoints/iter-2",
+    });
+    // Flip one bit of the last weight: the late worker bootstraps from a θ nobody else has.
+    const f = await Deno.open(`${ckpt}/model.safetensors`, { read: true, write: true });
+    const size = (await f.stat()).size;
+    const b = new Uint8Array(1);
+    await f.seek(size - 2, Deno.SeekMode.Start);
+    await f.read(b);
+    b[0] ^= 1;
+    await f.seek(size - 2, Deno.SeekMode.Start);
+    await f.write(b);
+    f.close();
+    const w = worker(redis.url);
+    assertEquals(await c.wait(60_000), 2, c.out());
+    assertEquals(await w.wait(20_000), 2, w.out());
+    assert(
+      /^esflow train: weights diverged at iteration \d+: worker@\S+ has checksum [0-9a-f]{16}, the coordinator [0-9a-f]{16}.*; wrote .*checkpoints\/iter-\d+, continue with --resume/m
+        .test(c.out()),
+      c.out(),
+    );
+    assert(/^esflow worker: weights diverged/m.test(w.out()), w.out());
+  });
+});
+
+Deno.test("Redis goes away: the coordinator exits 2 with one line and a checkpoint; --resume finishes the same bytes", async () => {
+  const ref = await referenceRun();
+  await withRun({}, async ({ dir, file, redis }) => {
+    const env = { ...SLOW, ESFLOW_TEST_EVAL_DELAY_MS: "300", ESFLOW_REDIS_GRACE_MS: "1000" };
+    const out = `${dir}/run`;
+    const c = train(file, ["--out", out, "--redis", redis.url], env);
+    await waitFor(async () => (await metricsLines(out)) >= 2, {
+      ms: 60_000,
+      what: "two iterations",
+    });
+    await redis.stop();
+    assertEquals(await c.wait(60_000), 2, c.out());
+    const lines = c.out().trim().split("\n");
+    const last = lines[lines.length - 1];
+    assert(
+      /^esflow train: redis at unix:\/\/.* went away .*; wrote .*checkpoints\/iter-\d+, continue with --resume /
+        .test(last),
+      c.out(),
+    );
+    const k = Number(/iter-(\d+)/.exec(last)![1]);
+    assert(k >= 2 && k < ITERATIONS, last);
+    const state = JSON.parse(await Deno.readTextFile(`${out}/checkpoints/iter-${k}/state.json`));
+    assertEquals(state.iteration, k);
+
+    // Redis back (a new server, empty): the coordinator resumes and a worker joins it,
+    // bootstrapping from that checkpoint (the ledger now starts there).
+    const again = await startRedis();
+    try {
+      const w = worker(again.url, { ESFLOW_TEST_EVAL_DELAY_MS: "100" });
+      const r = train(file, ["--resume", out, "--redis", again.url], {
+        ...env,
+        ESFLOW_TEST_EVAL_DELAY_MS: "100",
+      });
+      assertEquals(await r.wait(90_000), 0, r.out());
+      assertEquals(await w.wait(20_000), 0, w.out());
+    } finally {
+      await again.stop();
+      await Deno.remove(again.dir, { recursive: true }).catch(() => {});
+    }
+    await sameBytes(ref, out, "stopped by Redis and resumed");
+    const iters = (await Deno.readTextFile(`${out}/metrics.jsonl`)).trim().split("\n").map((l) =>
+      JSON.parse(l).iter
+    );
+    assertEquals(iters, Array.from({ length: ITERATIONS }, (_, i) => i));
+  });
+});
+
+Deno.test("requirepass: the URL's password works; without it, one clear line and exit 2", async () => {
+  await withRun({ tcp: true, password: "s3cret pw" }, async ({ dir, file, redis }) => {
+    let p = train(file, ["--out", `${dir}/none`, "--redis", redis.urlNoPassword]);
+    assertEquals(await p.wait(60_000), 2, p.out());
+    assert(
+      /^esflow train: redis at redis:\/\/127\.0\.0\.1:\d+: authentication failed .*redis:\/\/:PASSWORD@/m
+        .test(p.out()),
+      p.out(),
+    );
+    p = worker(redis.url.replace("s3cret", "bogus"));
+    assertEquals(await p.wait(60_000), 2, p.out());
+    assert(/^esflow worker: redis at .*\*\*\*.*authentication failed/m.test(p.out()), p.out());
+    assert(!p.out().includes("bogus"), "the password is not printed");
+    await Deno.stat(`${dir}/none`).then(() => assert(false, "nothing is written"), () => {});
+
+    const w = worker(redis.url);
+    await waitFor(() => w.out().includes("waiting for a run"), { ms: 30_000, what: "the worker" });
+    const c = train(file, ["--out", `${dir}/run`, "--redis", redis.url, "--iterations", "3"], {
+      ...SLOW,
+      ESFLOW_TEST_EVAL_DELAY_MS: "300",
+    });
+    assertEquals(await c.wait(90_000), 0, c.out());
+    assertEquals(await w.wait(20_000), 0, w.out());
+    assert(/run dist-test done: .* evaluated [1-9]\d* members/.test(w.out()), w.out());
+  });
+});
