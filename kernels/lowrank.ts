@@ -118,6 +118,16 @@ export function lowRankOf(t: GpuTensor): LowRankDelta | undefined {
   return (t as LowRankTensor).lowRank;
 }
 
+/**
+ * Tiles of the two thin matmuls. The default selection picks 32×16 for an apply of (1024, 4, 384),
+ * whose 512 unrolled accumulators take seconds to compile on lavapipe for every new sequence
+ * length; with K or N of 4 there is little reuse to gain, and these small tiles measured as fast
+ * or faster there (GPU timestamps on llvmpipe, 2 busy cores: a project of (1024, 128, 4) 0.22 ms
+ * with 8×4 against 0.41 ms with 32×4; an apply of (1024, 4, 384) 1.6 ms with 4×8 against 2.1 ms
+ * with 32×16).
+ */
+const PROJECT_TILE = { tm: 8, tn: 4 }, APPLY_TILE = { tm: 4, tn: 8 };
+
 /** u (m, r4) = x (m, k) · B: the projection onto the member's B. */
 export function lowRankProjectStep(
   gpu: Gpu,
@@ -131,6 +141,7 @@ export function lowRankProjectStep(
     w: o.delta.bt,
     n: o.delta.r4,
     out: o.delta.u,
+    tile: PROJECT_TILE,
   });
 }
 
@@ -163,6 +174,7 @@ export function lowRankApplyStep(
     outStride: o.outStride,
     outColOffset: o.outColOffset,
     accumulate: true,
+    tile: APPLY_TILE,
   });
 }
 
