@@ -282,6 +282,7 @@ Deno.test("every shipped pipeline loads and resolves", async () => {
   assertEquals(files, [
     "micro-smoke.yaml",
     ...PAPER_SIZES.map((s) => `qwen3-${s}.yaml`).sort(),
+    "tiny-austen-lowrank.yaml",
     "tiny-austen.yaml",
   ]);
   for (const f of files) {
