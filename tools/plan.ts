@@ -83,7 +83,8 @@ export function formatPlan(plan: Plan, o: { file: string; config: Qwen3Config })
   const roles = ["weights", "scratch", "activations", "tokens", "es"] as const;
   const what: Record<typeof roles[number], string> = {
     weights: "θ, f32, HF [out, in] layout",
-    scratch: "θ_j, the member being evaluated",
+    scratch:
+      "the member's perturbed tensors: all of θ_j full-rank; vectors and A, B factors low-rank",
     activations: "one micro-batch of the forward and one LM-head chunk",
     tokens: "the iteration's and the held-out samples",
     es: "perturb/update params, shard tables, fitness totals",
