@@ -21,17 +21,31 @@ export async function runMain(name: string, main: () => Promise<void>): Promise<
   }
 }
 
-/** Parses flags strictly; an unknown flag or a missing value is a UserError naming the fix. */
+/**
+ * Parses flags strictly; an unknown flag or a missing value is a UserError naming the fix.
+ * `--help` / `-h` prints the usage and exits 0 for every command.
+ */
 export function parseFlags<T extends NonNullable<ParseArgsConfig["options"]>>(
   args: string[],
   options: T,
   usage: string,
 ) {
+  let parsed;
   try {
-    return parseArgs({ args, options, allowPositionals: true, strict: true });
+    parsed = parseArgs({
+      args,
+      options: { ...options, help: { type: "boolean", short: "h" } },
+      allowPositionals: true,
+      strict: true,
+    });
   } catch (e) {
     throw new UserError(`${(e as Error).message.split("\n")[0]}; usage: ${usage}`);
   }
+  if ((parsed.values as Record<string, unknown>).help) {
+    console.log(`usage: ${usage}`);
+    Deno.exit(0);
+  }
+  return parsed;
 }
 
 /** Parses a positive integer flag, or throws a UserError naming it. */

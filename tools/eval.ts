@@ -26,12 +26,7 @@ if (import.meta.main) {
       "max-len": { type: "string" },
       batch: { type: "string" },
       "shard-bytes": { type: "string" },
-      help: { type: "boolean", short: "h" },
     }, USAGE);
-    if (values.help) {
-      console.log(`usage: ${USAGE}`);
-      return;
-    }
     if (!values.model) throw new UserError(`--model DIR is required; usage: ${USAGE}`);
     if (!values.tokens === !values.text) {
       throw new UserError(`give exactly one of --tokens FILE.json or --text FILE; usage: ${USAGE}`);

@@ -240,12 +240,7 @@ if (import.meta.main) {
   await runMain("plot", async () => {
     const { values, positionals } = parseFlags(Deno.args, {
       out: { type: "string", short: "o" },
-      help: { type: "boolean", short: "h" },
     }, USAGE);
-    if (values.help) {
-      console.log(`usage: ${USAGE}`);
-      return;
-    }
     const out = await plotRuns(positionals, { out: values.out });
     const rel = relative(Deno.cwd(), out);
     console.log(`plot: ${rel === "" || rel.startsWith("..") ? resolve(out) : rel}`);

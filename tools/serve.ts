@@ -21,12 +21,7 @@ if (import.meta.main) {
     const { values, positionals } = parseFlags(Deno.args, {
       port: { type: "string" },
       host: { type: "string" },
-      help: { type: "boolean", short: "h" },
     }, USAGE);
-    if (values.help) {
-      console.log(`usage: ${USAGE}`);
-      return;
-    }
     if (positionals.length !== 1) throw new UserError(`one run dir; usage: ${USAGE}`);
     const port = values.port === undefined ? 8787 : Number(values.port);
     if (!/^\d+$/.test(values.port ?? "0") || port > 65535) {

@@ -263,12 +263,7 @@ if (import.meta.main) {
       out: { type: "string" },
       iterations: { type: "string" },
       quiet: { type: "boolean" },
-      help: { type: "boolean", short: "h" },
     }, USAGE);
-    if (values.help) {
-      console.log(`usage: ${USAGE}`);
-      return;
-    }
     if (positionals.length !== 1) throw new UserError(`give one pipeline file; usage: ${USAGE}`);
     if (values.set === undefined) throw new UserError(`give --set KEY=V1,V2,...; usage: ${USAGE}`);
     const iterations = values.iterations === undefined

@@ -40,7 +40,6 @@ if (import.meta.main) {
       seed: { type: "string" },
       resume: { type: "string" },
       quiet: { type: "boolean" },
-      help: { type: "boolean", short: "h" },
       // The status server (server/): port (0 = a free one), host, off.
       "status-port": { type: "string" },
       "status-host": { type: "string" },
@@ -49,10 +48,6 @@ if (import.meta.main) {
       redis: { type: "string" },
       "no-local-eval": { type: "boolean" },
     }, USAGE);
-    if (values.help) {
-      console.log(`usage: ${USAGE}`);
-      return;
-    }
     if (positionals.length > 1) throw new UserError(`one pipeline file at most; usage: ${USAGE}`);
     if (values.resume && values.out && values.resume !== values.out) {
       throw new UserError("--resume DIR continues the run in DIR; drop --out or give the same dir");

@@ -24,12 +24,7 @@ if (import.meta.main) {
       redis: { type: "string" },
       run: { type: "string" },
       quiet: { type: "boolean" },
-      help: { type: "boolean", short: "h" },
     }, USAGE);
-    if (values.help) {
-      console.log(`usage: ${USAGE}`);
-      return;
-    }
     if (!values.redis || positionals.length > 0) throw new UserError(`usage: ${USAGE}`);
     const log = (s: string) => values.quiet ? undefined : console.log(`esflow worker: ${s}`);
     const gpu = await acquireGpu();
