@@ -4,7 +4,7 @@
  * @module
  */
 import type { Gpu } from "./runtime.ts";
-import { launch, type Step } from "./program.ts";
+import { launch, type Step, wgslSource } from "./program.ts";
 
 /** Shapes of one attention call. */
 export interface AttentionShape {
@@ -13,6 +13,66 @@ export interface AttentionShape {
   heads: number;
   kvHeads: number;
   headDim: number;
+}
+
+let template: string | null = null;
+
+/**
+ * Queries per invocation: each loaded key and value row serves 8 queries. Measured on lavapipe
+ * (B=32, T=64, 4 heads, d=32): 7.0 ms with one query per invocation, 5.8 ms with 2, 4.7 with 4,
+ * 3.8 with 8, 3.5 with 16; at d=128, 8 beat 4 by 20%. 16 doubles the registers and the compile.
+ */
+const QUERY_BLOCK = 8;
+
+/**
+ * The kernel for one head_dim: the .wgsl with its //@ markers written out as named registers,
+ * QB queries (qi_j) and accumulators (ai_j) and one key/value row (kj, vj) of D/4 vec4s each.
+ */
+function attentionSource(headDim: number): string {
+  template ??= wgslSource(new URL("./attention.wgsl", import.meta.url));
+  const r = [...Array(headDim / 4).keys()];
+  const qs = [...Array(QUERY_BLOCK).keys()];
+  const parts: Record<string, string[]> = {
+    "q-load": qs.flatMap((i) => [
+      // A query past the end reads row T−1 (in bounds) and is never stored.
+      `let qb${i} = ((b * T + min(t0 + ${i}u, T - 1u)) * NH + h) * D4;`,
+      ...r.map((j) => `let q${i}_${j} = q[qb${i} + ${j}u] * SCALE;`),
+      ...r.map((j) => `var a${i}_${j} = vec4f(0.0);`),
+      `var m${i} = -3.0e38;`,
+      `var l${i} = 0.0;`,
+    ]),
+    "kv-load": r.flatMap((j) => [`let k${j} = k[kBase + ${j}u];`, `let v${j} = v[kBase + ${j}u];`]),
+    queries: qs.flatMap((i) => [
+      `if (s <= t0 + ${i}u) {`,
+      `  var d${i} = q${i}_0 * k0;`,
+      ...r.slice(1).map((j) => `  d${i} += q${i}_${j} * k${j};`),
+      `  let sc${i} = d${i}.x + d${i}.y + d${i}.z + d${i}.w;`,
+      `  if (sc${i} > m${i}) {`,
+      `    let c${i} = exp(m${i} - sc${i});`,
+      `    l${i} *= c${i};`,
+      ...r.map((j) => `    a${i}_${j} *= c${i};`),
+      `    m${i} = sc${i};`,
+      `  }`,
+      `  let p${i} = exp(sc${i} - m${i});`,
+      `  l${i} += p${i};`,
+      ...r.map((j) => `  a${i}_${j} += p${i} * v${j};`),
+      `}`,
+    ]),
+    store: qs.flatMap((i) => [
+      `if (t0 + ${i}u < T) {`,
+      `  let inv${i} = select(0.0, 1.0 / l${i}, l${i} > 0.0);`,
+      ...r.map((j) => `  out[qb${i} + ${j}u] = a${i}_${j} * inv${i};`),
+      `}`,
+    ]),
+  };
+  let src = template;
+  for (const [marker, lines] of Object.entries(parts)) {
+    const re = new RegExp(`^([ \\t]*)//@${marker}$`, "m");
+    const found = re.exec(src);
+    if (!found) throw new Error(`kernels/attention.wgsl lost its //@${marker} marker`);
+    src = src.replace(re, lines.map((l) => found[1] + l).join("\n"));
+  }
+  return src;
 }
 
 /** out = softmax(q·kᵀ/√d + causal + key padding)·v per query head, over its kv head. */
@@ -38,6 +98,7 @@ export function attentionStep(
   return launch(gpu, {
     label: o.label,
     kernel: "attention",
+    source: attentionSource(o.headDim),
     consts: {
       B: o.batch,
       T: o.seqLen,
@@ -45,9 +106,10 @@ export function attentionStep(
       NKV: o.kvHeads,
       D: o.headDim,
       SCALE: 1 / Math.sqrt(o.headDim),
+      QB: QUERY_BLOCK,
     },
     buffers: [o.q, o.k, o.v, o.mask, o.out],
-    invocations: o.batch * o.heads * o.seqLen,
+    invocations: o.batch * o.heads * Math.ceil(o.seqLen / QUERY_BLOCK),
   });
 }
 

@@ -186,6 +186,8 @@ export function launch(
     label: string;
     /** Base name of kernels/NAME.wgsl. */
     kernel: string;
+    /** The kernel body when the wrapper generates it (else kernels/NAME.wgsl is read). */
+    source?: string;
     consts: Record<string, number | boolean>;
     buffers: Binding[];
     invocations: number;
@@ -195,7 +197,7 @@ export function launch(
   },
 ): Step {
   const wg = options.workgroupSize ?? 64;
-  let body = sources.get(options.kernel);
+  let body = options.source ?? sources.get(options.kernel);
   if (body === undefined) {
     body = wgslSource(new URL(`./${options.kernel}.wgsl`, import.meta.url));
     sources.set(options.kernel, body);
