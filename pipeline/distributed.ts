@@ -666,6 +666,7 @@ async function serveSession(
   }
   const engine = await EsEngine.create(gpu, setup.engineOptions(tensors));
   const checksum = new WeightsChecksum(gpu, engine.names.map((n) => engine.theta.get(n)!));
+  o.summary.iteration = iteration;
   const spec = run.spec;
   let known: { iteration: number; value: string } | null = null;
   const ev: Evaluator = {
@@ -735,7 +736,11 @@ async function serveSession(
           "status",
         ]) as (string | null)[];
         if (now !== session) return "new-session";
-        if (status !== "running") return String(status);
+        if (status !== "running") {
+          // A finished run's ledger is complete: end at its final θ, as every process does.
+          if (status === "done") await replay();
+          return String(status);
+        }
       }
       const reclaim = performance.now() - lastReclaim > 250;
       if (reclaim) lastReclaim = performance.now();
