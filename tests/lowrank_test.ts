@@ -1,6 +1,7 @@
 // Low-rank (EGGROLL) perturbations: the factors' statistics and their GPU/TypeScript twins, one
 // GPU iteration of the lowrank pipeline against a float64 CPU reference on explicitly perturbed
 // weights, byte-identical reruns, bad ranks as file:line:col errors, and the plan's memory.
+import { readWeights, train } from "./run_helpers.ts";
 import { assert, assertClose, assertEquals, assertUserError } from "./helpers.ts";
 import { acquireGpu } from "../kernels/runtime.ts";
 import { submitSteps } from "../kernels/program.ts";
@@ -17,7 +18,6 @@ import {
 } from "../kernels/lowrank.ts";
 import { loadPipelineText } from "../pipeline/load.ts";
 import { resolvePipeline } from "../pipeline/resolve.ts";
-import { runTraining } from "../pipeline/run.ts";
 import { compile } from "../pipeline/compile.ts";
 import {
   iterationBatches,
@@ -27,7 +27,6 @@ import {
 } from "../pipeline/data.ts";
 import { noiseMember, updateCoefficients, zscoreShape } from "../pipeline/es.ts";
 import { groupMultipliers, maxLowRank } from "../pipeline/stages/perturb.ts";
-import { openCheckpoint } from "../model/checkpoint.ts";
 import { qwen3TensorSpecs, randomInit } from "../model/weights.ts";
 import { referenceScore } from "../model/reference.ts";
 import { getPreset } from "../model/presets.ts";
@@ -57,25 +56,6 @@ shape: { type: zscore }
 update: { type: es, alpha: 0.05 }
 output: { checkpoint_every: 0, eval_every: 1, status: { port: 0 } }
 `;
-}
-
-async function train(yaml: string, out: string) {
-  const loaded = loadPipelineText(yaml, { file: `${out}.yaml`, overrides: { out } });
-  const resolved = await resolvePipeline(loaded);
-  const gpu = await acquireGpu();
-  try {
-    return { summary: await runTraining(gpu, resolved), resolved };
-  } finally {
-    gpu.destroy();
-  }
-}
-
-async function readWeights(dir: string): Promise<Map<string, Float32Array>> {
-  const ckpt = await openCheckpoint(dir);
-  const out = new Map<string, Float32Array>();
-  for (const name of ckpt.tensors.keys()) out.set(name, await ckpt.read(name));
-  ckpt.close();
-  return out;
 }
 
 Deno.test("low-rank counters never meet the full-rank noise's", () => {

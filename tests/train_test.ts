@@ -1,11 +1,9 @@
 // ES training end to end: one GPU iteration against a float64 CPU reference of the whole
 // algorithm, byte-identical reruns and resumes, the run output, and a registered custom stage.
+import { readWeights, train } from "./run_helpers.ts";
 import { assert, assertClose, assertEquals, runCli } from "./helpers.ts";
 import { acquireGpu } from "../kernels/runtime.ts";
 import { gaussianNoise } from "../kernels/philox.ts";
-import { loadPipelineText } from "../pipeline/load.ts";
-import { resolvePipeline } from "../pipeline/resolve.ts";
-import { runTraining } from "../pipeline/run.ts";
 import {
   iterationBatches,
   splitHoldout,
@@ -14,7 +12,6 @@ import {
 } from "../pipeline/data.ts";
 import { noiseMember, updateCoefficients, zscoreShape } from "../pipeline/es.ts";
 import { groupMultipliers } from "../pipeline/stages/perturb.ts";
-import { openCheckpoint } from "../model/checkpoint.ts";
 import { qwen3TensorSpecs, randomInit } from "../model/weights.ts";
 import { referenceScore } from "../model/reference.ts";
 import { registerStage } from "../pipeline/spec.ts";
@@ -52,25 +49,6 @@ shape: { type: ${o.shape ?? "zscore"} }
 update: { type: es, alpha: 0.05 }
 output: { checkpoint_every: 1, eval_every: 1, status: { port: 0 } }
 `;
-}
-
-async function train(yaml: string, out: string, o: { resume?: boolean } = {}) {
-  const loaded = loadPipelineText(yaml, { file: `${out}.yaml`, overrides: { out } });
-  const resolved = await resolvePipeline(loaded);
-  const gpu = await acquireGpu();
-  try {
-    return { summary: await runTraining(gpu, resolved, { resume: o.resume }), resolved };
-  } finally {
-    gpu.destroy();
-  }
-}
-
-async function readWeights(dir: string): Promise<Map<string, Float32Array>> {
-  const ckpt = await openCheckpoint(dir);
-  const out = new Map<string, Float32Array>();
-  for (const name of ckpt.tensors.keys()) out.set(name, await ckpt.read(name));
-  ckpt.close();
-  return out;
 }
 
 async function metrics(dir: string) {
