@@ -195,7 +195,12 @@ export class Gpu {
     buffer.destroy();
   }
 
-  /** Bytes of device buffers alive now, and the most ever alive at once. */
+  /** Starts a new peak measurement from the bytes alive now. */
+  resetPeak(): void {
+    this.#bytesPeak = this.#bytesLive;
+  }
+
+  /** Bytes of device buffers alive now, and the most alive at once (since {@link resetPeak}). */
   get memory(): { live: number; peak: number } {
     return { live: this.#bytesLive, peak: this.#bytesPeak };
   }
