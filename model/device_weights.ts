@@ -7,7 +7,7 @@
 import type { Gpu } from "../kernels/runtime.ts";
 import { createTensor, type GpuTensor, readTensor } from "../kernels/tensor.ts";
 import type { TensorData, TensorStream } from "./safetensors.ts";
-import type { Checkpoint } from "./checkpoint.ts";
+import { type Checkpoint, openCheckpoint } from "./checkpoint.ts";
 
 /** Weights on the device by HF tensor name. */
 export type DeviceWeights = Map<string, GpuTensor>;
@@ -42,4 +42,19 @@ export async function* checkpointTensors(ckpt: Checkpoint): AsyncGenerator<Tenso
   for (const [name, entry] of ckpt.tensors) {
     yield { name, shape: entry.shape, data: await ckpt.read(name) };
   }
+}
+
+/**
+ * Opens the checkpoint in `dir` now (so a bad one fails here) and returns its tensors as a
+ * stream that closes the files when it is done or abandoned.
+ */
+export async function openCheckpointTensors(dir: string): Promise<AsyncGenerator<TensorData>> {
+  const ckpt = await openCheckpoint(dir);
+  return (async function* () {
+    try {
+      yield* checkpointTensors(ckpt);
+    } finally {
+      ckpt.close();
+    }
+  })();
 }

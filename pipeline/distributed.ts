@@ -33,8 +33,7 @@
 import { resolve as absolute } from "node:path";
 import type { Gpu } from "../kernels/runtime.ts";
 import { WeightsChecksum } from "../kernels/checksum.ts";
-import { openCheckpoint } from "../model/checkpoint.ts";
-import { checkpointTensors } from "../model/device_weights.ts";
+import { openCheckpointTensors } from "../model/device_weights.ts";
 import type { TensorStream } from "../model/safetensors.ts";
 import { EsEngine, type IterationResult } from "./engine.ts";
 import { noiseCoefficients } from "./es.ts";
@@ -645,14 +644,7 @@ async function serveSession(
   let tensors: TensorStream;
   if (latest && latest.state.iteration >= ledgerFrom) {
     iteration = latest.state.iteration;
-    const ckpt = await openCheckpoint(latest.dir);
-    tensors = (async function* () {
-      try {
-        yield* checkpointTensors(ckpt);
-      } finally {
-        ckpt.close();
-      }
-    })();
+    tensors = await openCheckpointTensors(latest.dir);
     o.log(`${meta.name}: θ from ${latest.dir} (iteration ${iteration})`);
   } else if (ledgerFrom === 0) {
     iteration = 0;

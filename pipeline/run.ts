@@ -10,8 +10,8 @@
  */
 import type { Qwen3Config } from "../model/config.ts";
 import type { TensorStream } from "../model/safetensors.ts";
-import { openCheckpoint, saveCheckpoint } from "../model/checkpoint.ts";
-import { checkpointTensors } from "../model/device_weights.ts";
+import { saveCheckpoint } from "../model/checkpoint.ts";
+import { openCheckpointTensors } from "../model/device_weights.ts";
 import type { Tokenizer } from "../tokenizers/mod.ts";
 import type { Gpu } from "../kernels/runtime.ts";
 import { UserError } from "./errors.ts";
@@ -340,14 +340,7 @@ export async function runTraining(
       );
     }
     start = latest.state.iteration;
-    const ckpt = await openCheckpoint(latest.dir);
-    tensors = (async function* () {
-      try {
-        yield* checkpointTensors(ckpt);
-      } finally {
-        ckpt.close();
-      }
-    })();
+    tensors = await openCheckpointTensors(latest.dir);
   } else if (
     await exists(`${outDir}/metrics.jsonl`) || await exists(`${outDir}/checkpoints`) ||
     await exists(`${outDir}/final`)
@@ -471,7 +464,8 @@ export function heldOutLoss(r: readonly number[], tokens: readonly number[]): nu
   return -s / n;
 }
 
-async function exists(path: string): Promise<boolean> {
+/** Whether anything exists at `path`. */
+export async function exists(path: string): Promise<boolean> {
   try {
     await Deno.stat(path);
     return true;

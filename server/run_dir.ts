@@ -14,7 +14,7 @@
  * @module
  */
 import { basename } from "node:path";
-import { latestCheckpoint, type MetricsLine, type RunState } from "../pipeline/run.ts";
+import { exists, latestCheckpoint, type MetricsLine, type RunState } from "../pipeline/run.ts";
 import { UserError } from "../pipeline/errors.ts";
 import { compile, DEFAULT_LIMITS } from "../pipeline/compile.ts";
 import type { PipelineSpec } from "../pipeline/spec.ts";
@@ -127,13 +127,4 @@ export class RunDirSource implements RunSource {
 /** The pipeline as state.json records it, with the run's length put back. */
 function pipelineOf(s: RunState): Record<string, unknown> {
   return { ...s.pipeline, iterations: s.iterations };
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }

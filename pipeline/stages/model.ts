@@ -11,7 +11,7 @@ import { getPreset, PRESET_NAMES } from "../../model/presets.ts";
 import { loadConfigFile } from "../../model/config.ts";
 import { randomInit } from "../../model/weights.ts";
 import { openCheckpoint } from "../../model/checkpoint.ts";
-import { checkpointTensors } from "../../model/device_weights.ts";
+import { openCheckpointTensors } from "../../model/device_weights.ts";
 import type { ModelImpl } from "./types.ts";
 import { resolvePath } from "./dataset.ts";
 
@@ -59,12 +59,7 @@ const qwen3: ModelImpl = {
       config,
       source: dir,
       tensors: async function* () {
-        const c = await openCheckpoint(dir);
-        try {
-          yield* checkpointTensors(c);
-        } finally {
-          c.close();
-        }
+        yield* await openCheckpointTensors(dir);
       },
     };
   },
