@@ -232,6 +232,100 @@ export function perturbSteps(gpu: Gpu, options: PerturbOptions): EsSteps {
   return { steps, table };
 }
 
+/** Options of {@link chunkPerturbSteps}. */
+export interface ChunkPerturbOptions {
+  /** The parameters, read only. */
+  theta: GpuTensor;
+  /** Philox tensor id and group multiplier of θ (as in {@link createShardTable}). */
+  tensorId: number;
+  multiplier: number;
+  /** Rows per chunk at most (≥ 1). A chunk never crosses a shard of θ. */
+  chunkRows: number;
+  /** Receives each chunk at element 0, in turn: at least chunkRows·rowSize f32. */
+  out: GPUBuffer;
+  /** Perturb-params buffer and the record the steps read. */
+  params: GPUBuffer;
+  paramIndex: number;
+}
+
+/** A chunk of rows of θ and the step that writes its perturbed copy to the chunk buffer. */
+export interface PerturbChunk {
+  rowStart: number;
+  rows: number;
+  step: Step;
+}
+
+/**
+ * The perturbed copy of θ in row chunks, each written to the same buffer: the forward runs a
+ * chunk's step right before it reads the chunk, so a member needs a chunk of scratch, not a copy
+ * of θ. The noise of element e is the same as {@link perturbSteps} gives it (its counter is e in
+ * the whole tensor), so the two are interchangeable bit for bit. Frees: the returned table.
+ */
+export function chunkPerturbSteps(
+  gpu: Gpu,
+  o: ChunkPerturbOptions,
+): { chunks: PerturbChunk[]; table: ShardTable } {
+  const { theta } = o;
+  const total = numel(theta.shape);
+  if (total >= 2 ** 32) throw new GpuError(`tensor ${theta.name}: ${total} elements ≥ 2^32`);
+  if (!(Number.isInteger(o.chunkRows) && o.chunkRows >= 1)) {
+    throw new GpuError(
+      `perturb ${theta.name}: chunkRows ${o.chunkRows} must be a positive integer`,
+    );
+  }
+  if (o.out.size < o.chunkRows * theta.rowSize * 4) {
+    throw new GpuError(
+      `perturb ${theta.name}: the chunk buffer holds ${o.out.size} bytes, needs ` +
+        `${o.chunkRows * theta.rowSize * 4}`,
+    );
+  }
+  const ranges: { shard: number; rowStart: number; rows: number }[] = [];
+  theta.shards.forEach((s, k) => {
+    for (let r = 0; r < s.rows; r += o.chunkRows) {
+      ranges.push({ shard: k, rowStart: s.rowStart + r, rows: Math.min(o.chunkRows, s.rows - r) });
+    }
+  });
+  const stride = paramStride(gpu);
+  const words = new Uint32Array((stride / 4) * Math.max(1, ranges.length));
+  const f32 = new Float32Array(words.buffer);
+  ranges.forEach((c, k) => {
+    const at = (k * stride) / 4, shard = theta.shards[c.shard];
+    words[at] = c.rowStart * theta.rowSize;
+    words[at + 1] = c.rows * theta.rowSize;
+    words[at + 2] = o.tensorId;
+    words[at + 3] = total;
+    f32[at + 4] = o.multiplier;
+    words[at + 5] = (c.rowStart - shard.rowStart) * theta.rowSize;
+  });
+  const buffer = gpu.createBuffer(`${theta.name}.chunks`, words.byteLength);
+  gpu.write(buffer, words);
+  const table: ShardTable = {
+    buffer,
+    stride,
+    tensorId: o.tensorId,
+    multiplier: o.multiplier,
+    shards: ranges.length,
+  };
+  const pipeline = gpu.pipeline("perturb", wgslConsts({ WG }) + noiseWgsl + PERTURB_SOURCE);
+  const chunks = ranges.map((c, k) => ({
+    rowStart: c.rowStart,
+    rows: c.rows,
+    step: makeStep(gpu, {
+      label: `perturb.${theta.name}[${c.rowStart}:${c.rowStart + c.rows}]`,
+      kernel: "perturb",
+      pipeline,
+      buffers: [
+        { buffer, offset: k * stride, size: RECORD_BYTES },
+        { buffer: o.params, offset: o.paramIndex * stride, size: RECORD_BYTES },
+        theta.shards[c.shard].buffer,
+        o.out,
+      ],
+      workgroups: grid(blocksOf(c.rowStart * theta.rowSize, c.rows * theta.rowSize)),
+    }),
+  }));
+  return { chunks, table };
+}
+
 /** Options of {@link esUpdateSteps}. */
 export interface EsUpdateOptions {
   /** The parameters, updated in place. */

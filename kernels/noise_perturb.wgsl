@@ -1,8 +1,9 @@
 // perturb: the perturbed copy of one shard of a tensor, θ' = θ + s·m·ε (EA4LLM §3: θ + σ·ε_j).
 //
-// Shapes. A tensor of `numel` f32 elements is stored as row shards; this dispatch covers one
-// shard, elements [start, start + count) of the whole tensor. theta and out are that shard,
-// `count` f32 each, local index e − start. One invocation owns the aligned block of four
+// Shapes. A tensor of `numel` f32 elements is stored as row shards; this dispatch covers
+// elements [start, start + count) of the whole tensor: one shard, or a chunk of rows inside one.
+// out holds those `count` f32 at local index e − start; theta is the θ shard that holds them,
+// element e at e − start + src. One invocation owns the aligned block of four
 // elements 4·b..4·b+3 (b counts from floor(start/4)), so each Philox call yields all four normals
 // it produces; blocks that straddle the shard's ends skip the elements outside it.
 //
@@ -40,7 +41,7 @@ fn main(
   for (var k = 0u; k < 4u; k++) {
     let e = block * 4u + k;
     if (e >= shard.start && e < end) {
-      out[e - shard.start] = theta[e - shard.start] + s * eps[k];
+      out[e - shard.start] = theta[e - shard.start + shard.src] + s * eps[k];
     }
   }
 }

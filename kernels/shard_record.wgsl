@@ -7,5 +7,7 @@ struct Shard {
   tensor: u32,      // tensor id: the Philox counter's second word
   numel: u32,       // elements in the whole tensor
   multiplier: f32,  // group multiplier m_g of this tensor
+  src: u32,         // perturb only: index in the bound θ buffer of element `start` (0 for a
+                    // whole shard; a chunk inside a shard starts further in)
 }
 

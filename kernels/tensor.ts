@@ -9,6 +9,7 @@
  * @module
  */
 import { type Gpu, GpuError } from "./runtime.ts";
+import type { Step } from "./program.ts";
 
 /** One contiguous range of rows of a tensor, in its own buffer. */
 export interface Shard {
@@ -26,6 +27,29 @@ export interface GpuTensor {
   /** Elements per row: the product of shape[1..]. 1 for a vector. */
   rowSize: number;
   shards: Shard[];
+}
+
+/**
+ * A tensor whose shards are written just before they are read: `fills[i]` fills shard i. An ES
+ * member's matrix is one (pipeline/engine.ts): its shards are row chunks that all live in one
+ * small buffer, each perturbed right before the forward reads it, so a member costs a chunk of
+ * scratch rather than a copy of θ. Readers run a shard's fill, then read that shard, in turn.
+ */
+export type FilledTensor = GpuTensor & { fills?: Step[][] };
+
+/** The per-shard fills of a tensor, if it has them. */
+export function fillsOf(t: GpuTensor): Step[][] | undefined {
+  return (t as FilledTensor).fills;
+}
+
+/**
+ * The steps that read `t` shard by shard: each shard's fill (if any) right before the steps
+ * `read` makes for a view of `t` holding that shard alone. Without fills, `read(t)` as is.
+ */
+export function readShards(t: GpuTensor, read: (view: GpuTensor) => Step[]): Step[] {
+  const fills = fillsOf(t);
+  if (!fills) return read(t);
+  return t.shards.flatMap((s, i) => [...fills[i], ...read({ ...t, shards: [s] })]);
 }
 
 /** Elements in a tensor of this shape. */

@@ -22,7 +22,7 @@
  */
 import type { Qwen3Config } from "./config.ts";
 import { type Gpu, GpuError } from "../kernels/runtime.ts";
-import type { GpuTensor } from "../kernels/tensor.ts";
+import { fillsOf, type GpuTensor, readShards } from "../kernels/tensor.ts";
 import { finish, type Step, submitSteps } from "../kernels/program.ts";
 import { linearSteps, matmulStep } from "../kernels/matmul.ts";
 import { rmsnormStep } from "../kernels/rmsnorm.ts";
@@ -223,7 +223,11 @@ export class Qwen3Forward {
     layers: { from: number; to: number } = { from: 0, to: this.config.numLayers },
   ): Step[] {
     const c = this.config, g = this.gpu, b = this.#buf;
-    const vec = (name: string) => weights(name).shards[0].buffer;
+    const vec = (name: string) => {
+      const t = weights(name);
+      if (fillsOf(t)) throw new Error(`${name}: a vector cannot be filled per read`);
+      return t.shards[0].buffer;
+    };
     // xn = rmsnorm(x): every norm of the body reads the residual stream and writes xn.
     const norm = (label: string, weight: string) =>
       rmsnormStep(g, {
@@ -239,7 +243,10 @@ export class Qwen3Forward {
     const steps: Step[] = [];
     if (layers.from === 0) {
       const table = weights("model.embed_tokens.weight");
-      steps.push(...embeddingSteps(g, { label: "embed", ids: b.ids, table, x: b.x, rows: R }));
+      steps.push(...readShards(
+        table,
+        (view) => embeddingSteps(g, { label: "embed", ids: b.ids, table: view, x: b.x, rows: R }),
+      ));
       const delta = lowRankOf(table);
       if (delta) {
         steps.push(
@@ -251,19 +258,17 @@ export class Qwen3Forward {
       const p = `model.layers.${l}.`;
       const lin = (name: string, x: GPUBuffer, out: GPUBuffer, k: number, accumulate = false) => {
         const w = weights(`${p}${name}.weight`), delta = lowRankOf(w), label = `L${l}.${name}`;
+        const bias = c.attentionBias && name.startsWith("self_attn.")
+          ? weights(`${p}${name}.bias`)
+          : undefined;
+        if (bias && fillsOf(bias)) {
+          throw new Error(`${bias.name}: a bias cannot be filled per read`);
+        }
         return [
-          ...linearSteps(g, {
-            label,
-            x,
-            m: R,
-            k,
+          ...readShards(
             w,
-            bias: c.attentionBias && name.startsWith("self_attn.")
-              ? weights(`${p}${name}.bias`)
-              : undefined,
-            out,
-            accumulate,
-          }),
+            (view) => linearSteps(g, { label, x, m: R, k, w: view, bias, out, accumulate }),
+          ),
           ...(delta ? lowRankLinearSteps(g, { label, x, m: R, k, n: w.shape[0], delta, out }) : []),
         ];
       };
@@ -335,7 +340,9 @@ export class Qwen3Forward {
         lowRankProjectStep(g, { label: "lm_head", x: b.xn, m: R, k: c.hiddenSize, delta }),
       );
     }
-    for (const shard of head.shards) {
+    const fills = fillsOf(head);
+    for (const [i, shard] of head.shards.entries()) {
+      if (fills) steps.push(...fills[i]);
       for (let c0 = 0; c0 < shard.rows; c0 += this.vocabChunk) {
         const n = Math.min(this.vocabChunk, shard.rows - c0);
         const start = shard.rowStart + c0;

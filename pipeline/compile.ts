@@ -68,8 +68,8 @@ export interface Plan {
 }
 
 function roleOf(label: string): PlanBuffer["role"] {
-  if (label.endsWith(".shards")) return "es";
-  if (label.includes("~member")) return "scratch";
+  if (label.endsWith(".shards") || label.endsWith(".chunks")) return "es";
+  if (label.includes("~member") || label.startsWith("member.")) return "scratch";
   if (label.startsWith("act.") || label.startsWith("prefix.")) return "activations";
   if (/^(iteration|heldout)\./.test(label)) return "tokens";
   if (label.startsWith("model.") || label.startsWith("lm_head")) return "weights";
@@ -128,6 +128,7 @@ export async function compile(
     fitness,
     multipliers: (t) => perturb.multipliers(spec.perturb, t),
     lowRank: perturb.lowRank?.(spec.perturb),
+    scratch: perturb.scratch?.(spec.perturb),
   });
   const buffers = gpu.allocations().filter((a) => !before.has(a.label))
     .map((a) => ({ name: a.label, bytes: a.bytes, role: roleOf(a.label) }));

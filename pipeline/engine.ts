@@ -8,14 +8,19 @@
  *     write the iteration's packed tokens (all micro-batches, one upload)
  *     [held-out: forward over θ for each held-out micro-batch → R per sample]
  *     for member j:                          θ is only read here, never modified
- *       θ_j = θ + σ_t·m_g·ε_j                perturb kernel into the scratch copy
+ *       vectors_j = θ + σ_t·m_g·ε_j          perturb kernel into their scratch (small)
  *       for micro-batch b: copy its tokens in, forward(θ_j), fitness, total[j] += Σ R
+ *         where each matrix's row chunk of θ_j is formed just before the forward reads it
  *     read back total[0..N) (and held-out R): the iteration's only round trip
  *   then, on the CPU: F_j = total_j/M, w = shape(F), c = update coefficients (pure functions)
  *   and on the GPU: θ += Σ_i d_i·m_α·ε_i, the noise regenerated from the seed, one pass over θ.
  *
- * Memory: θ, one scratch copy θ_j (the perturbed weights of the member being evaluated), the
- * activation workspace of one micro-batch, and the iteration's tokens.
+ * Memory: θ, the member's scratch, the activation workspace of one micro-batch, and the
+ * iteration's tokens. The scratch ("chunks", the default) is the perturbed vectors plus two chunk
+ * buffers of about θ/32 each: a matrix's rows are perturbed a chunk at a time into a chunk buffer
+ * right before the matmul (or gather, or LM-head pass) that reads them, so the peak stays near
+ * 1.06× θ. "copy" keeps a whole θ_j instead (2× θ) and forms each member's noise once rather than
+ * once per micro-batch. Either way each element's noise is the same.
  *
  * Low-rank mode (`lowRank`, EGGROLL; kernels/lowrank.ts): a matrix's perturbation is
  * σ_t·m_g·A_j·B_jᵀ/√r. The perturb steps write only the member's factors a = ±σ_t·m_g/√r·A_j
@@ -29,10 +34,16 @@
  * @module
  */
 import { type Gpu, STORAGE } from "../kernels/runtime.ts";
-import { createTensor, destroyTensor, type GpuTensor } from "../kernels/tensor.ts";
+import {
+  createTensor,
+  destroyTensor,
+  type FilledTensor,
+  type GpuTensor,
+} from "../kernels/tensor.ts";
 import { encodeSteps, type Step } from "../kernels/program.ts";
 import { accumulateStep, slotStride } from "../kernels/accumulate.ts";
 import {
+  chunkPerturbSteps,
   createShardTable,
   createUpdateParams,
   encodePerturbParams,
@@ -82,10 +93,28 @@ export interface EsEngineOptions {
   prefixCache?: boolean;
   /**
    * Low-rank perturbations of every matrix (EGGROLL) with this rank; vectors keep full-rank
-   * noise. Absent: full-rank noise everywhere through a scratch copy of θ.
+   * noise. Absent: full-rank noise everywhere.
    */
   lowRank?: { rank: number };
+  /**
+   * Where a member's full-rank perturbed matrices live. "chunks" (default): each matrix is
+   * perturbed in row chunks right before the forward reads them, into a scratch of about
+   * 1/{@link CHUNK_FRACTION} of θ, so the noise is formed once per micro-batch. "copy": a whole
+   * perturbed copy of θ per member (twice θ's memory), the noise formed once per member.
+   */
+  scratch?: "chunks" | "copy";
+  /** "chunks" mode: bytes per chunk, overriding θ/{@link CHUNK_FRACTION} (tests cut it small). */
+  chunkBytes?: number;
 }
+
+/**
+ * In "chunks" scratch mode, a chunk of a matrix is at most 1/CHUNK_FRACTION of θ's bytes (and at
+ * least {@link MIN_CHUNK_BYTES}, and at least one row). Two chunk buffers exist (the gate and up
+ * projections are read together), so the scratch is about 2/32 of θ.
+ */
+export const CHUNK_FRACTION = 32;
+/** The smallest chunk budget, so a small model is not cut into slivers of dispatches. */
+export const MIN_CHUNK_BYTES = 16 * 1024;
 
 /**
  * The number of leading layers no member perturbs: 0 unless the embedding has σ multiplier 0,
@@ -133,6 +162,8 @@ export class EsEngine {
   #member = new Map<string, GpuTensor>();
   readonly forward: Qwen3Forward;
   #params: GPUBuffer;
+  /** The record of the member being evaluated, copied from #params: what chunk fills read. */
+  #current: GPUBuffer;
   #update: GPUBuffer;
   #totals: GPUBuffer;
   #heldOut: GPUBuffer;
@@ -154,9 +185,13 @@ export class EsEngine {
     this.names = qwen3TensorSpecs(options.config).map((s) => s.name);
     const N = options.population;
     const lowRank = options.lowRank;
-    const isLowRank = (n: string) => lowRank !== undefined && theta.get(n)!.shape.length === 2;
+    const isMatrix = (n: string) => theta.get(n)!.shape.length === 2;
+    const isLowRank = (n: string) => lowRank !== undefined && isMatrix(n);
+    const chunked = lowRank === undefined && options.scratch !== "copy";
+    // Tensors the perturb stage writes whole per member: all of θ in "copy" mode, else vectors.
+    const whole = this.names.filter((n) => !isLowRank(n) && !(chunked && isMatrix(n)));
     this.scratch = new Map(
-      this.names.filter((n) => !isLowRank(n)).map((n) => {
+      whole.map((n) => {
         const t = theta.get(n)!;
         return [n, createTensor(gpu, `${n}~member`, t.shape)];
       }),
@@ -168,6 +203,7 @@ export class EsEngine {
     });
     const stride = paramStride(gpu);
     this.#params = gpu.createBuffer("perturb.params", stride * N, STORAGE);
+    this.#current = gpu.createBuffer("perturb.current", stride, STORAGE);
     this.#totals = gpu.createBuffer("fitness.totals", slotStride(gpu) * N, STORAGE);
     this.#update = createUpdateParams(gpu, N);
     const tokens = options.maxSamples * options.maxLen * 4;
@@ -191,6 +227,7 @@ export class EsEngine {
     this.#own = [
       ...(this.#prefix ? [this.#prefix] : []),
       this.#params,
+      this.#current,
       this.#totals,
       this.#update,
       this.#heldOut,
@@ -201,8 +238,9 @@ export class EsEngine {
     // Perturb and update steps are built once: everything that changes per member or per
     // iteration lives in the params buffers, written before each submit.
     this.#perturb = [];
+    if (chunked) this.#chunkedMatrices(this.names.filter(isMatrix));
     const vectors = this.names.filter((n) => !isLowRank(n));
-    const perturbTables = new Map(vectors.map((n) => [
+    const perturbTables = new Map(whole.map((n) => [
       n,
       createShardTable(gpu, theta.get(n)!, {
         tensorId: this.names.indexOf(n),
@@ -211,7 +249,7 @@ export class EsEngine {
     ]));
     const lowRankSteps = lowRank ? this.#lowRank(lowRank.rank) : null;
     for (let j = 0; j < N; j++) {
-      this.#perturb.push(vectors.flatMap((n) =>
+      this.#perturb.push(whole.flatMap((n) =>
         perturbSteps(gpu, {
           theta: theta.get(n)!,
           out: this.scratch.get(n)!,
@@ -234,6 +272,63 @@ export class EsEngine {
     );
     if (lowRankSteps) this.#updateSteps.push(...lowRankSteps.update);
     this.#own.push(...[...perturbTables.values(), ...updateTables].map((t) => t.buffer));
+  }
+
+  /**
+   * "chunks" scratch mode: each matrix's member tensor is a list of row chunks that all live in
+   * one chunk buffer (a second one for the up projections, which the MLP reads together with the
+   * gate), each filled with θ + σ_t·m_g·ε_j by its perturb step right before the forward reads
+   * it. The steps read the member's record from #current, which evaluate copies in per member.
+   */
+  #chunkedMatrices(matrices: string[]): void {
+    const gpu = this.gpu, o = this.options;
+    const thetaBytes = [...this.theta.values()].reduce(
+      (a, t) => a + t.shards.reduce((b, s) => b + s.rows * t.rowSize * 4, 0),
+      0,
+    );
+    const budget = Math.min(
+      gpu.limits.maxStorageBufferBindingSize,
+      o.chunkBytes ?? Math.max(MIN_CHUNK_BYTES, Math.floor(thetaBytes / CHUNK_FRACTION)),
+    );
+    const rowsOf = (n: string) => {
+      const t = this.theta.get(n)!;
+      return Math.max(1, Math.min(t.shape[0], Math.floor(budget / (t.rowSize * 4))));
+    };
+    const pool = (n: string) => (n.endsWith(".up_proj.weight") ? 1 : 0);
+    const sizes = [0, 0];
+    for (const n of matrices) {
+      const t = this.theta.get(n)!;
+      sizes[pool(n)] = Math.max(sizes[pool(n)], rowsOf(n) * t.rowSize * 4);
+    }
+    const buffers = sizes.map((bytes, i) =>
+      bytes > 0 ? gpu.createBuffer(`member.chunk${i}`, bytes) : null
+    );
+    for (const b of buffers) if (b) this.#own.push(b);
+    for (const n of matrices) {
+      const t = this.theta.get(n)!;
+      const { chunks, table } = chunkPerturbSteps(gpu, {
+        theta: t,
+        tensorId: this.names.indexOf(n),
+        multiplier: o.multipliers(n).sigma,
+        chunkRows: rowsOf(n),
+        out: buffers[pool(n)]!,
+        params: this.#current,
+        paramIndex: 0,
+      });
+      this.#own.push(table.buffer);
+      const member: FilledTensor = {
+        name: `${n}~member`,
+        shape: t.shape,
+        rowSize: t.rowSize,
+        shards: chunks.map((c) => ({
+          buffer: buffers[pool(n)]!,
+          rowStart: c.rowStart,
+          rows: c.rows,
+        })),
+        fills: chunks.map((c) => [c.step]),
+      };
+      this.#member.set(n, member);
+    }
   }
 
   /**
@@ -510,7 +605,9 @@ export class EsEngine {
         );
       }
     }
+    const stride = paramStride(g);
     for (let j = start; j < end; j++) {
+      enc.copyBufferToBuffer(this.#params, j * stride, this.#current, 0, stride);
       encodeSteps(enc, this.#perturb[j]);
       for (const l of packed.layout) {
         this.#copyIn(enc, this.#iter, l);
@@ -528,15 +625,15 @@ export class EsEngine {
     }
     g.device.queue.submit([enc.finish()]);
     const samples = packed.layout.reduce((a, l) => a + l.batch, 0);
-    const stride = slotStride(g);
-    const reads = [{ buffer: this.#totals, offset: stride * start, bytes: stride * (end - start) }];
+    const slot = slotStride(g);
+    const reads = [{ buffer: this.#totals, offset: slot * start, bytes: slot * (end - start) }];
     const heldCount = this.#holdLayout.reduce((a, l) => a + l.batch, 0);
     if (o.heldOut) reads.push({ buffer: this.#heldOut, offset: 0, bytes: heldCount * 4 });
     const out = await g.readMany(reads);
     const totals = new Float32Array(out[0]);
     const fitness = Array.from(
       { length: end - start },
-      (_, j) => totals[(j * stride) / 4] / samples,
+      (_, j) => totals[(j * slot) / 4] / samples,
     );
     return {
       fitness,

@@ -37,11 +37,11 @@ export function adamBytes(
 export interface MemoryRow {
   name: string;
   parameters: number;
-  /** ES bytes as esflow plans them (f32 θ and its perturbed copy, activations, tokens). */
+  /** ES bytes as esflow plans them (f32 θ, the member's scratch, activations, tokens). */
   es: number;
   es_weights: number;
   es_activations: number;
-  /** ES bytes with θ and its copy stored in bf16 (2 bytes each instead of 4). */
+  /** ES bytes with θ stored in bf16 (2 bytes a parameter instead of 4). */
   es_bf16: number;
   adam: number;
   /** adam / es and adam / es_bf16. */
@@ -53,7 +53,8 @@ export interface MemoryRow {
 export function memoryRow(plan: Plan, config: Qwen3Config): MemoryRow {
   const adam = adamBytes(config, { microBatch: plan.microBatch, maxLen: plan.maxLen }).total;
   const f32Weights = plan.bytes.weights + plan.bytes.scratch;
-  const esBf16 = plan.bytes.total - f32Weights / 2;
+  // bf16 storage halves θ; the member's scratch stays f32.
+  const esBf16 = plan.bytes.total - plan.bytes.weights / 2;
   return {
     name: plan.name,
     parameters: paramCount(config),

@@ -223,6 +223,7 @@ export function runSetup(
       fitness,
       multipliers: (t) => perturb.multipliers(spec.perturb, t),
       lowRank: perturb.lowRank?.(spec.perturb),
+      scratch: perturb.scratch?.(spec.perturb),
     }),
     iterationInputs: (t) => {
       const indices = subsetSamples(split.train, { seed: spec.seed, iteration: t, size: M });

@@ -376,9 +376,12 @@ Deno.test("low-rank plan: bytes equal the real allocations, no perturbed copy of
   const yaml = pipelineYaml({ rank: 3 });
   const loaded = loadPipelineText(yaml, { file: "t.yaml" });
   const { config } = await resolvePipeline(loaded);
-  const gauss = loadPipelineText(yaml.replace("type: lowrank, rank: 3,", "type: gaussian,"), {
-    file: "g.yaml",
-  });
+  const gauss = loadPipelineText(
+    yaml.replace("type: lowrank, rank: 3,", "type: gaussian, scratch: copy,"),
+    {
+      file: "g.yaml",
+    },
+  );
   const gpu = await acquireGpu();
   try {
     const planned = await compile(loaded.spec, config, {

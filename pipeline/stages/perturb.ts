@@ -75,6 +75,7 @@ export function groupMultipliers(groups: Groups, name: string): { sigma: number;
 
 const gaussian: PerturbImpl = {
   population: (s) => s.population as number,
+  scratch: (s) => s.scratch as "chunks" | "copy",
   antithetic: (s) => s.antithetic as boolean,
   sigmaAt(s, iteration) {
     const d = s.decay as { gamma: number; every: number };
@@ -113,6 +114,12 @@ registerStage<PerturbImpl>({
     decay: decaySchema.prefault({}),
     /** Group multipliers for σ and α. Default all 1. */
     groups: groupsSchema.prefault({}),
+    /**
+     * Where a member's perturbed matrices live: `chunks` forms each row chunk right where the
+     * forward reads it (scratch ≈ θ/16); `copy` keeps a whole perturbed copy of θ (scratch = θ),
+     * forming the noise once per member instead of once per micro-batch. Default chunks.
+     */
+    scratch: z.enum(["chunks", "copy"]).default("chunks"),
   }),
   impl: gaussian,
 });
@@ -128,6 +135,7 @@ export function maxLowRank(config: Qwen3Config): number {
 
 const lowrank: PerturbImpl = {
   ...gaussian,
+  scratch: undefined,
   lowRank: (s) => ({ rank: s.rank as number }),
   issues(s, { config }) {
     const max = maxLowRank(config), rank = s.rank as number;

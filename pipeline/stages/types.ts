@@ -74,6 +74,8 @@ export interface PerturbImpl {
    * noise everywhere. Absent means full rank.
    */
   lowRank?(settings: Record<string, unknown>): { rank: number } | undefined;
+  /** Full-rank members' scratch: matrices perturbed in chunks where read, or a whole copy. */
+  scratch?(settings: Record<string, unknown>): "chunks" | "copy";
   /** Checks that need the model (a rank beyond a matrix's dimensions), as located issues. */
   issues?(
     settings: Record<string, unknown>,
