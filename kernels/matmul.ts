@@ -6,6 +6,10 @@
  * out is (M, outStride) with N columns written from outColOffset. K must be a multiple of 4,
  * because x and w are read as vec4 along K.
  *
+ * The same template, generated with a second block of accumulators, also fuses Qwen3's MLP
+ * activation: {@link matmulSwigluStep} computes silu(x · Wgᵀ) · (x · Wuᵀ) in one dispatch, with
+ * Wg and Wu both (N, K), where the unfused forward runs two matmuls and kernels/swiglu.wgsl.
+ *
  * The kernel is kernels/matmul.wgsl; this module fills in its compile-time constants, generates
  * the unrolled per-invocation block (see the notes at the top of the .wgsl), picks a tile per
  * shape and builds {@link Step}s.
@@ -110,17 +114,79 @@ export function defaultMatmulTile(
   const tuned = cachedTile(gpu.adapterName, shape);
   if (tuned) return { tm: tuned.tm, tn: tuned.tn };
   if (!/llvmpipe|lavapipe/i.test(gpu.adapterName)) return { tm: 4, tn: 4 };
+  return fastestTile(gpu, shape, MATMUL_TILES, LAVAPIPE_GFLOPS);
+}
+
+/**
+ * The tiles the fused {@link matmulSwigluStep} default chooses among, smallest first. Each holds
+ * 2·tm·tn accumulators, so 32×16 counts as big (1024, ~5 s to compile cold against ~1.7 s for
+ * 16×16) and is chosen only above {@link BIG_TILE_MIN_FLOPS}, like the plain 32×32.
+ */
+export const MATMUL_SWIGLU_TILES: readonly MatmulTile[] = [
+  { tm: 4, tn: 4 },
+  { tm: 8, tn: 4 },
+  { tm: 8, tn: 8 },
+  { tm: 16, tn: 8 },
+  { tm: 16, tn: 16 },
+  { tm: 32, tn: 16 },
+];
+
+/**
+ * GFLOP/s of each fused tile, counting 4·m·k·n per dispatch (both projections), on the tiny
+ * model's MLP shape m = 2048, k = 128, n = 384, on the same llvmpipe as {@link LAVAPIPE_GFLOPS}:
+ * `deno run -A tools/bench_matmul.ts --swiglu --rounds 5 --shape 2048x128x384 --tile …`, which
+ * interleaves the variants and keeps each one's best GPU-timestamped batch. There 32×16 ran in
+ * 11.9 ms, 16×16 in 14.3 ms, and gate + up matmuls (32×16 each) + swiglu in 16.2 ms. At m = 1024,
+ * k = 1024, n = 2816 the order is the same: 32×16 37.4, 32×12 34.8, 16×16 31.3 GFLOP/s, and
+ * 32×16 only ties two 32×32 matmuls, which gather as few scalars per FMA (1024 accumulators
+ * each); 16×32 (29% slower than 32×16) and 32×8 were slower too. 4×4 and 8×4 are from one
+ * non-interleaved run.
+ */
+const LAVAPIPE_SWIGLU_GFLOPS: Record<string, number> = {
+  "4x4": 11.5,
+  "8x4": 15.2,
+  "8x8": 18.4,
+  "16x8": 23.1,
+  "16x16": 28.3,
+  "32x16": 33.8,
+};
+
+/**
+ * The default tile of {@link matmulSwigluStep} for out (m, n) and inner size k: as
+ * {@link defaultMatmulTile}, over the fused kernel's own measured speeds (each invocation holds
+ * 2·tm·tn accumulators). The tile cache holds plain matmul tiles only, so it is not consulted.
+ */
+export function defaultMatmulSwigluTile(
+  gpu: Gpu,
+  shape: { m: number; k: number; n: number },
+): MatmulTile {
+  if (!/llvmpipe|lavapipe/i.test(gpu.adapterName)) return { tm: 4, tn: 4 };
+  return fastestTile(gpu, shape, MATMUL_SWIGLU_TILES, LAVAPIPE_SWIGLU_GFLOPS, 2);
+}
+
+/**
+ * Of `tiles`, the one with the least estimated time on lavapipe, where the time is the rounds of
+ * workgroups the cores run (ceil(workgroups / cores)) times the padded work of one workgroup over
+ * the tile's measured speed in `gflops`. A tile of 1024 or more accumulators (tm·tn times
+ * `accumulatorsPerOutput`) is left out below {@link BIG_TILE_MIN_FLOPS} of work (~9 s to compile).
+ */
+function fastestTile(
+  gpu: Gpu,
+  shape: { m: number; k: number; n: number },
+  tiles: readonly MatmulTile[],
+  gflops: Record<string, number>,
+  accumulatorsPerOutput = 1,
+): MatmulTile {
   // lavapipe runs one thread per CPU core.
   const cores = Math.max(1, navigator.hardwareConcurrency ?? 1);
-  const flops = 2 * shape.m * shape.n * shape.k;
-  let best = MATMUL_TILES[0];
+  const flops = 2 * shape.m * shape.n * shape.k * accumulatorsPerOutput;
+  let best = tiles[0];
   let bestTime = Infinity;
-  for (const tile of MATMUL_TILES) {
-    if (tile.tm * tile.tn >= 1024 && flops < BIG_TILE_MIN_FLOPS) continue;
+  for (const tile of tiles) {
+    if (accumulatorsPerOutput * tile.tm * tile.tn >= 1024 && flops < BIG_TILE_MIN_FLOPS) continue;
     const g = matmulGrid(gpu, { m: shape.m, n: shape.n }, tile);
     const blockWork = WORKGROUP * tile.tm * tile.tn * shape.k;
-    const time = Math.ceil(g.blocksM * g.blocksN / cores) * blockWork /
-      LAVAPIPE_GFLOPS[tileKey(tile)];
+    const time = Math.ceil(g.blocksM * g.blocksN / cores) * blockWork / gflops[tileKey(tile)];
     if (time < bestTime * 0.999) {
       best = tile;
       bestTime = time;
@@ -175,24 +241,34 @@ function matmulGrid(gpu: Gpu, shape: { m: number; n: number }, tile: MatmulTile)
 
 let template: string | null = null;
 
-/** The kernel source for one tile: the .wgsl with its @tile markers replaced by unrolled lines. */
-function matmulSource(tile: MatmulTile): string {
+/**
+ * The kernel source for one tile: the .wgsl with its @tile markers replaced by unrolled lines.
+ * With `swiglu` the lines also hold the up weights' offsets uo<j>, loads e<j> and accumulators
+ * u<i>_<j>, and store through store_swiglu.
+ */
+function matmulSource(tile: MatmulTile, swiglu = false): string {
   template ??= wgslSource(new URL("./matmul.wgsl", import.meta.url));
   const rows = [...Array(tile.tm).keys()];
   const cols = [...Array(tile.tn).keys()];
+  const block = (line: (i: number, j: number) => string) =>
+    rows.flatMap((i) => cols.map((j) => line(i, j)));
   const setup = [
     ...rows.map((i) => `let xo${i} = min(row0 + ${i}u, M - 1u) * K4;`),
     ...cols.map((j) => `let wo${j} = (W_ROW + min(col0 + ${j}u, N - 1u)) * K4;`),
-    ...rows.flatMap((i) => cols.map((j) => `var c${i}_${j} = 0.0;`)),
+    ...(swiglu ? cols.map((j) => `let uo${j} = (U_ROW + min(col0 + ${j}u, N - 1u)) * K4;`) : []),
+    ...block((i, j) => `var c${i}_${j} = 0.0;`),
+    ...(swiglu ? block((i, j) => `var u${i}_${j} = 0.0;`) : []),
   ];
   const step = [
     ...rows.map((i) => `let a${i} = x[xo${i} + k];`),
     ...cols.map((j) => `let b${j} = w[wo${j} + k];`),
-    ...rows.flatMap((i) => cols.map((j) => `c${i}_${j} += dot(a${i}, b${j});`)),
+    ...(swiglu ? cols.map((j) => `let e${j} = wu[uo${j} + k];`) : []),
+    ...block((i, j) => `c${i}_${j} += dot(a${i}, b${j});`),
+    ...(swiglu ? block((i, j) => `u${i}_${j} += dot(a${i}, e${j});`) : []),
   ];
-  const store = rows.flatMap((i) =>
-    cols.map((j) => `store(row0 + ${i}u, col0 + ${j}u, c${i}_${j});`)
-  );
+  const store = swiglu
+    ? block((i, j) => `store_swiglu(row0 + ${i}u, col0 + ${j}u, c${i}_${j}, u${i}_${j});`)
+    : block((i, j) => `store(row0 + ${i}u, col0 + ${j}u, c${i}_${j});`);
   const fill = (src: string, marker: string, lines: string[]) => {
     const re = new RegExp(`^([ \\t]*)//@${marker}$`, "m");
     const found = re.exec(src);
@@ -200,6 +276,71 @@ function matmulSource(tile: MatmulTile): string {
     return src.replace(re, lines.map((l) => found[1] + l).join("\n"));
   };
   return fill(fill(fill(template, "tile-setup", setup), "tile-step", step), "tile-store", store);
+}
+
+/** Throws unless m, k, n are positive, k is a multiple of 4 and the offsets are ≥ 0. */
+function checkSizes(
+  where: string,
+  sizes: { m: number; k: number; n: number },
+  offsets: Record<string, number>,
+): void {
+  for (const [name, v] of Object.entries(sizes)) {
+    if (!Number.isInteger(v) || v < 1) throw new Error(`${where}: ${name} must be ≥ 1, got ${v}`);
+  }
+  if (sizes.k % 4 !== 0) {
+    throw new Error(
+      `${where}: k = ${sizes.k} is not a multiple of 4; x and w are read as vec4 along k (pad k)`,
+    );
+  }
+  for (const [name, v] of Object.entries(offsets)) {
+    if (!Number.isInteger(v) || v < 0) throw new Error(`${where}: ${name} must be ≥ 0, got ${v}`);
+  }
+  const { outStride, outColOffset } = offsets;
+  const end = outColOffset + sizes.n;
+  if (end > outStride) {
+    throw new Error(`${where}: columns ${outColOffset}..${end} do not fit a row of ${outStride}`);
+  }
+}
+
+/** Throws unless `buffer` holds `elements` f32 and fits one binding. */
+function checkBuffer(
+  gpu: Gpu,
+  where: string,
+  name: string,
+  buffer: GPUBuffer,
+  elements: number,
+): void {
+  if (buffer.size < elements * 4) {
+    throw new Error(
+      `${where}: ${name} holds ${buffer.size} bytes, needs ${elements * 4} (${elements} f32)`,
+    );
+  }
+  if (buffer.size > gpu.limits.maxStorageBufferBindingSize) {
+    throw new Error(
+      `${where}: ${name} is ${buffer.size} bytes, over this adapter's binding limit ` +
+        `${gpu.limits.maxStorageBufferBindingSize}; shard it (kernels/tensor.ts)`,
+    );
+  }
+}
+
+/** Throws unless `tile` has positive integer tm and tn. */
+function checkTile(where: string, tile: MatmulTile): void {
+  if (![tile.tm, tile.tn].every((t) => Number.isInteger(t) && t >= 1)) {
+    throw new Error(`${where}: tile ${JSON.stringify(tile)} needs positive integer tm and tn`);
+  }
+}
+
+/** The grid constants of matmul.wgsl for this tile and grid. */
+function gridConsts(tile: MatmulTile, g: MatmulGrid): Record<string, number> {
+  return {
+    TM: tile.tm,
+    TN: tile.tn,
+    WG_M: g.wgM,
+    WG_N: g.wgN,
+    BLOCKS_M: g.blocksM,
+    BLOCKS_N: g.blocksN,
+    GRID_X: g.gridX,
+  };
 }
 
 /**
@@ -213,47 +354,17 @@ export function matmulStep(gpu: Gpu, o: MatmulOptions): Step {
   const biasOffset = o.biasOffset ?? 0;
   const outStride = o.outStride ?? n;
   const outColOffset = o.outColOffset ?? 0;
-  for (const [name, v] of Object.entries({ m, k, n })) {
-    if (!Number.isInteger(v) || v < 1) throw new Error(`${where}: ${name} must be ≥ 1, got ${v}`);
-  }
-  if (k % 4 !== 0) {
-    throw new Error(
-      `${where}: k = ${k} is not a multiple of 4; x and w are read as vec4 along k (pad k)`,
-    );
-  }
-  for (const [name, v] of Object.entries({ wRowOffset, biasOffset, outStride, outColOffset })) {
-    if (!Number.isInteger(v) || v < 0) throw new Error(`${where}: ${name} must be ≥ 0, got ${v}`);
-  }
-  if (outColOffset + n > outStride) {
-    throw new Error(
-      `${where}: columns ${outColOffset}..${outColOffset + n} do not fit a row of ${outStride}`,
-    );
-  }
-  const need = (name: string, buffer: GPUBuffer, elements: number) => {
-    if (buffer.size < elements * 4) {
-      throw new Error(
-        `${where}: ${name} holds ${buffer.size} bytes, needs ${elements * 4} (${elements} f32)`,
-      );
-    }
-    if (buffer.size > gpu.limits.maxStorageBufferBindingSize) {
-      throw new Error(
-        `${where}: ${name} is ${buffer.size} bytes, over this adapter's binding limit ` +
-          `${gpu.limits.maxStorageBufferBindingSize}; shard it (kernels/tensor.ts)`,
-      );
-    }
-  };
-  need("x", o.x, m * k);
-  need("w", o.w, (wRowOffset + n) * k);
-  need("out", o.out, (m - 1) * outStride + outColOffset + n);
-  if (o.bias) need("bias", o.bias, biasOffset + n);
+  checkSizes(where, { m, k, n }, { wRowOffset, biasOffset, outStride, outColOffset });
+  checkBuffer(gpu, where, "x", o.x, m * k);
+  checkBuffer(gpu, where, "w", o.w, (wRowOffset + n) * k);
+  checkBuffer(gpu, where, "out", o.out, (m - 1) * outStride + outColOffset + n);
+  if (o.bias) checkBuffer(gpu, where, "bias", o.bias, biasOffset + n);
   if (o.out === o.x || o.out === o.w || o.out === o.bias) {
     throw new Error(`${where}: out must not be the same buffer as x, w or bias`);
   }
 
   const tile = o.tile ?? defaultMatmulTile(gpu, { m, k, n });
-  if (![tile.tm, tile.tn].every((t) => Number.isInteger(t) && t >= 1)) {
-    throw new Error(`${where}: tile ${JSON.stringify(tile)} needs positive integer tm and tn`);
-  }
+  checkTile(where, tile);
   const g = matmulGrid(gpu, { m, n }, tile);
   const code = wgslConsts({
     M: m,
@@ -265,13 +376,8 @@ export function matmulStep(gpu: Gpu, o: MatmulOptions): Step {
     OUT_COL: outColOffset,
     HAS_BIAS: o.bias !== undefined,
     ACCUMULATE: o.accumulate ?? false,
-    TM: tile.tm,
-    TN: tile.tn,
-    WG_M: g.wgM,
-    WG_N: g.wgN,
-    BLOCKS_M: g.blocksM,
-    BLOCKS_N: g.blocksN,
-    GRID_X: g.gridX,
+    SWIGLU: false,
+    ...gridConsts(tile, g),
   }) + matmulSource(tile);
   const pipeline = gpu.pipeline(`matmul ${tileKey(tile)} ${m}x${k}x${n}`, code);
   return makeStep(gpu, {
@@ -283,6 +389,145 @@ export function matmulStep(gpu: Gpu, o: MatmulOptions): Step {
     buffers: [o.x, o.w, o.bias ?? o.x, o.out],
     workgroups: [g.gridX, g.gridY, 1],
   });
+}
+
+/** Options of {@link matmulSwigluStep}. Offsets and strides are in f32 elements. */
+export interface MatmulSwigluOptions {
+  /** What this step computes, e.g. "layer3.mlp". */
+  label: string;
+  /** (M, K) f32 row-major. */
+  x: GPUBuffer;
+  /** Rows of x. */
+  m: number;
+  /** Inner dimension; must be a multiple of 4. */
+  k: number;
+  /** Holds rows of the gate projection Wg (I, K) in [out, in] layout. */
+  wGate: GPUBuffer;
+  /** First row of Wg inside `wGate` to use. Default 0. */
+  gateRowOffset?: number;
+  /** Holds rows of the up projection Wu (I, K) in [out, in] layout. May be `wGate`. */
+  wUp: GPUBuffer;
+  /** First row of Wu inside `wUp` to use. Default 0. */
+  upRowOffset?: number;
+  /** Rows of Wg and of Wu used, which is the number of output columns. */
+  n: number;
+  /** (M, outStride) f32. Must not be the same buffer as x, wGate or wUp. */
+  out: GPUBuffer;
+  /** Row stride of out in elements. Default n. */
+  outStride?: number;
+  /** First column of out written. Default 0. */
+  outColOffset?: number;
+  /** Block of gate (and of up) accumulators per invocation. Default {@link defaultMatmulSwigluTile}. */
+  tile?: MatmulTile;
+}
+
+/**
+ * One dispatch of Qwen3's MLP activation straight from its input:
+ * out[m, outColOffset + c] = silu(Σ_k x[m, k] · wGate[gateRowOffset + c, k]) ·
+ * (Σ_k x[m, k] · wUp[upRowOffset + c, k]), silu(g) = g / (1 + e^-g) as in kernels/swiglu.wgsl.
+ * It replaces two {@link matmulStep}s and a swigluStep, and gate and up never reach memory.
+ */
+export function matmulSwigluStep(gpu: Gpu, o: MatmulSwigluOptions): Step {
+  const where = `matmul+swiglu ${o.label}`;
+  const { m, k, n } = o;
+  const gateRowOffset = o.gateRowOffset ?? 0;
+  const upRowOffset = o.upRowOffset ?? 0;
+  const outStride = o.outStride ?? n;
+  const outColOffset = o.outColOffset ?? 0;
+  checkSizes(where, { m, k, n }, { gateRowOffset, upRowOffset, outStride, outColOffset });
+  checkBuffer(gpu, where, "x", o.x, m * k);
+  checkBuffer(gpu, where, "wGate", o.wGate, (gateRowOffset + n) * k);
+  checkBuffer(gpu, where, "wUp", o.wUp, (upRowOffset + n) * k);
+  checkBuffer(gpu, where, "out", o.out, (m - 1) * outStride + outColOffset + n);
+  if (o.out === o.x || o.out === o.wGate || o.out === o.wUp) {
+    throw new Error(`${where}: out must not be the same buffer as x, wGate or wUp`);
+  }
+
+  const tile = o.tile ?? defaultMatmulSwigluTile(gpu, { m, k, n });
+  checkTile(where, tile);
+  const g = matmulGrid(gpu, { m, n }, tile);
+  const code = wgslConsts({
+    M: m,
+    N: n,
+    K4: k / 4,
+    W_ROW: gateRowOffset,
+    U_ROW: upRowOffset,
+    BIAS_OFF: 0,
+    OUT_STRIDE: outStride,
+    OUT_COL: outColOffset,
+    HAS_BIAS: false,
+    ACCUMULATE: false,
+    SWIGLU: true,
+    ...gridConsts(tile, g),
+  }) + matmulSource(tile, true);
+  const pipeline = gpu.pipeline(`matmul+swiglu ${tileKey(tile)} ${m}x${k}x${n}`, code);
+  return makeStep(gpu, {
+    label: o.label,
+    kernel: "matmul_swiglu",
+    pipeline,
+    // Binding 2 (bias) is in the layout though never read; x stands in, as in matmulStep.
+    buffers: [o.x, o.wGate, o.x, o.out, o.wUp],
+    workgroups: [g.gridX, g.gridY, 1],
+  });
+}
+
+/**
+ * out[:, c] = silu(x · Wg[c, :]ᵀ) · (x · Wu[c, :]ᵀ) for gate and up projections [I, K] that may
+ * be split into row shards at different rows: one {@link matmulSwigluStep} per piece of the
+ * union of both tensors' shard boundaries, writing out columns [start, stop). out is (m, I).
+ */
+export function swigluLinearSteps(
+  gpu: Gpu,
+  o: {
+    label: string;
+    x: GPUBuffer;
+    m: number;
+    k: number;
+    gate: GpuTensor;
+    up: GpuTensor;
+    out: GPUBuffer;
+    tile?: MatmulTile;
+  },
+): Step[] {
+  const { gate, up } = o;
+  for (const t of [gate, up]) {
+    if (t.shape.length !== 2 || t.shape[1] !== o.k || t.shape[0] !== gate.shape[0]) {
+      throw new Error(
+        `swiglu linear ${o.label}: ${t.name} has shape ${JSON.stringify(t.shape)}, needs ` +
+          `[${gate.shape[0]}, ${o.k}] (gate and up alike)`,
+      );
+    }
+  }
+  const width = gate.shape[0];
+  const shardAt = (t: GpuTensor, row: number) => {
+    const s = t.shards.find((s) => s.rowStart <= row && row < s.rowStart + s.rows);
+    if (!s) throw new Error(`swiglu linear ${o.label}: ${t.name} has no shard holding row ${row}`);
+    return s;
+  };
+  const steps: Step[] = [];
+  for (let start = 0; start < width;) {
+    const gs = shardAt(gate, start), us = shardAt(up, start);
+    const stop = Math.min(gs.rowStart + gs.rows, us.rowStart + us.rows);
+    // Labels name the first column (@c) of each piece when there is more than one.
+    const whole = start === 0 && stop === width;
+    steps.push(matmulSwigluStep(gpu, {
+      label: o.label + (whole ? "" : `@${start}`),
+      x: o.x,
+      m: o.m,
+      k: o.k,
+      wGate: gs.buffer,
+      gateRowOffset: start - gs.rowStart,
+      wUp: us.buffer,
+      upRowOffset: start - us.rowStart,
+      n: stop - start,
+      out: o.out,
+      outStride: width,
+      outColOffset: start,
+      tile: o.tile,
+    }));
+    start = stop;
+  }
+  return steps;
 }
 
 /**
@@ -370,6 +615,22 @@ export function matmulReference(
     }
   }
   return out;
+}
+
+/**
+ * silu(x · wgᵀ) · (x · wuᵀ) in float64 on the CPU, silu(g) = g / (1 + e^-g): x is (m, k), wg and
+ * wu are (n, k), out is (m, n).
+ */
+export function matmulSwigluReference(
+  x: Float32Array,
+  wg: Float32Array,
+  wu: Float32Array,
+  m: number,
+  k: number,
+  n: number,
+): Float64Array {
+  const g = matmulReference(x, wg, m, k, n), u = matmulReference(x, wu, m, k, n);
+  return g.map((v, i) => v / (1 + Math.exp(-v)) * u[i]);
 }
 
 function tileKey(tile: MatmulTile): string {

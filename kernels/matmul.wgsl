@@ -1,10 +1,14 @@
 // Linear layer: out[m, OUT_COL + n] (+)= Σ_k x[m, k] · w[W_ROW + n, k] (+ bias[BIAS_OFF + n])
+// or, when SWIGLU, Qwen3's gate and up projections fused with their activation:
+//   out[m, OUT_COL + n] = silu(Σ_k x[m, k] · w[W_ROW + n, k]) · (Σ_k x[m, k] · wu[U_ROW + n, k])
 //
 //   x    is (M, K) f32 row-major, read as (M, K4) vec4 with K4 = K / 4
 //   w    is (N_total, K) in HF [out, in] layout; rows W_ROW .. W_ROW + N are used
 //   bias is (N) at element BIAS_OFF (bound but never read when HAS_BIAS is false)
 //   out  is (M, OUT_STRIDE); columns OUT_COL .. OUT_COL + N of each row are written,
 //        added to when ACCUMULATE (a fused residual add)
+//   wu   is (N_total', K), the up weights, rows U_ROW .. U_ROW + N; read only when SWIGLU (the
+//        plain matmul's generated lines never name it, so its pipeline layout leaves it out)
 //
 // Every dimension and offset is a compile-time constant prepended by matmul.ts (wgslConsts), so
 // the compiler sees constant trip counts and strides. Offsets are constants rather than binding
@@ -23,6 +27,10 @@
 // - A workgroup is WG_M × WG_N invocations covering (WG_M·TM) × (WG_N·TN) of out; the blocks
 //   of workgroups are numbered row-major over (BLOCKS_M, BLOCKS_N) and laid out on a 2-D grid
 //   GRID_X wide, so more than 65535 workgroups still fit the per-dimension dispatch limit.
+// - SWIGLU: each invocation holds a TM × TN block of gate accumulators c<i>_<j> and one of up
+//   accumulators u<i>_<j> over the same rows of x, so the TM gathers of x per step feed both
+//   (TM + 2·TN gathers for 2·TM·TN dot products, where two matmuls take 2·TM + 2·TN), and gate
+//   and up never go through memory before the activation.
 // - Ragged edges: reads clamp the row index to the last valid row (the extra lanes compute
 //   garbage from real data, never out of bounds) and stores are guarded.
 
@@ -30,6 +38,7 @@
 @group(0) @binding(1) var<storage, read> w: array<vec4f>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+@group(0) @binding(4) var<storage, read> wu: array<vec4f>;
 
 // Writes one element of out when it lies inside (M, N). The bias and residual reads happen once
 // per output element, outside the K loop, so they cost nothing next to it.
@@ -47,6 +56,12 @@ fn store(r: u32, c: u32, v: f32) {
   }
 }
 
+// SWIGLU's store: silu(g) · u, with silu(g) = g / (1 + e^-g) written as kernels/swiglu.wgsl
+// writes it (for g ≪ 0, e^-g is inf and the result is −0, as in PyTorch).
+fn store_swiglu(r: u32, c: u32, g: f32, u: f32) {
+  store(r, c, g / (1.0 + exp(-g)) * u);
+}
+
 @compute @workgroup_size(WG_M * WG_N)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
   let block = wid.x + wid.y * GRID_X;
@@ -60,15 +75,17 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
     return;
   }
   // @tile-setup: xo<i> = vec4 index of row min(row0 + i, M - 1) of x, wo<j> likewise for w,
-  // and the TM·TN accumulators set to zero.
+  // and the TM·TN accumulators set to zero; when SWIGLU also uo<j> for wu and TM·TN more.
   //@tile-setup
 
   // One vec4 of K per step; unrolling this loop by hand measured no faster.
   for (var k = 0u; k < K4; k++) {
-    // @tile-step: TM loads of x, TN loads of w, then c<i>_<j> += dot(a<i>, b<j>).
+    // @tile-step: TM loads of x, TN loads of w, then c<i>_<j> += dot(a<i>, b<j>); when SWIGLU
+    // also TN loads e<j> of wu and u<i>_<j> += dot(a<i>, e<j>).
     //@tile-step
   }
 
-  // @tile-store: store(row0 + i, col0 + j, c<i>_<j>) for every accumulator.
+  // @tile-store: store(row0 + i, col0 + j, c<i>_<j>) for every accumulator, or when SWIGLU
+  // store_swiglu(row0 + i, col0 + j, c<i>_<j>, u<i>_<j>).
   //@tile-store
 }

@@ -6,12 +6,17 @@ import { acquireGpu, type Gpu } from "../kernels/runtime.ts";
 import { submitSteps } from "../kernels/program.ts";
 import { createTensor } from "../kernels/tensor.ts";
 import {
+  defaultMatmulSwigluTile,
   defaultMatmulTile,
   linearSteps,
+  MATMUL_SWIGLU_TILES,
   MATMUL_TILES,
   matmulReference,
   matmulStep,
+  matmulSwigluReference,
+  matmulSwigluStep,
   type MatmulTile,
+  swigluLinearSteps,
 } from "../kernels/matmul.ts";
 
 const gpu = await acquireGpu();
@@ -168,6 +173,105 @@ Deno.test("more than 65535 workgroups go on a 2-D grid", async () => {
   await plainCase({ m: 4096, k: 4, n: 1040 }, { tm: 1, tn: 1 });
 });
 
+Deno.test("fused SwiGLU: every tile on a ragged 37x20x53, with row offsets and outColOffset", async () => {
+  const m = 37, k = 20, n = 53, gateRowOffset = 9, upRowOffset = 4;
+  const outStride = 61, outColOffset = 5;
+  const xs = random(m * k, 11),
+    wgs = random((gateRowOffset + n + 2) * k, 12),
+    wus = random((upRowOffset + n) * k, 13),
+    before = random(m * outStride, 14);
+  const x = upload(gpu, "x", xs), wGate = upload(gpu, "wg", wgs), wUp = upload(gpu, "wu", wus);
+  const ref = matmulSwigluReference(
+    xs,
+    wgs.subarray(gateRowOffset * k, (gateRowOffset + n) * k),
+    wus.subarray(upRowOffset * k, (upRowOffset + n) * k),
+    m,
+    k,
+    n,
+  );
+  // Columns outside [outColOffset, outColOffset + n) must keep their old values exactly.
+  const want = Float64Array.from(before);
+  for (let r = 0; r < m; r++) {
+    for (let c = 0; c < n; c++) want[r * outStride + outColOffset + c] = ref[r * n + c];
+  }
+  for (const tile of [...MATMUL_SWIGLU_TILES, { tm: 3, tn: 5 }, undefined]) {
+    const out = upload(gpu, "out", before);
+    await run(gpu, [matmulSwigluStep(gpu, {
+      label: "fused",
+      x,
+      m,
+      k,
+      wGate,
+      gateRowOffset,
+      wUp,
+      upRowOffset,
+      n,
+      out,
+      outStride,
+      outColOffset,
+      tile,
+    })]);
+    const got = await gpu.readF32(out, m * outStride);
+    const t = tile ?? defaultMatmulSwigluTile(gpu, { m, k, n });
+    assertClose(got, want, k, `fused ${m}x${k}x${n} tile ${t.tm}x${t.tn}`);
+    gpu.destroyBuffer(out);
+  }
+  for (const b of [x, wGate, wUp]) gpu.destroyBuffer(b);
+});
+
+Deno.test("fused SwiGLU: default tile on assorted shapes, one weight buffer for gate and up", async () => {
+  for (const { m, k, n } of [{ m: 1, k: 4, n: 1 }, { m: 130, k: 132, n: 70 }]) {
+    // Gate rows 0..n and up rows n..2n of one [2n, k] buffer, as a concatenated gate_up_proj.
+    const xs = random(m * k, m + k), ws = random(2 * n * k, n + k);
+    const x = upload(gpu, "x", xs), w = upload(gpu, "w", ws);
+    const out = gpu.createBuffer("out", m * n * 4);
+    await run(gpu, [
+      matmulSwigluStep(gpu, { label: "fused", x, m, k, wGate: w, wUp: w, upRowOffset: n, n, out }),
+    ]);
+    const got = await gpu.readF32(out, m * n);
+    const want = matmulSwigluReference(xs, ws.subarray(0, n * k), ws.subarray(n * k), m, k, n);
+    assertClose(got, want, k, `fused ${m}x${k}x${n}`);
+    for (const b of [x, w, out]) gpu.destroyBuffer(b);
+  }
+});
+
+Deno.test("fused SwiGLU through swigluLinearSteps, gate and up sharded at different rows", async () => {
+  // 112-byte shards hold 3 rows of k = 8, so the gate is cut every 3 rows; the up tensor is cut
+  // by hand every 4, 7 then 13 rows, so most steps end at a boundary of only one of the two.
+  const g = await acquireGpu({ shardBytes: 112 });
+  const m = 21, k = 8, n = 50;
+  const xs = random(m * k, 21), wgs = random(n * k, 22), wus = random(n * k, 23);
+  const gate = createTensor(g, "gate", [n, k], { data: wgs });
+  const upShards = [];
+  for (let rowStart = 0, i = 0; rowStart < n; i++) {
+    const rows = Math.min([4, 7, 13][i % 3], n - rowStart);
+    const buffer = upload(g, `up#${i}`, wus.subarray(rowStart * k, (rowStart + rows) * k));
+    upShards.push({ buffer, rowStart, rows });
+    rowStart += rows;
+  }
+  const up = { name: "up", shape: [n, k], rowSize: k, shards: upShards };
+  if (gate.shards.length < 3) throw new Error(`gate has ${gate.shards.length} shards, want ≥ 3`);
+  const x = upload(g, "x", xs), out = g.createBuffer("out", m * n * 4);
+  const steps = swigluLinearSteps(g, {
+    label: "mlp",
+    x,
+    m,
+    k,
+    gate,
+    up,
+    out,
+    tile: { tm: 4, tn: 4 },
+  });
+  const cuts = new Set([...gate.shards, ...up.shards].map((s) => s.rowStart));
+  if (steps.length !== cuts.size) {
+    throw new Error(`${steps.length} steps for ${cuts.size} distinct shard starts`);
+  }
+  await run(g, steps);
+  const got = await g.readF32(out, m * n);
+  assertClose(got, matmulSwigluReference(xs, wgs, wus, m, k, n), k, "sharded gate and up");
+  g.destroy();
+});
+
 Deno.test("k not a multiple of 4, and bad sizes, are clear errors", () => {
   const b = gpu.createBuffer("any", 4096);
   const out = gpu.createBuffer("out", 4096);
@@ -193,6 +297,30 @@ Deno.test("k not a multiple of 4, and bad sizes, are clear errors", () => {
   expectError(
     () => matmulStep(gpu, { label: "cols", x: b, m: 2, k: 4, w: b, n: 8, out, outStride: 6 }),
     "do not fit a row",
+  );
+  expectError(
+    () => matmulSwigluStep(gpu, { label: "bad", x: b, m: 2, k: 6, wGate: b, wUp: b, n: 2, out }),
+    "k = 6 is not a multiple of 4",
+  );
+  expectError(
+    () =>
+      matmulSwigluStep(gpu, {
+        label: "up",
+        x: b,
+        m: 2,
+        k: 8,
+        wGate: b,
+        wUp: b,
+        upRowOffset: 127,
+        n: 2,
+        out,
+      }),
+    "wUp holds 4096 bytes",
+  );
+  expectError(
+    () =>
+      matmulSwigluStep(gpu, { label: "alias", x: b, m: 2, k: 4, wGate: out, wUp: b, n: 2, out }),
+    "out must not be the same buffer",
   );
   gpu.destroyBuffer(b);
   gpu.destroyBuffer(out);

@@ -5,17 +5,34 @@
  *   deno run -A tools/bench_matmul.ts            # the default tile of each shape
  *   deno run -A tools/bench_matmul.ts --all      # every tile in MATMUL_TILES, per shape
  *   deno run -A tools/bench_matmul.ts --repeats 20 --shape 512x1024x2048 --tile 16x16
+ *   deno run -A tools/bench_matmul.ts --swiglu  # the MLP's gate·up·SwiGLU: fused against unfused
+ *   deno run -A tools/bench_matmul.ts --swiglu --all   # every tile in MATMUL_SWIGLU_TILES
+ *   deno run -A tools/bench_matmul.ts --swiglu --rounds 5 --shape 2048x128x384 --tile 16x16
  *
  * A shape is written MxKxN: x is (M, K), w is (N, K), out is (M, N). The first dispatch of a tile
  * compiles it (up to ~10 s for 32x32 on lavapipe, unless Mesa's disk cache has it) and is shown
  * apart as "first ms".
+ *
+ * With --swiglu a shape MxKxN is the MLP's: x is (M, K), the gate and up projections are (N, K),
+ * and the fused matmulSwigluStep is timed against what it replaces, two matmulSteps (each with its
+ * default tile) and a swigluStep.
  *
  * @module
  */
 import { parseArgs } from "node:util";
 import { acquireGpu, type Gpu } from "../kernels/runtime.ts";
 import { finish, profileSteps, submitSteps } from "../kernels/program.ts";
-import { defaultMatmulTile, MATMUL_TILES, matmulStep, type MatmulTile } from "../kernels/matmul.ts";
+import {
+  defaultMatmulSwigluTile,
+  defaultMatmulTile,
+  MATMUL_SWIGLU_TILES,
+  MATMUL_TILES,
+  matmulStep,
+  matmulSwigluStep,
+  type MatmulTile,
+} from "../kernels/matmul.ts";
+import { swigluStep } from "../kernels/swiglu.ts";
+import type { Step } from "../kernels/program.ts";
 
 /** One matmul shape: x is (m, k), w is (n, k). */
 export interface MatmulShape {
@@ -105,32 +122,140 @@ export async function benchMatmul(
   return results;
 }
 
-if (import.meta.main) {
-  const { values } = parseArgs({
-    options: {
-      all: { type: "boolean", default: false },
-      tile: { type: "string", multiple: true },
-      repeats: { type: "string", default: "10" },
-      shape: { type: "string", multiple: true },
-    },
-  });
-  const shapes = values.shape?.map((s) => {
-    const [m, k, n] = s.split("x").map(Number);
-    if (![m, k, n].every((v) => Number.isInteger(v) && v > 0)) {
-      throw new Error(`--shape ${s}: want MxKxN, e.g. 2048x128x384`);
+/** The MLP shapes of the fused SwiGLU benchmark: the tiny model's, and a Qwen3-0.6B-like one. */
+export const SWIGLU_BENCH_SHAPES: readonly MatmulShape[] = [
+  { m: 2048, k: 128, n: 384 },
+  { m: 1024, k: 1024, n: 2816 },
+];
+
+/** The fused SwiGLU against the two matmuls and the swiglu pass it replaces, on one shape. */
+export interface SwigluBenchResult extends MatmulShape {
+  /** GPU milliseconds of one fused dispatch. */
+  fusedMs: number;
+  /** GPU milliseconds of gate matmul + up matmul + swiglu. */
+  unfusedMs: number;
+  /** Wall milliseconds of the first fused dispatch (compile included unless cached). */
+  firstMs: number;
+  /** The fused kernel's tile. */
+  tile: MatmulTile;
+}
+
+/**
+ * Times matmulSwigluStep (its default tile, or each of `tiles`) against gate and up matmulSteps
+ * (their default tiles) followed by swigluStep, on random inputs. The variants are profiled in
+ * turn, `rounds` times, and each keeps its best batch of `repeats` runs: on a 2-core VM that
+ * shares its cores the load changes by 1.5× over a minute, and interleaving keeps the ratio fair.
+ * Without timestamp-query the wall clock of a batch stands in.
+ */
+export async function benchSwiglu(
+  gpu: Gpu,
+  shapes: readonly MatmulShape[],
+  options: { repeats?: number; rounds?: number; tiles?: readonly MatmulTile[] } = {},
+): Promise<SwigluBenchResult[]> {
+  const repeats = options.repeats ?? 10;
+  const rounds = options.rounds ?? 3;
+  const results: SwigluBenchResult[] = [];
+  for (const shape of shapes) {
+    const { m, k, n } = shape;
+    const random = (len: number) => Float32Array.from({ length: len }, () => Math.random() - 0.5);
+    const x = gpu.createBuffer("bench.x", m * k * 4);
+    const wg = gpu.createBuffer("bench.wg", n * k * 4);
+    const wu = gpu.createBuffer("bench.wu", n * k * 4);
+    const gate = gpu.createBuffer("bench.gate", m * n * 4);
+    const up = gpu.createBuffer("bench.up", m * n * 4);
+    gpu.write(x, random(m * k));
+    gpu.write(wg, random(n * k));
+    gpu.write(wu, random(n * k));
+    const tiles = options.tiles ?? [defaultMatmulSwigluTile(gpu, shape)];
+    const variants: { steps: Step[]; ms: number; firstMs: number }[] = [
+      [
+        matmulStep(gpu, { label: "bench.gate", x, m, k, w: wg, n, out: gate }),
+        matmulStep(gpu, { label: "bench.up", x, m, k, w: wu, n, out: up }),
+        swigluStep(gpu, { label: "bench.swiglu", gate, up, rows: m, width: n }),
+      ],
+      ...tiles.map((tile) => [
+        matmulSwigluStep(gpu, {
+          label: "bench.fused",
+          x,
+          m,
+          k,
+          wGate: wg,
+          wUp: wu,
+          n,
+          out: gate,
+          tile,
+        }),
+      ]),
+    ].map((steps) => ({ steps, ms: Infinity, firstMs: 0 }));
+    // The first run of each variant compiles it (unless Mesa's disk cache has it): not timed.
+    for (const v of variants) {
+      const t0 = performance.now();
+      await gpu.scoped(`bench swiglu ${m}x${k}x${n}`, async () => {
+        submitSteps(gpu, v.steps);
+        await gpu.checkPipelines();
+        await finish(gpu);
+      });
+      v.firstMs = performance.now() - t0;
     }
-    return { m, k, n };
-  }) ?? BENCH_SHAPES;
-  const gpu = await acquireGpu();
-  console.log(`adapter: ${gpu.adapterName}; timestamp-query: ${gpu.features.timestampQuery}`);
+    for (let round = 0; round < rounds; round++) {
+      for (const v of variants) {
+        const batch = Array.from({ length: repeats }, () => v.steps).flat();
+        let ms = (await profileSteps(gpu, batch))?.totalMs;
+        if (ms === undefined) {
+          const t0 = performance.now();
+          submitSteps(gpu, batch);
+          await finish(gpu);
+          ms = performance.now() - t0;
+        }
+        v.ms = Math.min(v.ms, ms / repeats);
+      }
+    }
+    const [unfused, ...fused] = variants;
+    fused.forEach((v, i) =>
+      results.push({
+        m,
+        k,
+        n,
+        fusedMs: v.ms,
+        unfusedMs: unfused.ms,
+        firstMs: v.firstMs,
+        tile: tiles[i],
+      })
+    );
+    for (const b of [x, wg, wu, gate, up]) gpu.destroyBuffer(b);
+  }
+  return results;
+}
+
+/** The fused SwiGLU benchmark as a table, with the default tile marked. */
+async function printSwiglu(
+  gpu: Gpu,
+  shapes: readonly MatmulShape[],
+  options: { repeats: number; rounds: number; tiles?: readonly MatmulTile[] },
+) {
+  console.log("   M     K     N  tile   fused ms  unfused ms  fused/unfused  first ms");
+  const results = await benchSwiglu(gpu, shapes, options);
+  for (const r of results) {
+    const def = defaultMatmulSwigluTile(gpu, r);
+    const mark = def.tm === r.tile.tm && def.tn === r.tile.tn ? " (default)" : "";
+    const ratio = (r.fusedMs / r.unfusedMs).toFixed(2);
+    console.log(
+      `${String(r.m).padStart(4)}  ${String(r.k).padStart(4)}  ${String(r.n).padStart(4)}  ` +
+        `${`${r.tile.tm}x${r.tile.tn}`.padEnd(6)}${r.fusedMs.toFixed(2).padStart(9)}` +
+        `${r.unfusedMs.toFixed(2).padStart(12)}${ratio.padStart(15)}` +
+        `${r.firstMs.toFixed(0).padStart(10)}${mark}`,
+    );
+  }
+}
+
+/** The matmul benchmark as a table, with the default tile marked. */
+async function printMatmul(
+  gpu: Gpu,
+  shapes: readonly MatmulShape[],
+  options: { repeats: number; tiles?: readonly MatmulTile[] },
+) {
   console.log("   M     K     N  tile    GPU ms  GFLOP/s  wall GFLOP/s  first ms");
-  const results = await benchMatmul(gpu, shapes, {
-    repeats: Number(values.repeats),
-    tiles: values.all ? MATMUL_TILES : values.tile?.map((t) => {
-      const [tm, tn] = t.split("x").map(Number);
-      return { tm, tn };
-    }),
-  });
+  const results = await benchMatmul(gpu, shapes, options);
   for (const r of results) {
     const def = defaultMatmulTile(gpu, r);
     const mark = def.tm === r.tile.tm && def.tn === r.tile.tn ? " (default)" : "";
@@ -140,6 +265,45 @@ if (import.meta.main) {
         `${r.gflops.toFixed(1).padStart(9)}${r.wallGflops.toFixed(1).padStart(14)}` +
         `${r.firstMs.toFixed(0).padStart(10)}${mark}`,
     );
+  }
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    options: {
+      all: { type: "boolean", default: false },
+      swiglu: { type: "boolean", default: false },
+      tile: { type: "string", multiple: true },
+      repeats: { type: "string", default: "10" },
+      rounds: { type: "string", default: "3" },
+      shape: { type: "string", multiple: true },
+    },
+  });
+  const shapes = values.shape?.map((s) => {
+    const [m, k, n] = s.split("x").map(Number);
+    if (![m, k, n].every((v) => Number.isInteger(v) && v > 0)) {
+      throw new Error(`--shape ${s}: want MxKxN, e.g. 2048x128x384`);
+    }
+    return { m, k, n };
+  });
+  const tiles = values.tile?.map((t) => {
+    const [tm, tn] = t.split("x").map(Number);
+    return { tm, tn };
+  });
+  const gpu = await acquireGpu();
+  console.log(`adapter: ${gpu.adapterName}; timestamp-query: ${gpu.features.timestampQuery}`);
+  const repeats = Number(values.repeats), rounds = Number(values.rounds);
+  if (values.swiglu) {
+    await printSwiglu(gpu, shapes ?? SWIGLU_BENCH_SHAPES, {
+      repeats,
+      rounds,
+      tiles: values.all ? MATMUL_SWIGLU_TILES : tiles,
+    });
+  } else {
+    await printMatmul(gpu, shapes ?? BENCH_SHAPES, {
+      repeats,
+      tiles: values.all ? MATMUL_TILES : tiles,
+    });
   }
   gpu.destroy();
 }
