@@ -72,11 +72,13 @@ export class WeightsChecksum {
     this.#sums = gpu.createBuffer("checksum.sums", Math.max(1, tensors.length) * stride, STORAGE);
     this.#steps = tensors.flatMap((t, slot) =>
       t.shards.filter((s) => s.rows > 0).map((s) => {
-        const n = s.rows * t.rowSize;
+        // u32 words: one f32, or a pair of bf16 (a bf16 shard holds an even element count).
+        const perWord = t.dtype === "bf16" ? 2 : 1;
+        const n = (s.rows * t.rowSize) / perWord;
         return launch(gpu, {
           label: `checksum ${t.name}`,
           kernel: "checksum",
-          consts: { N: n, BASE: s.rowStart * t.rowSize, PER },
+          consts: { N: n, BASE: (s.rowStart * t.rowSize) / perWord, PER },
           buffers: [s.buffer, { buffer: this.#sums, offset: slot * stride, size: 8 }],
           invocations: Math.ceil(n / PER),
         });

@@ -45,6 +45,88 @@ const SHARD_RECORD = wgslSource(new URL("./shard_record.wgsl", import.meta.url))
 const PERTURB_SOURCE = SHARD_RECORD + wgslSource(new URL("./noise_perturb.wgsl", import.meta.url));
 const UPDATE_SOURCE = SHARD_RECORD + wgslSource(new URL("./es_update.wgsl", import.meta.url));
 
+/** perturb's θ binding and reader for f32 storage. */
+const THETA_F32 = `
+@group(0) @binding(2) var<storage, read> theta: array<f32>;
+fn theta_at(i: u32) -> f32 {
+  return theta[i];
+}
+`;
+
+/** perturb's θ binding and reader for bf16 storage: element 2k in the low half of word k. */
+const THETA_BF16 = `
+@group(0) @binding(2) var<storage, read> theta: array<u32>;
+fn theta_at(i: u32) -> f32 {
+  let w = theta[i >> 1u];
+  return bitcast<f32>(select(w << 16u, w & 0xFFFF0000u, (i & 1u) == 1u));
+}
+`;
+
+/** es_update's θ binding and write-back for f32 storage: plain adds. */
+const APPLY_F32 = `
+@group(0) @binding(2) var<storage, read_write> theta: array<f32>;
+fn apply(block: u32, acc: vec4f) {
+  let end = shard.start + shard.count;
+  for (var k = 0u; k < 4u; k++) {
+    let e = block * 4u + k;
+    if (e >= shard.start && e < end) {
+      theta[e - shard.start] += acc[k];
+    }
+  }
+}
+`;
+
+/**
+ * The Philox member word of the stochastic-rounding bits: no noise index reaches it (a
+ * population has fewer than 2^32 − 1 members), so rounding bits never reuse a noise's counter.
+ */
+export const ROUNDING_STREAM = 0xFFFFFFFF;
+
+/**
+ * es_update's θ binding and write-back for bf16 storage. Each element's new f32 value is rounded
+ * to bf16 stochastically: add 16 random bits below the kept half, then truncate, so it rounds up
+ * with probability equal to the dropped fraction and E[bf16(v)] = v. An ES step of 1e-5 on a
+ * weight of 0.02 (a bf16 ulp there is 1.2e-4) is kept on average instead of always lost to
+ * round-to-nearest. The bits are Philox of (block, tensor, ROUNDING_STREAM, iteration): the
+ * same on every adapter and every rerun, so bf16 runs stay byte-identical and resumable. A value
+ * that needs no rounding (a zero step) is unchanged. Shards start and end on even elements, so a
+ * u32 word is never split.
+ */
+const APPLY_BF16 = `
+@group(0) @binding(2) var<storage, read_write> theta: array<u32>;
+fn round_bf16(v: f32, r: u32) -> u32 {
+  let b = bitcast<u32>(v);
+  if ((b & 0x7F800000u) == 0x7F800000u) {
+    // inf stays inf; NaN stays a (quiet) NaN.
+    return (b >> 16u) | select(0u, 0x40u, (b & 0x007FFFFFu) != 0u);
+  }
+  return (b + (r & 0xFFFFu)) >> 16u;
+}
+fn apply(block: u32, acc: vec4f) {
+  let end = shard.start + shard.count;
+  let r = philox4x32_10(vec4u(block, shard.tensor, ${ROUNDING_STREAM}u, update.iteration), update.key);
+  for (var p = 0u; p < 2u; p++) {
+    let e = block * 4u + 2u * p;
+    if (e >= shard.start && e < end) {
+      let i = (e - shard.start) >> 1u;
+      let w = theta[i];
+      let lo = bitcast<f32>(w << 16u) + acc[2u * p];
+      let hi = bitcast<f32>(w & 0xFFFF0000u) + acc[2u * p + 1u];
+      theta[i] = round_bf16(lo, r[2u * p]) | (round_bf16(hi, r[2u * p + 1u]) << 16u);
+    }
+  }
+}
+`;
+
+/** The perturb pipeline for θ's storage. */
+function perturbPipeline(gpu: Gpu, theta: GpuTensor): GPUComputePipeline {
+  const bf16 = theta.dtype === "bf16";
+  return gpu.pipeline(
+    bf16 ? "perturb_bf16" : "perturb",
+    wgslConsts({ WG }) + noiseWgsl + (bf16 ? THETA_BF16 : THETA_F32) + PERTURB_SOURCE,
+  );
+}
+
 /** es_update's noise source in training: regenerate ε_i of this shard's tensor. */
 const EPS_REGENERATED = `
 fn eps4(i: u32, block: u32) -> vec4f {
@@ -192,6 +274,72 @@ export interface PerturbOptions {
   multiplier?: number;
 }
 
+/** A row range of a perturb: inside one shard of θ and one shard of out. */
+interface PerturbPiece {
+  thetaShard: number;
+  outShard: number;
+  rowStart: number;
+  rows: number;
+}
+
+/**
+ * θ's shards cut at out's shard boundaries: the shards themselves when both are sharded alike,
+ * finer pieces when they are not (a bf16 θ holds twice the rows per shard of its f32 copy).
+ */
+function perturbPieces(theta: GpuTensor, out: GpuTensor): PerturbPiece[] {
+  if (theta.rowSize !== out.rowSize || numel(theta.shape) !== numel(out.shape)) {
+    throw new GpuError(`perturb: ${out.name} does not have the shape of ${theta.name}`);
+  }
+  const pieces: PerturbPiece[] = [];
+  theta.shards.forEach((ts, thetaShard) =>
+    out.shards.forEach((os, outShard) => {
+      const a = Math.max(ts.rowStart, os.rowStart);
+      const b = Math.min(ts.rowStart + ts.rows, os.rowStart + os.rows);
+      if (b > a) pieces.push({ thetaShard, outShard, rowStart: a, rows: b - a });
+    })
+  );
+  return pieces;
+}
+
+/**
+ * The table of a perturb from θ into `out`: one record per piece (see perturbPieces), with the
+ * piece's offsets inside its θ and out shards. For tensors sharded alike it holds the same
+ * records as {@link createShardTable}. Reuse it across members: pass it as `table`.
+ */
+export function createPerturbTable(
+  gpu: Gpu,
+  theta: GpuTensor,
+  out: GpuTensor,
+  options: { tensorId: number; multiplier?: number },
+): ShardTable {
+  const total = numel(theta.shape);
+  if (total >= 2 ** 32) throw new GpuError(`tensor ${theta.name}: ${total} elements ≥ 2^32`);
+  checkU32("tensorId", options.tensorId);
+  const pieces = perturbPieces(theta, out);
+  const stride = paramStride(gpu);
+  const words = new Uint32Array((stride / 4) * Math.max(1, pieces.length));
+  const f32 = new Float32Array(words.buffer);
+  pieces.forEach((p, k) => {
+    const at = (k * stride) / 4;
+    words[at] = p.rowStart * theta.rowSize;
+    words[at + 1] = p.rows * theta.rowSize;
+    words[at + 2] = options.tensorId;
+    words[at + 3] = total;
+    f32[at + 4] = options.multiplier ?? 1;
+    words[at + 5] = (p.rowStart - theta.shards[p.thetaShard].rowStart) * theta.rowSize;
+    words[at + 6] = (p.rowStart - out.shards[p.outShard].rowStart) * theta.rowSize;
+  });
+  const buffer = gpu.createBuffer(`${theta.name}.shards`, words.byteLength);
+  gpu.write(buffer, words);
+  return {
+    buffer,
+    stride,
+    tensorId: options.tensorId,
+    multiplier: options.multiplier ?? 1,
+    shards: pieces.length,
+  };
+}
+
 /**
  * Steps that write out = θ + scale·m_g·ε(seed, iteration, member, tensorId) for every shard of θ,
  * with (seed, iteration, member, scale) read from record `paramIndex` of `params` when the
@@ -199,37 +347,40 @@ export interface PerturbOptions {
  */
 export function perturbSteps(gpu: Gpu, options: PerturbOptions): EsSteps {
   const { theta, out } = options;
-  const sameSharding = theta.shards.length === out.shards.length &&
-    theta.rowSize === out.rowSize &&
-    theta.shards.every((s, k) =>
-      s.rowStart === out.shards[k].rowStart && s.rows === out.shards[k].rows
-    );
-  if (!sameSharding) {
-    throw new GpuError(`perturb: ${out.name} is not sharded like ${theta.name}`);
+  const pieces = perturbPieces(theta, out);
+  let table = options.table;
+  if (!table) {
+    if (options.tensorId === undefined) {
+      throw new GpuError(`${theta.name}: pass a perturb table or a tensorId`);
+    }
+    table = createPerturbTable(gpu, theta, out, {
+      tensorId: options.tensorId,
+      multiplier: options.multiplier,
+    });
   }
-  const table = options.table ?? tableFor(gpu, theta, options);
-  const stride = paramStride(gpu);
-  const pipeline = gpu.pipeline(
-    "perturb",
-    wgslConsts({ WG }) + noiseWgsl + PERTURB_SOURCE,
-  );
-  const steps = theta.shards.map((s, k) =>
+  if (table.shards !== pieces.length) {
+    throw new GpuError(
+      `perturb: the table has ${table.shards} records, ${theta.name} → ${out.name} needs ` +
+        `${pieces.length}; make it with createPerturbTable`,
+    );
+  }
+  const t = table, stride = paramStride(gpu);
+  const pipeline = perturbPipeline(gpu, theta);
+  const steps = pieces.map((p, k) =>
     makeStep(gpu, {
-      label: `perturb.${theta.name}${
-        theta.shards.length > 1 ? `#${k}` : ""
-      }.slot${options.paramIndex}`,
+      label: `perturb.${theta.name}${pieces.length > 1 ? `#${k}` : ""}.slot${options.paramIndex}`,
       kernel: "perturb",
       pipeline,
       buffers: [
-        { buffer: table.buffer, offset: k * table.stride, size: RECORD_BYTES },
+        { buffer: t.buffer, offset: k * t.stride, size: RECORD_BYTES },
         { buffer: options.params, offset: options.paramIndex * stride, size: RECORD_BYTES },
-        s.buffer,
-        out.shards[k].buffer,
+        theta.shards[p.thetaShard].buffer,
+        out.shards[p.outShard].buffer,
       ],
-      workgroups: grid(blocksOf(s.rowStart * theta.rowSize, s.rows * theta.rowSize)),
+      workgroups: grid(blocksOf(p.rowStart * theta.rowSize, p.rows * theta.rowSize)),
     })
   );
-  return { steps, table };
+  return { steps, table: t };
 }
 
 /** Options of {@link chunkPerturbSteps}. */
@@ -306,7 +457,7 @@ export function chunkPerturbSteps(
     multiplier: o.multiplier,
     shards: ranges.length,
   };
-  const pipeline = gpu.pipeline("perturb", wgslConsts({ WG }) + noiseWgsl + PERTURB_SOURCE);
+  const pipeline = perturbPipeline(gpu, theta);
   const chunks = ranges.map((c, k) => ({
     rowStart: c.rowStart,
     rows: c.rows,
@@ -350,10 +501,11 @@ export interface EsUpdateOptions {
 export function esUpdateSteps(gpu: Gpu, options: EsUpdateOptions): EsSteps {
   const { theta } = options;
   const table = options.table ?? tableFor(gpu, theta, options);
-  const injected = options.injectedNoise !== undefined;
+  const injected = options.injectedNoise !== undefined, bf16 = theta.dtype === "bf16";
   const pipeline = gpu.pipeline(
-    injected ? "es_update_injected" : "es_update",
-    wgslConsts({ WG }) + (injected ? EPS_INJECTED : noiseWgsl + EPS_REGENERATED) + UPDATE_SOURCE,
+    `es_update${injected ? "_injected" : ""}${bf16 ? "_bf16" : ""}`,
+    wgslConsts({ WG }) + noiseWgsl + (injected ? EPS_INJECTED : EPS_REGENERATED) +
+      (bf16 ? APPLY_BF16 : APPLY_F32) + UPDATE_SOURCE,
   );
   const steps = theta.shards.map((s, k) =>
     makeStep(gpu, {

@@ -21,7 +21,9 @@ struct Update {
 
 @group(0) @binding(0) var<storage, read> shard: Shard;
 @group(0) @binding(1) var<storage, read> update: Update;
-@group(0) @binding(2) var<storage, read_write> theta: array<f32>;
+// Binding 2, θ, and `apply(block, acc)`, which adds acc to the block's elements inside the
+// shard, come from the wrapper: f32 adds, or bf16 words rounded stochastically
+// (kernels/es_update.ts APPLY_F32 / APPLY_BF16).
 
 @compute @workgroup_size(WG)
 fn main(
@@ -40,11 +42,5 @@ fn main(
   for (var i = 0u; i < update.count; i++) {
     acc += update.coeffs[i] * eps4(i, block);
   }
-  acc *= shard.multiplier;
-  for (var k = 0u; k < 4u; k++) {
-    let e = block * 4u + k;
-    if (e >= shard.start && e < end) {
-      theta[e - shard.start] += acc[k];
-    }
-  }
+  apply(block, acc * shard.multiplier);
 }

@@ -2,8 +2,8 @@
 //
 // Shapes. A tensor of `numel` f32 elements is stored as row shards; this dispatch covers
 // elements [start, start + count) of the whole tensor: one shard, or a chunk of rows inside one.
-// out holds those `count` f32 at local index e − start; theta is the θ shard that holds them,
-// element e at e − start + src. One invocation owns the aligned block of four
+// out is a buffer that holds them from index dst on (e at e − start + dst); theta is the θ shard
+// that holds them, e at e − start + src. One invocation owns the aligned block of four
 // elements 4·b..4·b+3 (b counts from floor(start/4)), so each Philox call yields all four normals
 // it produces; blocks that straddle the shard's ends skip the elements outside it.
 //
@@ -21,7 +21,8 @@ struct Perturb {
 
 @group(0) @binding(0) var<storage, read> shard: Shard;
 @group(0) @binding(1) var<storage, read> params: Perturb;
-@group(0) @binding(2) var<storage, read> theta: array<f32>;
+// Binding 2, θ, and `theta_at(i)`, its element i as f32, come from the wrapper: an f32 array,
+// or bf16 pairs packed in u32 words (kernels/es_update.ts THETA_F32 / THETA_BF16).
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size(WG)
@@ -41,7 +42,7 @@ fn main(
   for (var k = 0u; k < 4u; k++) {
     let e = block * 4u + k;
     if (e >= shard.start && e < end) {
-      out[e - shard.start] = theta[e - shard.start + shard.src] + s * eps[k];
+      out[e - shard.start + shard.dst] = theta_at(e - shard.start + shard.src) + s * eps[k];
     }
   }
 }

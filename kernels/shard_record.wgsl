@@ -8,6 +8,7 @@ struct Shard {
   numel: u32,       // elements in the whole tensor
   multiplier: f32,  // group multiplier m_g of this tensor
   src: u32,         // perturb only: index in the bound θ buffer of element `start` (0 for a
-                    // whole shard; a chunk inside a shard starts further in)
+                    // whole shard; a chunk or piece inside a shard starts further in)
+  dst: u32,         // perturb only: index in the bound out buffer of element `start`
 }
 

@@ -1,5 +1,6 @@
 /**
- * Device tensors, f32, row-major, split into row shards when they exceed the binding limit.
+ * Device tensors, f32 (or bf16 storage), row-major, split into row shards when they exceed the
+ * binding limit.
  *
  * A tensor of shape [R, ...rest] is stored as one or more GPU buffers, each holding a
  * contiguous range of whole rows, each at most `gpu.shardBytes` bytes. A real Qwen3 LM head
@@ -20,13 +21,49 @@ export interface Shard {
   rows: number;
 }
 
-/** An f32 tensor on the device, as row shards. */
+/**
+ * How a tensor's elements are stored: f32, or bf16 (the top half of the f32 bits) packed two to
+ * a u32 word, element 2k in the low half of word k. Kernels that compute read f32; a bf16 tensor
+ * is read through a kernel that widens it (kernels/noise_perturb.wgsl with THETA_BF16).
+ */
+export type StorageDtype = "f32" | "bf16";
+
+/** A tensor on the device, as row shards. */
 export interface GpuTensor {
   name: string;
   shape: number[];
   /** Elements per row: the product of shape[1..]. 1 for a vector. */
   rowSize: number;
   shards: Shard[];
+  /** Element storage; absent means f32. */
+  dtype?: StorageDtype;
+}
+
+/** Bytes per element of a storage dtype. */
+export function dtypeBytes(dtype: StorageDtype = "f32"): number {
+  return dtype === "bf16" ? 2 : 4;
+}
+
+/** The bf16 bits of each f32, rounded to nearest even (NaN stays a quiet NaN). */
+export function toBf16(data: Float32Array): Uint16Array {
+  const bits = new Uint32Array(data.buffer, data.byteOffset, data.length);
+  const out = new Uint16Array(data.length);
+  for (let i = 0; i < data.length; i++) {
+    const b = bits[i];
+    if ((b & 0x7F800000) === 0x7F800000 && (b & 0x007FFFFF) !== 0) {
+      out[i] = (b >>> 16) | 0x0040;
+      continue;
+    }
+    out[i] = ((b + 0x7FFF + ((b >>> 16) & 1)) >>> 16) & 0xFFFF;
+  }
+  return out;
+}
+
+/** f32 values of bf16 bits (exact). */
+export function fromBf16(bits: Uint16Array): Float32Array {
+  const out = new Uint32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) out[i] = bits[i] << 16;
+  return new Float32Array(out.buffer);
 }
 
 /**
@@ -57,10 +94,17 @@ export function numel(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
 
-/** How many rows of `rowSize` f32 go into one shard of at most `shardBytes` bytes. */
-export function rowsPerShard(rowSize: number, shardBytes: number): number {
-  const rows = Math.floor(shardBytes / (rowSize * 4));
-  return Math.max(1, rows);
+/**
+ * How many rows of `rowSize` elements go into one shard of at most `shardBytes` bytes. In bf16
+ * a shard holds an even number of elements, so no u32 word is split between two shards.
+ */
+export function rowsPerShard(
+  rowSize: number,
+  shardBytes: number,
+  dtype: StorageDtype = "f32",
+): number {
+  const rows = Math.max(1, Math.floor(shardBytes / (rowSize * dtypeBytes(dtype))));
+  return dtype === "bf16" && rowSize % 2 === 1 ? Math.max(2, rows - (rows % 2)) : rows;
 }
 
 /** Splits `rows` rows into shard ranges of at most `per` rows. */
@@ -79,13 +123,22 @@ export function createTensor(
   gpu: Gpu,
   name: string,
   shape: number[],
-  options: { data?: Float32Array } = {},
+  options: { data?: Float32Array; dtype?: StorageDtype } = {},
 ): GpuTensor {
   const rows = shape.length === 0 ? 1 : shape[0];
   const rowSize = shape.length <= 1 ? 1 : numel(shape.slice(1));
-  if (rowSize * 4 > gpu.shardBytes) {
+  const dtype = options.dtype ?? "f32", bytes = dtypeBytes(dtype);
+  if (dtype === "bf16" && (rows * rowSize) % 2 === 1) {
     throw new GpuError(
-      `tensor ${name} ${JSON.stringify(shape)}: one row is ${rowSize * 4} bytes, more than the ` +
+      `tensor ${name} ${JSON.stringify(shape)}: bf16 storage packs pairs of elements and needs ` +
+        `an even count, got ${rows * rowSize}; store it in f32`,
+    );
+  }
+  if (rowSize * bytes > gpu.shardBytes) {
+    throw new GpuError(
+      `tensor ${name} ${JSON.stringify(shape)}: one row is ${
+        rowSize * bytes
+      } bytes, more than the ` +
         `${gpu.shardBytes}-byte shard limit of ${gpu.adapterName}`,
     );
   }
@@ -96,19 +149,16 @@ export function createTensor(
       } needs ${rows * rowSize}`,
     );
   }
-  const per = rowsPerShard(rowSize, gpu.shardBytes);
+  const per = rowsPerShard(rowSize, gpu.shardBytes, dtype);
   const shards: Shard[] = shardRanges(rows, per).map((r, i, all) => {
     const label = all.length > 1 ? `${name}#${i}` : name;
-    const buffer = gpu.createBuffer(label, r.rows * rowSize * 4);
-    if (options.data && r.rows > 0) {
-      gpu.write(
-        buffer,
-        options.data.subarray(r.rowStart * rowSize, (r.rowStart + r.rows) * rowSize),
-      );
-    }
+    const buffer = gpu.createBuffer(label, r.rows * rowSize * bytes);
     return { buffer, rowStart: r.rowStart, rows: r.rows };
   });
-  return { name, shape: [...shape], rowSize, shards };
+  const t: GpuTensor = { name, shape: [...shape], rowSize, shards };
+  if (dtype !== "f32") t.dtype = dtype;
+  if (options.data) writeTensor(gpu, t, options.data);
+  return t;
 }
 
 /** Uploads `data` over the whole tensor. */
@@ -118,17 +168,24 @@ export function writeTensor(gpu: Gpu, t: GpuTensor, data: Float32Array): void {
   }
   for (const s of t.shards) {
     if (s.rows === 0) continue;
-    gpu.write(s.buffer, data.subarray(s.rowStart * t.rowSize, (s.rowStart + s.rows) * t.rowSize));
+    const part = data.subarray(s.rowStart * t.rowSize, (s.rowStart + s.rows) * t.rowSize);
+    gpu.write(s.buffer, t.dtype === "bf16" ? toBf16(part) : part);
   }
 }
 
 /** Reads a whole tensor back (one round trip for all shards). */
 export async function readTensor(gpu: Gpu, t: GpuTensor): Promise<Float32Array> {
+  const bytes = dtypeBytes(t.dtype);
   const parts = await gpu.readMany(
-    t.shards.map((s) => ({ buffer: s.buffer, bytes: s.rows * t.rowSize * 4 })),
+    t.shards.map((s) => ({ buffer: s.buffer, bytes: s.rows * t.rowSize * bytes })),
   );
   const out = new Float32Array(numel(t.shape));
-  t.shards.forEach((s, i) => out.set(new Float32Array(parts[i]), s.rowStart * t.rowSize));
+  t.shards.forEach((s, i) =>
+    out.set(
+      t.dtype === "bf16" ? fromBf16(new Uint16Array(parts[i])) : new Float32Array(parts[i]),
+      s.rowStart * t.rowSize,
+    )
+  );
   return out;
 }
 

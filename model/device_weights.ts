@@ -5,7 +5,7 @@
  * @module
  */
 import type { Gpu } from "../kernels/runtime.ts";
-import { createTensor, type GpuTensor, readTensor } from "../kernels/tensor.ts";
+import { createTensor, type GpuTensor, readTensor, type StorageDtype } from "../kernels/tensor.ts";
 import type { TensorData, TensorStream } from "./safetensors.ts";
 import { type Checkpoint, openCheckpoint } from "./checkpoint.ts";
 
@@ -14,12 +14,19 @@ export type DeviceWeights = Map<string, GpuTensor>;
 
 /**
  * Uploads each tensor of `tensors` as it arrives, so only one tensor is ever held in host memory
- * on top of what the stream itself holds.
+ * on top of what the stream itself holds. `dtype` bf16 stores each rounded to nearest even.
  */
-export async function uploadWeights(gpu: Gpu, tensors: TensorStream): Promise<DeviceWeights> {
+export async function uploadWeights(
+  gpu: Gpu,
+  tensors: TensorStream,
+  options: { dtype?: StorageDtype } = {},
+): Promise<DeviceWeights> {
   const out: DeviceWeights = new Map();
   for await (const t of tensors) {
-    out.set(t.name, createTensor(gpu, t.name, [...t.shape], { data: t.data }));
+    out.set(
+      t.name,
+      createTensor(gpu, t.name, [...t.shape], { data: t.data, dtype: options.dtype }),
+    );
   }
   return out;
 }

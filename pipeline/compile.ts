@@ -13,6 +13,7 @@ import type { Step } from "../kernels/program.ts";
 import type { Qwen3Config } from "../model/config.ts";
 import { qwen3TensorSpecs } from "../model/weights.ts";
 import { EsEngine } from "./engine.ts";
+import { modelStorage } from "./run.ts";
 import { stageType } from "./spec.ts";
 import type { PipelineSpec } from "./spec.ts";
 import type { FitnessImpl, PerturbImpl } from "./stages/types.ts";
@@ -69,7 +70,7 @@ export interface Plan {
 
 function roleOf(label: string): PlanBuffer["role"] {
   if (label.endsWith(".shards") || label.endsWith(".chunks")) return "es";
-  if (label.includes("~member") || label.startsWith("member.")) return "scratch";
+  if (/~(member|theta)/.test(label) || label.startsWith("member.")) return "scratch";
   if (label.startsWith("act.") || label.startsWith("prefix.")) return "activations";
   if (/^(iteration|heldout)\./.test(label)) return "tokens";
   if (label.startsWith("model.") || label.startsWith("lm_head")) return "weights";
@@ -129,6 +130,7 @@ export async function compile(
     multipliers: (t) => perturb.multipliers(spec.perturb, t),
     lowRank: perturb.lowRank?.(spec.perturb),
     scratch: perturb.scratch?.(spec.perturb),
+    storage: modelStorage(spec),
   });
   const buffers = gpu.allocations().filter((a) => !before.has(a.label))
     .map((a) => ({ name: a.label, bytes: a.bytes, role: roleOf(a.label) }));

@@ -39,11 +39,13 @@ import {
   destroyTensor,
   type FilledTensor,
   type GpuTensor,
+  type StorageDtype,
 } from "../kernels/tensor.ts";
 import { encodeSteps, type Step } from "../kernels/program.ts";
 import { accumulateStep, slotStride } from "../kernels/accumulate.ts";
 import {
   chunkPerturbSteps,
+  createPerturbTable,
   createShardTable,
   createUpdateParams,
   encodePerturbParams,
@@ -105,6 +107,14 @@ export interface EsEngineOptions {
   scratch?: "chunks" | "copy";
   /** "chunks" mode: bytes per chunk, overriding θ/{@link CHUNK_FRACTION} (tests cut it small). */
   chunkBytes?: number;
+  /**
+   * How θ is stored: "f32" (default), or "bf16", which halves θ's bytes. In bf16 every read of θ
+   * goes through a perturb kernel that widens it to f32 (members through their chunks, the
+   * unperturbed forward through the same chunks with σ = 0), and the update rounds each element
+   * stochastically (kernels/es_update.ts APPLY_BF16) so steps far below a bf16 ulp still count.
+   * Full rank only.
+   */
+  storage?: StorageDtype;
 }
 
 /**
@@ -115,6 +125,11 @@ export interface EsEngineOptions {
 export const CHUNK_FRACTION = 32;
 /** The smallest chunk budget, so a small model is not cut into slivers of dispatches. */
 export const MIN_CHUNK_BYTES = 16 * 1024;
+
+/** Which chunk buffer a matrix uses: the up projections the second, everything else the first. */
+function chunkPool(name: string): number {
+  return name.endsWith(".up_proj.weight") ? 1 : 0;
+}
 
 /**
  * The number of leading layers no member perturbs: 0 unless the embedding has σ multiplier 0,
@@ -164,6 +179,7 @@ export class EsEngine {
   #params: GPUBuffer;
   /** The record of the member being evaluated, copied from #params: what chunk fills read. */
   #current: GPUBuffer;
+  #zero: GPUBuffer;
   #update: GPUBuffer;
   #totals: GPUBuffer;
   #heldOut: GPUBuffer;
@@ -188,6 +204,13 @@ export class EsEngine {
     const isMatrix = (n: string) => theta.get(n)!.shape.length === 2;
     const isLowRank = (n: string) => lowRank !== undefined && isMatrix(n);
     const chunked = lowRank === undefined && options.scratch !== "copy";
+    const bf16 = options.storage === "bf16";
+    if (bf16 && lowRank) {
+      throw new UserError(
+        "bf16 storage needs full-rank perturbations: the low-rank forward reads θ's matrices " +
+          "directly; use perturb type gaussian or model storage f32",
+      );
+    }
     // Tensors the perturb stage writes whole per member: all of θ in "copy" mode, else vectors.
     const whole = this.names.filter((n) => !isLowRank(n) && !(chunked && isMatrix(n)));
     this.scratch = new Map(
@@ -204,6 +227,8 @@ export class EsEngine {
     const stride = paramStride(gpu);
     this.#params = gpu.createBuffer("perturb.params", stride * N, STORAGE);
     this.#current = gpu.createBuffer("perturb.current", stride, STORAGE);
+    // All zeros: a record with scale 0, which widens θ without noise (bf16 storage).
+    this.#zero = gpu.createBuffer("perturb.zero", stride, STORAGE);
     this.#totals = gpu.createBuffer("fitness.totals", slotStride(gpu) * N, STORAGE);
     this.#update = createUpdateParams(gpu, N);
     const tokens = options.maxSamples * options.maxLen * 4;
@@ -228,6 +253,7 @@ export class EsEngine {
       ...(this.#prefix ? [this.#prefix] : []),
       this.#params,
       this.#current,
+      this.#zero,
       this.#totals,
       this.#update,
       this.#heldOut,
@@ -238,11 +264,33 @@ export class EsEngine {
     // Perturb and update steps are built once: everything that changes per member or per
     // iteration lives in the params buffers, written before each submit.
     this.#perturb = [];
-    if (chunked) this.#chunkedMatrices(this.names.filter(isMatrix));
+    const matrices = this.names.filter(isMatrix);
+    if (chunked || bf16) this.#chunkBuffers(matrices);
+    if (chunked) {
+      for (const [n, t] of this.#chunked(matrices, this.#current, "member")) this.#member.set(n, t);
+    }
+    if (bf16) {
+      // θ as the unperturbed forward reads it: matrices through the chunks at scale 0, vectors
+      // widened into small f32 copies before each pass over θ (#viewSteps).
+      this.#view = this.#chunked(matrices, this.#zero, "theta");
+      for (const n of this.names.filter((n) => !isMatrix(n))) {
+        const t = theta.get(n)!, view = createTensor(gpu, `${n}~theta`, t.shape);
+        const { steps, table } = perturbSteps(gpu, {
+          theta: t,
+          out: view,
+          params: this.#zero,
+          paramIndex: 0,
+          tensorId: this.names.indexOf(n),
+        });
+        this.#view.set(n, view);
+        this.#viewSteps.push(...steps);
+        this.#own.push(table.buffer, ...view.shards.map((sh) => sh.buffer));
+      }
+    }
     const vectors = this.names.filter((n) => !isLowRank(n));
     const perturbTables = new Map(whole.map((n) => [
       n,
-      createShardTable(gpu, theta.get(n)!, {
+      createPerturbTable(gpu, theta.get(n)!, this.scratch.get(n)!, {
         tensorId: this.names.indexOf(n),
         multiplier: options.multipliers(n).sigma,
       }),
@@ -275,61 +323,72 @@ export class EsEngine {
   }
 
   /**
-   * "chunks" scratch mode: each matrix's member tensor is a list of row chunks that all live in
-   * one chunk buffer (a second one for the up projections, which the MLP reads together with the
-   * gate), each filled with θ + σ_t·m_g·ε_j by its perturb step right before the forward reads
-   * it. The steps read the member's record from #current, which evaluate copies in per member.
+   * The two chunk buffers of "chunks" mode (and of bf16 storage): a matrix's rows are formed a
+   * chunk at a time into one of them (the up projections into the second, since the MLP reads
+   * them together with the gate) right before the forward reads the chunk. A chunk is at most
+   * θ/{@link CHUNK_FRACTION} bytes and at least one row.
    */
-  #chunkedMatrices(matrices: string[]): void {
+  #chunkBuffers(matrices: string[]): void {
     const gpu = this.gpu, o = this.options;
-    const thetaBytes = [...this.theta.values()].reduce(
-      (a, t) => a + t.shards.reduce((b, s) => b + s.rows * t.rowSize * 4, 0),
+    const thetaElements = [...this.theta.values()].reduce(
+      (a, t) => a + t.shards.reduce((b, s) => b + s.rows * t.rowSize, 0),
       0,
     );
+    // The budget counts θ as f32, the width the chunks hold, whatever θ's storage.
     const budget = Math.min(
       gpu.limits.maxStorageBufferBindingSize,
-      o.chunkBytes ?? Math.max(MIN_CHUNK_BYTES, Math.floor(thetaBytes / CHUNK_FRACTION)),
+      o.chunkBytes ?? Math.max(MIN_CHUNK_BYTES, Math.floor((4 * thetaElements) / CHUNK_FRACTION)),
     );
-    const rowsOf = (n: string) => {
-      const t = this.theta.get(n)!;
-      return Math.max(1, Math.min(t.shape[0], Math.floor(budget / (t.rowSize * 4))));
-    };
-    const pool = (n: string) => (n.endsWith(".up_proj.weight") ? 1 : 0);
     const sizes = [0, 0];
     for (const n of matrices) {
       const t = this.theta.get(n)!;
-      sizes[pool(n)] = Math.max(sizes[pool(n)], rowsOf(n) * t.rowSize * 4);
+      const rows = Math.max(1, Math.min(t.shape[0], Math.floor(budget / (t.rowSize * 4))));
+      this.#chunkRows.set(n, rows);
+      sizes[chunkPool(n)] = Math.max(sizes[chunkPool(n)], rows * t.rowSize * 4);
     }
-    const buffers = sizes.map((bytes, i) =>
-      bytes > 0 ? gpu.createBuffer(`member.chunk${i}`, bytes) : null
-    );
-    for (const b of buffers) if (b) this.#own.push(b);
+    this.#chunkPools = sizes.map((bytes, i) => {
+      if (bytes === 0) return null;
+      const b = gpu.createBuffer(`member.chunk${i}`, bytes);
+      this.#own.push(b);
+      return b;
+    });
+  }
+
+  /**
+   * Each matrix as a list of row chunks that all live in its chunk buffer, each filled with
+   * θ + scale·m_g·ε by its perturb step right before the forward reads it, the record read from
+   * `params` (#current: the member being evaluated, which evaluate copies in; #zero: θ itself).
+   */
+  #chunked(matrices: string[], params: GPUBuffer, what: string): Map<string, GpuTensor> {
+    const out = new Map<string, GpuTensor>();
     for (const n of matrices) {
-      const t = this.theta.get(n)!;
-      const { chunks, table } = chunkPerturbSteps(gpu, {
+      const t = this.theta.get(n)!, buffer = this.#chunkPools[chunkPool(n)]!;
+      const { chunks, table } = chunkPerturbSteps(this.gpu, {
         theta: t,
         tensorId: this.names.indexOf(n),
-        multiplier: o.multipliers(n).sigma,
-        chunkRows: rowsOf(n),
-        out: buffers[pool(n)]!,
-        params: this.#current,
+        multiplier: what === "member" ? this.options.multipliers(n).sigma : 0,
+        chunkRows: this.#chunkRows.get(n)!,
+        out: buffer,
+        params,
         paramIndex: 0,
       });
       this.#own.push(table.buffer);
-      const member: FilledTensor = {
-        name: `${n}~member`,
+      const filled: FilledTensor = {
+        name: `${n}~${what}`,
         shape: t.shape,
         rowSize: t.rowSize,
-        shards: chunks.map((c) => ({
-          buffer: buffers[pool(n)]!,
-          rowStart: c.rowStart,
-          rows: c.rows,
-        })),
+        shards: chunks.map((c) => ({ buffer, rowStart: c.rowStart, rows: c.rows })),
         fills: chunks.map((c) => [c.step]),
       };
-      this.#member.set(n, member);
+      out.set(n, filled);
     }
+    return out;
   }
+  #chunkRows = new Map<string, number>();
+  #chunkPools: (GPUBuffer | null)[] = [];
+  /** bf16 storage: θ as the unperturbed forward reads it, and the steps that widen its vectors. */
+  #view: Map<string, GpuTensor> | null = null;
+  #viewSteps: Step[] = [];
 
   /**
    * Low-rank mode: the member's factor buffers and delta per perturbed matrix (bound in
@@ -484,10 +543,12 @@ export class EsEngine {
 
   /** Uploads θ and builds every buffer and fixed step. */
   static async create(gpu: Gpu, options: EsEngineOptions): Promise<EsEngine> {
-    const theta = options.tensors ? await uploadWeights(gpu, options.tensors) : new Map(
-      qwen3TensorSpecs(options.config).map((
-        s,
-      ) => [s.name, createTensor(gpu, s.name, [...s.shape])]),
+    const dtype = options.storage ?? "f32";
+    const theta = options.tensors ? await uploadWeights(gpu, options.tensors, { dtype }) : new Map(
+      qwen3TensorSpecs(options.config).map((s) => [
+        s.name,
+        createTensor(gpu, s.name, [...s.shape], { dtype }),
+      ]),
     );
     return new EsEngine(gpu, options, theta);
   }
@@ -503,7 +564,7 @@ export class EsEngine {
   };
 
   #thetaWeights: WeightLookup = (name) => {
-    const t = this.theta.get(name);
+    const t = (this.#view ?? this.theta).get(name);
     if (!t) throw new Error(`no tensor ${name}`);
     return t;
   };
@@ -592,6 +653,7 @@ export class EsEngine {
     if (o.heldOut) this.#encodeHeldOut(enc);
     const H4 = this.config.hiddenSize * 4;
     if (this.prefixLayers > 0) {
+      encodeSteps(enc, this.#viewSteps);
       // The shared prefix, once per micro-batch: its residual stream waits in the cache.
       for (const l of packed.layout) {
         this.#copyIn(enc, this.#iter, l);
@@ -698,6 +760,7 @@ export class EsEngine {
   }
 
   #encodeHeldOut(enc: GPUCommandEncoder): void {
+    encodeSteps(enc, this.#viewSteps);
     let at = 0;
     for (const l of this.#holdLayout) {
       this.#copyIn(enc, this.#hold, l);

@@ -498,6 +498,14 @@ function semanticIssues(spec: PipelineSpec): PipelineIssue[] {
       } or ${p.population + 1}, or antithetic: false`,
     });
   }
+  if (spec.model.storage === "bf16" && p.rank !== undefined) {
+    issues.push({
+      path: ["model", "storage"],
+      message:
+        `bf16 storage needs full-rank perturbations (the low-rank forward reads θ's matrices ` +
+        `directly); use storage: f32, or perturb type gaussian`,
+    });
+  }
   const layers = (p.groups as { layers?: unknown } | undefined)?.layers;
   if (Array.isArray(layers)) {
     layers.forEach((r: { from?: unknown; to?: unknown }, i) => {

@@ -18,7 +18,9 @@
  */
 import type { Qwen3Config } from "../model/config.ts";
 import { paramCount } from "../model/presets.ts";
-import type { Plan } from "./compile.ts";
+import { compile, type Plan } from "./compile.ts";
+import type { PipelineSpec } from "./spec.ts";
+import type { StorageDtype } from "../kernels/tensor.ts";
 
 /** Bytes of Adam mixed-precision training of `config` on micro-batches of B × T tokens. */
 export function adamBytes(
@@ -41,29 +43,47 @@ export interface MemoryRow {
   es: number;
   es_weights: number;
   es_activations: number;
-  /** ES bytes with θ stored in bf16 (2 bytes a parameter instead of 4). */
-  es_bf16: number;
+  /** ES bytes with θ stored in bf16, planned the same way; null where bf16 cannot run. */
+  es_bf16: number | null;
   adam: number;
   /** adam / es and adam / es_bf16. */
   ratio: number;
-  ratio_bf16: number;
+  ratio_bf16: number | null;
 }
 
-/** The report row of a compiled plan. */
-export function memoryRow(plan: Plan, config: Qwen3Config): MemoryRow {
+/** The spec with θ stored as `storage` (the model stage's `storage` key). */
+export function withStorage(spec: PipelineSpec, storage: StorageDtype): PipelineSpec {
+  return { ...spec, model: { ...spec.model, storage } };
+}
+
+/**
+ * The report row of a pipeline: its ES bytes planned with f32 θ and with bf16 θ (full-rank
+ * pipelines; low rank reads θ directly and stays f32), beside Adam's.
+ */
+export async function memoryReport(
+  spec: PipelineSpec,
+  config: Qwen3Config,
+  options: Parameters<typeof compile>[2] = {},
+): Promise<MemoryRow> {
+  const plan = await compile(withStorage(spec, "f32"), config, options);
+  const lowRank = (spec.perturb as { rank?: unknown }).rank !== undefined;
+  const bf16 = lowRank ? null : await compile(withStorage(spec, "bf16"), config, options);
+  return memoryRow(plan, config, bf16);
+}
+
+/** The report row of compiled plans: f32 θ, and bf16 θ when there is one. */
+export function memoryRow(plan: Plan, config: Qwen3Config, bf16: Plan | null = null): MemoryRow {
   const adam = adamBytes(config, { microBatch: plan.microBatch, maxLen: plan.maxLen }).total;
-  const f32Weights = plan.bytes.weights + plan.bytes.scratch;
-  // bf16 storage halves θ; the member's scratch stays f32.
-  const esBf16 = plan.bytes.total - plan.bytes.weights / 2;
+  const esBf16 = bf16 ? bf16.bytes.total : null;
   return {
     name: plan.name,
     parameters: paramCount(config),
     es: plan.bytes.total,
-    es_weights: f32Weights,
+    es_weights: plan.bytes.weights + plan.bytes.scratch,
     es_activations: plan.bytes.activations,
     es_bf16: esBf16,
     adam,
     ratio: adam / plan.bytes.total,
-    ratio_bf16: adam / esBf16,
+    ratio_bf16: esBf16 === null ? null : adam / esBf16,
   };
 }

@@ -14,6 +14,7 @@ import { saveCheckpoint } from "../model/checkpoint.ts";
 import { openCheckpointTensors } from "../model/device_weights.ts";
 import type { Tokenizer } from "../tokenizers/mod.ts";
 import type { Gpu } from "../kernels/runtime.ts";
+import type { StorageDtype } from "../kernels/tensor.ts";
 import { UserError } from "./errors.ts";
 import type { PipelineSpec } from "./spec.ts";
 import { stageType } from "./spec.ts";
@@ -224,6 +225,7 @@ export function runSetup(
       multipliers: (t) => perturb.multipliers(spec.perturb, t),
       lowRank: perturb.lowRank?.(spec.perturb),
       scratch: perturb.scratch?.(spec.perturb),
+      storage: modelStorage(spec),
     }),
     iterationInputs: (t) => {
       const indices = subsetSamples(split.train, { seed: spec.seed, iteration: t, size: M });
@@ -379,7 +381,8 @@ export async function runTraining(
     await saveCheckpoint(dir, {
       config,
       tensors: engine.weights(),
-      dtype: "F32",
+      // θ's own width: bf16 values are written exactly, and a resume reads them back as they were.
+      dtype: modelStorage(spec) === "bf16" ? "BF16" : "F32",
       overwrite: true,
       files: { "state.json": JSON.stringify(state(iteration), null, 2) + "\n" },
     });
@@ -473,4 +476,9 @@ export async function exists(path: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/** How the pipeline stores θ: the model stage's `storage` (f32 when a stage has none). */
+export function modelStorage(spec: PipelineSpec): StorageDtype {
+  return (spec.model as { storage?: StorageDtype }).storage ?? "f32";
 }

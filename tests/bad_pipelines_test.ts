@@ -85,6 +85,8 @@ const CASES: BadCase[] = [
   { file: "bad_name.yaml", at: "2:7", says: "name: use letters, digits" },
   { file: "odd_antithetic.yaml", at: "17:15", says: "need an even population, got 5; use 4 or 6" },
   { file: "layer_range_reversed.yaml", at: "21:17", says: "needs from ≤ to, got from 1 > to 0" },
+  { file: "bf16_lowrank.yaml", at: "15:12", says: "bf16 storage needs full-rank perturbations" },
+  { file: "bad_storage.yaml", at: "15:12", says: "bf16" },
   // YAML itself.
   { file: "yaml_syntax.yaml", at: "32:1", says: "YAML syntax: Flow map" },
   { file: "tab_indent.yaml", at: "19:1", says: "Tabs are not allowed" },

@@ -76,7 +76,9 @@ Deno.test("deno task plan on a pipeline too big for the binding limit says what 
 });
 
 Deno.test("memory report: ES bytes from the planner beside Adam mixed precision", async () => {
-  const { adamBytes, memoryRow } = await import("../pipeline/memory.ts");
+  const { adamBytes, memoryReport, memoryRow, withStorage } = await import(
+    "../pipeline/memory.ts"
+  );
   const { getPreset, paramCount } = await import("../model/presets.ts");
   const c = getPreset("qwen3-0.5b");
   const a = adamBytes(c, { microBatch: 16, maxLen: 256 });
@@ -104,9 +106,23 @@ Deno.test("memory report: ES bytes from the planner beside Adam mixed precision"
       `member scratch ${plan.bytes.scratch} B against θ's ${plan.bytes.weights} B`,
     );
     assertEquals(row.es_weights, plan.bytes.weights + plan.bytes.scratch);
-    assert(row.es_bf16 < row.es && row.ratio_bf16 > row.ratio);
   } finally {
     gpu.destroy();
+  }
+  // bf16 θ: the report's column is what a bf16 engine really allocates, θ at 2 bytes a parameter.
+  const gpu16 = await acquireGpu();
+  try {
+    const bf16 = await compile(withStorage(loaded.spec, "bf16"), config, { gpu: gpu16 });
+    assertEquals(bf16.bytes.total, gpu16.memory.peak);
+    const row = await memoryReport(loaded.spec, config, {
+      adapter: { adapterName: gpu16.adapterName, limits: gpu16.limits },
+    });
+    assertEquals(row.es_bf16, bf16.bytes.total);
+    const slack = bf16.bytes.weights - 2 * paramCount(config);
+    assert(slack >= 0 && slack < 16 * bf16.buffers.length, `bf16 θ = ${bf16.bytes.weights} B`);
+    assert(row.es_bf16! < row.es && row.ratio_bf16! > row.ratio, JSON.stringify(row));
+  } finally {
+    gpu16.destroy();
   }
   const r = await runCli(["tools/plan.ts", "--memory-table"]);
   assertEquals(r.code, 0, r.stderr);

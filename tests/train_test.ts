@@ -17,6 +17,8 @@ import { referenceScore } from "../model/reference.ts";
 import { registerStage } from "../pipeline/spec.ts";
 import { z } from "zod";
 import { makeStep, wgslConsts } from "../kernels/program.ts";
+import { fromBf16, toBf16 } from "../kernels/tensor.ts";
+import { openCheckpoint } from "../model/checkpoint.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const CORPUS = `${ROOT}data/pride_and_prejudice.txt`;
@@ -31,6 +33,7 @@ function pipelineYaml(o: {
   groups?: string;
   samples?: number;
   microBatch?: number;
+  storage?: "f32" | "bf16";
 } = {}): string {
   return `
 name: t
@@ -40,7 +43,7 @@ dataset: { type: text_lines, path: ${CORPUS}, max_lines: 120, samples_per_iterat
     o.samples ?? 6
   }, holdout: 5 }
 tokenizer: { type: bytes }
-model: { type: qwen3, preset: micro }
+model: { type: qwen3, preset: micro, storage: ${o.storage ?? "f32"} }
 perturb: { type: gaussian, population: ${o.population ?? 4}, sigma: 0.02, antithetic: ${
     o.antithetic ?? false
   }${o.groups ? `, groups: ${o.groups}` : ""} }
@@ -57,20 +60,26 @@ async function metrics(dir: string) {
   );
 }
 
-for (const antithetic of [false, true]) {
-  Deno.test(`one GPU ES iteration equals the float64 CPU reference of EA4LLM (antithetic ${antithetic})`, async () => {
+for (
+  const [antithetic, storage] of [[false, "f32"], [true, "f32"], [true, "bf16"]] as const
+) {
+  Deno.test(`one GPU ES iteration equals the float64 CPU reference of EA4LLM (antithetic ${antithetic}, θ in ${storage})`, async () => {
     const out = await Deno.makeTempDir();
     // Group multipliers on: the attention σ halved, the MLP α doubled, layer 1 σ ×0.5.
     const groups =
       "{ attention: { sigma: 0.5 }, mlp: { alpha: 2 }, layers: [{ from: 1, to: 1, sigma: 0.5 }] }";
-    const yaml = pipelineYaml({ iterations: 1, antithetic, groups });
+    const yaml = pipelineYaml({ iterations: 1, antithetic, groups, storage });
     const { resolved } = await train(yaml, `${out}/run`);
     const spec = resolved.spec, config = resolved.config;
     const N = 4, sigma = 0.02, alpha = 0.05;
-    // The reference, from the pieces' definitions: θ_0, the subset of iteration 0, each member's
-    // exact perturbation, F_j from the float64 forward, z-score shaping, the update.
+    // The reference, from the pieces' definitions: θ_0 (rounded to bf16 when stored so), the
+    // subset of iteration 0, each member's exact perturbation, F_j from the float64 forward,
+    // z-score shaping, the update.
+    const bf16 = storage === "bf16";
     const theta0 = new Map(
-      [...randomInit(config, { seed: spec.seed })].map((t) => [t.name, t.data]),
+      [...randomInit(config, { seed: spec.seed })].map((
+        t,
+      ) => [t.name, bf16 ? fromBf16(toBf16(t.data)) : t.data]),
     );
     const { tokens } = tokenizeSamples(resolved.texts, resolved.tokenizer, { maxLen: 24 });
     const split = splitHoldout(tokens.length, { seed: spec.seed, holdout: 5 });
@@ -108,71 +117,82 @@ for (const antithetic of [false, true]) {
         for (let e = 0; e < want.length; e++) want[e] += k * eps[e];
       }
       // The update moves elements by ~1e-2; f32 fitness differences reach w through the
-      // z-score, so allow a small relative error of the step.
-      assertClose(got.get(n)!, want, { atol: 2e-5, rtol: 1e-5 });
+      // z-score, so allow a small relative error of the step. bf16 storage rounds the result
+      // stochastically: within one bf16 ulp (at most 2^-7 of the value).
+      assertClose(got.get(n)!, want, { atol: 2e-5, rtol: bf16 ? 2 ** -7 : 1e-5 });
     }
+    const ckpt = await openCheckpoint(`${out}/run/final`);
+    for (const [name, entry] of ckpt.tensors) {
+      assertEquals(entry.dtype, bf16 ? "BF16" : "F32", name);
+    }
+    ckpt.close();
   });
 }
 
-Deno.test("same seed, same bytes; stopped and resumed, same bytes as never stopped", async () => {
-  const out = await Deno.makeTempDir();
-  const yaml = pipelineYaml({ iterations: 4, population: 4, antithetic: true, shape: "rank" });
-  await train(yaml, `${out}/a`);
-  await train(yaml, `${out}/b`);
-  const a = await Deno.readFile(`${out}/a/final/model.safetensors`);
-  const b = await Deno.readFile(`${out}/b/final/model.safetensors`);
-  assertEquals(a.length, b.length);
-  assert(a.every((x, i) => x === b[i]), "two runs with one seed must give identical bytes");
+for (const storage of ["f32", "bf16"] as const) {
+  Deno.test(`same seed, same bytes; stopped and resumed, same bytes as never stopped (θ in ${storage})`, async () => {
+    const out = await Deno.makeTempDir();
+    const yaml = pipelineYaml({
+      iterations: 4,
+      population: 4,
+      antithetic: true,
+      shape: "rank",
+      storage,
+    });
+    await train(yaml, `${out}/a`);
+    await train(yaml, `${out}/b`);
+    const a = await Deno.readFile(`${out}/a/final/model.safetensors`);
+    const b = await Deno.readFile(`${out}/b/final/model.safetensors`);
+    assertEquals(a.length, b.length);
+    assert(a.every((x, i) => x === b[i]), "two runs with one seed must give identical bytes");
 
-  // Stop after 2 (the CLI's --iterations is the total), then resume to 4.
-  const file = `${out}/p.yaml`;
-  await Deno.writeTextFile(
-    file,
-    pipelineYaml({ iterations: 4, population: 4, antithetic: true, shape: "rank" }),
-  );
-  let r = await runCli([
-    "tools/train.ts",
-    file,
-    "--iterations",
-    "2",
-    "--out",
-    `${out}/c`,
-    "--quiet",
-  ]);
-  assertEquals(r.code, 0, r.stderr);
-  assertEquals(JSON.parse(await Deno.readTextFile(`${out}/c/final/state.json`)).iteration, 2);
-  r = await runCli([
-    "tools/train.ts",
-    file,
-    "--resume",
-    `${out}/c`,
-    "--iterations",
-    "4",
-    "--quiet",
-  ]);
-  assertEquals(r.code, 0, r.stderr);
-  const c = await Deno.readFile(`${out}/c/final/model.safetensors`);
-  assert(a.every((x, i) => x === c[i]), "a resumed run must reach the same bytes");
-  const ma = await metrics(`${out}/a`), mc = await metrics(`${out}/c`);
-  assertEquals(mc.map((l) => l.iter), [0, 1, 2, 3]);
-  assertEquals(mc.map((l) => l.fitness_mean), ma.map((l) => l.fitness_mean));
-  assertEquals(mc.map((l) => l.eval_loss), ma.map((l) => l.eval_loss));
-  // A different seed gives different bytes (the test above can fail).
-  r = await runCli([
-    "tools/train.ts",
-    file,
-    "--iterations",
-    "2",
-    "--seed",
-    "5",
-    "--out",
-    `${out}/d`,
-    "--quiet",
-  ]);
-  assertEquals(r.code, 0, r.stderr);
-  const d = await Deno.readFile(`${out}/d/final/model.safetensors`);
-  assert(d.some((x, i) => x !== a[i]), "another seed must change the weights");
-});
+    // Stop after 2 (the CLI's --iterations is the total), then resume to 4.
+    const file = `${out}/p.yaml`;
+    await Deno.writeTextFile(file, yaml);
+    let r = await runCli([
+      "tools/train.ts",
+      file,
+      "--iterations",
+      "2",
+      "--out",
+      `${out}/c`,
+      "--quiet",
+    ]);
+    assertEquals(r.code, 0, r.stderr);
+    assertEquals(JSON.parse(await Deno.readTextFile(`${out}/c/final/state.json`)).iteration, 2);
+    r = await runCli([
+      "tools/train.ts",
+      file,
+      "--resume",
+      `${out}/c`,
+      "--iterations",
+      "4",
+      "--quiet",
+    ]);
+    assertEquals(r.code, 0, r.stderr);
+    const c = await Deno.readFile(`${out}/c/final/model.safetensors`);
+    assert(a.every((x, i) => x === c[i]), "a resumed run must reach the same bytes");
+    const ma = await metrics(`${out}/a`), mc = await metrics(`${out}/c`);
+    assertEquals(mc.map((l) => l.iter), [0, 1, 2, 3]);
+    assertEquals(mc.map((l) => l.fitness_mean), ma.map((l) => l.fitness_mean));
+    assertEquals(mc.map((l) => l.eval_loss), ma.map((l) => l.eval_loss));
+    // A different seed gives different bytes (the test above can fail).
+    r = await runCli([
+      "tools/train.ts",
+      file,
+      "--iterations",
+      "2",
+      "--seed",
+      "5",
+      "--out",
+      `${out}/d`,
+      "--quiet",
+    ]);
+    assertEquals(r.code, 0, r.stderr);
+    const d = await Deno.readFile(`${out}/d/final/model.safetensors`);
+    assert(d.some((x, i) => x !== a[i]), "another seed must change the weights");
+  });
+}
 
 Deno.test("run output: metrics keys, checkpoints with state.json, final/ loads in eval", async () => {
   const out = await Deno.makeTempDir();
@@ -268,30 +288,35 @@ fn main(@builtin(global_invocation_id) g: vec3u) { if (g.x < B) { r[g.x] = 2.0 *
   assertClose([d.fitness_mean], [2 * p.fitness_mean], { atol: 0, rtol: 1e-6 });
 });
 
-Deno.test("it learns: 40 iterations of ES lower the held-out loss clearly", async () => {
-  const out = await Deno.makeTempDir();
-  const yaml = `
+for (const storage of ["f32", "bf16"] as const) {
+  Deno.test(`it learns: 40 iterations of ES lower the held-out loss clearly (θ in ${storage})`, async () => {
+    const out = await Deno.makeTempDir();
+    const yaml = `
 name: learn
 seed: 1
 iterations: 40
 dataset: { type: text_lines, path: ${CORPUS}, max_lines: 400, samples_per_iteration: 8, holdout: 16 }
 tokenizer: { type: bytes }
-model: { type: qwen3, preset: micro }
+model: { type: qwen3, preset: micro, storage: ${storage} }
 perturb: { type: gaussian, population: 8, sigma: 0.01, antithetic: true }
 fitness: { type: log_likelihood, micro_batch: 8, max_len: 32 }
 shape: { type: rank }
 update: { type: es, alpha: 0.05 }
 output: { checkpoint_every: 0, eval_every: 10 }
 `;
-  await train(yaml, `${out}/r`);
-  const evals = (await metrics(`${out}/r`)).filter((l) => l.eval_loss !== undefined).map((l) =>
-    l.eval_loss
-  );
-  assertEquals(evals.length, 5, "held-out loss at 0, 10, 20, 30 and the last iteration");
-  // Random init sits at ≈ ln 256 = 5.55 nats; 40 iterations move it by ~0.4-0.6 (three seeds).
-  assert(Math.abs(evals[0] - Math.log(256)) < 0.1, `initial loss ${evals[0]}`);
-  assert(evals[4] < evals[0] - 0.2, `held-out loss ${evals.join(" → ")} should fall by > 0.2 nats`);
-});
+    await train(yaml, `${out}/r`);
+    const evals = (await metrics(`${out}/r`)).filter((l) => l.eval_loss !== undefined).map((l) =>
+      l.eval_loss
+    );
+    assertEquals(evals.length, 5, "held-out loss at 0, 10, 20, 30 and the last iteration");
+    // Random init sits at ≈ ln 256 = 5.55 nats; 40 iterations move it by ~0.4-0.6 (three seeds).
+    assert(Math.abs(evals[0] - Math.log(256)) < 0.1, `initial loss ${evals[0]}`);
+    assert(
+      evals[4] < evals[0] - 0.2,
+      `held-out loss ${evals.join(" → ")} should fall by > 0.2 nats`,
+    );
+  });
+}
 
 Deno.test("prefix caching: unperturbed leading layers are computed once, with the same fitness", async () => {
   const { EsEngine, unperturbedPrefix } = await import("../pipeline/engine.ts");

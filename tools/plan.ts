@@ -26,7 +26,7 @@ import { resolvePath } from "../pipeline/stages/mod.ts";
 import { UserError } from "../pipeline/errors.ts";
 import type { Qwen3Config } from "../model/config.ts";
 import { paramCount } from "../model/presets.ts";
-import { type MemoryRow, memoryRow } from "../pipeline/memory.ts";
+import { memoryReport, type MemoryRow } from "../pipeline/memory.ts";
 
 /** Bytes in human units (binary). */
 export function formatBytes(n: number): string {
@@ -126,10 +126,9 @@ export async function memoryTable(maxBinding: number): Promise<MemoryRow[]> {
     const file = new URL(`../configs/pipelines/qwen3-${size}.yaml`, import.meta.url).pathname;
     const loaded = await loadPipelineFile(file);
     const config = getPreset(`qwen3-${size}`);
-    const plan = await compile(loaded.spec, config, {
-      adapter: { adapterName: "planning", limits },
-    });
-    rows.push(memoryRow(plan, config));
+    rows.push(
+      await memoryReport(loaded.spec, config, { adapter: { adapterName: "planning", limits } }),
+    );
   }
   return rows;
 }
@@ -138,14 +137,16 @@ export async function memoryTable(maxBinding: number): Promise<MemoryRow[]> {
 export function formatMemoryTable(rows: MemoryRow[]): string {
   const gib = (n: number) => (n / 2 ** 30).toFixed(2);
   const lines = [
-    "| pipeline | parameters | ES f32 (GiB) | of which θ + θ_j | ES bf16 θ (GiB) | Adam mixed (GiB) | Adam / ES | Adam / ES bf16 |",
+    "| pipeline | parameters | ES f32 θ (GiB) | of which θ + member scratch | ES bf16 θ (GiB) | Adam mixed (GiB) | Adam / ES | Adam / ES bf16 |",
     "|---|---|---|---|---|---|---|---|",
   ];
   for (const r of rows) {
     lines.push(
       `| ${r.name} | ${(r.parameters / 1e9).toFixed(2)}B | ${gib(r.es)} | ${gib(r.es_weights)} | ${
-        gib(r.es_bf16)
-      } | ${gib(r.adam)} | ${r.ratio.toFixed(2)}× | ${r.ratio_bf16.toFixed(2)}× |`,
+        r.es_bf16 === null ? "—" : gib(r.es_bf16)
+      } | ${gib(r.adam)} | ${r.ratio.toFixed(2)}× | ${
+        r.ratio_bf16 === null ? "—" : `${r.ratio_bf16.toFixed(2)}×`
+      } |`,
     );
   }
   return lines.join("\n");
@@ -192,12 +193,12 @@ if (import.meta.main) {
         },
       };
     }
-    const plan = await compile(loaded.spec, config, { adapter });
     if (values.memory) {
-      const row = memoryRow(plan, config);
+      const row = await memoryReport(loaded.spec, config, { adapter });
       console.log(values.json ? JSON.stringify(row) : formatMemoryTable([row]));
       return;
     }
+    const plan = await compile(loaded.spec, config, { adapter });
     console.log(
       values.json ? JSON.stringify(plan) : formatPlan(plan, { file: loaded.file, config }),
     );

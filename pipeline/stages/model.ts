@@ -79,6 +79,12 @@ registerStage<ModelImpl>({
     init: z.string().min(1).default("random"),
     /** Seed of the random init; default the run seed. */
     init_seed: z.number().int().nonnegative().optional(),
+    /**
+     * How θ is stored on the device: f32, or bf16 (half the bytes; updates rounded
+     * stochastically so steps below a bf16 ulp still count, checkpoints written in BF16).
+     * Default f32.
+     */
+    storage: z.enum(["f32", "bf16"]).default("f32"),
   }),
   impl: qwen3,
 });
