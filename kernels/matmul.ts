@@ -505,27 +505,31 @@ export function swigluLinearSteps(
     return s;
   };
   const steps: Step[] = [];
-  for (let start = 0; start < width;) {
-    const gs = shardAt(gate, start), us = shardAt(up, start);
-    const stop = Math.min(gs.rowStart + gs.rows, us.rowStart + us.rows);
-    // Labels name the first column (@c) of each piece when there is more than one.
-    const whole = start === 0 && stop === width;
-    steps.push(matmulSwigluStep(gpu, {
-      label: o.label + (whole ? "" : `@${start}`),
-      x: o.x,
-      m: o.m,
-      k: o.k,
-      wGate: gs.buffer,
-      gateRowOffset: start - gs.rowStart,
-      wUp: us.buffer,
-      upRowOffset: start - us.rowStart,
-      n: stop - start,
-      out: o.out,
-      outStride: width,
-      outColOffset: start,
-      tile: o.tile,
-    }));
-    start = stop;
+  // Over the rows gate's shards hold (a view may hold some of them: kernels/tensor.ts
+  // readShardPairs), cut where up's shards are cut.
+  for (const gs of gate.shards) {
+    for (let start = gs.rowStart; start < gs.rowStart + gs.rows;) {
+      const us = shardAt(up, start);
+      const stop = Math.min(gs.rowStart + gs.rows, us.rowStart + us.rows);
+      // Labels name the first column (@c) of each piece when there is more than one.
+      const whole = start === 0 && stop === width;
+      steps.push(matmulSwigluStep(gpu, {
+        label: o.label + (whole ? "" : `@${start}`),
+        x: o.x,
+        m: o.m,
+        k: o.k,
+        wGate: gs.buffer,
+        gateRowOffset: start - gs.rowStart,
+        wUp: us.buffer,
+        upRowOffset: start - us.rowStart,
+        n: stop - start,
+        out: o.out,
+        outStride: width,
+        outColOffset: start,
+        tile: o.tile,
+      }));
+      start = stop;
+    }
   }
   return steps;
 }

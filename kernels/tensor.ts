@@ -89,6 +89,27 @@ export function readShards(t: GpuTensor, read: (view: GpuTensor) => Step[]): Ste
   return t.shards.flatMap((s, i) => [...fills[i], ...read({ ...t, shards: [s] })]);
 }
 
+/**
+ * {@link readShards} for two tensors read by the same steps (the MLP's gate and up). With fills,
+ * both must be cut into the same row ranges: each pair's fills run, then `read` of the pair.
+ */
+export function readShardPairs(
+  a: GpuTensor,
+  b: GpuTensor,
+  read: (a: GpuTensor, b: GpuTensor) => Step[],
+): Step[] {
+  const fa = fillsOf(a), fb = fillsOf(b);
+  if (!fa && !fb) return read(a, b);
+  const aligned = a.shards.length === b.shards.length &&
+    a.shards.every((s, i) => s.rowStart === b.shards[i].rowStart && s.rows === b.shards[i].rows);
+  if (!aligned) throw new GpuError(`${a.name} and ${b.name} are filled in different row ranges`);
+  return a.shards.flatMap((s, i) => [
+    ...(fa?.[i] ?? []),
+    ...(fb?.[i] ?? []),
+    ...read({ ...a, shards: [s] }, { ...b, shards: [b.shards[i]] }),
+  ]);
+}
+
 /** Elements in a tensor of this shape. */
 export function numel(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);

@@ -13,7 +13,7 @@
  *   a = attention(q, k, v; causal, key padding, GQA)
  *   x += a·Woᵀ (+bo)                                  residual fused into the matmul
  *   xn = rmsnorm(x, post_attention_layernorm)
- *   g, u = xn·Wgᵀ, xn·Wuᵀ;  g = silu(g)·u
+ *   g = silu(xn·Wgᵀ)·(xn·Wuᵀ)                        one fused matmul (kernels/matmul.ts)
  *   x += g·Wdᵀ
  * then xn = rmsnorm(x, norm) and, per vocab chunk, logits = xn·W_headᵀ folded into an online
  * log-sum-exp; finally R_b = mean over scored targets of log p(target).
@@ -22,9 +22,9 @@
  */
 import type { Qwen3Config } from "./config.ts";
 import { type Gpu, GpuError } from "../kernels/runtime.ts";
-import { fillsOf, type GpuTensor, readShards } from "../kernels/tensor.ts";
+import { fillsOf, type GpuTensor, readShardPairs, readShards } from "../kernels/tensor.ts";
 import { finish, type Step, submitSteps } from "../kernels/program.ts";
-import { linearSteps, matmulStep } from "../kernels/matmul.ts";
+import { linearSteps, matmulStep, swigluLinearSteps } from "../kernels/matmul.ts";
 import { rmsnormStep } from "../kernels/rmsnorm.ts";
 import { qkNormRopeStep, ropeTables } from "../kernels/qk_norm_rope.ts";
 import { attentionStep } from "../kernels/attention.ts";
@@ -305,17 +305,33 @@ export class Qwen3Forward {
       }));
       steps.push(...lin("self_attn.o_proj", b.attn, b.x, c.numHeads * D, true));
       steps.push(norm(`L${l}.post_attention_layernorm`, `${p}post_attention_layernorm.weight`));
-      steps.push(...lin("mlp.gate_proj", b.xn, b.gate, H));
-      steps.push(...lin("mlp.up_proj", b.xn, b.up, H));
-      steps.push(
-        swigluStep(g, {
-          label: `L${l}.swiglu`,
-          gate: b.gate,
-          up: b.up,
-          rows: R,
-          width: c.intermediateSize,
-        }),
-      );
+      const gate = weights(`${p}mlp.gate_proj.weight`), up = weights(`${p}mlp.up_proj.weight`);
+      if (!lowRankOf(gate) && !lowRankOf(up)) {
+        // gate = silu(xn·Wgᵀ)·(xn·Wuᵀ) in one pass: the two blocks share their loads of xn.
+        steps.push(...readShardPairs(gate, up, (gv, uv) =>
+          swigluLinearSteps(g, {
+            label: `L${l}.mlp.gate_up_swiglu`,
+            x: b.xn,
+            m: R,
+            k: H,
+            gate: gv,
+            up: uv,
+            out: b.gate,
+          })));
+      } else {
+        // Low rank adds each projection's delta after its matmul, so silu waits for both.
+        steps.push(...lin("mlp.gate_proj", b.xn, b.gate, H));
+        steps.push(...lin("mlp.up_proj", b.xn, b.up, H));
+        steps.push(
+          swigluStep(g, {
+            label: `L${l}.swiglu`,
+            gate: b.gate,
+            up: b.up,
+            rows: R,
+            width: c.intermediateSize,
+          }),
+        );
+      }
       steps.push(...lin("mlp.down_proj", b.gate, b.x, c.intermediateSize, true));
     }
     if (layers.to === c.numLayers) steps.push(norm("norm", "model.norm.weight"));
