@@ -223,22 +223,25 @@ export class Qwen3Forward {
     layers: { from: number; to: number } = { from: 0, to: this.config.numLayers },
   ): Step[] {
     const c = this.config, g = this.gpu, b = this.#buf;
-    const vec = (name: string) => {
+    // A vector is read whole from its one buffer, after its fill when it has one (bf16 θ widened
+    // to f32 right before the read: pipeline/engine.ts).
+    const vec = (name: string, read: (buffer: GPUBuffer) => Step): Step[] => {
       const t = weights(name);
-      if (fillsOf(t)) throw new Error(`${name}: a vector cannot be filled per read`);
-      return t.shards[0].buffer;
+      if (t.shards.length !== 1) throw new Error(`${name}: a vector must be one shard`);
+      return [...(fillsOf(t)?.[0] ?? []), read(t.shards[0].buffer)];
     };
     // xn = rmsnorm(x): every norm of the body reads the residual stream and writes xn.
     const norm = (label: string, weight: string) =>
-      rmsnormStep(g, {
-        label,
-        x: b.x,
-        w: vec(weight),
-        y: b.xn,
-        rows: R,
-        dim: H,
-        eps: c.rmsNormEps,
-      });
+      vec(weight, (w) =>
+        rmsnormStep(g, {
+          label,
+          x: b.x,
+          w,
+          y: b.xn,
+          rows: R,
+          dim: H,
+          eps: c.rmsNormEps,
+        }));
     const R = batch * seqLen, H = c.hiddenSize, D = c.headDim;
     const steps: Step[] = [];
     if (layers.from === 0) {
@@ -261,10 +264,9 @@ export class Qwen3Forward {
         const bias = c.attentionBias && name.startsWith("self_attn.")
           ? weights(`${p}${name}.bias`)
           : undefined;
-        if (bias && fillsOf(bias)) {
-          throw new Error(`${bias.name}: a bias cannot be filled per read`);
-        }
+        if (bias && bias.shards.length !== 1) throw new Error(`${bias.name}: one shard`);
         return [
+          ...(bias ? fillsOf(bias)?.[0] ?? [] : []),
           ...readShards(
             w,
             (view) => linearSteps(g, { label, x, m: R, k, w: view, bias, out, accumulate }),
@@ -272,23 +274,24 @@ export class Qwen3Forward {
           ...(delta ? lowRankLinearSteps(g, { label, x, m: R, k, n: w.shape[0], delta, out }) : []),
         ];
       };
-      steps.push(norm(`L${l}.input_layernorm`, `${p}input_layernorm.weight`));
+      steps.push(...norm(`L${l}.input_layernorm`, `${p}input_layernorm.weight`));
       steps.push(...lin("self_attn.q_proj", b.xn, b.q, H));
       steps.push(...lin("self_attn.k_proj", b.xn, b.k, H));
       steps.push(...lin("self_attn.v_proj", b.xn, b.v, H));
       for (const [which, heads] of [["q", c.numHeads], ["k", c.numKvHeads]] as const) {
-        steps.push(qkNormRopeStep(g, {
-          label: `L${l}.${which}_norm_rope`,
-          x: b[which],
-          w: vec(`${p}self_attn.${which}_norm.weight`),
-          cos: b.cos,
-          sin: b.sin,
-          rows: R,
-          seqLen,
-          heads,
-          headDim: D,
-          eps: c.rmsNormEps,
-        }));
+        steps.push(...vec(`${p}self_attn.${which}_norm.weight`, (w) =>
+          qkNormRopeStep(g, {
+            label: `L${l}.${which}_norm_rope`,
+            x: b[which],
+            w,
+            cos: b.cos,
+            sin: b.sin,
+            rows: R,
+            seqLen,
+            heads,
+            headDim: D,
+            eps: c.rmsNormEps,
+          })));
       }
       steps.push(attentionStep(g, {
         label: `L${l}.attention`,
@@ -304,7 +307,7 @@ export class Qwen3Forward {
         headDim: D,
       }));
       steps.push(...lin("self_attn.o_proj", b.attn, b.x, c.numHeads * D, true));
-      steps.push(norm(`L${l}.post_attention_layernorm`, `${p}post_attention_layernorm.weight`));
+      steps.push(...norm(`L${l}.post_attention_layernorm`, `${p}post_attention_layernorm.weight`));
       const gate = weights(`${p}mlp.gate_proj.weight`), up = weights(`${p}mlp.up_proj.weight`);
       if (!lowRankOf(gate) && !lowRankOf(up)) {
         // gate = silu(xn·Wgᵀ)·(xn·Wuᵀ) in one pass: the two blocks share their loads of xn.
@@ -334,7 +337,7 @@ export class Qwen3Forward {
       }
       steps.push(...lin("mlp.down_proj", b.gate, b.x, c.intermediateSize, true));
     }
-    if (layers.to === c.numLayers) steps.push(norm("norm", "model.norm.weight"));
+    if (layers.to === c.numLayers) steps.push(...norm("norm", "model.norm.weight"));
     return steps;
   }
 

@@ -39,6 +39,7 @@ import {
   destroyTensor,
   type FilledTensor,
   type GpuTensor,
+  dtypeBytes,
   type StorageDtype,
 } from "../kernels/tensor.ts";
 import { encodeSteps, type Step } from "../kernels/program.ts";
@@ -220,7 +221,8 @@ export class EsEngine {
       }),
     );
     for (const [n, t] of this.scratch) this.#member.set(n, t);
-    this.forward = new Qwen3Forward(gpu, options.config, theta, {
+    // The forward's own weights are θ as read unperturbed (widened from bf16 where stored so).
+    this.forward = new Qwen3Forward(gpu, options.config, (name) => this.#thetaWeights(name), {
       maxBatch: options.microBatch,
       maxSeqLen: options.maxLen,
     });
@@ -271,7 +273,7 @@ export class EsEngine {
     }
     if (bf16) {
       // θ as the unperturbed forward reads it: matrices through the chunks at scale 0, vectors
-      // widened into small f32 copies before each pass over θ (#viewSteps).
+      // widened into small f32 copies, each right before it is read.
       this.#view = this.#chunked(matrices, this.#zero, "theta");
       for (const n of this.names.filter((n) => !isMatrix(n))) {
         const t = theta.get(n)!, view = createTensor(gpu, `${n}~theta`, t.shape);
@@ -282,8 +284,9 @@ export class EsEngine {
           paramIndex: 0,
           tensorId: this.names.indexOf(n),
         });
-        this.#view.set(n, view);
-        this.#viewSteps.push(...steps);
+        // A vector's fill widens all of it; the forward reads a vector from its one shard.
+        const filled: FilledTensor = { ...view, fills: view.shards.map((_, i) => i ? [] : steps) };
+        this.#view.set(n, filled);
         this.#own.push(table.buffer, ...view.shards.map((sh) => sh.buffer));
       }
     }
@@ -330,14 +333,15 @@ export class EsEngine {
    */
   #chunkBuffers(matrices: string[]): void {
     const gpu = this.gpu, o = this.options;
-    const thetaElements = [...this.theta.values()].reduce(
-      (a, t) => a + t.shards.reduce((b, s) => b + s.rows * t.rowSize, 0),
+    // θ's stored bytes: with bf16 θ the f32 chunks hold half as many rows, and the scratch stays
+    // the same fraction of θ.
+    const thetaBytes = [...this.theta.values()].reduce(
+      (a, t) => a + t.shards.reduce((b, s) => b + s.rows * t.rowSize * dtypeBytes(t.dtype), 0),
       0,
     );
-    // The budget counts θ as f32, the width the chunks hold, whatever θ's storage.
     const budget = Math.min(
       gpu.limits.maxStorageBufferBindingSize,
-      o.chunkBytes ?? Math.max(MIN_CHUNK_BYTES, Math.floor((4 * thetaElements) / CHUNK_FRACTION)),
+      o.chunkBytes ?? Math.max(MIN_CHUNK_BYTES, Math.floor(thetaBytes / CHUNK_FRACTION)),
     );
     const sizes = [0, 0];
     for (const n of matrices) {
@@ -386,9 +390,8 @@ export class EsEngine {
   }
   #chunkRows = new Map<string, number>();
   #chunkPools: (GPUBuffer | null)[] = [];
-  /** bf16 storage: θ as the unperturbed forward reads it, and the steps that widen its vectors. */
+  /** bf16 storage: θ as the unperturbed forward reads it, widened to f32 where it is read. */
   #view: Map<string, GpuTensor> | null = null;
-  #viewSteps: Step[] = [];
 
   /**
    * Low-rank mode: the member's factor buffers and delta per perturbed matrix (bound in
@@ -653,7 +656,6 @@ export class EsEngine {
     if (o.heldOut) this.#encodeHeldOut(enc);
     const H4 = this.config.hiddenSize * 4;
     if (this.prefixLayers > 0) {
-      encodeSteps(enc, this.#viewSteps);
       // The shared prefix, once per micro-batch: its residual stream waits in the cache.
       for (const l of packed.layout) {
         this.#copyIn(enc, this.#iter, l);
@@ -760,7 +762,6 @@ export class EsEngine {
   }
 
   #encodeHeldOut(enc: GPUCommandEncoder): void {
-    encodeSteps(enc, this.#viewSteps);
     let at = 0;
     for (const l of this.#holdLayout) {
       this.#copyIn(enc, this.#hold, l);

@@ -73,6 +73,10 @@ export async function benchEs(
     iterations: number;
     /** Low-rank (EGGROLL) perturbations of this rank instead of full rank. */
     lowRank?: number;
+    /** Full-rank members' scratch (pipeline/engine.ts); default chunks. */
+    scratch?: "chunks" | "copy";
+    /** θ's storage; default f32. */
+    storage?: "f32" | "bf16";
   },
 ): Promise<{
   es_tokens_per_s: number;
@@ -106,6 +110,8 @@ export async function benchEs(
     fitness: { steps: (fwd, x) => fwd.fitnessSteps(x.batch, x.seqLen, x.weights) },
     multipliers: () => ({ sigma: 1, alpha: 1 }),
     lowRank: o.lowRank ? { rank: o.lowRank } : undefined,
+    scratch: o.scratch,
+    storage: o.storage,
   });
   const weightBytes = [...engine.theta.values()].reduce((a, t) => a + tensorBytes(t), 0);
   const iterate = async (t: number) => {
@@ -262,6 +268,23 @@ if (import.meta.main) {
       iterations: values.quick ? 2 : 3,
       lowRank: 4,
     });
+    const bf16 = await benchEs(gpu, {
+      preset: "tiny",
+      population: 30,
+      samples: 32,
+      seqLen: 64,
+      iterations: values.quick ? 1 : 3,
+      storage: "bf16",
+    });
+    // A whole perturbed copy per member instead of chunks: the speed the chunks' memory costs.
+    const copy = values.quick ? null : await benchEs(gpu, {
+      preset: "tiny",
+      population: 30,
+      samples: 32,
+      seqLen: 64,
+      iterations: 3,
+      scratch: "copy",
+    });
     const ratio = es.es_tokens_per_s / es.inference_tokens_per_s;
     const row = (what: string, value: string, target: string) =>
       log(`| ${what} | ${value} | ${target} |`);
@@ -295,6 +318,24 @@ if (import.meta.main) {
     );
     row("ES population-tokens/s, low-rank rank 4", String(Math.round(lr.es_tokens_per_s)), "");
     row(
+      "the same, bf16 θ (over bf16 weight bytes)",
+      ((bf16.peak_device_bytes - bf16.workspace_bytes) / bf16.weight_bytes).toFixed(2),
+      "≤ 1.1",
+    );
+    row("ES population-tokens/s, bf16 θ", String(Math.round(bf16.es_tokens_per_s)), "");
+    if (copy) {
+      row(
+        "ES population-tokens/s, a whole perturbed copy per member (scratch: copy)",
+        String(Math.round(copy.es_tokens_per_s)),
+        "",
+      );
+      row(
+        "(peak − workspace) / weight bytes, scratch: copy",
+        ((copy.peak_device_bytes - copy.workspace_bytes) / copy.weight_bytes).toFixed(2),
+        "",
+      );
+    }
+    row(
       "peak device bytes / weight bytes (activations dominate this size)",
       (es.peak_device_bytes / es.weight_bytes).toFixed(2),
       "",
@@ -316,6 +357,11 @@ if (import.meta.main) {
         workspace_bytes: es.workspace_bytes,
         lowrank_es_tokens_per_s: lr.es_tokens_per_s,
         lowrank_peak_device_bytes: lr.peak_device_bytes,
+        bf16_es_tokens_per_s: bf16.es_tokens_per_s,
+        bf16_weight_bytes: bf16.weight_bytes,
+        bf16_peak_device_bytes: bf16.peak_device_bytes,
+        copy_es_tokens_per_s: copy?.es_tokens_per_s,
+        copy_peak_device_bytes: copy?.peak_device_bytes,
         forward_ms_per_batch: fwd.ms_per_batch,
         kernels_ms: fwd.kernels_ms,
       }));
