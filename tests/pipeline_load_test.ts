@@ -51,7 +51,7 @@ Deno.test("load: every omitted key takes its documented default", () => {
     samples_per_iteration: 5000,
     holdout: 256,
   });
-  assertEquals(spec.model, { type: "qwen3", preset: "micro", init: "random" });
+  assertEquals(spec.model, { type: "qwen3", preset: "micro", init: "random", storage: "f32" });
   assertEquals(spec.perturb, {
     type: "gaussian",
     population: 30,
@@ -66,6 +66,7 @@ Deno.test("load: every omitted key takes its documented default", () => {
       lm_head: { sigma: 1, alpha: 1 },
       layers: [],
     },
+    scratch: "chunks",
   });
   assertEquals(spec.fitness, { type: "log_likelihood", micro_batch: 16, max_len: 256 });
   assertEquals(spec.update, { type: "es", alpha: 5e-4, nes: false, decay: { gamma: 1, every: 0 } });
