@@ -37,9 +37,9 @@ import { type Gpu, STORAGE } from "../kernels/runtime.ts";
 import {
   createTensor,
   destroyTensor,
+  dtypeBytes,
   type FilledTensor,
   type GpuTensor,
-  dtypeBytes,
   type StorageDtype,
 } from "../kernels/tensor.ts";
 import { encodeSteps, type Step } from "../kernels/program.ts";
@@ -126,6 +126,18 @@ export interface EsEngineOptions {
 export const CHUNK_FRACTION = 32;
 /** The smallest chunk budget, so a small model is not cut into slivers of dispatches. */
 export const MIN_CHUNK_BYTES = 16 * 1024;
+
+/**
+ * Rows per chunk of a matrix of `rows` rows with room for `most`: as few chunks as fit, cut
+ * evenly, the size rounded up to a multiple of 32 (the matmul's row tiles) where room allows, so
+ * the last chunk is not a ragged sliver. At least one row.
+ */
+export function evenChunkRows(rows: number, most: number): number {
+  const room = Math.max(1, Math.min(rows, most));
+  const per = Math.ceil(rows / Math.ceil(rows / room));
+  const rounded = Math.min(rows, Math.ceil(per / 32) * 32);
+  return rounded <= room ? rounded : per;
+}
 
 /** Which chunk buffer a matrix uses: the up projections the second, everything else the first. */
 function chunkPool(name: string): number {
@@ -346,7 +358,7 @@ export class EsEngine {
     const sizes = [0, 0];
     for (const n of matrices) {
       const t = this.theta.get(n)!;
-      const rows = Math.max(1, Math.min(t.shape[0], Math.floor(budget / (t.rowSize * 4))));
+      const rows = evenChunkRows(t.shape[0], Math.floor(budget / (t.rowSize * 4)));
       this.#chunkRows.set(n, rows);
       sizes[chunkPool(n)] = Math.max(sizes[chunkPool(n)], rows * t.rowSize * 4);
     }
