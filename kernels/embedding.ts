@@ -10,7 +10,15 @@ import type { GpuTensor } from "./tensor.ts";
 /** Gathers rows of `table` (V, H) for `rows` token ids into x (rows, H). */
 export function embeddingSteps(
   gpu: Gpu,
-  o: { label: string; ids: GPUBuffer; table: GpuTensor; x: GPUBuffer; rows: number },
+  o: {
+    label: string;
+    ids: GPUBuffer;
+    table: GpuTensor;
+    x: GPUBuffer;
+    rows: number;
+    /** Population batching: token rows per member, and elements between members' tables. */
+    members?: { rows: number; tableStride: number };
+  },
 ): Step[] {
   const h = o.table.rowSize;
   if (h % 4 !== 0) throw new Error(`embedding ${o.label}: hidden ${h} must be a multiple of 4`);
@@ -18,7 +26,14 @@ export function embeddingSteps(
     launch(gpu, {
       label: `${o.label}#${i}`,
       kernel: "embedding",
-      consts: { R: o.rows, H: h, ROW_START: s.rowStart, ROWS: s.rows },
+      consts: {
+        R: o.rows,
+        H: h,
+        ROW_START: s.rowStart,
+        ROWS: s.rows,
+        RM: o.members?.rows ?? o.rows,
+        T_MS4: (o.members?.tableStride ?? 0) / 4,
+      },
       buffers: [o.ids, s.buffer, o.x],
       invocations: o.rows * (h / 4),
     })

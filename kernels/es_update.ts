@@ -123,7 +123,8 @@ function perturbPipeline(gpu: Gpu, theta: GpuTensor): GPUComputePipeline {
   const bf16 = theta.dtype === "bf16";
   return gpu.pipeline(
     bf16 ? "perturb_bf16" : "perturb",
-    wgslConsts({ WG }) + noiseWgsl + (bf16 ? THETA_BF16 : THETA_F32) + PERTURB_SOURCE,
+    wgslConsts({ WG, PARAM_WORDS: paramStride(gpu) / 4 }) + noiseWgsl +
+      (bf16 ? THETA_BF16 : THETA_F32) + PERTURB_SOURCE,
   );
 }
 
@@ -262,16 +263,23 @@ export interface EsSteps {
 export interface PerturbOptions {
   /** The parameters, read only. */
   theta: GpuTensor;
-  /** Scratch tensor with θ's shape and sharding: receives θ + scale·m_g·ε. */
+  /** Scratch tensor with θ's shape (sharded like it or not): receives θ + scale·m_g·ε. */
   out: GpuTensor;
   /** Perturb-params buffer ({@link encodePerturbParams}). */
   params: GPUBuffer;
   /** Record of `params` this step list reads (the member slot). */
   paramIndex: number;
-  /** Shard table of θ; made from tensorId/multiplier when absent (then returned for reuse). */
+  /** From {@link createPerturbTable}; made from tensorId/multiplier when absent (then returned). */
   table?: ShardTable;
   tensorId?: number;
   multiplier?: number;
+  /**
+   * Population batching: this many members at once, member z reading record paramIndex + z and
+   * writing memberStride elements (the table's) after member z − 1. Default one.
+   */
+  members?: number;
+  /** Elements between members' copies in out, for a table made here. */
+  memberStride?: number;
 }
 
 /** A row range of a perturb: inside one shard of θ and one shard of out. */
@@ -310,7 +318,7 @@ export function createPerturbTable(
   gpu: Gpu,
   theta: GpuTensor,
   out: GpuTensor,
-  options: { tensorId: number; multiplier?: number },
+  options: { tensorId: number; multiplier?: number; memberStride?: number },
 ): ShardTable {
   const total = numel(theta.shape);
   if (total >= 2 ** 32) throw new GpuError(`tensor ${theta.name}: ${total} elements ≥ 2^32`);
@@ -328,6 +336,7 @@ export function createPerturbTable(
     f32[at + 4] = options.multiplier ?? 1;
     words[at + 5] = (p.rowStart - theta.shards[p.thetaShard].rowStart) * theta.rowSize;
     words[at + 6] = (p.rowStart - out.shards[p.outShard].rowStart) * theta.rowSize;
+    words[at + 7] = options.memberStride ?? 0;
   });
   const buffer = gpu.createBuffer(`${theta.name}.shards`, words.byteLength);
   gpu.write(buffer, words);
@@ -356,6 +365,7 @@ export function perturbSteps(gpu: Gpu, options: PerturbOptions): EsSteps {
     table = createPerturbTable(gpu, theta, out, {
       tensorId: options.tensorId,
       multiplier: options.multiplier,
+      memberStride: options.memberStride,
     });
   }
   if (table.shards !== pieces.length) {
@@ -364,7 +374,7 @@ export function perturbSteps(gpu: Gpu, options: PerturbOptions): EsSteps {
         `${pieces.length}; make it with createPerturbTable`,
     );
   }
-  const t = table, stride = paramStride(gpu);
+  const t = table, stride = paramStride(gpu), members = options.members ?? 1;
   const pipeline = perturbPipeline(gpu, theta);
   const steps = pieces.map((p, k) =>
     makeStep(gpu, {
@@ -373,11 +383,15 @@ export function perturbSteps(gpu: Gpu, options: PerturbOptions): EsSteps {
       pipeline,
       buffers: [
         { buffer: t.buffer, offset: k * t.stride, size: RECORD_BYTES },
-        { buffer: options.params, offset: options.paramIndex * stride, size: RECORD_BYTES },
+        {
+          buffer: options.params,
+          offset: options.paramIndex * stride,
+          size: (members - 1) * stride + RECORD_BYTES,
+        },
         theta.shards[p.thetaShard].buffer,
         out.shards[p.outShard].buffer,
       ],
-      workgroups: grid(blocksOf(p.rowStart * theta.rowSize, p.rows * theta.rowSize)),
+      workgroups: grid(blocksOf(p.rowStart * theta.rowSize, p.rows * theta.rowSize), members),
     })
   );
   return { steps, table: t };
@@ -397,6 +411,11 @@ export interface ChunkPerturbOptions {
   /** Perturb-params buffer and the record the steps read. */
   params: GPUBuffer;
   paramIndex: number;
+  /**
+   * Population batching: `count` members at once, member z reading record paramIndex + z and
+   * writing its chunk `stride` elements after member z − 1's. Default one member.
+   */
+  members?: { count: number; stride: number };
 }
 
 /** A chunk of rows of θ and the step that writes its perturbed copy to the chunk buffer. */
@@ -424,10 +443,11 @@ export function chunkPerturbSteps(
       `perturb ${theta.name}: chunkRows ${o.chunkRows} must be a positive integer`,
     );
   }
-  if (o.out.size < o.chunkRows * theta.rowSize * 4) {
+  const count = o.members?.count ?? 1, memberStride = count > 1 ? o.members!.stride : 0;
+  const need = ((count - 1) * memberStride + o.chunkRows * theta.rowSize) * 4;
+  if (o.out.size < need) {
     throw new GpuError(
-      `perturb ${theta.name}: the chunk buffer holds ${o.out.size} bytes, needs ` +
-        `${o.chunkRows * theta.rowSize * 4}`,
+      `perturb ${theta.name}: the chunk buffer holds ${o.out.size} bytes, needs ${need}`,
     );
   }
   const ranges: { shard: number; rowStart: number; rows: number }[] = [];
@@ -447,6 +467,7 @@ export function chunkPerturbSteps(
     words[at + 3] = total;
     f32[at + 4] = o.multiplier;
     words[at + 5] = (c.rowStart - shard.rowStart) * theta.rowSize;
+    words[at + 7] = memberStride;
   });
   const buffer = gpu.createBuffer(`${theta.name}.chunks`, words.byteLength);
   gpu.write(buffer, words);
@@ -467,11 +488,15 @@ export function chunkPerturbSteps(
       pipeline,
       buffers: [
         { buffer, offset: k * stride, size: RECORD_BYTES },
-        { buffer: o.params, offset: o.paramIndex * stride, size: RECORD_BYTES },
+        {
+          buffer: o.params,
+          offset: o.paramIndex * stride,
+          size: (count - 1) * stride + RECORD_BYTES,
+        },
         theta.shards[c.shard].buffer,
         o.out,
       ],
-      workgroups: grid(blocksOf(c.rowStart * theta.rowSize, c.rows * theta.rowSize)),
+      workgroups: grid(blocksOf(c.rowStart * theta.rowSize, c.rows * theta.rowSize), count),
     }),
   }));
   return { chunks, table };
@@ -553,14 +578,17 @@ function blocksOf(start: number, count: number): number {
   return Math.floor((start + count - 1) / 4) - Math.floor(start / 4) + 1;
 }
 
-/** A 2-D grid of WG-wide workgroups covering `invocations` (the kernels linearise y·X + x). */
-function grid(invocations: number): [number, number, number] {
+/**
+ * A 2-D grid of WG-wide workgroups covering `invocations` (the kernels linearise y·X + x), and
+ * `members` deep in z (perturb's batched members).
+ */
+function grid(invocations: number, members = 1): [number, number, number] {
   const groups = Math.ceil(invocations / WG);
   if (groups === 0) return [0, 1, 1];
   // Balance the rows so the last one is nearly full: idle workgroups still cost dispatch time.
   const y = Math.ceil(groups / 65535);
   const x = Math.ceil(groups / y);
-  return [x, y, 1];
+  return [x, y, members];
 }
 
 function checkU32(name: string, v: number): void {

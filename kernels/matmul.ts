@@ -55,6 +55,8 @@ export interface MatmulOptions {
   outColOffset?: number;
   /** out += result instead of out = result (fuses a residual add). Default false. */
   accumulate?: boolean;
+  /** Several members in one dispatch ({@link MatmulMembers}). Default one. */
+  members?: MatmulMembers;
   /** Block per invocation. Default {@link defaultMatmulTile} for this shape and adapter. */
   tile?: MatmulTile;
 }
@@ -253,9 +255,11 @@ function matmulSource(tile: MatmulTile, swiglu = false): string {
   const block = (line: (i: number, j: number) => string) =>
     rows.flatMap((i) => cols.map((j) => line(i, j)));
   const setup = [
-    ...rows.map((i) => `let xo${i} = min(row0 + ${i}u, M - 1u) * K4;`),
-    ...cols.map((j) => `let wo${j} = (W_ROW + min(col0 + ${j}u, N - 1u)) * K4;`),
-    ...(swiglu ? cols.map((j) => `let uo${j} = (U_ROW + min(col0 + ${j}u, N - 1u)) * K4;`) : []),
+    ...rows.map((i) => `let xo${i} = member_z * X_MS4 + min(row0 + ${i}u, M - 1u) * K4;`),
+    ...cols.map((j) => `let wo${j} = member_z * W_MS4 + (W_ROW + min(col0 + ${j}u, N - 1u)) * K4;`),
+    ...(swiglu
+      ? cols.map((j) => `let uo${j} = member_z * W_MS4 + (U_ROW + min(col0 + ${j}u, N - 1u)) * K4;`)
+      : []),
     ...block((i, j) => `var c${i}_${j} = 0.0;`),
     ...(swiglu ? block((i, j) => `var u${i}_${j} = 0.0;`) : []),
   ];
@@ -330,6 +334,42 @@ function checkTile(where: string, tile: MatmulTile): void {
   }
 }
 
+/**
+ * Population batching: `count` members in one dispatch (grid z = count). Member z reads x from
+ * z·x, the weights from z·w (0: shared by all members), the bias from z·bias, and writes out from
+ * z·out; all in f32 elements, x and w multiples of 4. With count 1 the strides are unused.
+ */
+export interface MatmulMembers {
+  count: number;
+  x: number;
+  w: number;
+  out: number;
+  bias?: number;
+}
+
+/** The member constants of matmul.wgsl, checking the strides. */
+function memberConsts(where: string, mb: MatmulMembers | undefined): Record<string, number> {
+  if (!mb || mb.count === 1) return { X_MS4: 0, W_MS4: 0, OUT_MS: 0, B_MS: 0 };
+  const { count, x, w, out, bias = 0 } = mb;
+  if (!(Number.isInteger(count) && count >= 1)) {
+    throw new Error(`${where}: members.count must be a positive integer, got ${count}`);
+  }
+  for (const [name, v] of Object.entries({ x, w, out, bias })) {
+    if (!(Number.isInteger(v) && v >= 0)) {
+      throw new Error(`${where}: member stride ${name} must be ≥ 0, got ${v}`);
+    }
+  }
+  if (x % 4 !== 0 || w % 4 !== 0) {
+    throw new Error(`${where}: member strides of x and w must be multiples of 4, got ${x}, ${w}`);
+  }
+  return { X_MS4: x / 4, W_MS4: w / 4, OUT_MS: out, B_MS: bias };
+}
+
+/** f32 elements a buffer needs for `one` member's elements at `stride` apart, `count` times. */
+function forMembers(one: number, stride: number, mb: MatmulMembers | undefined): number {
+  return ((mb?.count ?? 1) - 1) * stride + one;
+}
+
 /** The grid constants of matmul.wgsl for this tile and grid. */
 function gridConsts(tile: MatmulTile, g: MatmulGrid): Record<string, number> {
   return {
@@ -355,10 +395,19 @@ export function matmulStep(gpu: Gpu, o: MatmulOptions): Step {
   const outStride = o.outStride ?? n;
   const outColOffset = o.outColOffset ?? 0;
   checkSizes(where, { m, k, n }, { wRowOffset, biasOffset, outStride, outColOffset });
-  checkBuffer(gpu, where, "x", o.x, m * k);
-  checkBuffer(gpu, where, "w", o.w, (wRowOffset + n) * k);
-  checkBuffer(gpu, where, "out", o.out, (m - 1) * outStride + outColOffset + n);
-  if (o.bias) checkBuffer(gpu, where, "bias", o.bias, biasOffset + n);
+  const mb = o.members, members = memberConsts(where, mb);
+  checkBuffer(gpu, where, "x", o.x, forMembers(m * k, mb?.x ?? 0, mb));
+  checkBuffer(gpu, where, "w", o.w, forMembers((wRowOffset + n) * k, mb?.w ?? 0, mb));
+  checkBuffer(
+    gpu,
+    where,
+    "out",
+    o.out,
+    forMembers((m - 1) * outStride + outColOffset + n, mb?.out ?? 0, mb),
+  );
+  if (o.bias) {
+    checkBuffer(gpu, where, "bias", o.bias, forMembers(biasOffset + n, mb?.bias ?? 0, mb));
+  }
   if (o.out === o.x || o.out === o.w || o.out === o.bias) {
     throw new Error(`${where}: out must not be the same buffer as x, w or bias`);
   }
@@ -377,6 +426,7 @@ export function matmulStep(gpu: Gpu, o: MatmulOptions): Step {
     HAS_BIAS: o.bias !== undefined,
     ACCUMULATE: o.accumulate ?? false,
     SWIGLU: false,
+    ...members,
     ...gridConsts(tile, g),
   }) + matmulSource(tile);
   const pipeline = gpu.pipeline(`matmul ${tileKey(tile)} ${m}x${k}x${n}`, code);
@@ -387,7 +437,7 @@ export function matmulStep(gpu: Gpu, o: MatmulOptions): Step {
     // Without a bias the kernel never reads binding 2, but the layout still has it; x stands in
     // (two read-only bindings of one buffer are allowed) so no dummy buffer is needed.
     buffers: [o.x, o.w, o.bias ?? o.x, o.out],
-    workgroups: [g.gridX, g.gridY, 1],
+    workgroups: [g.gridX, g.gridY, mb?.count ?? 1],
   });
 }
 
@@ -419,6 +469,8 @@ export interface MatmulSwigluOptions {
   outColOffset?: number;
   /** Block of gate (and of up) accumulators per invocation. Default {@link defaultMatmulSwigluTile}. */
   tile?: MatmulTile;
+  /** Several members in one dispatch ({@link MatmulMembers}; gate and up share the w stride). */
+  members?: MatmulMembers;
 }
 
 /**
@@ -435,10 +487,17 @@ export function matmulSwigluStep(gpu: Gpu, o: MatmulSwigluOptions): Step {
   const outStride = o.outStride ?? n;
   const outColOffset = o.outColOffset ?? 0;
   checkSizes(where, { m, k, n }, { gateRowOffset, upRowOffset, outStride, outColOffset });
-  checkBuffer(gpu, where, "x", o.x, m * k);
-  checkBuffer(gpu, where, "wGate", o.wGate, (gateRowOffset + n) * k);
-  checkBuffer(gpu, where, "wUp", o.wUp, (upRowOffset + n) * k);
-  checkBuffer(gpu, where, "out", o.out, (m - 1) * outStride + outColOffset + n);
+  const mb = o.members, members = memberConsts(where, mb);
+  checkBuffer(gpu, where, "x", o.x, forMembers(m * k, mb?.x ?? 0, mb));
+  checkBuffer(gpu, where, "wGate", o.wGate, forMembers((gateRowOffset + n) * k, mb?.w ?? 0, mb));
+  checkBuffer(gpu, where, "wUp", o.wUp, forMembers((upRowOffset + n) * k, mb?.w ?? 0, mb));
+  checkBuffer(
+    gpu,
+    where,
+    "out",
+    o.out,
+    forMembers((m - 1) * outStride + outColOffset + n, mb?.out ?? 0, mb),
+  );
   if (o.out === o.x || o.out === o.wGate || o.out === o.wUp) {
     throw new Error(`${where}: out must not be the same buffer as x, wGate or wUp`);
   }
@@ -458,6 +517,7 @@ export function matmulSwigluStep(gpu: Gpu, o: MatmulSwigluOptions): Step {
     HAS_BIAS: false,
     ACCUMULATE: false,
     SWIGLU: true,
+    ...members,
     ...gridConsts(tile, g),
   }) + matmulSource(tile, true);
   const pipeline = gpu.pipeline(`matmul+swiglu ${tileKey(tile)} ${m}x${k}x${n}`, code);
@@ -467,7 +527,7 @@ export function matmulSwigluStep(gpu: Gpu, o: MatmulSwigluOptions): Step {
     pipeline,
     // Binding 2 (bias) is in the layout though never read; x stands in, as in matmulStep.
     buffers: [o.x, o.wGate, o.x, o.out, o.wUp],
-    workgroups: [g.gridX, g.gridY, 1],
+    workgroups: [g.gridX, g.gridY, mb?.count ?? 1],
   });
 }
 

@@ -40,15 +40,20 @@
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<storage, read> wu: array<vec4f>;
 
+// Population batching: workgroup z is the member. Member z's rows of x start X_MS4 vec4s further
+// on, its weights W_MS4 vec4s (0: all members share w and wu), its bias B_MS and its out OUT_MS
+// elements. All zero when the dispatch is one member (grid z = 1).
+var<private> member_z: u32;
+
 // Writes one element of out when it lies inside (M, N). The bias and residual reads happen once
 // per output element, outside the K loop, so they cost nothing next to it.
 fn store(r: u32, c: u32, v: f32) {
   if (r < M && c < N) {
     var y = v;
     if (HAS_BIAS) {
-      y += bias[BIAS_OFF + c];
+      y += bias[BIAS_OFF + member_z * B_MS + c];
     }
-    let at = r * OUT_STRIDE + OUT_COL + c;
+    let at = member_z * OUT_MS + r * OUT_STRIDE + OUT_COL + c;
     if (ACCUMULATE) {
       y += out[at];
     }
@@ -64,6 +69,7 @@ fn store_swiglu(r: u32, c: u32, g: f32, u: f32) {
 
 @compute @workgroup_size(WG_M * WG_N)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  member_z = wid.z;
   let block = wid.x + wid.y * GRID_X;
   if (block >= BLOCKS_M * BLOCKS_N) {
     return;

@@ -12,15 +12,12 @@
 
 // struct Shard (one shard-table record) comes from shard_record.wgsl, prepended by the wrapper.
 
-struct Perturb {
-  key: vec2u,       // run seed (lo32, hi32)
-  iteration: u32,
-  member: u32,      // noise index (antithetic member j ≥ K uses j − K, with a negative scale)
-  scale: f32,       // ±σ_t
-}
-
+// Perturb-params records, PARAM_WORDS u32 apart; workgroup z reads record z and writes its
+// copy shard.member_stride elements further on in out (population batching; z is 0 alone).
+// A record: run seed (lo32, hi32), iteration, noise index (antithetic member j ≥ K uses j − K,
+// with a negative scale), and the scale ±σ_t as f32 bits.
 @group(0) @binding(0) var<storage, read> shard: Shard;
-@group(0) @binding(1) var<storage, read> params: Perturb;
+@group(0) @binding(1) var<storage, read> params: array<u32>;
 // Binding 2, θ, and `theta_at(i)`, its element i as f32, come from the wrapper: an f32 array,
 // or bf16 pairs packed in u32 words (kernels/es_update.ts THETA_F32 / THETA_BF16).
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
@@ -37,12 +34,15 @@ fn main(
   if (block * 4u >= end) {
     return;
   }
-  let eps = noise4(params.key, params.iteration, params.member, shard.tensor, block);
-  let s = params.scale * shard.multiplier;
+  let p = wid.z * PARAM_WORDS;
+  let key = vec2u(params[p], params[p + 1u]);
+  let eps = noise4(key, params[p + 2u], params[p + 3u], shard.tensor, block);
+  let s = bitcast<f32>(params[p + 4u]) * shard.multiplier;
+  let dst = shard.dst + wid.z * shard.member_stride;
   for (var k = 0u; k < 4u; k++) {
     let e = block * 4u + k;
     if (e >= shard.start && e < end) {
-      out[e - shard.start + shard.dst] = theta_at(e - shard.start + shard.src) + s * eps[k];
+      out[e - shard.start + dst] = theta_at(e - shard.start + shard.src) + s * eps[k];
     }
   }
 }

@@ -20,13 +20,23 @@ export function qkNormRopeStep(
     heads: number;
     headDim: number;
     eps: number;
+    /** Population batching: token rows per member, and elements between members' w (0: shared). */
+    members?: { rows: number; wStride: number };
   },
 ): Step {
   if (o.headDim % 2 !== 0) throw new Error(`rope ${o.label}: head_dim ${o.headDim} must be even`);
   return launch(gpu, {
     label: o.label,
     kernel: "qk_norm_rope",
-    consts: { R: o.rows, T: o.seqLen, NH: o.heads, D: o.headDim, EPS: o.eps },
+    consts: {
+      R: o.rows,
+      T: o.seqLen,
+      NH: o.heads,
+      D: o.headDim,
+      EPS: o.eps,
+      RM: o.members?.rows ?? o.rows,
+      W_MS: o.members?.wStride ?? 0,
+    },
     buffers: [o.x, o.w, o.cos, o.sin],
     invocations: o.rows * o.heads,
   });

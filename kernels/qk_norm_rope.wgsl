@@ -4,7 +4,9 @@
 // position p and frequency i, precomputed on the CPU exactly as HF rounds it.
 // Position of row r is r % T (right padding, positions 0..T-1 like HF's default position_ids).
 // RoPE: out[i] = a[i]·cos − a[i+D/2]·sin, out[i+D/2] = a[i+D/2]·cos + a[i]·sin (rotate_half).
-// Constants: R, T, NH, D (even), EPS, WG, GRID_X.
+// Population batching: token rows come in blocks of RM per member, and member m's w starts W_MS
+// elements further on (0: shared).
+// Constants: R, T, NH, D (even), EPS, RM, W_MS, WG, GRID_X.
 @group(0) @binding(0) var<storage, read_write> x: array<f32>;
 @group(0) @binding(1) var<storage, read> w: array<f32>;
 @group(0) @binding(2) var<storage, read> cosT: array<f32>;
@@ -24,9 +26,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   }
   let inv = inverseSqrt(ss / f32(D) + EPS);
   let half = D / 2u;
+  let wb = (row / RM) * W_MS;
   for (var j = 0u; j < half; j++) {
-    let a = w[j] * (x[base + j] * inv);
-    let b = w[j + half] * (x[base + j + half] * inv);
+    let a = w[wb + j] * (x[base + j] * inv);
+    let b = w[wb + j + half] * (x[base + j + half] * inv);
     let c = cosT[pos * half + j];
     let s = sinT[pos * half + j];
     x[base + j] = a * c - b * s;

@@ -17,6 +17,8 @@ export function rmsnormStep(
     rows: number;
     dim: number;
     eps: number;
+    /** Population batching: rows per member, and elements between members' w (0: shared). */
+    members?: { rows: number; wStride: number };
   },
 ): Step {
   if (o.dim % 4 !== 0) {
@@ -25,7 +27,13 @@ export function rmsnormStep(
   return launch(gpu, {
     label: o.label,
     kernel: "rmsnorm",
-    consts: { R: o.rows, D: o.dim, EPS: o.eps },
+    consts: {
+      R: o.rows,
+      D: o.dim,
+      EPS: o.eps,
+      RM: o.members?.rows ?? o.rows,
+      W_MS4: memberStride4(o.label, o.members?.wStride ?? 0),
+    },
     buffers: [o.x, o.w, o.y],
     invocations: o.rows,
   });
@@ -45,4 +53,12 @@ export function rmsnormReference(
     for (let i = 0; i < o.dim; i++) y[r * o.dim + i] = w[i] * x[r * o.dim + i] * inv;
   }
   return y;
+}
+
+/** A member stride in vec4s; it must be a multiple of 4 elements. */
+function memberStride4(label: string, stride: number): number {
+  if (stride % 4 !== 0) {
+    throw new Error(`rmsnorm ${label}: member stride ${stride} is not a multiple of 4`);
+  }
+  return stride / 4;
 }

@@ -2,7 +2,9 @@
 // Legend: R = rows (tokens or token·heads), D = normalised width.
 // x is (R, D), w is (D), y is (R, D). One invocation per row: rows are independent and the
 // per-lane row walk avoids barriers, which lavapipe runs slowly.
-// Constants: R, D (multiple of 4), EPS, WG, GRID_X.
+// Population batching: rows come in blocks of RM per member, and member m's w starts W_MS4 vec4s
+// further on (0: shared).
+// Constants: R, D (multiple of 4), EPS, RM, W_MS4, WG, GRID_X.
 @group(0) @binding(0) var<storage, read> x: array<vec4f>;
 @group(0) @binding(1) var<storage, read> w: array<vec4f>;
 @group(0) @binding(2) var<storage, read_write> y: array<vec4f>;
@@ -18,7 +20,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
     ss += v * v;
   }
   let inv = inverseSqrt((ss.x + ss.y + ss.z + ss.w) / f32(D) + EPS);
+  let wbase = (row / RM) * W_MS4;
   for (var i = 0u; i < D / 4u; i++) {
-    y[base + i] = w[i] * (x[base + i] * inv);
+    y[base + i] = w[wbase + i] * (x[base + i] * inv);
   }
 }

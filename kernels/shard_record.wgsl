@@ -10,5 +10,6 @@ struct Shard {
   src: u32,         // perturb only: index in the bound θ buffer of element `start` (0 for a
                     // whole shard; a chunk or piece inside a shard starts further in)
   dst: u32,         // perturb only: index in the bound out buffer of element `start`
+  member_stride: u32, // perturb only: elements between members' copies in out (batched members)
 }
 
