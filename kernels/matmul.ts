@@ -547,6 +547,8 @@ export function swigluLinearSteps(
     up: GpuTensor;
     out: GPUBuffer;
     tile?: MatmulTile;
+    /** Population batching as in {@link linearSteps}; gate and up share the member stride. */
+    members?: LinearMembers;
   },
 ): Step[] {
   const { gate, up } = o;
@@ -559,6 +561,7 @@ export function swigluLinearSteps(
     }
   }
   const width = gate.shape[0];
+  const batched = batchedMembers(o.members, o.m, o.k, width);
   const shardAt = (t: GpuTensor, row: number) => {
     const s = t.shards.find((s) => s.rowStart <= row && row < s.rowStart + s.rows);
     if (!s) throw new Error(`swiglu linear ${o.label}: ${t.name} has no shard holding row ${row}`);
@@ -576,7 +579,8 @@ export function swigluLinearSteps(
       steps.push(matmulSwigluStep(gpu, {
         label: o.label + (whole ? "" : `@${start}`),
         x: o.x,
-        m: o.m,
+        m: batched.m,
+        members: batched.members,
         k: o.k,
         wGate: gs.buffer,
         gateRowOffset: start - gs.rowStart,
@@ -612,6 +616,11 @@ export function linearSteps(
     outStride?: number;
     accumulate?: boolean;
     tile?: MatmulTile;
+    /**
+     * Population batching: `count` members of m rows each (x and out hold count·m rows), member
+     * z's copy of W (and bias) `w` (`bias`) elements after z − 1's; 0 is shared. Default one.
+     */
+    members?: LinearMembers;
   },
 ): Step[] {
   const { w, bias } = o;
@@ -639,10 +648,13 @@ export function linearSteps(
       // Labels name the shard (#i) and, where the bias cut it, the first column (@c).
       const split = start !== ws.rowStart || stop !== end;
       const label = o.label + (w.shards.length > 1 ? `#${si}` : "") + (split ? `@${start}` : "");
+      const outStride = o.outStride ?? nTotal;
+      const batched = batchedMembers(o.members, o.m, o.k, outStride);
       steps.push(matmulStep(gpu, {
         label,
         x: o.x,
-        m: o.m,
+        m: batched.m,
+        members: batched.members,
         k: o.k,
         w: ws.buffer,
         wRowOffset: start - ws.rowStart,
@@ -650,7 +662,7 @@ export function linearSteps(
         bias: bs?.buffer,
         biasOffset: bs ? start - bs.rowStart : undefined,
         out: o.out,
-        outStride: o.outStride ?? nTotal,
+        outStride,
         outColOffset: start,
         accumulate: o.accumulate,
         tile: o.tile,
@@ -659,6 +671,29 @@ export function linearSteps(
     }
   }
   return steps;
+}
+
+/** Batched members of a linear layer: how many, and each one's stride of W and of its bias. */
+export interface LinearMembers {
+  count: number;
+  w: number;
+  bias?: number;
+}
+
+/**
+ * How a linear over `members` runs: with weights shared by all members, one plain matmul over
+ * all count·m rows (the best tiles for the most rows); otherwise member z in grid z.
+ */
+function batchedMembers(
+  mb: LinearMembers | undefined,
+  m: number,
+  k: number,
+  outStride: number,
+): { m: number; members?: MatmulMembers } {
+  const count = mb?.count ?? 1;
+  if (count === 1) return { m };
+  if (!mb!.w && !mb!.bias) return { m: count * m };
+  return { m, members: { count, x: m * k, w: mb!.w, out: m * outStride, bias: mb!.bias ?? 0 } };
 }
 
 /** out = x · wᵀ (+ bias) in float64 on the CPU: x is (m, k), w is (n, k), out is (m, n). */

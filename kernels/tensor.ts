@@ -37,6 +37,11 @@ export interface GpuTensor {
   shards: Shard[];
   /** Element storage; absent means f32. */
   dtype?: StorageDtype;
+  /**
+   * Population batching: each shard buffer holds one copy per member, this many elements apart
+   * (member z's copy of a shard starts z·memberStride in). Absent or 0: one copy, shared.
+   */
+  memberStride?: number;
 }
 
 /** Bytes per element of a storage dtype. */

@@ -215,24 +215,30 @@ export class Qwen3Forward {
    * `weights` binds another set of tensors of the same shapes (a perturbed copy) instead.
    * `layers` runs part of it: the embedding only when `from` is 0, layers [from, to), and the
    * final norm only when `to` is the last layer — the residual stream x carries between parts.
+   * `members` > 1 runs that many members at once (population batching): the buffers hold
+   * `members` blocks of batch × seqLen rows (the same tokens in each), and member z reads its
+   * copy of each weight z·memberStride in (kernels/tensor.ts; a tensor without one is shared).
    */
   bodySteps(
     batch: number,
     seqLen: number,
     weights: WeightLookup = this.#weights,
     layers: { from: number; to: number } = { from: 0, to: this.config.numLayers },
+    members = 1,
   ): Step[] {
     const c = this.config, g = this.gpu, b = this.#buf;
+    const Rm = batch * seqLen;
+    const ms = (t: GpuTensor) => t.memberStride ?? 0;
     // A vector is read whole from its one buffer, after its fill when it has one (bf16 θ widened
     // to f32 right before the read: pipeline/engine.ts).
-    const vec = (name: string, read: (buffer: GPUBuffer) => Step): Step[] => {
+    const vec = (name: string, read: (buffer: GPUBuffer, memberStride: number) => Step): Step[] => {
       const t = weights(name);
       if (t.shards.length !== 1) throw new Error(`${name}: a vector must be one shard`);
-      return [...(fillsOf(t)?.[0] ?? []), read(t.shards[0].buffer)];
+      return [...(fillsOf(t)?.[0] ?? []), read(t.shards[0].buffer, ms(t))];
     };
     // xn = rmsnorm(x): every norm of the body reads the residual stream and writes xn.
     const norm = (label: string, weight: string) =>
-      vec(weight, (w) =>
+      vec(weight, (w, stride) =>
         rmsnormStep(g, {
           label,
           x: b.x,
@@ -241,14 +247,23 @@ export class Qwen3Forward {
           rows: R,
           dim: H,
           eps: c.rmsNormEps,
+          members: { rows: Rm, wStride: stride },
         }));
-    const R = batch * seqLen, H = c.hiddenSize, D = c.headDim;
+    const R = members * batch * seqLen, H = c.hiddenSize, D = c.headDim;
     const steps: Step[] = [];
     if (layers.from === 0) {
       const table = weights("model.embed_tokens.weight");
       steps.push(...readShards(
         table,
-        (view) => embeddingSteps(g, { label: "embed", ids: b.ids, table: view, x: b.x, rows: R }),
+        (view) =>
+          embeddingSteps(g, {
+            label: "embed",
+            ids: b.ids,
+            table: view,
+            x: b.x,
+            rows: R,
+            members: { rows: Rm, tableStride: ms(table) },
+          }),
       ));
       const delta = lowRankOf(table);
       if (delta) {
@@ -261,16 +276,27 @@ export class Qwen3Forward {
       const p = `model.layers.${l}.`;
       const lin = (name: string, x: GPUBuffer, out: GPUBuffer, k: number, accumulate = false) => {
         const w = weights(`${p}${name}.weight`), delta = lowRankOf(w), label = `L${l}.${name}`;
+        if (delta && members > 1) {
+          throw new Error(`${label}: low-rank deltas run one member at a time`);
+        }
         const bias = c.attentionBias && name.startsWith("self_attn.")
           ? weights(`${p}${name}.bias`)
           : undefined;
         if (bias && bias.shards.length !== 1) throw new Error(`${bias.name}: one shard`);
         return [
           ...(bias ? fillsOf(bias)?.[0] ?? [] : []),
-          ...readShards(
-            w,
-            (view) => linearSteps(g, { label, x, m: R, k, w: view, bias, out, accumulate }),
-          ),
+          ...readShards(w, (view) =>
+            linearSteps(g, {
+              label,
+              x,
+              m: Rm,
+              k,
+              w: view,
+              bias,
+              out,
+              accumulate,
+              members: { count: members, w: ms(w), bias: bias ? ms(bias) : 0 },
+            })),
           ...(delta ? lowRankLinearSteps(g, { label, x, m: R, k, n: w.shape[0], delta, out }) : []),
         ];
       };
@@ -279,7 +305,7 @@ export class Qwen3Forward {
       steps.push(...lin("self_attn.k_proj", b.xn, b.k, H));
       steps.push(...lin("self_attn.v_proj", b.xn, b.v, H));
       for (const [which, heads] of [["q", c.numHeads], ["k", c.numKvHeads]] as const) {
-        steps.push(...vec(`${p}self_attn.${which}_norm.weight`, (w) =>
+        steps.push(...vec(`${p}self_attn.${which}_norm.weight`, (w, stride) =>
           qkNormRopeStep(g, {
             label: `L${l}.${which}_norm_rope`,
             x: b[which],
@@ -291,6 +317,7 @@ export class Qwen3Forward {
             heads,
             headDim: D,
             eps: c.rmsNormEps,
+            members: { rows: Rm, wStride: stride },
           })));
       }
       steps.push(attentionStep(g, {
@@ -300,7 +327,7 @@ export class Qwen3Forward {
         v: b.v,
         mask: b.mask,
         out: b.attn,
-        batch,
+        batch: members * batch,
         seqLen,
         heads: c.numHeads,
         kvHeads: c.numKvHeads,
@@ -315,11 +342,12 @@ export class Qwen3Forward {
           swigluLinearSteps(g, {
             label: `L${l}.mlp.gate_up_swiglu`,
             x: b.xn,
-            m: R,
+            m: Rm,
             k: H,
             gate: gv,
             up: uv,
             out: b.gate,
+            members: { count: members, w: ms(gate) },
           })));
       } else {
         // Low rank adds each projection's delta after its matmul, so silu waits for both.
@@ -346,13 +374,22 @@ export class Qwen3Forward {
     return weights(this.config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight");
   }
 
-  /** Steps of the streamed fitness: per vocab chunk a matmul and a log-sum-exp fold, then R. */
-  fitnessSteps(batch: number, seqLen: number, weights: WeightLookup = this.#weights): Step[] {
+  /**
+   * Steps of the streamed fitness: per vocab chunk a matmul and a log-sum-exp fold, then R.
+   * `members` as in {@link bodySteps}: r then holds members × batch values, member by member.
+   */
+  fitnessSteps(
+    batch: number,
+    seqLen: number,
+    weights: WeightLookup = this.#weights,
+    members = 1,
+  ): Step[] {
     const c = this.config, g = this.gpu, b = this.#buf;
-    const R = batch * seqLen;
+    const Rm = batch * seqLen, R = members * Rm;
     const steps: Step[] = [];
     let first = true;
     const head = this.headTensor(weights), delta = lowRankOf(head);
+    if (delta && members > 1) throw new Error("lm_head: low-rank deltas run one member at a time");
     // A low-rank member's head: u = xn·B once, then each chunk's logits += u·A[chunk]ᵀ.
     if (delta) {
       steps.push(
@@ -368,12 +405,16 @@ export class Qwen3Forward {
         steps.push(matmulStep(g, {
           label: `lm_head[${start}:${start + n}]`,
           x: b.xn,
-          m: R,
+          // Members with their own head: one dispatch, member z in grid z; shared: all rows.
+          m: head.memberStride ? Rm : R,
           k: c.hiddenSize,
           w: shard.buffer,
           wRowOffset: c0,
           n,
           out: b.logits,
+          members: head.memberStride
+            ? { count: members, x: Rm * c.hiddenSize, w: head.memberStride, out: Rm * n }
+            : undefined,
         }));
         if (delta) {
           steps.push(lowRankApplyStep(g, {
@@ -404,7 +445,7 @@ export class Qwen3Forward {
         target: b.target,
         state: b.state,
         r: b.r,
-        batch,
+        batch: members * batch,
         seqLen,
       }),
     );

@@ -131,19 +131,24 @@ export async function compile(
     lowRank: perturb.lowRank?.(spec.perturb),
     scratch: perturb.scratch?.(spec.perturb),
     storage: modelStorage(spec),
+    memberBatch: (spec.fitness.member_batch as number | undefined) ?? 1,
   });
-  const buffers = gpu.allocations().filter((a) => !before.has(a.label))
-    .map((a) => ({ name: a.label, bytes: a.bytes, role: roleOf(a.label) }));
   const full = Math.floor(M / microBatch), rest = M % microBatch;
-  const member = (b: number) => toPlanSteps(engine.memberSteps({ batch: b, seqLen: maxLen }, 0));
-  const microBlocks: PlanBlock[] = [{
-    what: `micro-batch of ${microBatch}×${maxLen}`,
-    repeat: full,
-    steps: member(microBatch),
-  }];
-  if (rest > 0) {
-    microBlocks.push({ what: `micro-batch of ${rest}×${maxLen}`, repeat: 1, steps: member(rest) });
-  }
+  // Members run in groups of the engine's member batch; a last, smaller group takes the rest.
+  const P = engine.memberBatch;
+  const microBlocks = (count: number): PlanBlock[] => {
+    const member = (b: number) =>
+      toPlanSteps(engine.memberSteps({ batch: b, seqLen: maxLen }, 0, count));
+    const blocks: PlanBlock[] = [{
+      what: `micro-batch of ${microBatch}×${maxLen}`,
+      repeat: full,
+      steps: member(microBatch),
+    }];
+    if (rest > 0) {
+      blocks.push({ what: `micro-batch of ${rest}×${maxLen}`, repeat: 1, steps: member(rest) });
+    }
+    return blocks.filter((b) => b.repeat > 0);
+  };
   const prefix = (b: number) => toPlanSteps(engine.prefixSteps({ batch: b, seqLen: maxLen }));
   const prefixBlocks: PlanBlock[] = engine.prefixLayers === 0 ? [] : [
     {
@@ -160,14 +165,18 @@ export async function compile(
     repeat: 1,
     steps: [
       ...prefixBlocks,
-      {
-        what: "member",
-        repeat: N,
-        steps: [...toPlanSteps(engine.perturbSteps(0)), ...microBlocks.filter((b) => b.repeat > 0)],
-      },
+      ...[[P, Math.floor(N / P)], [N % P, 1]].filter(([count, repeat]) => count > 0 && repeat > 0)
+        .map(([count, repeat]): PlanBlock => ({
+          what: count === 1 ? "member" : `${count} members at once`,
+          repeat,
+          steps: [...toPlanSteps(engine.perturbSteps(count)), ...microBlocks(count)],
+        })),
       ...toPlanSteps(engine.updateSteps()),
     ],
   };
+  // After the steps: a group's chunk tables are made when its steps are first built.
+  const buffers = gpu.allocations().filter((a) => !before.has(a.label))
+    .map((a) => ({ name: a.label, bytes: a.bytes, role: roleOf(a.label) }));
   const sum = (role: PlanBuffer["role"]) =>
     buffers.filter((b) => b.role === role).reduce((a, b) => a + b.bytes, 0);
   const sharded: Record<string, number> = {};

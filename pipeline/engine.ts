@@ -33,13 +33,14 @@
  *
  * @module
  */
-import { type Gpu, STORAGE } from "../kernels/runtime.ts";
+import { alignUp, type Gpu, STORAGE } from "../kernels/runtime.ts";
 import {
   createTensor,
   destroyTensor,
   dtypeBytes,
   type FilledTensor,
   type GpuTensor,
+  numel,
   type StorageDtype,
 } from "../kernels/tensor.ts";
 import { encodeSteps, type Step } from "../kernels/program.ts";
@@ -108,6 +109,13 @@ export interface EsEngineOptions {
   scratch?: "chunks" | "copy";
   /** "chunks" mode: bytes per chunk, overriding θ/{@link CHUNK_FRACTION} (tests cut it small). */
   chunkBytes?: number;
+  /**
+   * Population batching: members evaluated at once, in the same dispatches (their activations
+   * side by side, each matmul a grid of members). Full-rank "chunks" mode with a fitness stage
+   * that handles members; otherwise 1. Default 1. Each member adds one micro-batch of
+   * activation workspace; the chunk buffers keep their total size (each member's chunk shrinks).
+   */
+  memberBatch?: number;
   /**
    * How θ is stored: "f32" (default), or "bf16", which halves θ's bytes. In bf16 every read of θ
    * goes through a perturb kernel that widens it to f32 (members through their chunks, the
@@ -199,7 +207,11 @@ export class EsEngine {
   #iter: PackedInputs;
   #hold: PackedInputs;
   #holdLayout: PackedBatches["layout"] = [];
-  #perturb: Step[][];
+  /** Steps that perturb the members' whole tensors, per group size (read from #current). */
+  #perturbFor = new Map<number, Step[]>();
+  #perturbBuild: (count: number) => Step[] = () => [];
+  /** Members evaluated at once ({@link EsEngineOptions.memberBatch}, where it applies). */
+  readonly memberBatch: number;
   #updateSteps: Step[];
   #prefix: GPUBuffer | null;
   /** Leading layers no member perturbs, computed once per iteration (0: no prefix cache). */
@@ -224,23 +236,38 @@ export class EsEngine {
           "directly; use perturb type gaussian or model storage f32",
       );
     }
+    const P = chunked && options.fitness.members
+      ? Math.max(1, Math.min(N, Math.floor(options.memberBatch ?? 1)))
+      : 1;
+    this.memberBatch = P;
     // Tensors the perturb stage writes whole per member: all of θ in "copy" mode, else vectors.
     const whole = this.names.filter((n) => !isLowRank(n) && !(chunked && isMatrix(n)));
     this.scratch = new Map(
       whole.map((n) => {
         const t = theta.get(n)!;
-        return [n, createTensor(gpu, `${n}~member`, t.shape)];
+        if (P === 1) return [n, createTensor(gpu, `${n}~member`, t.shape)];
+        // One slot per member, 64 elements apart at least (256 bytes: a binding offset).
+        const slot = alignUp(numel(t.shape), 64), rows = t.shape[0];
+        const buffer = gpu.createBuffer(`${n}~member`, P * slot * 4);
+        const batched: GpuTensor = {
+          name: `${n}~member`,
+          shape: t.shape,
+          rowSize: t.rowSize,
+          shards: [{ buffer, rowStart: 0, rows }],
+          memberStride: slot,
+        };
+        return [n, batched];
       }),
     );
     for (const [n, t] of this.scratch) this.#member.set(n, t);
     // The forward's own weights are θ as read unperturbed (widened from bf16 where stored so).
     this.forward = new Qwen3Forward(gpu, options.config, (name) => this.#thetaWeights(name), {
-      maxBatch: options.microBatch,
+      maxBatch: P * options.microBatch,
       maxSeqLen: options.maxLen,
     });
     const stride = paramStride(gpu);
     this.#params = gpu.createBuffer("perturb.params", stride * N, STORAGE);
-    this.#current = gpu.createBuffer("perturb.current", stride, STORAGE);
+    this.#current = gpu.createBuffer("perturb.current", stride * P, STORAGE);
     // All zeros: a record with scale 0, which widens θ without noise (bf16 storage).
     this.#zero = gpu.createBuffer("perturb.zero", stride, STORAGE);
     this.#totals = gpu.createBuffer("fitness.totals", slotStride(gpu) * N, STORAGE);
@@ -277,12 +304,9 @@ export class EsEngine {
 
     // Perturb and update steps are built once: everything that changes per member or per
     // iteration lives in the params buffers, written before each submit.
-    this.#perturb = [];
     const matrices = this.names.filter(isMatrix);
-    if (chunked || bf16) this.#chunkBuffers(matrices);
-    if (chunked) {
-      for (const [n, t] of this.#chunked(matrices, this.#current, "member")) this.#member.set(n, t);
-    }
+    this.#matrices = matrices;
+    if (chunked || bf16) this.#chunkBuffers(matrices, P);
     if (bf16) {
       // θ as the unperturbed forward reads it: matrices through the chunks at scale 0, vectors
       // widened into small f32 copies, each right before it is read.
@@ -308,21 +332,24 @@ export class EsEngine {
       createPerturbTable(gpu, theta.get(n)!, this.scratch.get(n)!, {
         tensorId: this.names.indexOf(n),
         multiplier: options.multipliers(n).sigma,
+        memberStride: this.scratch.get(n)!.memberStride,
       }),
     ]));
     const lowRankSteps = lowRank ? this.#lowRank(lowRank.rank) : null;
-    for (let j = 0; j < N; j++) {
-      this.#perturb.push(whole.flatMap((n) =>
+    // A group of `count` members reads its records from #current (evaluate copies them in).
+    this.#perturbBuild = (count) => [
+      ...whole.flatMap((n) =>
         perturbSteps(gpu, {
           theta: theta.get(n)!,
           out: this.scratch.get(n)!,
-          params: this.#params,
-          paramIndex: j,
+          params: this.#current,
+          paramIndex: 0,
           table: perturbTables.get(n)!,
+          members: count,
         }).steps
-      ));
-      if (lowRankSteps) this.#perturb[j].push(...lowRankSteps.member(j));
-    }
+      ),
+      ...(lowRankSteps ? lowRankSteps.member() : []),
+    ];
     const updateTables = vectors.map((n) =>
       createShardTable(gpu, theta.get(n)!, {
         tensorId: this.names.indexOf(n),
@@ -343,7 +370,7 @@ export class EsEngine {
    * them together with the gate) right before the forward reads the chunk. A chunk is at most
    * θ/{@link CHUNK_FRACTION} bytes and at least one row.
    */
-  #chunkBuffers(matrices: string[]): void {
+  #chunkBuffers(matrices: string[], members: number): void {
     const gpu = this.gpu, o = this.options;
     // θ's stored bytes: with bf16 θ the f32 chunks hold half as many rows, and the scratch stays
     // the same fraction of θ.
@@ -351,9 +378,13 @@ export class EsEngine {
       (a, t) => a + t.shards.reduce((b, s) => b + s.rows * t.rowSize * dtypeBytes(t.dtype), 0),
       0,
     );
+    // Batched members split the budget: the chunk buffers stay the same size in all.
     const budget = Math.min(
-      gpu.limits.maxStorageBufferBindingSize,
-      o.chunkBytes ?? Math.max(MIN_CHUNK_BYTES, Math.floor(thetaBytes / CHUNK_FRACTION)),
+      Math.floor(gpu.limits.maxStorageBufferBindingSize / members),
+      Math.floor(
+        (o.chunkBytes ?? Math.max(MIN_CHUNK_BYTES, Math.floor(thetaBytes / CHUNK_FRACTION))) /
+          members,
+      ),
     );
     const sizes = [0, 0];
     for (const n of matrices) {
@@ -362,12 +393,42 @@ export class EsEngine {
       this.#chunkRows.set(n, rows);
       sizes[chunkPool(n)] = Math.max(sizes[chunkPool(n)], rows * t.rowSize * 4);
     }
+    // Member z's chunk starts z·slot elements in; a slot is 64-element aligned (256 bytes).
+    this.#chunkSlot = alignUp(Math.max(...sizes) / 4, 64);
     this.#chunkPools = sizes.map((bytes, i) => {
       if (bytes === 0) return null;
-      const b = gpu.createBuffer(`member.chunk${i}`, bytes);
+      const b = gpu.createBuffer(
+        `member.chunk${i}`,
+        members === 1 ? bytes : members * this.#chunkSlot * 4,
+      );
       this.#own.push(b);
       return b;
     });
+  }
+  #chunkSlot = 0;
+  #matrices: string[] = [];
+  /** The members' weights per group size: chunked matrices and the whole tensors' scratch. */
+  #memberFor = new Map<number, Map<string, GpuTensor>>();
+
+  /** What the forward of a group of `count` members binds per tensor. */
+  #membersWeights(count: number): WeightLookup {
+    let map = this.#memberFor.get(count);
+    if (!map) {
+      map = new Map(this.#member);
+      const chunked = this.options.lowRank === undefined && this.options.scratch !== "copy";
+      if (chunked) {
+        for (const [n, t] of this.#chunked(this.#matrices, this.#current, "member", count)) {
+          map.set(n, t);
+        }
+      }
+      this.#memberFor.set(count, map);
+    }
+    const m = map;
+    return (name) => {
+      const t = m.get(name) ?? this.theta.get(name);
+      if (!t) throw new Error(`no tensor ${name}`);
+      return t;
+    };
   }
 
   /**
@@ -375,7 +436,12 @@ export class EsEngine {
    * θ + scale·m_g·ε by its perturb step right before the forward reads it, the record read from
    * `params` (#current: the member being evaluated, which evaluate copies in; #zero: θ itself).
    */
-  #chunked(matrices: string[], params: GPUBuffer, what: string): Map<string, GpuTensor> {
+  #chunked(
+    matrices: string[],
+    params: GPUBuffer,
+    what: string,
+    count = 1,
+  ): Map<string, GpuTensor> {
     const out = new Map<string, GpuTensor>();
     for (const n of matrices) {
       const t = this.theta.get(n)!, buffer = this.#chunkPools[chunkPool(n)]!;
@@ -387,6 +453,7 @@ export class EsEngine {
         out: buffer,
         params,
         paramIndex: 0,
+        members: { count, stride: this.#chunkSlot },
       });
       this.#own.push(table.buffer);
       const filled: FilledTensor = {
@@ -396,6 +463,7 @@ export class EsEngine {
         shards: chunks.map((c) => ({ buffer, rowStart: c.rowStart, rows: c.rows })),
         fills: chunks.map((c) => [c.step]),
       };
+      if (count > 1) filled.memberStride = this.#chunkSlot;
       out.set(n, filled);
     }
     return out;
@@ -410,7 +478,7 @@ export class EsEngine {
    * #member), the factor steps of each member slot, and the update's steps. Matrices with σ
    * multiplier 0 are bound as θ itself; with α multiplier 0 they get no update steps.
    */
-  #lowRank(rank: number): { member: (slot: number) => Step[]; update: Step[] } {
+  #lowRank(rank: number): { member: () => Step[]; update: Step[] } {
     const gpu = this.gpu, o = this.options, N = o.population;
     const r4 = paddedRank(rank);
     const binding = gpu.limits.maxStorageBufferBindingSize;
@@ -471,13 +539,13 @@ export class EsEngine {
     const memberTable = createFactorTable(gpu, "lowrank.member_factors", records);
     this.#own.push(memberTable.buffer);
     const stride = paramStride(gpu);
-    const member = (slot: number) =>
+    const member = () =>
       outs.map((x, i) =>
         lowRankFactorStep(gpu, {
-          label: `${x.label}.slot${slot}`,
+          label: x.label,
           table: memberTable,
           index: i,
-          params: { buffer: this.#params, offset: slot * stride, size: 32 },
+          params: { buffer: this.#current, offset: 0, size: 32 },
           out: x.out,
           mode: "member",
         })
@@ -568,16 +636,6 @@ export class EsEngine {
     return new EsEngine(gpu, options, theta);
   }
 
-  /**
-   * The member's weights: the scratch copy the perturb steps fill, or in low-rank mode θ's
-   * matrix with the member's factors attached (θ alone where its σ multiplier is 0).
-   */
-  #memberWeights: WeightLookup = (name) => {
-    const t = this.#member.get(name) ?? this.theta.get(name);
-    if (!t) throw new Error(`no tensor ${name}`);
-    return t;
-  };
-
   #thetaWeights: WeightLookup = (name) => {
     const t = (this.#view ?? this.theta).get(name);
     if (!t) throw new Error(`no tensor ${name}`);
@@ -600,29 +658,41 @@ export class EsEngine {
     this.gpu.write(into.target, packed.target);
   }
 
-  /** Copies one packed micro-batch into the forward's input buffers. */
-  #copyIn(enc: GPUCommandEncoder, from: PackedInputs, l: PackedBatches["layout"][number]): void {
+  /**
+   * Copies one packed micro-batch into the forward's input buffers, `count` times side by side
+   * (a group of batched members all score the same tokens).
+   */
+  #copyIn(
+    enc: GPUCommandEncoder,
+    from: PackedInputs,
+    l: PackedBatches["layout"][number],
+    count = 1,
+  ): void {
     const bytes = l.batch * l.seqLen * 4, at = l.offset * 4;
-    enc.copyBufferToBuffer(from.ids, at, this.forward.buffer("ids"), 0, bytes);
-    enc.copyBufferToBuffer(from.mask, at, this.forward.buffer("mask"), 0, bytes);
-    enc.copyBufferToBuffer(from.target, at, this.forward.buffer("target"), 0, bytes);
+    for (let z = 0; z < count; z++) {
+      enc.copyBufferToBuffer(from.ids, at, this.forward.buffer("ids"), z * bytes, bytes);
+      enc.copyBufferToBuffer(from.mask, at, this.forward.buffer("mask"), z * bytes, bytes);
+      enc.copyBufferToBuffer(from.target, at, this.forward.buffer("target"), z * bytes, bytes);
+    }
   }
 
   /** Forward from layer `from` (0: from the embedding) and fitness, cached per shape. */
   #scoreSteps(
     l: { batch: number; seqLen: number },
-    weights: WeightLookup,
+    weights: () => WeightLookup,
     key: string,
     from = 0,
+    members = 1,
   ): Step[] {
     const fwd = this.forward;
-    const cacheKey = `${key}:${from}:${l.batch}x${l.seqLen}`;
+    const cacheKey = `${key}:${from}:${members}:${l.batch}x${l.seqLen}`;
     let steps = this.#scoreCache.get(cacheKey);
     if (!steps) {
-      const layers = { from, to: this.config.numLayers };
+      const layers = { from, to: this.config.numLayers }, w = weights();
+      const fit = { batch: l.batch, seqLen: l.seqLen, weights: w };
       steps = [
-        ...fwd.bodySteps(l.batch, l.seqLen, weights, layers),
-        ...this.options.fitness.steps(fwd, { batch: l.batch, seqLen: l.seqLen, weights }),
+        ...fwd.bodySteps(l.batch, l.seqLen, w, layers, members),
+        ...this.options.fitness.steps(fwd, members > 1 ? { ...fit, members } : fit),
       ];
       this.#scoreCache.set(cacheKey, steps);
     }
@@ -682,21 +752,27 @@ export class EsEngine {
       }
     }
     const stride = paramStride(g);
-    for (let j = start; j < end; j++) {
-      enc.copyBufferToBuffer(this.#params, j * stride, this.#current, 0, stride);
-      encodeSteps(enc, this.#perturb[j]);
+    // Members in groups of memberBatch: their records into #current, their whole tensors'
+    // scratch, then per micro-batch the group's forward in the same dispatches.
+    for (let j = start; j < end; j += this.memberBatch) {
+      const count = Math.min(this.memberBatch, end - j);
+      enc.copyBufferToBuffer(this.#params, j * stride, this.#current, 0, count * stride);
+      encodeSteps(enc, this.perturbSteps(count));
       for (const l of packed.layout) {
-        this.#copyIn(enc, this.#iter, l);
+        this.#copyIn(enc, this.#iter, l, count);
         if (this.prefixLayers > 0) {
-          enc.copyBufferToBuffer(
-            this.#prefix!,
-            l.offset * H4,
-            this.forward.buffer("x"),
-            0,
-            l.batch * l.seqLen * H4,
-          );
+          const bytes = l.batch * l.seqLen * H4;
+          for (let z = 0; z < count; z++) {
+            enc.copyBufferToBuffer(
+              this.#prefix!,
+              l.offset * H4,
+              this.forward.buffer("x"),
+              z * bytes,
+              bytes,
+            );
+          }
         }
-        encodeSteps(enc, this.memberSteps(l, j));
+        encodeSteps(enc, this.memberSteps(l, j, count));
       }
     }
     g.device.queue.submit([enc.finish()]);
@@ -717,11 +793,14 @@ export class EsEngine {
     };
   }
 
-  /** Member `slot`'s steps on one micro-batch: forward over θ_j, fitness, total[slot] += Σ R. */
-  memberSteps(l: { batch: number; seqLen: number }, slot: number): Step[] {
+  /**
+   * The steps of members slot .. slot + count − 1 (a group, count ≤ memberBatch) on one
+   * micro-batch: their forward over θ_j in the same dispatches, fitness, total[j] += Σ R.
+   */
+  memberSteps(l: { batch: number; seqLen: number }, slot: number, count = 1): Step[] {
     return [
-      ...this.#scoreSteps(l, this.#memberWeights, "member", this.prefixLayers),
-      this.#accumulate(l.batch, slot),
+      ...this.#scoreSteps(l, () => this.#membersWeights(count), "member", this.prefixLayers, count),
+      ...Array.from({ length: count }, (_, z) => this.#accumulate(l.batch, slot + z, z)),
     ];
   }
 
@@ -739,9 +818,18 @@ export class EsEngine {
     return steps;
   }
 
-  /** The steps that form member `slot`'s θ_j in the scratch copy. */
-  perturbSteps(slot: number): Step[] {
-    return this.#perturb[slot];
+  /**
+   * The steps that perturb a group of `count` members' whole tensors into their scratch (all of
+   * θ in "copy" mode, the vectors otherwise, plus low-rank factors), reading the group's records
+   * from the current-members buffer. Matrices in "chunks" mode are perturbed inside memberSteps.
+   */
+  perturbSteps(count = 1): Step[] {
+    let s = this.#perturbFor.get(count);
+    if (!s) {
+      s = this.#perturbBuild(count);
+      this.#perturbFor.set(count, s);
+    }
+    return s;
   }
 
   /** The steps of the update, one pass over θ. */
@@ -757,8 +845,8 @@ export class EsEngine {
   }
 
   #accumulateCache = new Map<string, Step>();
-  #accumulate(batch: number, slot: number): Step {
-    const key = `${batch}:${slot}`;
+  #accumulate(batch: number, slot: number, z = 0): Step {
+    const key = `${batch}:${slot}:${z}`;
     let s = this.#accumulateCache.get(key);
     if (!s) {
       s = accumulateStep(this.gpu, {
@@ -767,6 +855,7 @@ export class EsEngine {
         batch,
         totals: this.#totals,
         slot,
+        offset: z * batch,
       });
       this.#accumulateCache.set(key, s);
     }
@@ -777,7 +866,7 @@ export class EsEngine {
     let at = 0;
     for (const l of this.#holdLayout) {
       this.#copyIn(enc, this.#hold, l);
-      encodeSteps(enc, this.#scoreSteps(l, this.#thetaWeights, "theta"));
+      encodeSteps(enc, this.#scoreSteps(l, () => this.#thetaWeights, "theta"));
       enc.copyBufferToBuffer(this.forward.buffer("r"), 0, this.#heldOut, at * 4, l.batch * 4);
       at += l.batch;
     }

@@ -82,3 +82,73 @@ Deno.test("chunk rows: as few chunks as fit, cut evenly, tile-aligned where ther
     assertEquals(Math.ceil(rows / per), Math.ceil(rows / Math.max(1, Math.min(rows, most))));
   }
 });
+
+Deno.test("population batching: members in one set of dispatches score and update as one at a time", async () => {
+  const config = { ...getPreset("micro"), numLayers: 2 };
+  let s = 11;
+  const rand = () => (s = (Math.imul(s, 1103515245) + 12345) >>> 0) % 256;
+  const packed = packBatches([4, 3].map((rows) => ({
+    inputIds: Array.from({ length: rows }, () => Array.from({ length: 9 }, rand)),
+    attentionMask: Array.from(
+      { length: rows },
+      (_, r) => Array.from({ length: 9 }, (_, t) => (t < 9 - r ? 1 : 0)),
+    ),
+  })));
+  const fitness = stageType("fitness", "log_likelihood")!.impl as FitnessImpl;
+  const run = async (
+    memberBatch: number,
+    o: { storage?: "f32" | "bf16"; frozen?: boolean; members?: { start: number; end: number } },
+  ) => {
+    const gpu = await acquireGpu({ shardBytes: 8192 });
+    try {
+      const engine = await EsEngine.create(gpu, {
+        config,
+        tensors: randomInit(config, { seed: 6 }),
+        seed: 6,
+        population: 6,
+        antithetic: false,
+        maxSamples: 7,
+        microBatch: 4,
+        maxLen: 9,
+        fitness,
+        // frozen: the embedding and layer 0 unperturbed, so the prefix cache feeds the group.
+        multipliers: (n) => ({
+          sigma: o.frozen && (n.includes("embed") || n.includes("layers.0.")) ? 0 : 1,
+          alpha: 1,
+        }),
+        memberBatch,
+        storage: o.storage,
+        chunkBytes: 4096,
+      });
+      assertEquals(engine.memberBatch, memberBatch);
+      const out = [];
+      for (let t = 0; t < 2; t++) {
+        const r = await engine.evaluate(packed, {
+          iteration: t,
+          sigma: 0.05,
+          heldOut: false,
+          members: o.members,
+        });
+        out.push(...r.fitness);
+        engine.update({ iteration: t, coefficients: [0.3, -0.2, 0.1, 0, 0.05, -0.1] });
+      }
+      const weights = [];
+      for await (const w of engine.weights()) weights.push(w);
+      engine.destroy();
+      return { fitness: out, weights };
+    } finally {
+      gpu.destroy();
+    }
+  };
+  for (
+    const o of [{}, { storage: "bf16" as const }, { frozen: true }, {
+      members: { start: 1, end: 6 },
+    }]
+  ) {
+    // 6 members as 4 + 2 (or 5 as 4 + 1) against one at a time. The group's chunks are a
+    // quarter the size, so the LM head's log-sum-exp folds in another order: f32 rounding apart.
+    const one = await run(1, o), four = await run(4, o);
+    assertClose(four.fitness, one.fitness, { atol: 1e-6, rtol: 1e-6 });
+    four.weights.forEach((w, i) => assertEquals(w.data, one.weights[i].data, w.name));
+  }
+});

@@ -18,6 +18,14 @@ registerStage<FitnessImpl>({
     micro_batch: posInt().default(16),
     /** Tokens per sample after truncation. Default 256 (the paper's). */
     max_len: posInt().min(2).default(256),
+    /**
+     * Population batching: members evaluated at once, in the same dispatches (each adds a
+     * micro-batch of activations). Full-rank chunks mode only; elsewhere one at a time. Default 1.
+     */
+    member_batch: posInt().default(1),
   }),
-  impl: { steps: (fwd, o) => fwd.fitnessSteps(o.batch, o.seqLen, o.weights) },
+  impl: {
+    steps: (fwd, o) => fwd.fitnessSteps(o.batch, o.seqLen, o.weights, o.members),
+    members: true,
+  },
 });

@@ -43,9 +43,17 @@ export interface ModelImpl {
 /**
  * fitness: the steps after the model body (final normed states in fwd.buffer("xn")) that leave
  * each sample's fitness R in fwd.buffer("r") (batch f32). `weights` are the member's tensors.
+ * A stage that sets `members` runs several members at once (population batching): `members`
+ * blocks of batch × seqLen rows, member z's weights z·memberStride into each tensor's buffers,
+ * and members × batch values of R, member by member. Without it, one member per call.
  */
 export interface FitnessImpl {
-  steps(fwd: Qwen3Forward, o: { batch: number; seqLen: number; weights: WeightLookup }): Step[];
+  steps(
+    fwd: Qwen3Forward,
+    o: { batch: number; seqLen: number; weights: WeightLookup; members?: number },
+  ): Step[];
+  /** True when steps handles o.members > 1. */
+  members?: boolean;
 }
 
 /** shape: fitness values → weights w_j (pure). */
