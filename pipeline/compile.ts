@@ -131,7 +131,7 @@ export async function compile(
     lowRank: perturb.lowRank?.(spec.perturb),
     scratch: perturb.scratch?.(spec.perturb),
     storage: modelStorage(spec),
-    memberBatch: (spec.fitness.member_batch as number | undefined) ?? 1,
+    memberBatch: (spec.fitness.member_batch as number | "auto" | undefined) ?? 1,
   });
   const full = Math.floor(M / microBatch), rest = M % microBatch;
   // Members run in groups of the engine's member batch; a last, smaller group takes the rest.

@@ -115,7 +115,7 @@ export interface EsEngineOptions {
    * that handles members; otherwise 1. Default 1. Each member adds one micro-batch of
    * activation workspace; the chunk buffers keep their total size (each member's chunk shrinks).
    */
-  memberBatch?: number;
+  memberBatch?: number | "auto";
   /**
    * How θ is stored: "f32" (default), or "bf16", which halves θ's bytes. In bf16 every read of θ
    * goes through a perturb kernel that widens it to f32 (members through their chunks, the
@@ -145,6 +145,33 @@ export function evenChunkRows(rows: number, most: number): number {
   const per = Math.ceil(rows / Math.ceil(rows / room));
   const rounded = Math.min(rows, Math.ceil(per / 32) * 32);
   return rounded <= room ? rounded : per;
+}
+
+/**
+ * The member batch "auto" picks, from memory: the most members (up to the population) whose
+ * activations together stay within θ's own bytes (so batching at most doubles the memory beside
+ * the weights, whatever the model) and whose widest activation fits the binding limit. At least
+ * one. Measured on lavapipe, batching is slower than one member at a time (larger working sets
+ * than the CPU's caches); it is for GPUs, where a small model's dispatches are too small to fill
+ * the device.
+ */
+export function autoMemberBatch(o: {
+  config: Qwen3Config;
+  population: number;
+  microBatch: number;
+  maxLen: number;
+  thetaBytes: number;
+  binding: number;
+}): number {
+  const c = o.config, rows = o.microBatch * o.maxLen;
+  const q = c.numHeads * c.headDim, kv = c.numKvHeads * c.headDim;
+  // Per token: x, xn, q, attn, k, v, gate, up, the LM-head chunk (≤ 8192) and the LSE state.
+  const perRow = 4 * (2 * c.hiddenSize + 2 * q + 2 * kv + 2 * c.intermediateSize +
+    Math.min(c.vocabSize, 8192) + 3);
+  const widest = 4 * rows * Math.max(c.hiddenSize, q, c.intermediateSize);
+  const byMemory = Math.floor(o.thetaBytes / (perRow * rows));
+  const byBinding = Math.floor(o.binding / widest);
+  return Math.max(1, Math.min(o.population, byMemory, byBinding));
 }
 
 /** Which chunk buffer a matrix uses: the up projections the second, everything else the first. */
@@ -236,9 +263,20 @@ export class EsEngine {
           "directly; use perturb type gaussian or model storage f32",
       );
     }
-    const P = chunked && options.fitness.members
-      ? Math.max(1, Math.min(N, Math.floor(options.memberBatch ?? 1)))
-      : 1;
+    const wanted = options.memberBatch === "auto"
+      ? autoMemberBatch({
+        config: options.config,
+        population: N,
+        microBatch: options.microBatch,
+        maxLen: options.maxLen,
+        thetaBytes: [...theta.values()].reduce(
+          (a, t) => a + t.shards.reduce((b, s) => b + s.rows * t.rowSize * dtypeBytes(t.dtype), 0),
+          0,
+        ),
+        binding: gpu.limits.maxStorageBufferBindingSize,
+      })
+      : options.memberBatch ?? 1;
+    const P = chunked && options.fitness.members ? Math.max(1, Math.min(N, Math.floor(wanted))) : 1;
     this.memberBatch = P;
     // Tensors the perturb stage writes whole per member: all of θ in "copy" mode, else vectors.
     const whole = this.names.filter((n) => !isLowRank(n) && !(chunked && isMatrix(n)));
@@ -538,7 +576,6 @@ export class EsEngine {
     }
     const memberTable = createFactorTable(gpu, "lowrank.member_factors", records);
     this.#own.push(memberTable.buffer);
-    const stride = paramStride(gpu);
     const member = () =>
       outs.map((x, i) =>
         lowRankFactorStep(gpu, {

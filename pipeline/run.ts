@@ -226,7 +226,7 @@ export function runSetup(
       lowRank: perturb.lowRank?.(spec.perturb),
       scratch: perturb.scratch?.(spec.perturb),
       storage: modelStorage(spec),
-      memberBatch: (spec.fitness.member_batch as number | undefined) ?? 1,
+      memberBatch: (spec.fitness.member_batch as number | "auto" | undefined) ?? 1,
     }),
     iterationInputs: (t) => {
       const indices = subsetSamples(split.train, { seed: spec.seed, iteration: t, size: M });

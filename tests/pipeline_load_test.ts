@@ -68,7 +68,12 @@ Deno.test("load: every omitted key takes its documented default", () => {
     },
     scratch: "chunks",
   });
-  assertEquals(spec.fitness, { type: "log_likelihood", micro_batch: 16, max_len: 256 });
+  assertEquals(spec.fitness, {
+    type: "log_likelihood",
+    micro_batch: 16,
+    max_len: 256,
+    member_batch: 1,
+  });
   assertEquals(spec.update, { type: "es", alpha: 5e-4, nes: false, decay: { gamma: 1, every: 0 } });
   assertEquals(spec.output, { checkpoint_every: 50, eval_every: 10, status: { port: 8787 } });
 });

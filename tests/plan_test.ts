@@ -132,3 +132,38 @@ Deno.test("memory report: ES bytes from the planner beside Adam mixed precision"
     assert(r.stdout.includes(`qwen3-${size}`), size);
   }
 });
+
+Deno.test("member_batch auto: as many members as keep their activations within θ's bytes", async () => {
+  const loaded = await loadPipelineFile(`${ROOT}configs/pipelines/qwen3-0.5b.yaml`);
+  const { getPreset } = await import("../model/presets.ts");
+  const { DEFAULT_LIMITS } = await import("../pipeline/compile.ts");
+  const config = getPreset("qwen3-0.5b");
+  const adapter = {
+    adapterName: "planning",
+    limits: {
+      ...DEFAULT_LIMITS,
+      maxStorageBufferBindingSize: 2 ** 32 - 4,
+      maxBufferSize: 2 ** 32 - 4,
+    },
+  };
+  const plan = (memberBatch: number | "auto") =>
+    compile(
+      { ...loaded.spec, fitness: { ...loaded.spec.fitness, member_batch: memberBatch } },
+      config,
+      { adapter },
+    );
+  const auto = await plan("auto");
+  const group = auto.iteration.steps.find((s) => "what" in s && s.what.endsWith("members at once"));
+  assert(
+    group && "what" in group,
+    JSON.stringify(auto.iteration.steps.map((s) => "what" in s && s.what)),
+  );
+  const P = Number(group.what.split(" ")[0]);
+  assert(P > 1 && P < auto.population, `auto picked ${P}`);
+  // Within θ's bytes at P; one member more would not be.
+  assert(auto.bytes.activations <= auto.bytes.weights, JSON.stringify(auto.bytes));
+  const more = await plan(P + 1);
+  assert(more.bytes.activations > more.bytes.weights, JSON.stringify(more.bytes));
+  // The member scratch stays a small fraction of θ however many members share it.
+  assert(auto.bytes.scratch * 10 < auto.bytes.weights, JSON.stringify(auto.bytes));
+});

@@ -77,6 +77,8 @@ export async function benchEs(
     scratch?: "chunks" | "copy";
     /** θ's storage; default f32. */
     storage?: "f32" | "bf16";
+    /** Members evaluated at once (population batching); default 1. */
+    memberBatch?: number;
   },
 ): Promise<{
   es_tokens_per_s: number;
@@ -107,11 +109,15 @@ export async function benchEs(
     maxSamples: o.samples,
     microBatch: o.samples,
     maxLen: o.seqLen,
-    fitness: { steps: (fwd, x) => fwd.fitnessSteps(x.batch, x.seqLen, x.weights) },
+    fitness: {
+      steps: (fwd, x) => fwd.fitnessSteps(x.batch, x.seqLen, x.weights, x.members),
+      members: true,
+    },
     multipliers: () => ({ sigma: 1, alpha: 1 }),
     lowRank: o.lowRank ? { rank: o.lowRank } : undefined,
     scratch: o.scratch,
     storage: o.storage,
+    memberBatch: o.memberBatch,
   });
   const weightBytes = [...engine.theta.values()].reduce((a, t) => a + tensorBytes(t), 0);
   const iterate = async (t: number) => {

@@ -20,9 +20,11 @@ registerStage<FitnessImpl>({
     max_len: posInt().min(2).default(256),
     /**
      * Population batching: members evaluated at once, in the same dispatches (each adds a
-     * micro-batch of activations). Full-rank chunks mode only; elsewhere one at a time. Default 1.
+     * micro-batch of activations), or auto: as many as keep their activations within θ's bytes.
+     * Full-rank chunks mode only; elsewhere one at a time. Default 1 (on lavapipe, batching
+     * measured slower).
      */
-    member_batch: posInt().default(1),
+    member_batch: z.union([posInt(), z.literal("auto")]).default(1),
   }),
   impl: {
     steps: (fwd, o) => fwd.fitnessSteps(o.batch, o.seqLen, o.weights, o.members),
