@@ -10,6 +10,9 @@
  * - pipelines: {@link loadPipelineFile} (YAML + strict schemas, errors at file:line:col),
  *   {@link resolvePipeline}, {@link compile} to a {@link Plan}, {@link runTraining};
  * - the stage registry ({@link registerStage}): add a stage type from TypeScript, name it in YAML;
+ * - the ES engine ({@link EsEngine}): members perturbed in row chunks where the forward reads
+ *   them, optionally several members per dispatch, θ in f32 or bf16 with stochastic rounding;
+ * - the memory report against Adam ({@link memoryReport});
  * - the pure ES functions of EA4LLM: shaping, coefficients, schedules, and the data subset.
  *
  * @example Train from a pipeline file
@@ -37,8 +40,24 @@
 
 export { acquireGpu, adapterLimits, Gpu, GpuError, planningGpu } from "./kernels/runtime.ts";
 export type { AcquireOptions, GpuFeatures, GpuLimits } from "./kernels/runtime.ts";
-export { createTensor, destroyTensor, readTensor, writeTensor } from "./kernels/tensor.ts";
-export type { GpuTensor, Shard } from "./kernels/tensor.ts";
+export {
+  createTensor,
+  destroyTensor,
+  fromBf16,
+  readShards,
+  readTensor,
+  toBf16,
+  writeTensor,
+} from "./kernels/tensor.ts";
+export type { FilledTensor, GpuTensor, Shard, StorageDtype } from "./kernels/tensor.ts";
+export { linearSteps, matmulStep, matmulSwigluStep, swigluLinearSteps } from "./kernels/matmul.ts";
+export type {
+  LinearMembers,
+  MatmulMembers,
+  MatmulOptions,
+  MatmulSwigluOptions,
+  MatmulTile,
+} from "./kernels/matmul.ts";
 export {
   encodeSteps,
   launch,
@@ -77,7 +96,10 @@ export { compile, countDispatches } from "./pipeline/compile.ts";
 export type { Plan, PlanBlock, PlanBuffer, PlanStep } from "./pipeline/compile.ts";
 export { heldOutLoss, latestCheckpoint, runTraining } from "./pipeline/run.ts";
 export type { MetricsLine, RunOptions, RunState, RunSummary } from "./pipeline/run.ts";
-export { EsEngine } from "./pipeline/engine.ts";
+export { autoMemberBatch, EsEngine } from "./pipeline/engine.ts";
+export type { EsEngineOptions, IterationResult } from "./pipeline/engine.ts";
+export { adamBytes, memoryReport, memoryRow } from "./pipeline/memory.ts";
+export type { MemoryRow } from "./pipeline/memory.ts";
 export {
   pipelineSchema,
   registerStage,
