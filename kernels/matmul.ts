@@ -370,6 +370,23 @@ function forMembers(one: number, stride: number, mb: MatmulMembers | undefined):
   return ((mb?.count ?? 1) - 1) * stride + one;
 }
 
+/**
+ * Where out is bound: from column `col` on when that is a valid binding offset, so the kernel's
+ * OUT_COL is 0 and the column pieces of one layer (row chunks of a matrix, shards) share one
+ * pipeline; otherwise the whole buffer with OUT_COL = col compiled in.
+ */
+function outBinding(
+  gpu: Gpu,
+  out: GPUBuffer,
+  col: number,
+): { binding: GPUBuffer | { buffer: GPUBuffer; offset: number; size: number }; col: number } {
+  const bytes = col * 4;
+  if (col === 0 || bytes % gpu.limits.minStorageBufferOffsetAlignment !== 0) {
+    return { binding: out, col };
+  }
+  return { binding: { buffer: out, offset: bytes, size: out.size - bytes }, col: 0 };
+}
+
 /** The grid constants of matmul.wgsl for this tile and grid. */
 function gridConsts(tile: MatmulTile, g: MatmulGrid): Record<string, number> {
   return {
@@ -412,6 +429,7 @@ export function matmulStep(gpu: Gpu, o: MatmulOptions): Step {
     throw new Error(`${where}: out must not be the same buffer as x, w or bias`);
   }
 
+  const outAt = outBinding(gpu, o.out, outColOffset);
   const tile = o.tile ?? defaultMatmulTile(gpu, { m, k, n });
   checkTile(where, tile);
   const g = matmulGrid(gpu, { m, n }, tile);
@@ -422,7 +440,7 @@ export function matmulStep(gpu: Gpu, o: MatmulOptions): Step {
     W_ROW: wRowOffset,
     BIAS_OFF: biasOffset,
     OUT_STRIDE: outStride,
-    OUT_COL: outColOffset,
+    OUT_COL: outAt.col,
     HAS_BIAS: o.bias !== undefined,
     ACCUMULATE: o.accumulate ?? false,
     SWIGLU: false,
@@ -436,7 +454,7 @@ export function matmulStep(gpu: Gpu, o: MatmulOptions): Step {
     pipeline,
     // Without a bias the kernel never reads binding 2, but the layout still has it; x stands in
     // (two read-only bindings of one buffer are allowed) so no dummy buffer is needed.
-    buffers: [o.x, o.w, o.bias ?? o.x, o.out],
+    buffers: [o.x, o.w, o.bias ?? o.x, outAt.binding],
     workgroups: [g.gridX, g.gridY, mb?.count ?? 1],
   });
 }
@@ -502,6 +520,7 @@ export function matmulSwigluStep(gpu: Gpu, o: MatmulSwigluOptions): Step {
     throw new Error(`${where}: out must not be the same buffer as x, wGate or wUp`);
   }
 
+  const outAt = outBinding(gpu, o.out, outColOffset);
   const tile = o.tile ?? defaultMatmulSwigluTile(gpu, { m, k, n });
   checkTile(where, tile);
   const g = matmulGrid(gpu, { m, n }, tile);
@@ -513,7 +532,7 @@ export function matmulSwigluStep(gpu: Gpu, o: MatmulSwigluOptions): Step {
     U_ROW: upRowOffset,
     BIAS_OFF: 0,
     OUT_STRIDE: outStride,
-    OUT_COL: outColOffset,
+    OUT_COL: outAt.col,
     HAS_BIAS: false,
     ACCUMULATE: false,
     SWIGLU: true,
@@ -526,7 +545,7 @@ export function matmulSwigluStep(gpu: Gpu, o: MatmulSwigluOptions): Step {
     kernel: "matmul_swiglu",
     pipeline,
     // Binding 2 (bias) is in the layout though never read; x stands in, as in matmulStep.
-    buffers: [o.x, o.wGate, o.x, o.out, o.wUp],
+    buffers: [o.x, o.wGate, o.x, outAt.binding, o.wUp],
     workgroups: [g.gridX, g.gridY, mb?.count ?? 1],
   });
 }

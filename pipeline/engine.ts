@@ -137,13 +137,14 @@ export const MIN_CHUNK_BYTES = 16 * 1024;
 
 /**
  * Rows per chunk of a matrix of `rows` rows with room for `most`: as few chunks as fit, cut
- * evenly, the size rounded up to a multiple of 32 (the matmul's row tiles) where room allows, so
- * the last chunk is not a ragged sliver. At least one row.
+ * evenly, the size rounded up to a multiple of 64 where room allows, so the last chunk is not a
+ * ragged sliver, the matmul's tiles fit, and each chunk's first output column is a 256-byte
+ * binding offset (its matmul then shares one pipeline with the others). At least one row.
  */
 export function evenChunkRows(rows: number, most: number): number {
   const room = Math.max(1, Math.min(rows, most));
   const per = Math.ceil(rows / Math.ceil(rows / room));
-  const rounded = Math.min(rows, Math.ceil(per / 32) * 32);
+  const rounded = Math.min(rows, Math.ceil(per / 64) * 64);
   return rounded <= room ? rounded : per;
 }
 
@@ -345,6 +346,12 @@ export class EsEngine {
     const matrices = this.names.filter(isMatrix);
     this.#matrices = matrices;
     if (chunked || bf16) this.#chunkBuffers(matrices, P);
+    if (chunked && !bf16 && P === 1) {
+      // The unperturbed forward (held-out loss, the shared prefix) reads θ's matrices through
+      // the same chunks at scale 0: the same matmul shapes as the members', so no second set of
+      // pipelines to compile (on lavapipe a cold compile of the tiny pipeline went 57 s → 3x s).
+      this.#view = new Map([...theta, ...this.#chunked(matrices, this.#zero, "theta")]);
+    }
     if (bf16) {
       // θ as the unperturbed forward reads it: matrices through the chunks at scale 0, vectors
       // widened into small f32 copies, each right before it is read.

@@ -69,12 +69,12 @@ Deno.test("chunked member scratch: the fitness of a whole perturbed copy, in a f
   );
 });
 
-Deno.test("chunk rows: as few chunks as fit, cut evenly, tile-aligned where there is room", async () => {
+Deno.test("chunk rows: as few chunks as fit, cut evenly, 64-aligned where there is room", async () => {
   const { evenChunkRows } = await import("../pipeline/engine.ts");
   assertEquals(evenChunkRows(384, 201), 192); // two chunks of 192, not 201 + 183
   assertEquals(evenChunkRows(128, 400), 128); // one chunk
   assertEquals(evenChunkRows(100, 40), 34); // three chunks; 64 would not fit
-  assertEquals(evenChunkRows(151936, 15872), 15200); // ten chunks of 15,200 (a multiple of 32)
+  assertEquals(evenChunkRows(151936, 15872), 15232); // ten chunks of 15,232 (a multiple of 64)
   assertEquals(evenChunkRows(7, 0), 1); // at least a row
   for (const [rows, most] of [[384, 201], [100, 40], [151936, 15872], [5, 2], [1000, 999]]) {
     const per = evenChunkRows(rows, most);
