@@ -23,7 +23,8 @@ export interface PlanBuffer {
   name: string;
   bytes: number;
   /**
-   * What it holds: θ, the member's perturbed copy (or, low-rank, its perturbed vectors and
+   * What it holds: θ, the member's scratch (its perturbed vectors and the chunk buffers its
+   * matrices are formed in, a whole perturbed copy with scratch: copy, or low-rank its vectors and
    * factors), activations, tokens, or ES bookkeeping.
    */
   role: "weights" | "scratch" | "activations" | "tokens" | "es";

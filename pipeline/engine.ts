@@ -19,7 +19,7 @@
  * iteration's tokens. The scratch ("chunks", the default) is the perturbed vectors plus two chunk
  * buffers of about θ/32 each: a matrix's rows are perturbed a chunk at a time into a chunk buffer
  * right before the matmul (or gather, or LM-head pass) that reads them, so the peak stays near
- * 1.06× θ. "copy" keeps a whole θ_j instead (2× θ) and forms each member's noise once rather than
+ * 1.08× θ. "copy" keeps a whole θ_j instead (2× θ) and forms each member's noise once rather than
  * once per micro-batch. Either way each element's noise is the same.
  *
  * Low-rank mode (`lowRank`, EGGROLL; kernels/lowrank.ts): a matrix's perturbation is
@@ -213,7 +213,7 @@ interface PackedInputs {
   target: GPUBuffer;
 }
 
-/** The ES engine: θ, its scratch copy, the forward, and the per-iteration GPU work. */
+/** The ES engine: θ, the members' scratch, the forward, and the per-iteration GPU work. */
 export class EsEngine {
   readonly gpu: Gpu;
   readonly config: Qwen3Config;

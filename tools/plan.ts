@@ -84,7 +84,7 @@ export function formatPlan(plan: Plan, o: { file: string; config: Qwen3Config })
   const what: Record<typeof roles[number], string> = {
     weights: "θ, f32, HF [out, in] layout",
     scratch:
-      "the member's perturbed tensors: all of θ_j full-rank; vectors and A, B factors low-rank",
+      "the member's perturbed vectors and matrix row chunks (a whole θ_j with scratch: copy; low rank: vectors and A, B factors)",
     activations: "one micro-batch of the forward and one LM-head chunk",
     tokens: "the iteration's and the held-out samples",
     es: "perturb/update params, shard tables, fitness totals",
