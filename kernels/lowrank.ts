@@ -108,6 +108,12 @@ export interface LowRankDelta {
   bt: GPUBuffer;
   /** (R, r4) workspace for u = x·B, shared by every matrix (used one at a time). */
   u: GPUBuffer;
+  /**
+   * Population batching: `count` members at once; member z's a and bt start z·aStride and
+   * z·bStride elements in, and its m rows of x and u (m: the steps' rows per member) follow
+   * member z − 1's. Absent: one member.
+   */
+  members?: { count: number; aStride: number; bStride: number };
 }
 
 /** θ's tensor, with the member's low-rank delta when the matrix is perturbed. */
@@ -137,12 +143,20 @@ export function lowRankProjectStep(
     label: `${o.label}.lowrank_project`,
     x: o.x,
     m: o.m,
+    members: projectMembers(o.delta, o.m, o.k),
     k: o.k,
     w: o.delta.bt,
     n: o.delta.r4,
     out: o.delta.u,
     tile: PROJECT_TILE,
   });
+}
+
+/** The project matmul's member strides: x and u per member's rows, B per member's slot. */
+function projectMembers(delta: LowRankDelta, m: number, k: number) {
+  const mb = delta.members;
+  if (!mb || mb.count === 1) return undefined;
+  return { count: mb.count, x: m * k, w: mb.bStride, out: m * delta.r4 };
 }
 
 /**
@@ -174,6 +188,14 @@ export function lowRankApplyStep(
     outStride: o.outStride,
     outColOffset: o.outColOffset,
     accumulate: true,
+    members: o.delta.members && o.delta.members.count > 1
+      ? {
+        count: o.delta.members.count,
+        x: o.m * o.delta.r4,
+        w: o.delta.members.aStride,
+        out: o.m * (o.outStride ?? o.n),
+      }
+      : undefined,
     tile: APPLY_TILE,
   });
 }
@@ -213,7 +235,14 @@ export function lowRankEmbedStep(
   return launch(gpu, {
     label: `${o.label}.lowrank`,
     kernel: "lowrank_embed",
-    consts: { R: o.rows, H: o.hidden, R4: o.delta.r4 },
+    consts: {
+      R: o.rows,
+      H: o.hidden,
+      R4: o.delta.r4,
+      RM: o.rows / (o.delta.members?.count ?? 1),
+      A_MS: o.delta.members?.aStride ?? 0,
+      B_MS4: (o.delta.members?.bStride ?? 0) / 4,
+    },
     buffers: [o.ids, o.delta.a, o.delta.bt, o.x],
     invocations: o.rows * (o.hidden / 4),
   });
@@ -314,7 +343,8 @@ export function lowRankFactorStep(
     table: FactorTable;
     index: number;
     params: GPUBuffer | { buffer: GPUBuffer; offset: number; size: number };
-    out: GPUBuffer;
+    /** The buffer, or a byte range of it (a member's slot). */
+    out: GPUBuffer | { buffer: GPUBuffer; offset: number; size: number };
     mode: "member" | "update";
     noises?: number;
   },
@@ -325,8 +355,9 @@ export function lowRankFactorStep(
     (r.rows - 1) * r.rowStride + (noises - 1) * r.noiseStride + (r.rank - 1) * r.kStride + 1,
     0,
   );
-  if (o.out.size < last * 4) {
-    throw new GpuError(`${o.label}: out holds ${o.out.size} bytes, the factor needs ${last * 4}`);
+  const outBytes = "buffer" in o.out ? o.out.size : (o.out as GPUBuffer).size;
+  if (outBytes < last * 4) {
+    throw new GpuError(`${o.label}: out holds ${outBytes} bytes, the factor needs ${last * 4}`);
   }
   const start = r.row0 * r.rank, end = (r.row0 + r.rows) * r.rank;
   const blocks = Math.ceil(end / 4) - Math.floor(start / 4);

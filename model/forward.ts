@@ -276,9 +276,8 @@ export class Qwen3Forward {
       const p = `model.layers.${l}.`;
       const lin = (name: string, x: GPUBuffer, out: GPUBuffer, k: number, accumulate = false) => {
         const w = weights(`${p}${name}.weight`), delta = lowRankOf(w), label = `L${l}.${name}`;
-        if (delta && members > 1) {
-          throw new Error(`${label}: low-rank deltas run one member at a time`);
-        }
+        // A batched delta's matmuls run member by member in grid z over each member's rows.
+        const mDelta = delta?.members && delta.members.count > 1 ? Rm : R;
         const bias = c.attentionBias && name.startsWith("self_attn.")
           ? weights(`${p}${name}.bias`)
           : undefined;
@@ -297,7 +296,9 @@ export class Qwen3Forward {
               accumulate,
               members: { count: members, w: ms(w), bias: bias ? ms(bias) : 0 },
             })),
-          ...(delta ? lowRankLinearSteps(g, { label, x, m: R, k, n: w.shape[0], delta, out }) : []),
+          ...(delta
+            ? lowRankLinearSteps(g, { label, x, m: mDelta, k, n: w.shape[0], delta, out })
+            : []),
         ];
       };
       steps.push(...norm(`L${l}.input_layernorm`, `${p}input_layernorm.weight`));
@@ -389,11 +390,11 @@ export class Qwen3Forward {
     const steps: Step[] = [];
     let first = true;
     const head = this.headTensor(weights), delta = lowRankOf(head);
-    if (delta && members > 1) throw new Error("lm_head: low-rank deltas run one member at a time");
+    const mDelta = delta?.members && delta.members.count > 1 ? Rm : R;
     // A low-rank member's head: u = xn·B once, then each chunk's logits += u·A[chunk]ᵀ.
     if (delta) {
       steps.push(
-        lowRankProjectStep(g, { label: "lm_head", x: b.xn, m: R, k: c.hiddenSize, delta }),
+        lowRankProjectStep(g, { label: "lm_head", x: b.xn, m: mDelta, k: c.hiddenSize, delta }),
       );
     }
     const fills = fillsOf(head);
@@ -419,7 +420,7 @@ export class Qwen3Forward {
         if (delta) {
           steps.push(lowRankApplyStep(g, {
             label: `lm_head[${start}:${start + n}]`,
-            m: R,
+            m: mDelta,
             n,
             delta,
             wRowOffset: start,

@@ -68,6 +68,7 @@ import {
   type FactorRecord,
   lowRankCounterIds,
   lowRankFactorStep,
+  lowRankOf,
   type LowRankTensor,
   paddedRank,
 } from "../kernels/lowrank.ts";
@@ -111,9 +112,11 @@ export interface EsEngineOptions {
   chunkBytes?: number;
   /**
    * Population batching: members evaluated at once, in the same dispatches (their activations
-   * side by side, each matmul a grid of members). Full-rank "chunks" mode with a fitness stage
-   * that handles members; otherwise 1. Default 1. Each member adds one micro-batch of
-   * activation workspace; the chunk buffers keep their total size (each member's chunk shrinks).
+   * side by side, each matmul a grid of members; in low rank one matmul with the shared θ over
+   * all the group's rows, then each member's x·B and u·Aᵀ). "chunks" mode or low rank, with a
+   * fitness stage that handles members; otherwise 1. Default 1. Each member adds one micro-batch
+   * of activation workspace; the chunk buffers keep their total size (each member's chunk
+   * shrinks), low-rank factors take one slot per member. "auto": {@link autoMemberBatch}.
    */
   memberBatch?: number | "auto";
   /**
@@ -277,7 +280,9 @@ export class EsEngine {
         binding: gpu.limits.maxStorageBufferBindingSize,
       })
       : options.memberBatch ?? 1;
-    const P = chunked && options.fitness.members ? Math.max(1, Math.min(N, Math.floor(wanted))) : 1;
+    const P = (chunked || lowRank) && options.fitness.members
+      ? Math.max(1, Math.min(N, Math.floor(wanted)))
+      : 1;
     this.memberBatch = P;
     // Tensors the perturb stage writes whole per member: all of θ in "copy" mode, else vectors.
     const whole = this.names.filter((n) => !isLowRank(n) && !(chunked && isMatrix(n)));
@@ -393,7 +398,7 @@ export class EsEngine {
           members: count,
         }).steps
       ),
-      ...(lowRankSteps ? lowRankSteps.member() : []),
+      ...(lowRankSteps ? lowRankSteps.member(count) : []),
     ];
     const updateTables = vectors.map((n) =>
       createShardTable(gpu, theta.get(n)!, {
@@ -451,6 +456,8 @@ export class EsEngine {
     });
   }
   #chunkSlot = 0;
+  /** Low rank: elements between members' a and bt slots, per matrix. */
+  #lowRankSlots = new Map<string, { a: number; b: number }>();
   #matrices: string[] = [];
   /** The members' weights per group size: chunked matrices and the whole tensors' scratch. */
   #memberFor = new Map<number, Map<string, GpuTensor>>();
@@ -461,6 +468,15 @@ export class EsEngine {
     if (!map) {
       map = new Map(this.#member);
       const chunked = this.options.lowRank === undefined && this.options.scratch !== "copy";
+      if (count > 1) {
+        // Low rank: the group's deltas, member z's factors in slot z.
+        for (const [n, t] of map) {
+          const delta = lowRankOf(t), slots = this.#lowRankSlots.get(n);
+          if (!delta || !slots) continue;
+          const members = { count, aStride: slots.a, bStride: slots.b };
+          map.set(n, { ...t, lowRank: { ...delta, members } } as LowRankTensor);
+        }
+      }
       if (chunked) {
         for (const [n, t] of this.#chunked(this.#matrices, this.#current, "member", count)) {
           map.set(n, t);
@@ -523,8 +539,8 @@ export class EsEngine {
    * #member), the factor steps of each member slot, and the update's steps. Matrices with σ
    * multiplier 0 are bound as θ itself; with α multiplier 0 they get no update steps.
    */
-  #lowRank(rank: number): { member: () => Step[]; update: Step[] } {
-    const gpu = this.gpu, o = this.options, N = o.population;
+  #lowRank(rank: number): { member: (count: number) => Step[]; update: Step[] } {
+    const gpu = this.gpu, o = this.options, N = o.population, P = this.memberBatch;
     const r4 = paddedRank(rank);
     const binding = gpu.limits.maxStorageBufferBindingSize;
     const buffer = (label: string, bytes: number) => {
@@ -538,7 +554,7 @@ export class EsEngine {
       this.#own.push(b);
       return b;
     };
-    const u = buffer("act.lowrank.u", o.microBatch * o.maxLen * r4 * 4);
+    const u = buffer("act.lowrank.u", P * o.microBatch * o.maxLen * r4 * 4);
     const matrices = this.names.filter((n) => this.theta.get(n)!.shape.length === 2);
     for (const n of matrices) {
       const [rows, cols] = this.theta.get(n)!.shape;
@@ -549,14 +565,19 @@ export class EsEngine {
     const step = 1 / Math.sqrt(rank);
     // The member's factors: a = ±σ_t·m_σ/√r·A (O, r4) and Bᵀ (r4, I).
     const records: FactorRecord[] = [];
-    const outs: { label: string; out: GPUBuffer }[] = [];
+    const outs: { label: string; out: GPUBuffer; slot: number }[] = [];
     for (const n of matrices) {
       const t = this.theta.get(n)! as LowRankTensor, [O, I] = t.shape;
       const m = o.multipliers(n).sigma;
       if (m === 0) continue;
       const ids = lowRankCounterIds(this.names.indexOf(n));
-      const a = buffer(`${n}~member.a`, O * r4 * 4), bt = buffer(`${n}~member.bt`, r4 * I * 4);
+      // One slot per member, 64 elements apart at least (256 bytes: a binding offset).
+      const aSlot = P === 1 ? O * r4 : alignUp(O * r4, 64);
+      const bSlot = P === 1 ? r4 * I : alignUp(r4 * I, 64);
+      const a = buffer(`${n}~member.a`, P * aSlot * 4);
+      const bt = buffer(`${n}~member.bt`, P * bSlot * 4);
       this.#member.set(n, { ...t, lowRank: { rank, r4, a, bt, u } } as LowRankTensor);
+      this.#lowRankSlots.set(n, { a: aSlot, b: bSlot });
       const base = { row0: 0, rank, noiseStride: 0 };
       records.push({
         ...base,
@@ -576,24 +597,28 @@ export class EsEngine {
         scaled: false,
         multiplier: 1,
       });
-      outs.push({ label: `lowrank_factors.${n}.a`, out: a }, {
+      outs.push({ label: `lowrank_factors.${n}.a`, out: a, slot: aSlot }, {
         label: `lowrank_factors.${n}.b`,
         out: bt,
+        slot: bSlot,
       });
     }
     const memberTable = createFactorTable(gpu, "lowrank.member_factors", records);
     this.#own.push(memberTable.buffer);
-    const member = () =>
-      outs.map((x, i) =>
-        lowRankFactorStep(gpu, {
-          label: x.label,
-          table: memberTable,
-          index: i,
-          params: { buffer: this.#current, offset: 0, size: 32 },
-          out: x.out,
-          mode: "member",
-        })
-      );
+    // Member z of a group reads record z of #current and writes its factors into slot z.
+    const stride = paramStride(gpu);
+    const member = (count: number) =>
+      Array.from({ length: count }, (_, z) =>
+        outs.map((x, i) =>
+          lowRankFactorStep(gpu, {
+            label: count > 1 ? `${x.label}.member${z}` : x.label,
+            table: memberTable,
+            index: i,
+            params: { buffer: this.#current, offset: z * stride, size: 32 },
+            out: count > 1 ? { buffer: x.out, offset: z * x.slot * 4, size: x.slot * 4 } : x.out,
+            mode: "member",
+          })
+        )).flat();
 
     // The update: per matrix, B̃ (I, n·r4) = [B_0 … B_{n−1}], then per shard of θ
     // Ã (rows, n·r4) = [d_0·m_α/√r·A_0 … ] on its rows and θ_shard += Ã·B̃ᵀ.

@@ -83,7 +83,7 @@ Deno.test("chunk rows: as few chunks as fit, cut evenly, 64-aligned where there 
   }
 });
 
-Deno.test("population batching: members in one set of dispatches score and update as one at a time", async () => {
+Deno.test("population batching: members in one set of dispatches score and update as one at a time (full rank, bf16, prefix cache, a worker's range, low rank)", async () => {
   const config = { ...getPreset("micro"), numLayers: 2 };
   let s = 11;
   const rand = () => (s = (Math.imul(s, 1103515245) + 12345) >>> 0) % 256;
@@ -97,7 +97,12 @@ Deno.test("population batching: members in one set of dispatches score and updat
   const fitness = stageType("fitness", "log_likelihood")!.impl as FitnessImpl;
   const run = async (
     memberBatch: number,
-    o: { storage?: "f32" | "bf16"; frozen?: boolean; members?: { start: number; end: number } },
+    o: {
+      storage?: "f32" | "bf16";
+      frozen?: boolean;
+      members?: { start: number; end: number };
+      lowRank?: boolean;
+    },
   ) => {
     const gpu = await acquireGpu({ shardBytes: 8192 });
     try {
@@ -119,6 +124,7 @@ Deno.test("population batching: members in one set of dispatches score and updat
         memberBatch,
         storage: o.storage,
         chunkBytes: 4096,
+        lowRank: o.lowRank ? { rank: 2 } : undefined,
       });
       assertEquals(engine.memberBatch, memberBatch);
       const out = [];
@@ -143,7 +149,7 @@ Deno.test("population batching: members in one set of dispatches score and updat
   for (
     const o of [{}, { storage: "bf16" as const }, { frozen: true }, {
       members: { start: 1, end: 6 },
-    }]
+    }, { lowRank: true }]
   ) {
     // 6 members as 4 + 2 (or 5 as 4 + 1) against one at a time. The group's chunks are a
     // quarter the size, so the LM head's log-sum-exp folds in another order: f32 rounding apart.

@@ -21,8 +21,8 @@ registerStage<FitnessImpl>({
     /**
      * Population batching: members evaluated at once, in the same dispatches (each adds a
      * micro-batch of activations), or auto: as many as keep their activations within θ's bytes.
-     * Full-rank chunks mode only; elsewhere one at a time. Default 1 (on lavapipe, batching
-     * measured slower).
+     * Full rank with chunks, and low rank (the group shares each x·Wᵀ); one at a time with
+     * scratch: copy. Default 1.
      */
     member_batch: z.union([posInt(), z.literal("auto")]).default(1),
   }),
