@@ -274,6 +274,16 @@ if (import.meta.main) {
       iterations: values.quick ? 2 : 3,
       lowRank: 4,
     });
+    // Low rank with 5 members at once: the group shares each x·Wᵀ.
+    const lrBatched = values.quick ? null : await benchEs(gpu, {
+      preset: "tiny",
+      population: 30,
+      samples: 32,
+      seqLen: 64,
+      iterations: 3,
+      lowRank: 4,
+      memberBatch: 5,
+    });
     const bf16 = await benchEs(gpu, {
       preset: "tiny",
       population: 30,
@@ -323,6 +333,13 @@ if (import.meta.main) {
       "≤ 1.1",
     );
     row("ES population-tokens/s, low-rank rank 4", String(Math.round(lr.es_tokens_per_s)), "");
+    if (lrBatched) {
+      row(
+        "the same, 5 members per dispatch (member_batch: 5)",
+        String(Math.round(lrBatched.es_tokens_per_s)),
+        "",
+      );
+    }
     row(
       "the same, bf16 θ (over bf16 weight bytes)",
       ((bf16.peak_device_bytes - bf16.workspace_bytes) / bf16.weight_bytes).toFixed(2),
@@ -367,6 +384,7 @@ if (import.meta.main) {
         bf16_weight_bytes: bf16.weight_bytes,
         bf16_peak_device_bytes: bf16.peak_device_bytes,
         copy_es_tokens_per_s: copy?.es_tokens_per_s,
+        lowrank_batched_es_tokens_per_s: lrBatched?.es_tokens_per_s,
         copy_peak_device_bytes: copy?.peak_device_bytes,
         forward_ms_per_batch: fwd.ms_per_batch,
         kernels_ms: fwd.kernels_ms,
