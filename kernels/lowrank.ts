@@ -261,9 +261,15 @@ export interface FactorRecord {
   /** Times the noise's scale (±σ_t of a member, d_i of the update). */
   scaled: boolean;
   multiplier: number;
+  /**
+   * The update's noises noise0 .. noise0 + span − 1, a group whose columns past the last noise
+   * are written as zeros; default span 0: noise0 up to the last noise there is.
+   */
+  noise0?: number;
+  span?: number;
 }
 
-const FACTOR_BYTES = 36;
+const FACTOR_BYTES = 44;
 
 /** A table of factor records on the device, one binding-aligned record each. */
 export interface FactorTable {
@@ -295,6 +301,8 @@ export function createFactorTable(
     if (r.rank < 1 || r.rows < 1) throw new RangeError(`${label} record ${i}: empty factor`);
     words[at + 7] = r.scaled ? 1 : 0;
     f32[at + 8] = r.multiplier;
+    words[at + 9] = r.noise0 ?? 0;
+    words[at + 10] = r.span ?? 0;
   });
   const buffer = gpu.createBuffer(label, words.byteLength);
   gpu.write(buffer, words);
@@ -350,7 +358,7 @@ export function lowRankFactorStep(
   },
 ): Step {
   const r = o.table.records[o.index];
-  const noises = o.mode === "member" ? 1 : o.noises ?? 1;
+  const noises = o.mode === "member" ? 1 : Math.min(o.noises ?? 1, r.span ?? Infinity);
   const last = Math.max(
     (r.rows - 1) * r.rowStride + (noises - 1) * r.noiseStride + (r.rank - 1) * r.kStride + 1,
     0,

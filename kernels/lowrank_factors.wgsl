@@ -3,9 +3,12 @@
 // σ·A·Bᵀ/√r with A (O, r) and B (I, r) standard normal: element (o, k) of A is noise element
 // o·r + k of the counter word `tensor` (kernels/lowrank.ts lowRankCounterIds), B likewise.
 //
-// Shapes. One dispatch writes rows [row0, row0 + rows) of one factor (A or B) for n noises:
-// element (row, k) of noise i goes to out[(row − row0)·row_stride + i·noise_stride + k·k_stride],
-// times multiplier, and times the noise's scale when `scaled`. The strides give the layouts the
+// Shapes. One dispatch writes rows [row0, row0 + rows) of one factor (A or B) for the noises
+// noise0 .. noise0 + span − 1 (a group of the update's noises, zeros past the last one; a
+// member's one noise):
+// element (row, k) of noise noise0 + i goes to
+// out[(row − row0)·row_stride + i·noise_stride + k·k_stride], times multiplier, and times the
+// noise's scale when `scaled`. The strides give the layouts the
 // engine wants: a member's A as (O, r4) (row_stride r4), its Bᵀ as (r4, I) (k_stride I), and the
 // update's Ã (rows, n·r4) and B̃ (I, n·r4) (noise_stride r4). r4 = r rounded up to 4; the pad
 // columns are never written and stay zero. One invocation owns one aligned block of four counter
@@ -24,6 +27,8 @@ struct Factor {
   k_stride: u32,
   scaled: u32,        // 1: times noise_scale(i)
   multiplier: f32,    // m_g/√r for A, 1 for B
+  noise0: u32,        // first noise written
+  span: u32,          // noise columns written (zeros past the last noise); 0: up to the last
 }
 
 @group(0) @binding(0) var<storage, read> factor: Factor;
@@ -41,15 +46,24 @@ fn main(
   let first = start >> 2u;
   let blocks = ((end + 3u) >> 2u) - first;
   let i = idx / blocks;
-  if (i >= noise_count()) {
+  // span 0: the noises there are (a member's one; all of the update's).
+  let span = select(factor.span, noise_count() - min(factor.noise0, noise_count()), factor.span == 0u);
+  if (i >= span) {
     return;
   }
+  // Past the last noise (a last, partial group) the columns are written as zeros, so the
+  // group's matmul adds nothing for them.
+  let g = factor.noise0 + i;
+  let live = g < noise_count();
   let block = first + idx % blocks;
-  var s = factor.multiplier;
-  if (factor.scaled != 0u) {
-    s *= noise_scale(i);
+  var v = vec4f(0.0);
+  if (live) {
+    var s = factor.multiplier;
+    if (factor.scaled != 0u) {
+      s *= noise_scale(g);
+    }
+    v = noise4(params.key, params.iteration, noise_index(g), factor.tensor, block) * s;
   }
-  let v = noise4(params.key, params.iteration, noise_index(i), factor.tensor, block) * s;
   for (var k4 = 0u; k4 < 4u; k4++) {
     let e = block * 4u + k4;
     if (e >= start && e < end) {

@@ -620,9 +620,11 @@ export class EsEngine {
           })
         )).flat();
 
-    // The update: per matrix, B̃ (I, n·r4) = [B_0 … B_{n−1}], then per shard of θ
-    // Ã (rows, n·r4) = [d_0·m_α/√r·A_0 … ] on its rows and θ_shard += Ã·B̃ᵀ.
-    const noises = noiseCount(N, o.antithetic), K = noises * r4;
+    // The update, in groups of g noises: per group and matrix, B̃ (I, g·r4) = [B_i …], then per
+    // shard of θ Ã (rows, g·r4) = [d_i·m_α/√r·A_i …] on its rows and θ_shard += Ã·B̃ᵀ. The group
+    // is as large as keeps Ã and B̃ of the largest matrix within θ/64 (all n noises at once on a
+    // big model; on the tiny preset 8 of 30), so the update's buffers stay a small part of θ.
+    const noises = noiseCount(N, o.antithetic);
     const updated = matrices.filter((n) => o.multipliers(n).alpha !== 0);
     const update: Step[] = [];
     if (updated.length > 0) {
@@ -630,50 +632,64 @@ export class EsEngine {
         ...updated.flatMap((n) => this.theta.get(n)!.shards.map((s) => s.rows)),
       );
       const maxCols = Math.max(...updated.map((n) => this.theta.get(n)!.shape[1]));
+      const thetaBytes = [...this.theta.values()].reduce(
+        (a, t) => a + t.shards.reduce((b, s) => b + s.rows * t.rowSize * 4, 0),
+        0,
+      );
+      const perNoise = (maxRows + maxCols) * r4 * 4;
+      const group = Math.max(
+        1,
+        Math.min(noises, Math.floor(thetaBytes / (2 * CHUNK_FRACTION) / perNoise)),
+      );
+      const K = group * r4;
       const aBuf = buffer("lowrank_update.a", maxRows * K * 4);
       const bBuf = buffer("lowrank_update.b", maxCols * K * 4);
       const updateRecords: FactorRecord[] = [];
       const plan: { label: string; out: GPUBuffer; matmul?: () => Step }[] = [];
-      for (const n of updated) {
-        const t = this.theta.get(n)!, [, I] = t.shape;
-        const ids = lowRankCounterIds(this.names.indexOf(n));
-        const base = { rank, rowStride: K, noiseStride: r4, kStride: 1 };
-        updateRecords.push({
-          ...base,
-          tensor: ids.b,
-          row0: 0,
-          rows: I,
-          scaled: false,
-          multiplier: 1,
-        });
-        plan.push({ label: `lowrank_update.${n}.b`, out: bBuf });
-        t.shards.forEach((s, k) => {
-          if (s.rows === 0) return;
-          const label = `lowrank_update.${n}${t.shards.length > 1 ? `#${k}` : ""}`;
+      for (let noise0 = 0; noise0 < noises; noise0 += group) {
+        // Every group spans `group` noise columns; past the last noise they are written as zeros.
+        const span = group, G = noises > group ? `.g${noise0}` : "";
+        for (const n of updated) {
+          const t = this.theta.get(n)!, [, I] = t.shape;
+          const ids = lowRankCounterIds(this.names.indexOf(n));
+          const base = { rank, rowStride: K, noiseStride: r4, kStride: 1, noise0, span };
           updateRecords.push({
             ...base,
-            tensor: ids.a,
-            row0: s.rowStart,
-            rows: s.rows,
-            scaled: true,
-            multiplier: o.multipliers(n).alpha * step,
+            tensor: ids.b,
+            row0: 0,
+            rows: I,
+            scaled: false,
+            multiplier: 1,
           });
-          plan.push({
-            label: `${label}.a`,
-            out: aBuf,
-            matmul: () =>
-              matmulStep(gpu, {
-                label,
-                x: aBuf,
-                m: s.rows,
-                k: K,
-                w: bBuf,
-                n: I,
-                out: s.buffer,
-                accumulate: true,
-              }),
+          plan.push({ label: `lowrank_update.${n}${G}.b`, out: bBuf });
+          t.shards.forEach((s, k) => {
+            if (s.rows === 0) return;
+            const label = `lowrank_update.${n}${t.shards.length > 1 ? `#${k}` : ""}${G}`;
+            updateRecords.push({
+              ...base,
+              tensor: ids.a,
+              row0: s.rowStart,
+              rows: s.rows,
+              scaled: true,
+              multiplier: o.multipliers(n).alpha * step,
+            });
+            plan.push({
+              label: `${label}.a`,
+              out: aBuf,
+              matmul: () =>
+                matmulStep(gpu, {
+                  label,
+                  x: aBuf,
+                  m: s.rows,
+                  k: K,
+                  w: bBuf,
+                  n: I,
+                  out: s.buffer,
+                  accumulate: true,
+                }),
+            });
           });
-        });
+        }
       }
       const updateTable = createFactorTable(gpu, "lowrank.update_factors", updateRecords);
       this.#own.push(updateTable.buffer);

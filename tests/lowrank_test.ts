@@ -248,6 +248,50 @@ Deno.test("gpu: lowrank_factors writes the TypeScript twin's factors in every la
     }
     assertClose(gat, wantAt, { atol: 1e-6, rtol: 1e-6 });
     assertClose(gbb, wantBb, { atol: 1e-6, rtol: 1e-6 });
+
+    // The update in groups of two noises: the second group holds noise 2, then zero columns
+    // where a noise 3 would be (over whatever the first group left there).
+    const groupTable = createFactorTable(
+      gpu,
+      "groups",
+      [0, 2].map((noise0) => ({
+        rank,
+        tensor: ids.b,
+        row0: 0,
+        rows: I,
+        rowStride: 2 * r4,
+        noiseStride: r4,
+        kStride: 1,
+        scaled: false,
+        multiplier: 1,
+        noise0,
+        span: 2,
+      })),
+    );
+    const grouped = gpu.createBuffer("grouped", I * 2 * r4 * 4);
+    const groupStep = (index: number) =>
+      lowRankFactorStep(gpu, {
+        label: `group${index}`,
+        table: groupTable,
+        index,
+        params: update,
+        out: grouped,
+        mode: "update",
+        noises: n,
+      });
+    await submitSteps(gpu, [groupStep(0)]);
+    const first = await gpu.readF32(grouped, I * 2 * r4);
+    await submitSteps(gpu, [groupStep(1)]);
+    const second = await gpu.readF32(grouped, I * 2 * r4);
+    const wantFirst = new Float64Array(I * 2 * r4), wantSecond = new Float64Array(I * 2 * r4);
+    for (let c = 0; c < I; c++) {
+      for (let k = 0; k < rank; k++) {
+        for (const i of [0, 1]) wantFirst[c * 2 * r4 + i * r4 + k] = twin(i).b[c * rank + k];
+        wantSecond[c * 2 * r4 + k] = twin(2).b[c * rank + k];
+      }
+    }
+    assertClose(first, wantFirst, { atol: 1e-6, rtol: 1e-6 });
+    assertClose(second, wantSecond, { atol: 1e-6, rtol: 1e-6 });
   } finally {
     gpu.destroy();
   }
