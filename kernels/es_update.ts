@@ -178,28 +178,59 @@ export function createShardTable(
   tensor: GpuTensor,
   options: { tensorId: number; multiplier?: number },
 ): ShardTable {
+  return writeShardTable(
+    gpu,
+    tensor,
+    tensor.shards.map((s) => ({
+      start: s.rowStart * tensor.rowSize,
+      count: s.rows * tensor.rowSize,
+    })),
+    options,
+  );
+}
+
+/** One record of a shard table, in elements (kernels/shard_record.wgsl). */
+interface ShardRecord {
+  start: number;
+  count: number;
+  src?: number;
+  dst?: number;
+  memberStride?: number;
+}
+
+/** Writes a table of `records` of `tensor` with its id, element count and group multiplier. */
+function writeShardTable(
+  gpu: Gpu,
+  tensor: GpuTensor,
+  records: ShardRecord[],
+  options: { tensorId: number; multiplier?: number },
+  label = `${tensor.name}.shards`,
+): ShardTable {
   const total = numel(tensor.shape);
   if (total >= 2 ** 32) throw new GpuError(`tensor ${tensor.name}: ${total} elements ≥ 2^32`);
   checkU32("tensorId", options.tensorId);
   const stride = paramStride(gpu);
-  const words = new Uint32Array((stride / 4) * tensor.shards.length);
+  const words = new Uint32Array((stride / 4) * Math.max(1, records.length));
   const f32 = new Float32Array(words.buffer);
-  tensor.shards.forEach((s, k) => {
+  records.forEach((r, k) => {
     const at = (k * stride) / 4;
-    words[at] = s.rowStart * tensor.rowSize;
-    words[at + 1] = s.rows * tensor.rowSize;
+    words[at] = r.start;
+    words[at + 1] = r.count;
     words[at + 2] = options.tensorId;
     words[at + 3] = total;
     f32[at + 4] = options.multiplier ?? 1;
+    words[at + 5] = r.src ?? 0;
+    words[at + 6] = r.dst ?? 0;
+    words[at + 7] = r.memberStride ?? 0;
   });
-  const buffer = gpu.createBuffer(`${tensor.name}.shards`, words.byteLength);
+  const buffer = gpu.createBuffer(label, words.byteLength);
   gpu.write(buffer, words);
   return {
     buffer,
     stride,
     tensorId: options.tensorId,
     multiplier: options.multiplier ?? 1,
-    shards: tensor.shards.length,
+    shards: records.length,
   };
 }
 
@@ -320,33 +351,19 @@ export function createPerturbTable(
   out: GpuTensor,
   options: { tensorId: number; multiplier?: number; memberStride?: number },
 ): ShardTable {
-  const total = numel(theta.shape);
-  if (total >= 2 ** 32) throw new GpuError(`tensor ${theta.name}: ${total} elements ≥ 2^32`);
-  checkU32("tensorId", options.tensorId);
   const pieces = perturbPieces(theta, out);
-  const stride = paramStride(gpu);
-  const words = new Uint32Array((stride / 4) * Math.max(1, pieces.length));
-  const f32 = new Float32Array(words.buffer);
-  pieces.forEach((p, k) => {
-    const at = (k * stride) / 4;
-    words[at] = p.rowStart * theta.rowSize;
-    words[at + 1] = p.rows * theta.rowSize;
-    words[at + 2] = options.tensorId;
-    words[at + 3] = total;
-    f32[at + 4] = options.multiplier ?? 1;
-    words[at + 5] = (p.rowStart - theta.shards[p.thetaShard].rowStart) * theta.rowSize;
-    words[at + 6] = (p.rowStart - out.shards[p.outShard].rowStart) * theta.rowSize;
-    words[at + 7] = options.memberStride ?? 0;
-  });
-  const buffer = gpu.createBuffer(`${theta.name}.shards`, words.byteLength);
-  gpu.write(buffer, words);
-  return {
-    buffer,
-    stride,
-    tensorId: options.tensorId,
-    multiplier: options.multiplier ?? 1,
-    shards: pieces.length,
-  };
+  return writeShardTable(
+    gpu,
+    theta,
+    pieces.map((p) => ({
+      start: p.rowStart * theta.rowSize,
+      count: p.rows * theta.rowSize,
+      src: (p.rowStart - theta.shards[p.thetaShard].rowStart) * theta.rowSize,
+      dst: (p.rowStart - out.shards[p.outShard].rowStart) * theta.rowSize,
+      memberStride: options.memberStride,
+    })),
+    options,
+  );
 }
 
 /**
@@ -436,8 +453,6 @@ export function chunkPerturbSteps(
   o: ChunkPerturbOptions,
 ): { chunks: PerturbChunk[]; table: ShardTable } {
   const { theta } = o;
-  const total = numel(theta.shape);
-  if (total >= 2 ** 32) throw new GpuError(`tensor ${theta.name}: ${total} elements ≥ 2^32`);
   if (!(Number.isInteger(o.chunkRows) && o.chunkRows >= 1)) {
     throw new GpuError(
       `perturb ${theta.name}: chunkRows ${o.chunkRows} must be a positive integer`,
@@ -457,27 +472,19 @@ export function chunkPerturbSteps(
     }
   });
   const stride = paramStride(gpu);
-  const words = new Uint32Array((stride / 4) * Math.max(1, ranges.length));
-  const f32 = new Float32Array(words.buffer);
-  ranges.forEach((c, k) => {
-    const at = (k * stride) / 4, shard = theta.shards[c.shard];
-    words[at] = c.rowStart * theta.rowSize;
-    words[at + 1] = c.rows * theta.rowSize;
-    words[at + 2] = o.tensorId;
-    words[at + 3] = total;
-    f32[at + 4] = o.multiplier;
-    words[at + 5] = (c.rowStart - shard.rowStart) * theta.rowSize;
-    words[at + 7] = memberStride;
-  });
-  const buffer = gpu.createBuffer(`${theta.name}.chunks`, words.byteLength);
-  gpu.write(buffer, words);
-  const table: ShardTable = {
-    buffer,
-    stride,
-    tensorId: o.tensorId,
-    multiplier: o.multiplier,
-    shards: ranges.length,
-  };
+  const table = writeShardTable(
+    gpu,
+    theta,
+    ranges.map((c) => ({
+      start: c.rowStart * theta.rowSize,
+      count: c.rows * theta.rowSize,
+      src: (c.rowStart - theta.shards[c.shard].rowStart) * theta.rowSize,
+      memberStride,
+    })),
+    o,
+    `${theta.name}.chunks`,
+  );
+  const buffer = table.buffer;
   const pipeline = perturbPipeline(gpu, theta);
   const chunks = ranges.map((c, k) => ({
     rowStart: c.rowStart,

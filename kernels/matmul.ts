@@ -365,6 +365,39 @@ function memberConsts(where: string, mb: MatmulMembers | undefined): Record<stri
   return { X_MS4: x / 4, W_MS4: w / 4, OUT_MS: out, B_MS: bias };
 }
 
+/**
+ * The buffer checks matmulStep and matmulSwigluStep share: x, each weight operand and out hold
+ * what every member reads or writes, within the binding limit, and out is none of the inputs.
+ */
+function checkOperands(
+  gpu: Gpu,
+  where: string,
+  o: {
+    x: GPUBuffer;
+    out: GPUBuffer;
+    m: number;
+    k: number;
+    n: number;
+    outStride: number;
+    outColOffset: number;
+    members?: MatmulMembers;
+  },
+  weights: { name: string; buffer: GPUBuffer; elements: number; stride: number }[],
+): void {
+  const mb = o.members;
+  checkBuffer(gpu, where, "x", o.x, forMembers(o.m * o.k, mb?.x ?? 0, mb));
+  for (const w of weights) {
+    checkBuffer(gpu, where, w.name, w.buffer, forMembers(w.elements, w.stride, mb));
+  }
+  const last = (o.m - 1) * o.outStride + o.outColOffset + o.n;
+  checkBuffer(gpu, where, "out", o.out, forMembers(last, mb?.out ?? 0, mb));
+  if (o.out === o.x || weights.some((w) => w.buffer === o.out)) {
+    throw new Error(
+      `${where}: out must not be the same buffer as x, ${weights.map((w) => w.name).join(" or ")}`,
+    );
+  }
+}
+
 /** f32 elements a buffer needs for `one` member's elements at `stride` apart, `count` times. */
 function forMembers(one: number, stride: number, mb: MatmulMembers | undefined): number {
   return ((mb?.count ?? 1) - 1) * stride + one;
@@ -413,21 +446,12 @@ export function matmulStep(gpu: Gpu, o: MatmulOptions): Step {
   const outColOffset = o.outColOffset ?? 0;
   checkSizes(where, { m, k, n }, { wRowOffset, biasOffset, outStride, outColOffset });
   const mb = o.members, members = memberConsts(where, mb);
-  checkBuffer(gpu, where, "x", o.x, forMembers(m * k, mb?.x ?? 0, mb));
-  checkBuffer(gpu, where, "w", o.w, forMembers((wRowOffset + n) * k, mb?.w ?? 0, mb));
-  checkBuffer(
-    gpu,
-    where,
-    "out",
-    o.out,
-    forMembers((m - 1) * outStride + outColOffset + n, mb?.out ?? 0, mb),
-  );
-  if (o.bias) {
-    checkBuffer(gpu, where, "bias", o.bias, forMembers(biasOffset + n, mb?.bias ?? 0, mb));
-  }
-  if (o.out === o.x || o.out === o.w || o.out === o.bias) {
-    throw new Error(`${where}: out must not be the same buffer as x, w or bias`);
-  }
+  checkOperands(gpu, where, { ...o, outStride, outColOffset }, [
+    { name: "w", buffer: o.w, elements: (wRowOffset + n) * k, stride: mb?.w ?? 0 },
+    ...(o.bias
+      ? [{ name: "bias", buffer: o.bias, elements: biasOffset + n, stride: mb?.bias ?? 0 }]
+      : []),
+  ]);
 
   const outAt = outBinding(gpu, o.out, outColOffset);
   const tile = o.tile ?? defaultMatmulTile(gpu, { m, k, n });
@@ -506,19 +530,10 @@ export function matmulSwigluStep(gpu: Gpu, o: MatmulSwigluOptions): Step {
   const outColOffset = o.outColOffset ?? 0;
   checkSizes(where, { m, k, n }, { gateRowOffset, upRowOffset, outStride, outColOffset });
   const mb = o.members, members = memberConsts(where, mb);
-  checkBuffer(gpu, where, "x", o.x, forMembers(m * k, mb?.x ?? 0, mb));
-  checkBuffer(gpu, where, "wGate", o.wGate, forMembers((gateRowOffset + n) * k, mb?.w ?? 0, mb));
-  checkBuffer(gpu, where, "wUp", o.wUp, forMembers((upRowOffset + n) * k, mb?.w ?? 0, mb));
-  checkBuffer(
-    gpu,
-    where,
-    "out",
-    o.out,
-    forMembers((m - 1) * outStride + outColOffset + n, mb?.out ?? 0, mb),
-  );
-  if (o.out === o.x || o.out === o.wGate || o.out === o.wUp) {
-    throw new Error(`${where}: out must not be the same buffer as x, wGate or wUp`);
-  }
+  checkOperands(gpu, where, { ...o, outStride, outColOffset }, [
+    { name: "wGate", buffer: o.wGate, elements: (gateRowOffset + n) * k, stride: mb?.w ?? 0 },
+    { name: "wUp", buffer: o.wUp, elements: (upRowOffset + n) * k, stride: mb?.w ?? 0 },
+  ]);
 
   const outAt = outBinding(gpu, o.out, outColOffset);
   const tile = o.tile ?? defaultMatmulSwigluTile(gpu, { m, k, n });

@@ -259,49 +259,22 @@ if (import.meta.main) {
     );
     if (fwd.kernels_ms) log(`GPU ms per kernel: ${JSON.stringify(fwd.kernels_ms)}`);
 
-    const es = await benchEs(gpu, {
-      preset: "tiny",
-      population: 30,
-      samples: 32,
-      seqLen: 64,
-      iterations: values.quick ? 2 : 5,
-    });
-    const lr = await benchEs(gpu, {
-      preset: "tiny",
-      population: 30,
-      samples: 32,
-      seqLen: 64,
-      iterations: values.quick ? 2 : 3,
-      lowRank: 4,
-    });
+    // The issue's tiny configuration, N=30, M=32, T=64, in each variant.
+    const tiny = (iterations: number, o: Partial<Parameters<typeof benchEs>[1]> = {}) =>
+      benchEs(gpu, { preset: "tiny", population: 30, samples: 32, seqLen: 64, iterations, ...o });
+    const es = await tiny(values.quick ? 2 : 5);
+    const lr = await tiny(values.quick ? 2 : 3, { lowRank: 4 });
     // Low rank with 5 members at once: the group shares each x·Wᵀ.
-    const lrBatched = values.quick ? null : await benchEs(gpu, {
-      preset: "tiny",
-      population: 30,
-      samples: 32,
-      seqLen: 64,
-      iterations: 3,
-      lowRank: 4,
-      memberBatch: 5,
-    });
-    const bf16 = await benchEs(gpu, {
-      preset: "tiny",
-      population: 30,
-      samples: 32,
-      seqLen: 64,
-      iterations: values.quick ? 1 : 3,
-      storage: "bf16",
-    });
+    const lrBatched = values.quick ? null : await tiny(3, { lowRank: 4, memberBatch: 5 });
+    const bf16 = await tiny(values.quick ? 1 : 3, { storage: "bf16" });
     // A whole perturbed copy per member instead of chunks: the speed the chunks' memory costs.
-    const copy = values.quick ? null : await benchEs(gpu, {
-      preset: "tiny",
-      population: 30,
-      samples: 32,
-      seqLen: 64,
-      iterations: 3,
-      scratch: "copy",
-    });
+    const copy = values.quick ? null : await tiny(3, { scratch: "copy" });
     const ratio = es.es_tokens_per_s / es.inference_tokens_per_s;
+    // Memory beyond the activation workspace over θ's bytes, and ES throughput, of one run.
+    type EsRun = Awaited<ReturnType<typeof benchEs>>;
+    const beyond = (r: EsRun) =>
+      ((r.peak_device_bytes - r.workspace_bytes) / r.weight_bytes).toFixed(2);
+    const tps = (r: EsRun) => String(Math.round(r.es_tokens_per_s));
     const row = (what: string, value: string, target: string) =>
       log(`| ${what} | ${value} | ${target} |`);
     log(
@@ -309,7 +282,7 @@ if (import.meta.main) {
     );
     log("| measure | esflow | target |");
     log("|---|---|---|");
-    row("ES population-tokens/s", String(Math.round(es.es_tokens_per_s)), "");
+    row("ES population-tokens/s", tps(es), "");
     row("inference tokens/s, same batch", String(Math.round(es.inference_tokens_per_s)), "");
     row("ES / inference", ratio.toFixed(2), "≥ 0.9");
     row(
@@ -324,37 +297,37 @@ if (import.meta.main) {
     );
     row(
       "(peak device bytes − activation workspace) / weight bytes",
-      ((es.peak_device_bytes - es.workspace_bytes) / es.weight_bytes).toFixed(2),
+      beyond(es),
       "≤ 1.1",
     );
     row(
       "the same, low-rank rank 4 (EGGROLL)",
-      ((lr.peak_device_bytes - lr.workspace_bytes) / lr.weight_bytes).toFixed(2),
+      beyond(lr),
       "≤ 1.1",
     );
-    row("ES population-tokens/s, low-rank rank 4", String(Math.round(lr.es_tokens_per_s)), "");
+    row("ES population-tokens/s, low-rank rank 4", tps(lr), "");
     if (lrBatched) {
       row(
         "the same, 5 members per dispatch (member_batch: 5)",
-        String(Math.round(lrBatched.es_tokens_per_s)),
+        tps(lrBatched),
         "",
       );
     }
     row(
       "the same, bf16 θ (over bf16 weight bytes)",
-      ((bf16.peak_device_bytes - bf16.workspace_bytes) / bf16.weight_bytes).toFixed(2),
+      beyond(bf16),
       "≤ 1.1",
     );
-    row("ES population-tokens/s, bf16 θ", String(Math.round(bf16.es_tokens_per_s)), "");
+    row("ES population-tokens/s, bf16 θ", tps(bf16), "");
     if (copy) {
       row(
         "ES population-tokens/s, a whole perturbed copy per member (scratch: copy)",
-        String(Math.round(copy.es_tokens_per_s)),
+        tps(copy),
         "",
       );
       row(
         "(peak − workspace) / weight bytes, scratch: copy",
-        ((copy.peak_device_bytes - copy.workspace_bytes) / copy.weight_bytes).toFixed(2),
+        beyond(copy),
         "",
       );
     }
