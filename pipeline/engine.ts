@@ -7,7 +7,8 @@
  *     write perturb params (seed, t, noise index and signed σ_t of each member slot)
  *     write the iteration's packed tokens (all micro-batches, one upload)
  *     [held-out: forward over θ for each held-out micro-batch → R per sample]
- *     for member j:                          θ is only read here, never modified
+ *     for member j (or a group of memberBatch members at once):   θ is only read, never modified
+ *       copy j's perturb record(s) to the current-members buffer
  *       vectors_j = θ + σ_t·m_g·ε_j          perturb kernel into their scratch (small)
  *       for micro-batch b: copy its tokens in, forward(θ_j), fitness, total[j] += Σ R
  *         where each matrix's row chunk of θ_j is formed just before the forward reads it
@@ -26,10 +27,17 @@
  * σ_t·m_g·A_j·B_jᵀ/√r. The perturb steps write only the member's factors a = ±σ_t·m_g/√r·A_j
  * (O, r4) and Bᵀ (r4, I) and its perturbed vectors (norms, biases: full-rank noise, a small
  * scratch); the forward reads θ's matrices and adds σ/√r·(x·B)·Aᵀ after each (kernels/lowrank.ts
- * LowRankTensor). The update is θ += Σ_i d_i·m_α/√r·A_i·B_iᵀ as one matmul per shard,
- * Ã (rows, n·r4) · B̃ (I, n·r4)ᵀ, plus the full-rank update of the vectors. Memory: θ, the
- * vectors' scratch, the factors (r4·(O + I) per matrix), u (rows, r4), and Ã and B̃ of the largest
- * matrix.
+ * LowRankTensor). The update is θ += Σ_i d_i·m_α/√r·A_i·B_iᵀ as matmuls per shard and group
+ * of g noises, Ã (rows, g·r4) · B̃ (I, g·r4)ᵀ, plus the full-rank update of the vectors. Memory:
+ * θ, the vectors' scratch, the factors (r4·(O + I) per matrix and member of a group), u (rows,
+ * r4), and Ã and B̃ of the largest matrix for one group (within θ/64).
+ *
+ * Population batching (`memberBatch`): a group's activations lie side by side and each dispatch
+ * covers the group (matmuls as a grid of members, member z reading its chunk slot or factors; in
+ * low rank the base x·Wᵀ is one matmul over all the group's rows).
+ *
+ * bf16 storage (`storage`): θ is read only through perturb kernels that widen it to f32 (the
+ * unperturbed forward through the same chunks at scale 0), and the update rounds stochastically.
  *
  * @module
  */
@@ -354,7 +362,7 @@ export class EsEngine {
     if (chunked && !bf16 && P === 1) {
       // The unperturbed forward (held-out loss, the shared prefix) reads θ's matrices through
       // the same chunks at scale 0: the same matmul shapes as the members', so no second set of
-      // pipelines to compile (on lavapipe a cold compile of the tiny pipeline went 57 s → 3x s).
+      // pipelines to compile (on lavapipe a cold first iteration of tiny-austen went 57 s → 47 s).
       this.#view = new Map([...theta, ...this.#chunked(matrices, this.#zero, "theta")]);
     }
     if (bf16) {
