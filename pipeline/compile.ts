@@ -13,10 +13,8 @@ import type { Step } from "../kernels/program.ts";
 import type { Qwen3Config } from "../model/config.ts";
 import { qwen3TensorSpecs } from "../model/weights.ts";
 import { EsEngine } from "./engine.ts";
-import { modelStorage } from "./run.ts";
-import { stageType } from "./spec.ts";
+import { specEngineOptions } from "./run.ts";
 import type { PipelineSpec } from "./spec.ts";
-import type { FitnessImpl, PerturbImpl } from "./stages/types.ts";
 
 /** A device buffer of the plan. */
 export interface PlanBuffer {
@@ -111,29 +109,12 @@ export async function compile(
 ): Promise<Plan> {
   const gpu = options.gpu ??
     planningGpu(options.adapter ?? { adapterName: "planning", limits: DEFAULT_LIMITS });
-  const perturb = stageType("perturb", spec.perturb.type)!.impl as PerturbImpl;
-  const fitness = stageType("fitness", spec.fitness.type)!.impl as FitnessImpl;
-  const N = perturb.population(spec.perturb);
-  const microBatch = (spec.fitness.micro_batch as number | undefined) ?? 16;
-  const maxLen = (spec.fitness.max_len as number | undefined) ?? 256;
   const ds = spec.dataset as unknown as { samples_per_iteration: number; holdout: number };
   const M = ds.samples_per_iteration;
+  const engineOptions = specEngineOptions(spec, config, Math.max(M, ds.holdout));
+  const { population: N, microBatch, maxLen } = engineOptions;
   const before = new Set(gpu.allocations().map((a) => a.label));
-  const engine = await EsEngine.create(gpu, {
-    config,
-    seed: spec.seed,
-    population: N,
-    antithetic: perturb.antithetic(spec.perturb),
-    maxSamples: Math.max(M, ds.holdout),
-    microBatch,
-    maxLen,
-    fitness,
-    multipliers: (t) => perturb.multipliers(spec.perturb, t),
-    lowRank: perturb.lowRank?.(spec.perturb),
-    scratch: perturb.scratch?.(spec.perturb),
-    storage: modelStorage(spec),
-    memberBatch: (spec.fitness.member_batch as number | "auto" | undefined) ?? 1,
-  });
+  const engine = await EsEngine.create(gpu, engineOptions);
   const full = Math.floor(M / microBatch), rest = M % microBatch;
   // Members run in groups of the engine's member batch; a last, smaller group takes the rest.
   const P = engine.memberBatch;

@@ -212,22 +212,7 @@ export function runSetup(
     heldOutTokens: heldOut.flatMap((b) =>
       b.attentionMask.map((m) => m.slice(1).reduce((a, x) => a + x, 0))
     ),
-    engineOptions: (tensors) => ({
-      config,
-      tensors,
-      seed: spec.seed,
-      population: N,
-      antithetic,
-      maxSamples,
-      microBatch,
-      maxLen,
-      fitness,
-      multipliers: (t) => perturb.multipliers(spec.perturb, t),
-      lowRank: perturb.lowRank?.(spec.perturb),
-      scratch: perturb.scratch?.(spec.perturb),
-      storage: modelStorage(spec),
-      memberBatch: (spec.fitness.member_batch as number | "auto" | undefined) ?? 1,
-    }),
+    engineOptions: (tensors) => ({ ...specEngineOptions(spec, config, maxSamples), tensors }),
     iterationInputs: (t) => {
       const indices = subsetSamples(split.train, { seed: spec.seed, iteration: t, size: M });
       const batches = iterationBatches(tokens, indices, { microBatch, padId })
@@ -477,6 +462,34 @@ export async function exists(path: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/**
+ * The engine options a pipeline asks for, θ aside: the one reading of the spec that a run, a
+ * worker and the planner (pipeline/compile.ts) share. `maxSamples`: the most samples one pass
+ * packs (the iteration's subset or the held-out set).
+ */
+export function specEngineOptions(
+  spec: PipelineSpec,
+  config: Qwen3Config,
+  maxSamples: number,
+): EsEngineOptions {
+  const perturb = impl<PerturbImpl>("perturb", spec.perturb.type);
+  return {
+    config,
+    seed: spec.seed,
+    population: perturb.population(spec.perturb),
+    antithetic: perturb.antithetic(spec.perturb),
+    maxSamples,
+    microBatch: (spec.fitness.micro_batch as number | undefined) ?? 16,
+    maxLen: (spec.fitness.max_len as number | undefined) ?? 256,
+    fitness: impl<FitnessImpl>("fitness", spec.fitness.type),
+    multipliers: (t) => perturb.multipliers(spec.perturb, t),
+    lowRank: perturb.lowRank?.(spec.perturb),
+    scratch: perturb.scratch?.(spec.perturb),
+    storage: modelStorage(spec),
+    memberBatch: (spec.fitness.member_batch as number | "auto" | undefined) ?? 1,
+  };
 }
 
 /** How the pipeline stores θ: the model stage's `storage` (f32 when a stage has none). */
