@@ -177,7 +177,6 @@ export class Qwen3Forward {
       v: rows * c.numKvHeads * D * 4,
       attn: rows * c.numHeads * D * 4,
       gate: rows * I * 4,
-      up: rows * I * 4,
       logits: rows * chunk * 4,
       state: rows * 3 * 4,
       r: options.maxBatch * 4,
@@ -185,6 +184,9 @@ export class Qwen3Forward {
       sin: options.maxSeqLen * (D / 2) * 4,
     };
     if (this.options.debugLogits) sizes.fullLogits = rows * c.vocabSize * 4;
+    // The up projection's own buffer is only for low-rank members (the fused MLP matmul never
+    // writes it): allocated on first use, by #upBuffer.
+    this.#upBytes = rows * I * 4;
     for (const [name, bytes] of Object.entries(sizes)) {
       if (bytes > binding) {
         throw new UserError(
@@ -198,6 +200,17 @@ export class Qwen3Forward {
     const t = ropeTables({ seqLen: options.maxSeqLen, headDim: D, theta: c.ropeTheta });
     gpu.write(this.#buf.cos, t.cos);
     gpu.write(this.#buf.sin, t.sin);
+  }
+
+  #upBytes: number;
+
+  /**
+   * The up projection's output, allocated the first time a low-rank MLP needs it (the size of
+   * gate, whose fit to the binding limit the constructor checked).
+   */
+  #upBuffer(): GPUBuffer {
+    this.#buf.up ??= this.gpu.createBuffer("act.up", this.#upBytes);
+    return this.#buf.up;
   }
 
   /** Bytes of activation workspace this forward allocated. */
@@ -353,12 +366,13 @@ export class Qwen3Forward {
       } else {
         // Low rank adds each projection's delta after its matmul, so silu waits for both.
         steps.push(...lin("mlp.gate_proj", b.xn, b.gate, H));
-        steps.push(...lin("mlp.up_proj", b.xn, b.up, H));
+        const upOut = this.#upBuffer();
+        steps.push(...lin("mlp.up_proj", b.xn, upOut, H));
         steps.push(
           swigluStep(g, {
             label: `L${l}.swiglu`,
             gate: b.gate,
-            up: b.up,
+            up: upOut,
             rows: R,
             width: c.intermediateSize,
           }),

@@ -174,16 +174,27 @@ export function autoMemberBatch(o: {
   maxLen: number;
   thetaBytes: number;
   binding: number;
+  /** Low rank keeps the up projection's output apart (the fused MLP matmul does not). */
+  lowRank?: boolean;
 }): number {
   const c = o.config, rows = o.microBatch * o.maxLen;
   const q = c.numHeads * c.headDim, kv = c.numKvHeads * c.headDim;
-  // Per token: x, xn, q, attn, k, v, gate, up, the LM-head chunk (≤ 8192) and the LSE state.
-  const perRow = 4 * (2 * c.hiddenSize + 2 * q + 2 * kv + 2 * c.intermediateSize +
+  // Per token: x, xn, q, attn, k, v, gate (and up in low rank), the LM-head chunk (≤ 8192) and
+  // the LSE state.
+  const perRow = 4 * (2 * c.hiddenSize + 2 * q + 2 * kv + (o.lowRank ? 2 : 1) * c.intermediateSize +
     Math.min(c.vocabSize, 8192) + 3);
   const widest = 4 * rows * Math.max(c.hiddenSize, q, c.intermediateSize);
   const byMemory = Math.floor(o.thetaBytes / (perRow * rows));
   const byBinding = Math.floor(o.binding / widest);
   return Math.max(1, Math.min(o.population, byMemory, byBinding));
+}
+
+/** Bytes θ's elements take as stored (f32 or bf16), alignment padding aside. */
+function storedBytes(theta: Map<string, GpuTensor>): number {
+  return [...theta.values()].reduce(
+    (a, t) => a + t.shards.reduce((b, s) => b + s.rows * t.rowSize * dtypeBytes(t.dtype), 0),
+    0,
+  );
 }
 
 /** Which chunk buffer a matrix uses: the up projections the second, everything else the first. */
@@ -281,10 +292,8 @@ export class EsEngine {
         population: N,
         microBatch: options.microBatch,
         maxLen: options.maxLen,
-        thetaBytes: [...theta.values()].reduce(
-          (a, t) => a + t.shards.reduce((b, s) => b + s.rows * t.rowSize * dtypeBytes(t.dtype), 0),
-          0,
-        ),
+        thetaBytes: storedBytes(theta),
+        lowRank: lowRank !== undefined,
         binding: gpu.limits.maxStorageBufferBindingSize,
       })
       : options.memberBatch ?? 1;
@@ -432,10 +441,7 @@ export class EsEngine {
     const gpu = this.gpu, o = this.options;
     // θ's stored bytes: with bf16 θ the f32 chunks hold half as many rows, and the scratch stays
     // the same fraction of θ.
-    const thetaBytes = [...this.theta.values()].reduce(
-      (a, t) => a + t.shards.reduce((b, s) => b + s.rows * t.rowSize * dtypeBytes(t.dtype), 0),
-      0,
-    );
+    const thetaBytes = storedBytes(this.theta);
     // Batched members split the budget: the chunk buffers stay the same size in all.
     const budget = Math.min(
       Math.floor(gpu.limits.maxStorageBufferBindingSize / members),
@@ -640,10 +646,7 @@ export class EsEngine {
         ...updated.flatMap((n) => this.theta.get(n)!.shards.map((s) => s.rows)),
       );
       const maxCols = Math.max(...updated.map((n) => this.theta.get(n)!.shape[1]));
-      const thetaBytes = [...this.theta.values()].reduce(
-        (a, t) => a + t.shards.reduce((b, s) => b + s.rows * t.rowSize * 4, 0),
-        0,
-      );
+      const thetaBytes = storedBytes(this.theta);
       const perNoise = (maxRows + maxCols) * r4 * 4;
       const group = Math.max(
         1,
