@@ -38,7 +38,11 @@
  * @module
  */
 
-export { acquireGpu, adapterLimits, Gpu, GpuError, planningGpu } from "./kernels/runtime.ts";
+export { acquireGpu, adapterLimits, Gpu, GpuError } from "./kernels/runtime.ts";
+export { acquireDevice, parseBackend, resolveBackend } from "./kernels/backend.ts";
+export type { BackendChoice } from "./kernels/backend.ts";
+export { planDevice } from "./kernels/device.ts";
+export type { Backend, Device, DeviceBuffer, Program } from "./kernels/device.ts";
 export type { AcquireOptions, GpuFeatures, GpuLimits } from "./kernels/runtime.ts";
 export {
   createTensor,
@@ -49,7 +53,7 @@ export {
   toBf16,
   writeTensor,
 } from "./kernels/tensor.ts";
-export type { FilledTensor, GpuTensor, Shard, StorageDtype } from "./kernels/tensor.ts";
+export type { FilledTensor, DeviceTensor, Shard, StorageDtype } from "./kernels/tensor.ts";
 export { linearSteps, matmulStep, matmulSwigluStep, swigluLinearSteps } from "./kernels/matmul.ts";
 export type {
   LinearMembers,
@@ -58,14 +62,7 @@ export type {
   MatmulSwigluOptions,
   MatmulTile,
 } from "./kernels/matmul.ts";
-export {
-  encodeSteps,
-  launch,
-  makeStep,
-  profileSteps,
-  submitSteps,
-  wgslConsts,
-} from "./kernels/program.ts";
+export { dispatch, launch, profileSteps, submitSteps, wgslConsts } from "./kernels/program.ts";
 export type { Step, StepTimes } from "./kernels/program.ts";
 
 export type { Qwen3Config } from "./model/config.ts";
@@ -93,7 +90,7 @@ export type { LoadedPipeline, PipelineOverrides } from "./pipeline/load.ts";
 export { resolvePipeline } from "./pipeline/resolve.ts";
 export type { ResolvedPipeline } from "./pipeline/resolve.ts";
 export { compile, countDispatches } from "./pipeline/compile.ts";
-export type { Plan, PlanBlock, PlanBuffer, PlanStep } from "./pipeline/compile.ts";
+export type { Plan, PlanBuffer } from "./pipeline/compile.ts";
 export { heldOutLoss, latestCheckpoint, runTraining } from "./pipeline/run.ts";
 export type { MetricsLine, RunOptions, RunState, RunSummary } from "./pipeline/run.ts";
 export { autoMemberBatch, EsEngine } from "./pipeline/engine.ts";

@@ -1,35 +1,50 @@
 /**
- * Fitness accumulation wrapper: total[slot] += Σ_b r[b].
+ * Fitness accumulation wrapper: totals[slot] += Σ_b r[b], the slot read from the member's
+ * perturb record (kernels/es_update.ts encodePerturbParams, word 5).
  *
  * @module
  */
-import type { Gpu } from "./runtime.ts";
+import type { Device, DeviceBuffer } from "./device.ts";
 import { launch, type Step } from "./program.ts";
 
 /** Bytes between slots of a totals buffer: a valid storage binding offset on this adapter. */
-export function slotStride(gpu: Gpu): number {
-  return Math.max(4, gpu.limits.minStorageBufferOffsetAlignment);
+export function slotStride(device: Device): number {
+  return Math.max(4, device.limits.minStorageBufferOffsetAlignment);
 }
 
-/** total[slot] += Σ_{b < batch} r[b], with `totals` laid out at {@link slotStride}. */
+/**
+ * totals[slot] += Σ_{b < batch} r[offset + b], with `totals` laid out at {@link slotStride} and
+ * the slot word 5 of record `member` of `params` (records `paramStride` bytes apart).
+ */
 export function accumulateStep(
-  gpu: Gpu,
+  device: Device,
   o: {
     label: string;
-    r: GPUBuffer;
+    r: DeviceBuffer;
     batch: number;
-    totals: GPUBuffer;
-    slot: number;
+    totals: DeviceBuffer;
+    params: DeviceBuffer;
+    paramStride: number;
+    /** Which record of `params` (the member's place in its group). Default 0. */
+    member?: number;
     /** First sample of r to add (a member's block in a batch of members). Default 0. */
     offset?: number;
   },
 ): Step {
-  return launch(gpu, {
+  return launch(device, {
     label: o.label,
     kernel: "accumulate",
-    consts: { B: o.batch, R_OFF: o.offset ?? 0 },
-    buffers: [o.r, { buffer: o.totals, offset: o.slot * slotStride(gpu), size: 4 }],
+    consts: {
+      B: o.batch,
+      R_OFF: o.offset ?? 0,
+      MEMBER: o.member ?? 0,
+      PARAM_WORDS: o.paramStride / 4,
+      SLOT_WORDS: slotStride(device) / 4,
+    },
+    buffers: [o.r, o.totals, o.params],
     invocations: 1,
     workgroupSize: 1,
+    stage: "fitness",
+    role: "accumulate",
   });
 }

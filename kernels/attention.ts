@@ -3,7 +3,7 @@
  *
  * @module
  */
-import type { Gpu } from "./runtime.ts";
+import type { Device, DeviceBuffer } from "./device.ts";
 import { launch, type Step, wgslSource } from "./program.ts";
 
 /** Shapes of one attention call. */
@@ -77,14 +77,14 @@ function attentionSource(headDim: number): string {
 
 /** out = softmax(q·kᵀ/√d + causal + key padding)·v per query head, over its kv head. */
 export function attentionStep(
-  gpu: Gpu,
+  device: Device,
   o: AttentionShape & {
     label: string;
-    q: GPUBuffer;
-    k: GPUBuffer;
-    v: GPUBuffer;
-    mask: GPUBuffer;
-    out: GPUBuffer;
+    q: DeviceBuffer;
+    k: DeviceBuffer;
+    v: DeviceBuffer;
+    mask: DeviceBuffer;
+    out: DeviceBuffer;
   },
 ): Step {
   if (o.headDim % 4 !== 0) {
@@ -95,10 +95,10 @@ export function attentionStep(
       `attention ${o.label}: ${o.heads} heads not divisible by ${o.kvHeads} kv heads`,
     );
   }
-  return launch(gpu, {
+  return launch(device, {
     label: o.label,
     kernel: "attention",
-    source: attentionSource(o.headDim),
+    source: () => attentionSource(o.headDim),
     consts: {
       B: o.batch,
       T: o.seqLen,

@@ -8,9 +8,9 @@
  *
  * @module
  */
-import { type Gpu, STORAGE } from "./runtime.ts";
-import type { GpuTensor } from "./tensor.ts";
-import { encodeSteps, launch, type Step } from "./program.ts";
+import type { Device, DeviceBuffer } from "./device.ts";
+import type { DeviceTensor } from "./tensor.ts";
+import { launch, type Step } from "./program.ts";
 import { slotStride } from "./accumulate.ts";
 
 /** Elements each invocation hashes (a contiguous run). */
@@ -59,23 +59,23 @@ export function checksumReference(tensors: readonly Float32Array[]): string {
  * {@link WeightsChecksum.compute} is one submit and one small readback (8 bytes per tensor).
  */
 export class WeightsChecksum {
-  readonly gpu: Gpu;
-  #sums: GPUBuffer;
+  readonly device: Device;
+  #sums: DeviceBuffer;
   #steps: Step[];
   #count: number;
 
   /** `tensors` in the order the digest folds them (HF order, as the engine keeps them). */
-  constructor(gpu: Gpu, tensors: readonly GpuTensor[]) {
-    this.gpu = gpu;
+  constructor(device: Device, tensors: readonly DeviceTensor[]) {
+    this.device = device;
     this.#count = tensors.length;
-    const stride = slotStride(gpu);
-    this.#sums = gpu.createBuffer("checksum.sums", Math.max(1, tensors.length) * stride, STORAGE);
+    const stride = slotStride(device);
+    this.#sums = device.createBuffer("checksum.sums", Math.max(1, tensors.length) * stride, "es");
     this.#steps = tensors.flatMap((t, slot) =>
       t.shards.filter((s) => s.rows > 0).map((s) => {
         // u32 words: one f32, or a pair of bf16 (a bf16 shard holds an even element count).
         const perWord = t.dtype === "bf16" ? 2 : 1;
         const n = (s.rows * t.rowSize) / perWord;
-        return launch(gpu, {
+        return launch(device, {
           label: `checksum ${t.name}`,
           kernel: "checksum",
           consts: { N: n, BASE: (s.rowStart * t.rowSize) / perWord, PER },
@@ -88,12 +88,9 @@ export class WeightsChecksum {
 
   /** The digest of the tensors as they are once all queued work is done. */
   async compute(): Promise<string> {
-    const enc = this.gpu.device.createCommandEncoder({ label: "checksum" });
-    enc.clearBuffer(this.#sums);
-    encodeSteps(enc, this.#steps);
-    this.gpu.device.queue.submit([enc.finish()]);
-    const stride = slotStride(this.gpu);
-    const out = await this.gpu.readMany(
+    this.device.run([{ op: "clear", label: "checksum.sums", buffer: this.#sums }, ...this.#steps], "checksum");
+    const stride = slotStride(this.device);
+    const out = await this.device.readMany(
       Array.from({ length: this.#count }, (_, i) => ({
         buffer: this.#sums,
         offset: i * stride,
@@ -108,6 +105,6 @@ export class WeightsChecksum {
 
   /** Frees the sums buffer. */
   destroy(): void {
-    this.gpu.destroyBuffer(this.#sums);
+    this.device.destroyBuffer(this.#sums);
   }
 }

@@ -3,18 +3,18 @@
  *
  * @module
  */
-import type { Gpu } from "./runtime.ts";
+import type { Device, DeviceBuffer } from "./device.ts";
 import { launch, type Step } from "./program.ts";
-import type { GpuTensor } from "./tensor.ts";
+import type { DeviceTensor } from "./tensor.ts";
 
 /** Gathers rows of `table` (V, H) for `rows` token ids into x (rows, H). */
 export function embeddingSteps(
-  gpu: Gpu,
+  device: Device,
   o: {
     label: string;
-    ids: GPUBuffer;
-    table: GpuTensor;
-    x: GPUBuffer;
+    ids: DeviceBuffer;
+    table: DeviceTensor;
+    x: DeviceBuffer;
     rows: number;
     /** Population batching: token rows per member, and elements between members' tables. */
     members?: { rows: number; tableStride: number };
@@ -23,7 +23,7 @@ export function embeddingSteps(
   const h = o.table.rowSize;
   if (h % 4 !== 0) throw new Error(`embedding ${o.label}: hidden ${h} must be a multiple of 4`);
   return o.table.shards.map((s, i) =>
-    launch(gpu, {
+    launch(device, {
       label: `${o.label}#${i}`,
       kernel: "embedding",
       consts: {

@@ -31,9 +31,9 @@
  *
  * @module
  */
-import { alignUp, type Gpu, GpuError, STORAGE } from "./runtime.ts";
-import { type GpuTensor, numel } from "./tensor.ts";
-import { makeStep, type Step, wgslConsts, wgslSource } from "./program.ts";
+import { alignUp, type Device, type DeviceBuffer, DeviceError, type WgslSource } from "./device.ts";
+import { type DeviceTensor, numel } from "./tensor.ts";
+import { dispatch, type Step, wgslConsts, wgslSource } from "./program.ts";
 import { noiseWgsl, type Seed, seedKey } from "./philox.ts";
 
 /** Invocations per workgroup: lavapipe's subgroup is 8, and 64 matched the other elementwise kernels. */
@@ -118,14 +118,21 @@ fn apply(block: u32, acc: vec4f) {
 }
 `;
 
-/** The perturb pipeline for θ's storage. */
-function perturbPipeline(gpu: Gpu, theta: GpuTensor): GPUComputePipeline {
+/** The perturb kernel's source for θ's storage, and its constants. */
+function perturbSource(
+  device: Device,
+  theta: DeviceTensor,
+): { wgsl: WgslSource; consts: Record<string, number>; variant?: string } {
   const bf16 = theta.dtype === "bf16";
-  return gpu.pipeline(
-    bf16 ? "perturb_bf16" : "perturb",
-    wgslConsts({ WG, PARAM_WORDS: paramStride(gpu) / 4 }) + noiseWgsl +
-      (bf16 ? THETA_BF16 : THETA_F32) + PERTURB_SOURCE,
-  );
+  const consts = { WG, PARAM_WORDS: paramStride(device) / 4 };
+  return {
+    wgsl: {
+      label: bf16 ? "perturb_bf16" : "perturb",
+      code: () => wgslConsts(consts) + noiseWgsl + (bf16 ? THETA_BF16 : THETA_F32) + PERTURB_SOURCE,
+    },
+    consts,
+    variant: bf16 ? "bf16" : undefined,
+  };
 }
 
 /** es_update's noise source in training: regenerate ε_i of this shard's tensor. */
@@ -155,7 +162,7 @@ fn eps4(i: u32, block: u32) -> vec4f {
 
 /** Per-shard records of one tensor on the device. */
 export interface ShardTable {
-  buffer: GPUBuffer;
+  buffer: DeviceBuffer;
   /** Bytes between records (a valid storage binding offset alignment). */
   stride: number;
   tensorId: number;
@@ -165,8 +172,8 @@ export interface ShardTable {
 }
 
 /** Bytes between records of a shard table or a perturb-params buffer on this device. */
-export function paramStride(gpu: Gpu): number {
-  return alignUp(RECORD_BYTES, gpu.limits.minStorageBufferOffsetAlignment);
+export function paramStride(device: Device): number {
+  return alignUp(RECORD_BYTES, device.limits.minStorageBufferOffsetAlignment);
 }
 
 /**
@@ -174,12 +181,12 @@ export function paramStride(gpu: Gpu): number {
  * numel, multiplier). `tensorId` is the Philox counter word that tells tensors' noise apart.
  */
 export function createShardTable(
-  gpu: Gpu,
-  tensor: GpuTensor,
+  device: Device,
+  tensor: DeviceTensor,
   options: { tensorId: number; multiplier?: number },
 ): ShardTable {
   return writeShardTable(
-    gpu,
+    device,
     tensor,
     tensor.shards.map((s) => ({
       start: s.rowStart * tensor.rowSize,
@@ -200,16 +207,16 @@ interface ShardRecord {
 
 /** Writes a table of `records` of `tensor` with its id, element count and group multiplier. */
 function writeShardTable(
-  gpu: Gpu,
-  tensor: GpuTensor,
+  device: Device,
+  tensor: DeviceTensor,
   records: ShardRecord[],
   options: { tensorId: number; multiplier?: number },
   label = `${tensor.name}.shards`,
 ): ShardTable {
   const total = numel(tensor.shape);
-  if (total >= 2 ** 32) throw new GpuError(`tensor ${tensor.name}: ${total} elements ≥ 2^32`);
+  if (total >= 2 ** 32) throw new DeviceError(`tensor ${tensor.name}: ${total} elements ≥ 2^32`);
   checkU32("tensorId", options.tensorId);
-  const stride = paramStride(gpu);
+  const stride = paramStride(device);
   const words = new Uint32Array((stride / 4) * Math.max(1, records.length));
   const f32 = new Float32Array(words.buffer);
   records.forEach((r, k) => {
@@ -223,8 +230,8 @@ function writeShardTable(
     words[at + 6] = r.dst ?? 0;
     words[at + 7] = r.memberStride ?? 0;
   });
-  const buffer = gpu.createBuffer(label, words.byteLength);
-  gpu.write(buffer, words);
+  const buffer = device.createBuffer(label, words.byteLength, "es");
+  device.write(buffer, words);
   return {
     buffer,
     stride,
@@ -242,9 +249,11 @@ export interface PerturbRecord {
   member: number;
   /** noiseMember(j).sign · σ_t. */
   scale: number;
+  /** The fitness slot the member's total accumulates into (its place j in the population). */
+  slot?: number;
 }
 
-/** Packs perturb-params records at `stride` bytes, ready for one gpu.write. */
+/** Packs perturb-params records at `stride` bytes, ready for one device.write. */
 export function encodePerturbParams(
   records: readonly PerturbRecord[],
   stride: number,
@@ -261,6 +270,7 @@ export function encodePerturbParams(
     words[at + 2] = r.iteration;
     words[at + 3] = r.member;
     f32[at + 4] = r.scale;
+    words[at + 5] = r.slot ?? 0;
   });
   return words;
 }
@@ -293,11 +303,11 @@ export interface EsSteps {
 /** Options of {@link perturbSteps}. */
 export interface PerturbOptions {
   /** The parameters, read only. */
-  theta: GpuTensor;
+  theta: DeviceTensor;
   /** Scratch tensor with θ's shape (sharded like it or not): receives θ + scale·m_g·ε. */
-  out: GpuTensor;
+  out: DeviceTensor;
   /** Perturb-params buffer ({@link encodePerturbParams}). */
-  params: GPUBuffer;
+  params: DeviceBuffer;
   /** Record of `params` this step list reads (the member slot). */
   paramIndex: number;
   /** From {@link createPerturbTable}; made from tensorId/multiplier when absent (then returned). */
@@ -325,9 +335,9 @@ interface PerturbPiece {
  * θ's shards cut at out's shard boundaries: the shards themselves when both are sharded alike,
  * finer pieces when they are not (a bf16 θ holds twice the rows per shard of its f32 copy).
  */
-function perturbPieces(theta: GpuTensor, out: GpuTensor): PerturbPiece[] {
+function perturbPieces(theta: DeviceTensor, out: DeviceTensor): PerturbPiece[] {
   if (theta.rowSize !== out.rowSize || numel(theta.shape) !== numel(out.shape)) {
-    throw new GpuError(`perturb: ${out.name} does not have the shape of ${theta.name}`);
+    throw new DeviceError(`perturb: ${out.name} does not have the shape of ${theta.name}`);
   }
   const pieces: PerturbPiece[] = [];
   theta.shards.forEach((ts, thetaShard) =>
@@ -346,14 +356,14 @@ function perturbPieces(theta: GpuTensor, out: GpuTensor): PerturbPiece[] {
  * records as {@link createShardTable}. Reuse it across members: pass it as `table`.
  */
 export function createPerturbTable(
-  gpu: Gpu,
-  theta: GpuTensor,
-  out: GpuTensor,
+  device: Device,
+  theta: DeviceTensor,
+  out: DeviceTensor,
   options: { tensorId: number; multiplier?: number; memberStride?: number },
 ): ShardTable {
   const pieces = perturbPieces(theta, out);
   return writeShardTable(
-    gpu,
+    device,
     theta,
     pieces.map((p) => ({
       start: p.rowStart * theta.rowSize,
@@ -371,34 +381,36 @@ export function createPerturbTable(
  * with (seed, iteration, member, scale) read from record `paramIndex` of `params` when the
  * steps run, so the same steps serve every iteration.
  */
-export function perturbSteps(gpu: Gpu, options: PerturbOptions): EsSteps {
+export function perturbSteps(device: Device, options: PerturbOptions): EsSteps {
   const { theta, out } = options;
   const pieces = perturbPieces(theta, out);
   let table = options.table;
   if (!table) {
     if (options.tensorId === undefined) {
-      throw new GpuError(`${theta.name}: pass a perturb table or a tensorId`);
+      throw new DeviceError(`${theta.name}: pass a perturb table or a tensorId`);
     }
-    table = createPerturbTable(gpu, theta, out, {
+    table = createPerturbTable(device, theta, out, {
       tensorId: options.tensorId,
       multiplier: options.multiplier,
       memberStride: options.memberStride,
     });
   }
   if (table.shards !== pieces.length) {
-    throw new GpuError(
+    throw new DeviceError(
       `perturb: the table has ${table.shards} records, ${theta.name} → ${out.name} needs ` +
         `${pieces.length}; make it with createPerturbTable`,
     );
   }
-  const t = table, stride = paramStride(gpu), members = options.members ?? 1;
-  const pipeline = perturbPipeline(gpu, theta);
+  const t = table, stride = paramStride(device), members = options.members ?? 1;
+  const src = perturbSource(device, theta);
   const steps = pieces.map((p, k) =>
-    makeStep(gpu, {
+    dispatch(device, {
       label: `perturb.${theta.name}${pieces.length > 1 ? `#${k}` : ""}.slot${options.paramIndex}`,
       kernel: "perturb",
-      pipeline,
-      buffers: [
+      ...src,
+      stage: "perturb",
+      role: "form tensor",
+      bindings: [
         { buffer: t.buffer, offset: k * t.stride, size: RECORD_BYTES },
         {
           buffer: options.params,
@@ -417,16 +429,16 @@ export function perturbSteps(gpu: Gpu, options: PerturbOptions): EsSteps {
 /** Options of {@link chunkPerturbSteps}. */
 export interface ChunkPerturbOptions {
   /** The parameters, read only. */
-  theta: GpuTensor;
+  theta: DeviceTensor;
   /** Philox tensor id and group multiplier of θ (as in {@link createShardTable}). */
   tensorId: number;
   multiplier: number;
   /** Rows per chunk at most (≥ 1). A chunk never crosses a shard of θ. */
   chunkRows: number;
   /** Receives each chunk at element 0, in turn: at least chunkRows·rowSize f32. */
-  out: GPUBuffer;
+  out: DeviceBuffer;
   /** Perturb-params buffer and the record the steps read. */
-  params: GPUBuffer;
+  params: DeviceBuffer;
   paramIndex: number;
   /**
    * Population batching: `count` members at once, member z reading record paramIndex + z and
@@ -449,19 +461,19 @@ export interface PerturbChunk {
  * the whole tensor), so the two are interchangeable bit for bit. Frees: the returned table.
  */
 export function chunkPerturbSteps(
-  gpu: Gpu,
+  device: Device,
   o: ChunkPerturbOptions,
 ): { chunks: PerturbChunk[]; table: ShardTable } {
   const { theta } = o;
   if (!(Number.isInteger(o.chunkRows) && o.chunkRows >= 1)) {
-    throw new GpuError(
+    throw new DeviceError(
       `perturb ${theta.name}: chunkRows ${o.chunkRows} must be a positive integer`,
     );
   }
   const count = o.members?.count ?? 1, memberStride = count > 1 ? o.members!.stride : 0;
   const need = ((count - 1) * memberStride + o.chunkRows * theta.rowSize) * 4;
   if (o.out.size < need) {
-    throw new GpuError(
+    throw new DeviceError(
       `perturb ${theta.name}: the chunk buffer holds ${o.out.size} bytes, needs ${need}`,
     );
   }
@@ -471,9 +483,9 @@ export function chunkPerturbSteps(
       ranges.push({ shard: k, rowStart: s.rowStart + r, rows: Math.min(o.chunkRows, s.rows - r) });
     }
   });
-  const stride = paramStride(gpu);
+  const stride = paramStride(device);
   const table = writeShardTable(
-    gpu,
+    device,
     theta,
     ranges.map((c) => ({
       start: c.rowStart * theta.rowSize,
@@ -485,15 +497,17 @@ export function chunkPerturbSteps(
     `${theta.name}.chunks`,
   );
   const buffer = table.buffer;
-  const pipeline = perturbPipeline(gpu, theta);
+  const src = perturbSource(device, theta);
   const chunks = ranges.map((c, k) => ({
     rowStart: c.rowStart,
     rows: c.rows,
-    step: makeStep(gpu, {
+    step: dispatch(device, {
       label: `perturb.${theta.name}[${c.rowStart}:${c.rowStart + c.rows}]`,
       kernel: "perturb",
-      pipeline,
-      buffers: [
+      ...src,
+      stage: "perturb",
+      role: "form chunk",
+      bindings: [
         { buffer, offset: k * stride, size: RECORD_BYTES },
         {
           buffer: o.params,
@@ -512,9 +526,9 @@ export function chunkPerturbSteps(
 /** Options of {@link esUpdateSteps}. */
 export interface EsUpdateOptions {
   /** The parameters, updated in place. */
-  theta: GpuTensor;
+  theta: DeviceTensor;
   /** Update-params buffer ({@link encodeUpdateParams}): header and per-noise coefficients. */
-  coeffs: GPUBuffer;
+  coeffs: DeviceBuffer;
   /** Shard table of θ; made from tensorId/multiplier when absent (then returned for reuse). */
   table?: ShardTable;
   tensorId?: number;
@@ -523,28 +537,34 @@ export interface EsUpdateOptions {
    * Test mode: read ε from this buffer, shaped [n, numel(θ)] f32, instead of regenerating it.
    * Same kernel body, a different `eps4` compiled in.
    */
-  injectedNoise?: GPUBuffer;
+  injectedNoise?: DeviceBuffer;
 }
 
 /**
  * Steps that apply θ += m_g·Σ_i d_i·ε_i to every shard of θ: one pass over θ, the noise
  * regenerated on the GPU (or injected in test mode), the sum kept in f32 before it touches θ.
  */
-export function esUpdateSteps(gpu: Gpu, options: EsUpdateOptions): EsSteps {
+export function esUpdateSteps(device: Device, options: EsUpdateOptions): EsSteps {
   const { theta } = options;
-  const table = options.table ?? tableFor(gpu, theta, options);
+  const table = options.table ?? tableFor(device, theta, options);
   const injected = options.injectedNoise !== undefined, bf16 = theta.dtype === "bf16";
-  const pipeline = gpu.pipeline(
-    `es_update${injected ? "_injected" : ""}${bf16 ? "_bf16" : ""}`,
-    wgslConsts({ WG }) + noiseWgsl + (injected ? EPS_INJECTED : EPS_REGENERATED) +
+  const variant = [injected ? "injected" : "", bf16 ? "bf16" : ""].filter(Boolean).join("_");
+  const wgsl: WgslSource = {
+    label: `es_update${injected ? "_injected" : ""}${bf16 ? "_bf16" : ""}`,
+    code: () =>
+      wgslConsts({ WG }) + noiseWgsl + (injected ? EPS_INJECTED : EPS_REGENERATED) +
       (bf16 ? APPLY_BF16 : APPLY_F32) + UPDATE_SOURCE,
-  );
+  };
   const steps = theta.shards.map((s, k) =>
-    makeStep(gpu, {
+    dispatch(device, {
       label: `es_update.${theta.name}${theta.shards.length > 1 ? `#${k}` : ""}`,
       kernel: "es_update",
-      pipeline,
-      buffers: [
+      ...(variant ? { variant } : {}),
+      consts: { WG },
+      wgsl,
+      stage: "update",
+      role: "apply",
+      bindings: [
         { buffer: table.buffer, offset: k * table.stride, size: RECORD_BYTES },
         options.coeffs,
         s.buffer,
@@ -558,22 +578,22 @@ export function esUpdateSteps(gpu: Gpu, options: EsUpdateOptions): EsSteps {
 
 /** Allocates an update-params buffer for up to `noises` coefficients (write it each update). */
 export function createUpdateParams(
-  gpu: Gpu,
+  device: Device,
   noises: number,
   label = "es_update.params",
-): GPUBuffer {
-  return gpu.createBuffer(label, 16 + 4 * Math.max(1, noises), STORAGE);
+): DeviceBuffer {
+  return device.createBuffer(label, 16 + 4 * Math.max(1, noises), "es");
 }
 
 function tableFor(
-  gpu: Gpu,
-  theta: GpuTensor,
+  device: Device,
+  theta: DeviceTensor,
   options: { tensorId?: number; multiplier?: number },
 ): ShardTable {
   if (options.tensorId === undefined) {
-    throw new GpuError(`${theta.name}: pass a shard table or a tensorId`);
+    throw new DeviceError(`${theta.name}: pass a shard table or a tensorId`);
   }
-  return createShardTable(gpu, theta, {
+  return createShardTable(device, theta, {
     tensorId: options.tensorId,
     multiplier: options.multiplier,
   });

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import type { Gpu } from "./runtime.ts";
+import type { Device, DeviceBuffer } from "./device.ts";
 import { launch, type Step } from "./program.ts";
 
 /** Marks a position with no scored next token. */
@@ -13,19 +13,19 @@ export const NO_TARGET = 0xffffffff;
 
 /** Folds one (rows, width) chunk of logits, covering vocab ids [start, start+width), into state. */
 export function logsumexpChunkStep(
-  gpu: Gpu,
+  device: Device,
   o: {
     label: string;
-    logits: GPUBuffer;
-    target: GPUBuffer;
-    state: GPUBuffer;
+    logits: DeviceBuffer;
+    target: DeviceBuffer;
+    state: DeviceBuffer;
     rows: number;
     width: number;
     start: number;
     first: boolean;
   },
 ): Step {
-  return launch(gpu, {
+  return launch(device, {
     label: o.label,
     kernel: "logsumexp_chunk",
     consts: { R: o.rows, C: o.width, C0: o.start, FIRST: o.first },
@@ -36,17 +36,17 @@ export function logsumexpChunkStep(
 
 /** Per-sample R from the final state: r (batch) f32. */
 export function logLikelihoodStep(
-  gpu: Gpu,
+  device: Device,
   o: {
     label: string;
-    target: GPUBuffer;
-    state: GPUBuffer;
-    r: GPUBuffer;
+    target: DeviceBuffer;
+    state: DeviceBuffer;
+    r: DeviceBuffer;
     batch: number;
     seqLen: number;
   },
 ): Step {
-  return launch(gpu, {
+  return launch(device, {
     label: o.label,
     kernel: "log_likelihood",
     consts: { B: o.batch, T: o.seqLen },

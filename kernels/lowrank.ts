@@ -26,12 +26,11 @@
  *
  * @module
  */
-import { alignUp, type Gpu, GpuError } from "./runtime.ts";
-import { makeStep, type Step, wgslConsts, wgslSource } from "./program.ts";
+import { alignUp, type Binding, bindingRange, type Device, type DeviceBuffer, DeviceError } from "./device.ts";
+import { dispatch, launch, type Step, wgslConsts, wgslSource } from "./program.ts";
 import { matmulStep } from "./matmul.ts";
-import { launch } from "./program.ts";
 import { gaussianNoise, noiseWgsl, type Seed } from "./philox.ts";
-import type { GpuTensor } from "./tensor.ts";
+import type { DeviceTensor } from "./tensor.ts";
 
 /** First counter word of the low-rank factors; full-rank tensor ids stay below it. */
 export const LOWRANK_COUNTER_BASE = 0x80000000;
@@ -103,11 +102,11 @@ export interface LowRankDelta {
   /** r rounded up to 4. */
   r4: number;
   /** (O, r4): ±σ_t·m_σ/√r·A_j, pad columns zero. */
-  a: GPUBuffer;
+  a: DeviceBuffer;
   /** (r4, I): B_jᵀ, pad rows zero. */
-  bt: GPUBuffer;
+  bt: DeviceBuffer;
   /** (R, r4) workspace for u = x·B, shared by every matrix (used one at a time). */
-  u: GPUBuffer;
+  u: DeviceBuffer;
   /**
    * Population batching: `count` members at once; member z's a and bt start z·aStride and
    * z·bStride elements in, and its m rows of x and u (m: the steps' rows per member) follow
@@ -117,10 +116,10 @@ export interface LowRankDelta {
 }
 
 /** θ's tensor, with the member's low-rank delta when the matrix is perturbed. */
-export type LowRankTensor = GpuTensor & { lowRank?: LowRankDelta };
+export type LowRankTensor = DeviceTensor & { lowRank?: LowRankDelta };
 
 /** The low-rank delta a weight lookup attached to a tensor, if any. */
-export function lowRankOf(t: GpuTensor): LowRankDelta | undefined {
+export function lowRankOf(t: DeviceTensor): LowRankDelta | undefined {
   return (t as LowRankTensor).lowRank;
 }
 
@@ -136,10 +135,10 @@ const PROJECT_TILE = { tm: 8, tn: 4 }, APPLY_TILE = { tm: 4, tn: 8 };
 
 /** u (m, r4) = x (m, k) · B: the projection onto the member's B. */
 export function lowRankProjectStep(
-  gpu: Gpu,
-  o: { label: string; x: GPUBuffer; m: number; k: number; delta: LowRankDelta },
+  device: Device,
+  o: { label: string; x: DeviceBuffer; m: number; k: number; delta: LowRankDelta },
 ): Step {
-  return matmulStep(gpu, {
+  return matmulStep(device, {
     label: `${o.label}.lowrank_project`,
     x: o.x,
     m: o.m,
@@ -164,19 +163,19 @@ function projectMembers(delta: LowRankDelta, m: number, k: number) {
  * columns [wRowOffset, wRowOffset + n) of W's output (a vocab chunk of the LM head).
  */
 export function lowRankApplyStep(
-  gpu: Gpu,
+  device: Device,
   o: {
     label: string;
     m: number;
     n: number;
     delta: LowRankDelta;
-    out: GPUBuffer;
+    out: DeviceBuffer;
     wRowOffset?: number;
     outStride?: number;
     outColOffset?: number;
   },
 ): Step {
-  return matmulStep(gpu, {
+  return matmulStep(device, {
     label: `${o.label}.lowrank_apply`,
     x: o.delta.u,
     m: o.m,
@@ -202,37 +201,37 @@ export function lowRankApplyStep(
 
 /** out (m, O) += σ/√r·(x·B)·Aᵀ: the correction after a linear layer x·Wᵀ. */
 export function lowRankLinearSteps(
-  gpu: Gpu,
+  device: Device,
   o: {
     label: string;
-    x: GPUBuffer;
+    x: DeviceBuffer;
     m: number;
     k: number;
     n: number;
     delta: LowRankDelta;
-    out: GPUBuffer;
+    out: DeviceBuffer;
   },
 ): Step[] {
   return [
-    lowRankProjectStep(gpu, o),
-    lowRankApplyStep(gpu, { label: o.label, m: o.m, n: o.n, delta: o.delta, out: o.out }),
+    lowRankProjectStep(device, o),
+    lowRankApplyStep(device, { label: o.label, m: o.m, n: o.n, delta: o.delta, out: o.out }),
   ];
 }
 
 /** x (rows, H) += a[ids]·bᵀ: the embedding gather's correction. */
 export function lowRankEmbedStep(
-  gpu: Gpu,
+  device: Device,
   o: {
     label: string;
-    ids: GPUBuffer;
+    ids: DeviceBuffer;
     delta: LowRankDelta;
-    x: GPUBuffer;
+    x: DeviceBuffer;
     rows: number;
     hidden: number;
   },
 ): Step {
   if (o.hidden % 4 !== 0) throw new Error(`${o.label}: hidden ${o.hidden} must be a multiple of 4`);
-  return launch(gpu, {
+  return launch(device, {
     label: `${o.label}.lowrank`,
     kernel: "lowrank_embed",
     consts: {
@@ -273,18 +272,18 @@ const FACTOR_BYTES = 44;
 
 /** A table of factor records on the device, one binding-aligned record each. */
 export interface FactorTable {
-  buffer: GPUBuffer;
+  buffer: DeviceBuffer;
   stride: number;
   records: FactorRecord[];
 }
 
 /** Writes `records` into one buffer at the adapter's binding-offset alignment. */
 export function createFactorTable(
-  gpu: Gpu,
+  device: Device,
   label: string,
   records: FactorRecord[],
 ): FactorTable {
-  const stride = alignUp(FACTOR_BYTES, gpu.limits.minStorageBufferOffsetAlignment);
+  const stride = alignUp(FACTOR_BYTES, device.limits.minStorageBufferOffsetAlignment);
   const words = new Uint32Array((stride / 4) * Math.max(1, records.length));
   const f32 = new Float32Array(words.buffer);
   records.forEach((r, i) => {
@@ -304,8 +303,8 @@ export function createFactorTable(
     words[at + 9] = r.noise0 ?? 0;
     words[at + 10] = r.span ?? 0;
   });
-  const buffer = gpu.createBuffer(label, words.byteLength);
-  gpu.write(buffer, words);
+  const buffer = device.createBuffer(label, words.byteLength, "es");
+  device.write(buffer, words);
   return { buffer, stride, records };
 }
 
@@ -345,14 +344,14 @@ const FACTORS_SOURCE = wgslSource(new URL("./lowrank_factors.wgsl", import.meta.
  * (mode "update", up to `noises` noises; fewer at run time leave the rest unwritten).
  */
 export function lowRankFactorStep(
-  gpu: Gpu,
+  device: Device,
   o: {
     label: string;
     table: FactorTable;
     index: number;
-    params: GPUBuffer | { buffer: GPUBuffer; offset: number; size: number };
+    params: Binding;
     /** The buffer, or a byte range of it (a member's slot). */
-    out: GPUBuffer | { buffer: GPUBuffer; offset: number; size: number };
+    out: Binding;
     mode: "member" | "update";
     noises?: number;
   },
@@ -363,24 +362,26 @@ export function lowRankFactorStep(
     (r.rows - 1) * r.rowStride + (noises - 1) * r.noiseStride + (r.rank - 1) * r.kStride + 1,
     0,
   );
-  const outBytes = "buffer" in o.out ? o.out.size : (o.out as GPUBuffer).size;
+  const outBytes = bindingRange(o.out).size;
   if (outBytes < last * 4) {
-    throw new GpuError(`${o.label}: out holds ${outBytes} bytes, the factor needs ${last * 4}`);
+    throw new DeviceError(`${o.label}: out holds ${outBytes} bytes, the factor needs ${last * 4}`);
   }
   const start = r.row0 * r.rank, end = (r.row0 + r.rows) * r.rank;
   const blocks = Math.ceil(end / 4) - Math.floor(start / 4);
   const groups = Math.ceil((blocks * noises) / WG);
-  const y = Math.ceil(groups / gpu.limits.maxComputeWorkgroupsPerDimension);
-  const pipeline = gpu.pipeline(
-    `lowrank_factors_${o.mode}`,
-    wgslConsts({ WG }) + noiseWgsl + (o.mode === "member" ? MEMBER_PARAMS : UPDATE_PARAMS) +
-      FACTORS_SOURCE,
-  );
-  return makeStep(gpu, {
+  const y = Math.ceil(groups / device.limits.maxComputeWorkgroupsPerDimension);
+  return dispatch(device, {
     label: o.label,
     kernel: "lowrank_factors",
-    pipeline,
-    buffers: [
+    variant: o.mode,
+    consts: { WG },
+    wgsl: {
+      label: `lowrank_factors_${o.mode}`,
+      code: () =>
+        wgslConsts({ WG }) + noiseWgsl + (o.mode === "member" ? MEMBER_PARAMS : UPDATE_PARAMS) +
+        FACTORS_SOURCE,
+    },
+    bindings: [
       { buffer: o.table.buffer, offset: o.index * o.table.stride, size: FACTOR_BYTES },
       o.params,
       o.out,

@@ -17,9 +17,9 @@
  * @module
  */
 import { cachedTile } from "./tile_cache.ts";
-import type { Gpu } from "./runtime.ts";
-import { makeStep, type Step, wgslConsts, wgslSource } from "./program.ts";
-import type { GpuTensor } from "./tensor.ts";
+import type { Binding, Device, DeviceBuffer } from "./device.ts";
+import { dispatch, type Step, wgslConsts, wgslSource } from "./program.ts";
+import type { DeviceTensor } from "./tensor.ts";
 
 /** The block of out one invocation computes: tm rows by tn columns. */
 export interface MatmulTile {
@@ -32,23 +32,23 @@ export interface MatmulOptions {
   /** What this step computes, e.g. "layer3.q_proj". */
   label: string;
   /** (M, K) f32 row-major. */
-  x: GPUBuffer;
+  x: DeviceBuffer;
   /** Rows of x. */
   m: number;
   /** Inner dimension; must be a multiple of 4. */
   k: number;
   /** Holds rows of W (N_total, K) in [out, in] layout. */
-  w: GPUBuffer;
+  w: DeviceBuffer;
   /** First row of W inside `w` to use. Default 0. */
   wRowOffset?: number;
   /** Rows of W used, which is the number of output columns. */
   n: number;
   /** (n) values read at biasOffset + column. */
-  bias?: GPUBuffer;
+  bias?: DeviceBuffer;
   /** Element offset of the bias inside `bias`. Default 0. */
   biasOffset?: number;
   /** (M, outStride) f32. Must not be the same buffer as x, w or bias. */
-  out: GPUBuffer;
+  out: DeviceBuffer;
   /** Row stride of out in elements. Default n. */
   outStride?: number;
   /** First column of out written. Default 0. */
@@ -109,14 +109,14 @@ const BIG_TILE_MIN_FLOPS = 2 ** 31;
  * adapter and shape (kernels/tile_cache.ts) wins.
  */
 export function defaultMatmulTile(
-  gpu: Gpu,
+  device: Device,
   shape: { m: number; k: number; n: number },
 ): MatmulTile {
   // A tile measured on this very adapter and shape (deno task bench --tune) beats any model.
-  const tuned = cachedTile(gpu.adapterName, shape);
+  const tuned = cachedTile(device.name, shape);
   if (tuned) return { tm: tuned.tm, tn: tuned.tn };
-  if (!/llvmpipe|lavapipe/i.test(gpu.adapterName)) return { tm: 4, tn: 4 };
-  return fastestTile(gpu, shape, MATMUL_TILES, LAVAPIPE_GFLOPS);
+  if (!/llvmpipe|lavapipe/i.test(device.name)) return { tm: 4, tn: 4 };
+  return fastestTile(device, shape, MATMUL_TILES, LAVAPIPE_GFLOPS);
 }
 
 /**
@@ -159,11 +159,11 @@ const LAVAPIPE_SWIGLU_GFLOPS: Record<string, number> = {
  * 2·tm·tn accumulators). The tile cache holds plain matmul tiles only, so it is not consulted.
  */
 export function defaultMatmulSwigluTile(
-  gpu: Gpu,
+  device: Device,
   shape: { m: number; k: number; n: number },
 ): MatmulTile {
-  if (!/llvmpipe|lavapipe/i.test(gpu.adapterName)) return { tm: 4, tn: 4 };
-  return fastestTile(gpu, shape, MATMUL_SWIGLU_TILES, LAVAPIPE_SWIGLU_GFLOPS, 2);
+  if (!/llvmpipe|lavapipe/i.test(device.name)) return { tm: 4, tn: 4 };
+  return fastestTile(device, shape, MATMUL_SWIGLU_TILES, LAVAPIPE_SWIGLU_GFLOPS, 2);
 }
 
 /**
@@ -173,7 +173,7 @@ export function defaultMatmulSwigluTile(
  * `accumulatorsPerOutput`) is left out below {@link BIG_TILE_MIN_FLOPS} of work (~9 s to compile).
  */
 function fastestTile(
-  gpu: Gpu,
+  device: Device,
   shape: { m: number; k: number; n: number },
   tiles: readonly MatmulTile[],
   gflops: Record<string, number>,
@@ -186,7 +186,7 @@ function fastestTile(
   let bestTime = Infinity;
   for (const tile of tiles) {
     if (accumulatorsPerOutput * tile.tm * tile.tn >= 1024 && flops < BIG_TILE_MIN_FLOPS) continue;
-    const g = matmulGrid(gpu, { m: shape.m, n: shape.n }, tile);
+    const g = matmulGrid(device, { m: shape.m, n: shape.n }, tile);
     const blockWork = WORKGROUP * tile.tm * tile.tn * shape.k;
     const time = Math.ceil(g.blocksM * g.blocksN / cores) * blockWork / gflops[tileKey(tile)];
     if (time < bestTime * 0.999) {
@@ -212,7 +212,7 @@ interface MatmulGrid {
  * invocations on this (m, n), ties going to the squarer shape, and lays the blocks on a grid that
  * respects maxComputeWorkgroupsPerDimension.
  */
-function matmulGrid(gpu: Gpu, shape: { m: number; n: number }, tile: MatmulTile): MatmulGrid {
+function matmulGrid(device: Device, shape: { m: number; n: number }, tile: MatmulTile): MatmulGrid {
   const tilesM = Math.ceil(shape.m / tile.tm);
   const tilesN = Math.ceil(shape.n / tile.tn);
   let best: { wgM: number; blocksM: number; blocksN: number } | null = null;
@@ -230,7 +230,7 @@ function matmulGrid(gpu: Gpu, shape: { m: number; n: number }, tile: MatmulTile)
   }
   const { wgM, blocksM, blocksN } = best!;
   const blocks = blocksM * blocksN;
-  const max = gpu.limits.maxComputeWorkgroupsPerDimension;
+  const max = device.limits.maxComputeWorkgroupsPerDimension;
   const gridX = Math.min(blocks, max);
   const gridY = Math.ceil(blocks / gridX);
   if (gridY > max) {
@@ -308,10 +308,10 @@ function checkSizes(
 
 /** Throws unless `buffer` holds `elements` f32 and fits one binding. */
 function checkBuffer(
-  gpu: Gpu,
+  device: Device,
   where: string,
   name: string,
-  buffer: GPUBuffer,
+  buffer: DeviceBuffer,
   elements: number,
 ): void {
   if (buffer.size < elements * 4) {
@@ -319,10 +319,10 @@ function checkBuffer(
       `${where}: ${name} holds ${buffer.size} bytes, needs ${elements * 4} (${elements} f32)`,
     );
   }
-  if (buffer.size > gpu.limits.maxStorageBufferBindingSize) {
+  if (buffer.size > device.limits.maxStorageBufferBindingSize) {
     throw new Error(
       `${where}: ${name} is ${buffer.size} bytes, over this adapter's binding limit ` +
-        `${gpu.limits.maxStorageBufferBindingSize}; shard it (kernels/tensor.ts)`,
+        `${device.limits.maxStorageBufferBindingSize}; shard it (kernels/tensor.ts)`,
     );
   }
 }
@@ -370,11 +370,11 @@ function memberConsts(where: string, mb: MatmulMembers | undefined): Record<stri
  * what every member reads or writes, within the binding limit, and out is none of the inputs.
  */
 function checkOperands(
-  gpu: Gpu,
+  device: Device,
   where: string,
   o: {
-    x: GPUBuffer;
-    out: GPUBuffer;
+    x: DeviceBuffer;
+    out: DeviceBuffer;
     m: number;
     k: number;
     n: number;
@@ -382,15 +382,15 @@ function checkOperands(
     outColOffset: number;
     members?: MatmulMembers;
   },
-  weights: { name: string; buffer: GPUBuffer; elements: number; stride: number }[],
+  weights: { name: string; buffer: DeviceBuffer; elements: number; stride: number }[],
 ): void {
   const mb = o.members;
-  checkBuffer(gpu, where, "x", o.x, forMembers(o.m * o.k, mb?.x ?? 0, mb));
+  checkBuffer(device, where, "x", o.x, forMembers(o.m * o.k, mb?.x ?? 0, mb));
   for (const w of weights) {
-    checkBuffer(gpu, where, w.name, w.buffer, forMembers(w.elements, w.stride, mb));
+    checkBuffer(device, where, w.name, w.buffer, forMembers(w.elements, w.stride, mb));
   }
   const last = (o.m - 1) * o.outStride + o.outColOffset + o.n;
-  checkBuffer(gpu, where, "out", o.out, forMembers(last, mb?.out ?? 0, mb));
+  checkBuffer(device, where, "out", o.out, forMembers(last, mb?.out ?? 0, mb));
   if (o.out === o.x || weights.some((w) => w.buffer === o.out)) {
     throw new Error(
       `${where}: out must not be the same buffer as x, ${weights.map((w) => w.name).join(" or ")}`,
@@ -409,12 +409,12 @@ function forMembers(one: number, stride: number, mb: MatmulMembers | undefined):
  * pipeline; otherwise the whole buffer with OUT_COL = col compiled in.
  */
 function outBinding(
-  gpu: Gpu,
-  out: GPUBuffer,
+  device: Device,
+  out: DeviceBuffer,
   col: number,
-): { binding: GPUBuffer | { buffer: GPUBuffer; offset: number; size: number }; col: number } {
+): { binding: Binding; col: number } {
   const bytes = col * 4;
-  if (col === 0 || bytes % gpu.limits.minStorageBufferOffsetAlignment !== 0) {
+  if (col === 0 || bytes % device.limits.minStorageBufferOffsetAlignment !== 0) {
     return { binding: out, col };
   }
   return { binding: { buffer: out, offset: bytes, size: out.size - bytes }, col: 0 };
@@ -437,7 +437,7 @@ function gridConsts(tile: MatmulTile, g: MatmulGrid): Record<string, number> {
  * One dispatch of out[m, outColOffset + n] (+)= Σ_k x[m, k] · w[wRowOffset + n, k] (+ bias).
  * Every size and offset is compiled into the kernel, so the pipeline is cached per shape.
  */
-export function matmulStep(gpu: Gpu, o: MatmulOptions): Step {
+export function matmulStep(device: Device, o: MatmulOptions): Step {
   const where = `matmul ${o.label}`;
   const { m, k, n } = o;
   const wRowOffset = o.wRowOffset ?? 0;
@@ -446,18 +446,18 @@ export function matmulStep(gpu: Gpu, o: MatmulOptions): Step {
   const outColOffset = o.outColOffset ?? 0;
   checkSizes(where, { m, k, n }, { wRowOffset, biasOffset, outStride, outColOffset });
   const mb = o.members, members = memberConsts(where, mb);
-  checkOperands(gpu, where, { ...o, outStride, outColOffset }, [
+  checkOperands(device, where, { ...o, outStride, outColOffset }, [
     { name: "w", buffer: o.w, elements: (wRowOffset + n) * k, stride: mb?.w ?? 0 },
     ...(o.bias
       ? [{ name: "bias", buffer: o.bias, elements: biasOffset + n, stride: mb?.bias ?? 0 }]
       : []),
   ]);
 
-  const outAt = outBinding(gpu, o.out, outColOffset);
-  const tile = o.tile ?? defaultMatmulTile(gpu, { m, k, n });
+  const outAt = outBinding(device, o.out, outColOffset);
+  const tile = o.tile ?? defaultMatmulTile(device, { m, k, n });
   checkTile(where, tile);
-  const g = matmulGrid(gpu, { m, n }, tile);
-  const code = wgslConsts({
+  const g = matmulGrid(device, { m, n }, tile);
+  const consts = {
     M: m,
     N: n,
     K4: k / 4,
@@ -470,16 +470,19 @@ export function matmulStep(gpu: Gpu, o: MatmulOptions): Step {
     SWIGLU: false,
     ...members,
     ...gridConsts(tile, g),
-  }) + matmulSource(tile);
-  const pipeline = gpu.pipeline(`matmul ${tileKey(tile)} ${m}x${k}x${n}`, code);
-  return makeStep(gpu, {
+  };
+  return dispatch(device, {
     label: o.label,
     kernel: "matmul",
-    pipeline,
+    consts,
     // Without a bias the kernel never reads binding 2, but the layout still has it; x stands in
     // (two read-only bindings of one buffer are allowed) so no dummy buffer is needed.
-    buffers: [o.x, o.w, o.bias ?? o.x, outAt.binding],
+    bindings: [o.x, o.w, o.bias ?? o.x, outAt.binding],
     workgroups: [g.gridX, g.gridY, mb?.count ?? 1],
+    wgsl: {
+      label: `matmul ${tileKey(tile)} ${m}x${k}x${n}`,
+      code: () => wgslConsts(consts) + matmulSource(tile),
+    },
   });
 }
 
@@ -488,23 +491,23 @@ export interface MatmulSwigluOptions {
   /** What this step computes, e.g. "layer3.mlp". */
   label: string;
   /** (M, K) f32 row-major. */
-  x: GPUBuffer;
+  x: DeviceBuffer;
   /** Rows of x. */
   m: number;
   /** Inner dimension; must be a multiple of 4. */
   k: number;
   /** Holds rows of the gate projection Wg (I, K) in [out, in] layout. */
-  wGate: GPUBuffer;
+  wGate: DeviceBuffer;
   /** First row of Wg inside `wGate` to use. Default 0. */
   gateRowOffset?: number;
   /** Holds rows of the up projection Wu (I, K) in [out, in] layout. May be `wGate`. */
-  wUp: GPUBuffer;
+  wUp: DeviceBuffer;
   /** First row of Wu inside `wUp` to use. Default 0. */
   upRowOffset?: number;
   /** Rows of Wg and of Wu used, which is the number of output columns. */
   n: number;
   /** (M, outStride) f32. Must not be the same buffer as x, wGate or wUp. */
-  out: GPUBuffer;
+  out: DeviceBuffer;
   /** Row stride of out in elements. Default n. */
   outStride?: number;
   /** First column of out written. Default 0. */
@@ -521,7 +524,7 @@ export interface MatmulSwigluOptions {
  * (Σ_k x[m, k] · wUp[upRowOffset + c, k]), silu(g) = g / (1 + e^-g) as in kernels/swiglu.wgsl.
  * It replaces two {@link matmulStep}s and a swigluStep, and gate and up never reach memory.
  */
-export function matmulSwigluStep(gpu: Gpu, o: MatmulSwigluOptions): Step {
+export function matmulSwigluStep(device: Device, o: MatmulSwigluOptions): Step {
   const where = `matmul+swiglu ${o.label}`;
   const { m, k, n } = o;
   const gateRowOffset = o.gateRowOffset ?? 0;
@@ -530,16 +533,16 @@ export function matmulSwigluStep(gpu: Gpu, o: MatmulSwigluOptions): Step {
   const outColOffset = o.outColOffset ?? 0;
   checkSizes(where, { m, k, n }, { gateRowOffset, upRowOffset, outStride, outColOffset });
   const mb = o.members, members = memberConsts(where, mb);
-  checkOperands(gpu, where, { ...o, outStride, outColOffset }, [
+  checkOperands(device, where, { ...o, outStride, outColOffset }, [
     { name: "wGate", buffer: o.wGate, elements: (gateRowOffset + n) * k, stride: mb?.w ?? 0 },
     { name: "wUp", buffer: o.wUp, elements: (upRowOffset + n) * k, stride: mb?.w ?? 0 },
   ]);
 
-  const outAt = outBinding(gpu, o.out, outColOffset);
-  const tile = o.tile ?? defaultMatmulSwigluTile(gpu, { m, k, n });
+  const outAt = outBinding(device, o.out, outColOffset);
+  const tile = o.tile ?? defaultMatmulSwigluTile(device, { m, k, n });
   checkTile(where, tile);
-  const g = matmulGrid(gpu, { m, n }, tile);
-  const code = wgslConsts({
+  const g = matmulGrid(device, { m, n }, tile);
+  const consts = {
     M: m,
     N: n,
     K4: k / 4,
@@ -553,15 +556,18 @@ export function matmulSwigluStep(gpu: Gpu, o: MatmulSwigluOptions): Step {
     SWIGLU: true,
     ...members,
     ...gridConsts(tile, g),
-  }) + matmulSource(tile, true);
-  const pipeline = gpu.pipeline(`matmul+swiglu ${tileKey(tile)} ${m}x${k}x${n}`, code);
-  return makeStep(gpu, {
+  };
+  return dispatch(device, {
     label: o.label,
     kernel: "matmul_swiglu",
-    pipeline,
+    consts,
     // Binding 2 (bias) is in the layout though never read; x stands in, as in matmulStep.
-    buffers: [o.x, o.wGate, o.x, outAt.binding, o.wUp],
+    bindings: [o.x, o.wGate, o.x, outAt.binding, o.wUp],
     workgroups: [g.gridX, g.gridY, mb?.count ?? 1],
+    wgsl: {
+      label: `matmul+swiglu ${tileKey(tile)} ${m}x${k}x${n}`,
+      code: () => wgslConsts(consts) + matmulSource(tile, true),
+    },
   });
 }
 
@@ -571,15 +577,15 @@ export function matmulSwigluStep(gpu: Gpu, o: MatmulSwigluOptions): Step {
  * union of both tensors' shard boundaries, writing out columns [start, stop). out is (m, I).
  */
 export function swigluLinearSteps(
-  gpu: Gpu,
+  device: Device,
   o: {
     label: string;
-    x: GPUBuffer;
+    x: DeviceBuffer;
     m: number;
     k: number;
-    gate: GpuTensor;
-    up: GpuTensor;
-    out: GPUBuffer;
+    gate: DeviceTensor;
+    up: DeviceTensor;
+    out: DeviceBuffer;
     tile?: MatmulTile;
     /** Population batching as in {@link linearSteps}; gate and up share the member stride. */
     members?: LinearMembers;
@@ -596,7 +602,7 @@ export function swigluLinearSteps(
   }
   const width = gate.shape[0];
   const batched = batchedMembers(o.members, o.m, o.k, width);
-  const shardAt = (t: GpuTensor, row: number) => {
+  const shardAt = (t: DeviceTensor, row: number) => {
     const s = t.shards.find((s) => s.rowStart <= row && row < s.rowStart + s.rows);
     if (!s) throw new Error(`swiglu linear ${o.label}: ${t.name} has no shard holding row ${row}`);
     return s;
@@ -610,7 +616,7 @@ export function swigluLinearSteps(
       const stop = Math.min(gs.rowStart + gs.rows, us.rowStart + us.rows);
       // Labels name the first column (@c) of each piece when there is more than one.
       const whole = start === 0 && stop === width;
-      steps.push(matmulSwigluStep(gpu, {
+      steps.push(matmulSwigluStep(device, {
         label: o.label + (whole ? "" : `@${start}`),
         x: o.x,
         m: batched.m,
@@ -638,15 +644,15 @@ export function swigluLinearSteps(
  * a shard boundary of the bias, the step is split there too.
  */
 export function linearSteps(
-  gpu: Gpu,
+  device: Device,
   o: {
     label: string;
-    x: GPUBuffer;
+    x: DeviceBuffer;
     m: number;
     k: number;
-    w: GpuTensor;
-    bias?: GpuTensor;
-    out: GPUBuffer;
+    w: DeviceTensor;
+    bias?: DeviceTensor;
+    out: DeviceBuffer;
     outStride?: number;
     accumulate?: boolean;
     tile?: MatmulTile;
@@ -684,7 +690,7 @@ export function linearSteps(
       const label = o.label + (w.shards.length > 1 ? `#${si}` : "") + (split ? `@${start}` : "");
       const outStride = o.outStride ?? nTotal;
       const batched = batchedMembers(o.members, o.m, o.k, outStride);
-      steps.push(matmulStep(gpu, {
+      steps.push(matmulStep(device, {
         label,
         x: o.x,
         m: batched.m,

@@ -1,81 +1,59 @@
 /**
- * Steps: the unit of GPU work. A Step is one dispatch of one compiled kernel with its bind group
- * already made, so a list of steps built once can be encoded every iteration at ~20 µs a
- * dispatch, with no recompilation and no bind-group churn.
+ * Building ops: the unit of device work (kernels/device.ts). A {@link Dispatch} is one launch of
+ * one kernel with its constants and bindings decided, so a program built once runs every
+ * iteration with no rebuilding: on WebGPU at ~20 µs a dispatch (its pipeline and bind group are
+ * made the first time it is encoded), on the CPU as one native call.
  *
  * @module
  */
+import type { Binding, Device, Dispatch, Op, Program, Stage, WgslSource } from "./device.ts";
 import type { Gpu } from "./runtime.ts";
 
-/** One compute dispatch, ready to encode. */
-export interface Step {
-  /** What this step computes, e.g. "layer3.q_proj". */
+export type { Binding, Dispatch, Op, Program } from "./device.ts";
+
+/** A step: one op of a program (kept as the name the kernel wrappers return). */
+export type Step = Op;
+
+/** Options of {@link dispatch}. */
+export interface DispatchOptions {
   label: string;
-  /** The kernel's name, e.g. "matmul". */
   kernel: string;
-  pipeline: GPUComputePipeline;
-  bindGroup: GPUBindGroup;
-  workgroups: [number, number, number];
+  variant?: string;
+  consts: Record<string, number | boolean>;
+  bindings: Binding[];
+  workgroups: [number, number, number] | number;
+  wgsl: WgslSource;
+  stage?: Stage;
+  role?: string;
 }
 
-/** A buffer binding: a whole buffer, or a byte range of one. */
-export type Binding = GPUBuffer | { buffer: GPUBuffer; offset?: number; size?: number };
-
-/** Builds a step binding `buffers[i]` at @binding(i) of @group(0). */
-export function makeStep(
-  gpu: Gpu,
-  options: {
-    label: string;
-    kernel: string;
-    pipeline: GPUComputePipeline;
-    buffers: Binding[];
-    workgroups: [number, number, number] | number;
-  },
-): Step {
-  const entries: GPUBindGroupEntry[] = options.buffers.map((b, i) => ({
-    binding: i,
-    resource: b instanceof GPUBuffer ? { buffer: b } : b,
-  }));
-  const bindGroup = gpu.device.createBindGroup({
-    label: options.label,
-    layout: options.pipeline.getBindGroupLayout(0),
-    entries,
-  });
-  const wg = typeof options.workgroups === "number"
-    ? [options.workgroups, 1, 1] as [number, number, number]
-    : options.workgroups;
-  const max = gpu.limits.maxComputeWorkgroupsPerDimension;
+/** A dispatch of `kernel`, its grid checked against the device's per-dimension limit. */
+export function dispatch(device: Device, o: DispatchOptions): Dispatch {
+  const wg = typeof o.workgroups === "number"
+    ? [o.workgroups, 1, 1] as [number, number, number]
+    : o.workgroups;
+  const max = device.limits.maxComputeWorkgroupsPerDimension;
   if (wg.some((w) => w > max)) {
-    throw new Error(
-      `step ${options.label}: workgroups ${wg} exceed the per-dimension limit ${max}`,
-    );
+    throw new Error(`step ${o.label}: workgroups ${wg} exceed the per-dimension limit ${max}`);
   }
-  return {
-    label: options.label,
-    kernel: options.kernel,
-    pipeline: options.pipeline,
-    bindGroup,
+  const d: Dispatch = {
+    op: "dispatch",
+    label: o.label,
+    kernel: o.kernel,
+    consts: o.consts,
+    bindings: o.bindings,
     workgroups: wg,
+    wgsl: o.wgsl,
   };
+  if (o.variant !== undefined) d.variant = o.variant;
+  if (o.stage !== undefined) d.stage = o.stage;
+  if (o.role !== undefined) d.role = o.role;
+  return d;
 }
 
-/** Encodes `steps` in order into one compute pass. */
-export function encodeSteps(encoder: GPUCommandEncoder, steps: readonly Step[]): void {
-  const pass = encoder.beginComputePass({ label: "esflow" });
-  for (const s of steps) {
-    if (s.workgroups[0] * s.workgroups[1] * s.workgroups[2] === 0) continue;
-    pass.setPipeline(s.pipeline);
-    pass.setBindGroup(0, s.bindGroup);
-    pass.dispatchWorkgroups(s.workgroups[0], s.workgroups[1], s.workgroups[2]);
-  }
-  pass.end();
-}
-
-/** Encodes and submits `steps` as one command buffer (no wait). */
-export function submitSteps(gpu: Gpu, steps: readonly Step[], label = "steps"): void {
-  const enc = gpu.device.createCommandEncoder({ label });
-  encodeSteps(enc, steps);
-  gpu.device.queue.submit([enc.finish()]);
+/** Runs `program` on `device` (queued on WebGPU, at once on the CPU). */
+export function submitSteps(device: Device, program: Program, label = "steps"): void {
+  device.run(program, label);
 }
 
 /** Per-kernel GPU time in milliseconds, summed over the steps of each kernel. */
@@ -85,10 +63,11 @@ export interface StepTimes {
 }
 
 /**
- * Runs `steps` once with a timestamp pair around each dispatch and returns GPU time per kernel.
- * Needs the timestamp-query feature; returns null without it.
+ * Runs the dispatches of `program` once on a WebGPU device with a timestamp pair around each and
+ * returns GPU time per kernel. Needs the timestamp-query feature; returns null without it.
  */
-export async function profileSteps(gpu: Gpu, steps: readonly Step[]): Promise<StepTimes | null> {
+export async function profileSteps(gpu: Gpu, program: Program): Promise<StepTimes | null> {
+  const steps = program.filter((s): s is Dispatch => s.op === "dispatch");
   if (!gpu.features.timestampQuery || steps.length === 0) return null;
   const count = steps.length * 2;
   const querySet = gpu.device.createQuerySet({ type: "timestamp", count });
@@ -98,6 +77,7 @@ export async function profileSteps(gpu: Gpu, steps: readonly Step[]): Promise<St
   });
   const enc = gpu.device.createCommandEncoder({ label: "profile" });
   steps.forEach((s, i) => {
+    const e = gpu.encoded(s);
     const pass = enc.beginComputePass({
       label: s.label,
       timestampWrites: {
@@ -106,15 +86,22 @@ export async function profileSteps(gpu: Gpu, steps: readonly Step[]): Promise<St
         endOfPassWriteIndex: 2 * i + 1,
       },
     });
-    pass.setPipeline(s.pipeline);
-    pass.setBindGroup(0, s.bindGroup);
+    pass.setPipeline(e.pipeline);
+    pass.setBindGroup(0, e.bindGroup);
     pass.dispatchWorkgroups(s.workgroups[0], s.workgroups[1], s.workgroups[2]);
     pass.end();
   });
+  const staging = gpu.device.createBuffer({
+    size: count * 8,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
   enc.resolveQuerySet(querySet, 0, count, resolve, 0);
+  enc.copyBufferToBuffer(resolve, 0, staging, 0, count * 8);
   gpu.device.queue.submit([enc.finish()]);
-  const [raw] = await gpu.readMany([{ buffer: resolve, bytes: count * 8 }]);
-  const ts = new BigUint64Array(raw);
+  await gpu.checkPipelines();
+  await staging.mapAsync(GPUMapMode.READ);
+  const ts = new BigUint64Array(staging.getMappedRange().slice(0));
+  staging.unmap();
   const byKernel: Record<string, number> = {};
   let totalMs = 0;
   steps.forEach((s, i) => {
@@ -124,13 +111,13 @@ export async function profileSteps(gpu: Gpu, steps: readonly Step[]): Promise<St
   });
   querySet.destroy();
   resolve.destroy();
+  staging.destroy();
   return { byKernel, totalMs };
 }
 
-/** Waits until the GPU has finished all submitted work. */
-export async function finish(gpu: Gpu): Promise<void> {
-  await gpu.device.queue.onSubmittedWorkDone();
-  gpu.assertHealthy("submitted work");
+/** Waits until the device has finished all submitted work. */
+export async function finish(device: Device): Promise<void> {
+  await device.finish();
 }
 
 /** Reads a kernel's .wgsl source that sits beside its TypeScript wrapper. */
@@ -161,12 +148,12 @@ export function fmtF32(v: number): string {
  * `(wid.y * GRID_X + wid.x) * WG + lid.x` and guard it against the real count.
  */
 export function grid1d(
-  gpu: Gpu,
+  device: Device,
   invocations: number,
   workgroupSize: number,
 ): { workgroups: [number, number, number]; gridX: number } {
   const groups = Math.ceil(invocations / workgroupSize);
-  const max = gpu.limits.maxComputeWorkgroupsPerDimension;
+  const max = device.limits.maxComputeWorkgroupsPerDimension;
   if (groups <= max) return { workgroups: [groups, 1, 1], gridX: Math.max(groups, 1) };
   const y = Math.ceil(groups / max);
   const x = Math.ceil(groups / y);
@@ -175,41 +162,55 @@ export function grid1d(
 
 const sources = new Map<string, string>();
 
+/** The text of kernels/NAME.wgsl, read once. */
+export function kernelSource(kernel: string): string {
+  let body = sources.get(kernel);
+  if (body === undefined) {
+    body = wgslSource(new URL(`./${kernel}.wgsl`, import.meta.url));
+    sources.set(kernel, body);
+  }
+  return body;
+}
+
 /**
- * One step of a kernel whose .wgsl file sits in kernels/, with compile-time constants prepended,
- * launched over `invocations` threads in a (possibly 2-D folded) grid of `WG`-wide workgroups.
- * The kernel sees the constants plus `WG` and `GRID_X`.
+ * One dispatch of a kernel whose .wgsl file sits in kernels/, with compile-time constants
+ * prepended, launched over `invocations` threads in a (possibly 2-D folded) grid of `WG`-wide
+ * workgroups. The kernel sees the constants plus `WG` and `GRID_X`.
  */
 export function launch(
-  gpu: Gpu,
+  device: Device,
   options: {
     label: string;
     /** Base name of kernels/NAME.wgsl. */
     kernel: string;
     /** The kernel body when the wrapper generates it (else kernels/NAME.wgsl is read). */
-    source?: string;
+    source?: () => string;
     consts: Record<string, number | boolean>;
     buffers: Binding[];
     invocations: number;
     /** Workgroup size, default 64. */
     workgroupSize?: number;
     entryPoint?: string;
+    stage?: Stage;
+    role?: string;
   },
-): Step {
+): Dispatch {
   const wg = options.workgroupSize ?? 64;
-  let body = options.source ?? sources.get(options.kernel);
-  if (body === undefined) {
-    body = wgslSource(new URL(`./${options.kernel}.wgsl`, import.meta.url));
-    sources.set(options.kernel, body);
-  }
-  const g = grid1d(gpu, options.invocations, wg);
-  const code = wgslConsts({ ...options.consts, WG: wg, GRID_X: g.gridX }) + body;
-  const pipeline = gpu.pipeline(options.kernel, code, options.entryPoint ?? "main");
-  return makeStep(gpu, {
+  const g = grid1d(device, options.invocations, wg);
+  const consts = { ...options.consts, WG: wg, GRID_X: g.gridX };
+  const body = options.source ?? (() => kernelSource(options.kernel));
+  return dispatch(device, {
     label: options.label,
     kernel: options.kernel,
-    pipeline,
-    buffers: options.buffers,
+    consts,
+    bindings: options.buffers,
     workgroups: options.invocations === 0 ? [0, 1, 1] : g.workgroups,
+    wgsl: {
+      label: options.kernel,
+      code: () => wgslConsts(consts) + body(),
+      entryPoint: options.entryPoint,
+    },
+    stage: options.stage,
+    role: options.role,
   });
 }

@@ -3,18 +3,18 @@
  *
  * @module
  */
-import type { Gpu } from "./runtime.ts";
+import type { Device, DeviceBuffer } from "./device.ts";
 import { launch, type Step } from "./program.ts";
 
 /** Normalises each head of x (rows, heads, headDim) with w (headDim), then rotates it in place. */
 export function qkNormRopeStep(
-  gpu: Gpu,
+  device: Device,
   o: {
     label: string;
-    x: GPUBuffer;
-    w: GPUBuffer;
-    cos: GPUBuffer;
-    sin: GPUBuffer;
+    x: DeviceBuffer;
+    w: DeviceBuffer;
+    cos: DeviceBuffer;
+    sin: DeviceBuffer;
     rows: number;
     seqLen: number;
     heads: number;
@@ -25,7 +25,7 @@ export function qkNormRopeStep(
   },
 ): Step {
   if (o.headDim % 2 !== 0) throw new Error(`rope ${o.label}: head_dim ${o.headDim} must be even`);
-  return launch(gpu, {
+  return launch(device, {
     label: o.label,
     kernel: "qk_norm_rope",
     consts: {

@@ -3,17 +3,17 @@
  *
  * @module
  */
-import type { Gpu } from "./runtime.ts";
+import type { Device, DeviceBuffer } from "./device.ts";
 import { launch, type Step } from "./program.ts";
 
 /** y = w · x · rsqrt(mean(x²) + eps) for each of `rows` rows of width `dim`. x is (rows, dim). */
 export function rmsnormStep(
-  gpu: Gpu,
+  device: Device,
   o: {
     label: string;
-    x: GPUBuffer;
-    w: GPUBuffer;
-    y: GPUBuffer;
+    x: DeviceBuffer;
+    w: DeviceBuffer;
+    y: DeviceBuffer;
     rows: number;
     dim: number;
     eps: number;
@@ -24,7 +24,7 @@ export function rmsnormStep(
   if (o.dim % 4 !== 0) {
     throw new Error(`rmsnorm ${o.label}: width ${o.dim} must be a multiple of 4`);
   }
-  return launch(gpu, {
+  return launch(device, {
     label: o.label,
     kernel: "rmsnorm",
     consts: {

@@ -1,15 +1,34 @@
 /**
- * The WebGPU runtime: one adapter, one device, its real limits, a pipeline cache,
- * error scopes that say where a validation error came from, and device-loss reporting.
+ * The WebGPU device: one adapter, one device, its real limits, a pipeline cache, error scopes
+ * that say where a validation error came from, and device-loss reporting. It executes
+ * {@link Program}s (kernels/device.ts) by encoding their dispatches, copies and clears into one
+ * command buffer per run.
  *
- * Everything esflow runs on the GPU goes through a {@link Gpu}. It is headless: any adapter
- * Deno's WebGPU finds (Vulkan, Metal, DX12, or Mesa's llvmpipe/lavapipe on a CPU).
+ * It is headless: any adapter Deno's WebGPU finds (Vulkan, Metal, DX12, or Mesa's
+ * llvmpipe/lavapipe on a CPU, the test adapter of this path).
  *
  * @module
  */
+import {
+  alignUp,
+  bindingRange,
+  type BufferPurpose,
+  bufferBytes,
+  checkBufferSize,
+  type Device,
+  type DeviceBuffer,
+  DeviceError,
+  type DeviceLimits,
+  type Dispatch,
+  type Program,
+  type ReadSource,
+  shardBytesFor,
+} from "./device.ts";
+
+export { alignUp } from "./device.ts";
 
 /** An error from the GPU layer: no adapter, a validation error, or a lost device. */
-export class GpuError extends Error {
+export class GpuError extends DeviceError {
   override name = "GpuError";
 }
 
@@ -24,15 +43,7 @@ export interface GpuFeatures {
 }
 
 /** The adapter limits esflow plans with (bytes unless named otherwise). */
-export interface GpuLimits {
-  maxStorageBufferBindingSize: number;
-  maxBufferSize: number;
-  maxComputeWorkgroupsPerDimension: number;
-  maxComputeInvocationsPerWorkgroup: number;
-  maxComputeWorkgroupStorageSize: number;
-  maxStorageBuffersPerShaderStage: number;
-  minStorageBufferOffsetAlignment: number;
-}
+export type GpuLimits = DeviceLimits;
 
 /** Options for {@link acquireGpu}. */
 export interface AcquireOptions {
@@ -50,11 +61,23 @@ const FIX_NO_ADAPTER =
   "(apt-get install -y mesa-vulkan-drivers); on a GPU machine install its Vulkan, Metal or DX12 driver. " +
   "DENO_WEBGPU_BACKEND=vulkan|gl picks a backend.";
 
+/** A buffer of a {@link Gpu}: the device buffer behind a {@link DeviceBuffer}. */
+class GpuBuffer implements DeviceBuffer {
+  constructor(
+    readonly label: string,
+    readonly size: number,
+    readonly purpose: BufferPurpose,
+    readonly raw: GPUBuffer,
+  ) {}
+}
+
 /**
  * A WebGPU device with the adapter's own limits, probed features, a pipeline cache,
  * and error reporting with context.
  */
-export class Gpu {
+export class Gpu implements Device {
+  readonly backend = "webgpu" as const;
+  readonly executes = true;
   /** The device all work runs on. */
   readonly device: GPUDevice;
   /** The adapter's name as reported by the driver, e.g. "llvmpipe (LLVM 15.0.6, 256 bits)". */
@@ -67,17 +90,27 @@ export class Gpu {
   readonly shardBytes: number;
   /** Subgroup width the adapter reports (8 on lavapipe), or 0 when unknown. */
   readonly subgroupSize: number;
+  /** Whether the adapter is a CPU stand-in (lavapipe, llvmpipe, SwiftShader, a fallback). */
+  readonly software: boolean;
 
   #pipelines = new Map<string, GPUComputePipeline>();
   #lost: string | null = null;
   #uncaptured: string[] = [];
   #bytesLive = 0;
-  #ledger = new Map<GPUBuffer, string>();
+  #ledger = new Set<GpuBuffer>();
   #bytesPeak = 0;
+  /** Each dispatch's pipeline and bind group, made the first time it is encoded. */
+  #encoded = new WeakMap<Dispatch, { pipeline: GPUComputePipeline; bindGroup: GPUBindGroup }>();
 
   constructor(
     device: GPUDevice,
-    info: { adapterName: string; features: GpuFeatures; limits: GpuLimits; subgroupSize: number },
+    info: {
+      adapterName: string;
+      features: GpuFeatures;
+      limits: GpuLimits;
+      subgroupSize: number;
+      software?: boolean;
+    },
     shardBytes: number,
   ) {
     this.device = device;
@@ -85,6 +118,7 @@ export class Gpu {
     this.features = info.features;
     this.limits = info.limits;
     this.subgroupSize = info.subgroupSize;
+    this.software = info.software ?? isSoftwareAdapterName(info.adapterName);
     this.shardBytes = shardBytes;
     device.lost.then((e) => {
       this.#lost = `${e.reason}: ${e.message}`;
@@ -92,6 +126,11 @@ export class Gpu {
     device.addEventListener("uncapturederror", (ev) => {
       this.#uncaptured.push((ev as GPUUncapturedErrorEvent).error.message);
     });
+  }
+
+  /** The adapter's name: what every command prints as the device it ran on. */
+  get name(): string {
+    return this.adapterName;
   }
 
   /** Throws if the device was lost or an error escaped every scope. */
@@ -149,7 +188,7 @@ export class Gpu {
       layout: "auto",
       compute: { module, entryPoint },
     });
-    // Compilation errors surface asynchronously; pipelineChecked() awaits them.
+    // Compilation errors surface asynchronously; checkPipelines() awaits them.
     this.#pending.push(
       this.device.popErrorScope().then((e) =>
         e ? `kernel ${label}: ${firstLine(e.message)}` : null
@@ -174,25 +213,31 @@ export class Gpu {
   }
 
   /** Creates a storage buffer (plus copy usages) and counts its bytes. */
-  createBuffer(label: string, bytes: number, usage = STORAGE): GPUBuffer {
-    const size = Math.max(16, alignUp(bytes, 16));
-    if (size > this.limits.maxBufferSize) {
-      throw new GpuError(
-        `buffer ${label}: ${size} bytes exceeds this adapter's maxBufferSize ${this.limits.maxBufferSize}`,
-      );
-    }
-    const buffer = this.device.createBuffer({ label, size, usage });
-    this.#ledger.set(buffer, label);
+  createBuffer(label: string, bytes: number, purpose: BufferPurpose): DeviceBuffer {
+    const size = bufferBytes(bytes);
+    checkBufferSize(label, size, this.limits, this.adapterName);
+    const raw = this.device.createBuffer({ label, size, usage: STORAGE });
+    const buffer = new GpuBuffer(label, size, purpose, raw);
+    this.#ledger.add(buffer);
     this.#bytesLive += size;
     this.#bytesPeak = Math.max(this.#bytesPeak, this.#bytesLive);
     return buffer;
   }
 
   /** Destroys a buffer made by {@link createBuffer} and uncounts it. */
-  destroyBuffer(buffer: GPUBuffer): void {
-    if (!this.#ledger.delete(buffer)) return;
-    this.#bytesLive -= buffer.size;
-    buffer.destroy();
+  destroyBuffer(buffer: DeviceBuffer): void {
+    const b = buffer as GpuBuffer;
+    if (!this.#ledger.delete(b)) return;
+    this.#bytesLive -= b.size;
+    b.raw.destroy();
+  }
+
+  /** The GPUBuffer behind a buffer of this device. */
+  raw(buffer: DeviceBuffer): GPUBuffer {
+    if (!(buffer instanceof GpuBuffer)) {
+      throw new GpuError(`buffer ${buffer.label} does not belong to a WebGPU device`);
+    }
+    return buffer.raw;
   }
 
   /** Starts a new peak measurement from the bytes alive now. */
@@ -206,14 +251,14 @@ export class Gpu {
   }
 
   /** Every live buffer made by {@link createBuffer}: its label and bytes, in allocation order. */
-  allocations(): { label: string; bytes: number }[] {
-    return [...this.#ledger].map(([b, label]) => ({ label, bytes: b.size }));
+  allocations(): { label: string; bytes: number; purpose: BufferPurpose }[] {
+    return [...this.#ledger].map((b) => ({ label: b.label, bytes: b.size, purpose: b.purpose }));
   }
 
   /** Writes `data` into `buffer` at `offset` bytes. */
-  write(buffer: GPUBuffer, data: ArrayBufferView, offset = 0): void {
+  write(buffer: DeviceBuffer, data: ArrayBufferView, offset = 0): void {
     this.device.queue.writeBuffer(
-      buffer,
+      this.raw(buffer),
       offset,
       data.buffer as ArrayBuffer,
       data.byteOffset,
@@ -221,13 +266,75 @@ export class Gpu {
     );
   }
 
+  /** The pipeline and bind group of a dispatch, made once. */
+  encoded(d: Dispatch): { pipeline: GPUComputePipeline; bindGroup: GPUBindGroup } {
+    let e = this.#encoded.get(d);
+    if (e) return e;
+    const pipeline = this.pipeline(d.wgsl.label, d.wgsl.code(), d.wgsl.entryPoint ?? "main");
+    const bindGroup = this.device.createBindGroup({
+      label: d.label,
+      layout: pipeline.getBindGroupLayout(0),
+      entries: d.bindings.map((b, i) => {
+        const r = bindingRange(b);
+        return { binding: i, resource: { buffer: this.raw(r.buffer), offset: r.offset, size: r.size } };
+      }),
+    });
+    e = { pipeline, bindGroup };
+    this.#encoded.set(d, e);
+    return e;
+  }
+
+  /** Encodes `program` into `encoder`: runs of dispatches as compute passes, copies between. */
+  encode(encoder: GPUCommandEncoder, program: Program): void {
+    let pass: GPUComputePassEncoder | null = null;
+    const close = () => {
+      pass?.end();
+      pass = null;
+    };
+    const walk = (ops: Program, step: number) => {
+      for (const op of ops) {
+        if (op.op === "block") {
+          for (let i = 0; i < op.repeat; i++) walk(op.body, i);
+        } else if (op.op === "dispatch") {
+          const [x, y, z] = op.workgroups;
+          if (x * y * z === 0) continue;
+          const e = this.encoded(op);
+          pass ??= encoder.beginComputePass({ label: "esflow" });
+          pass.setPipeline(e.pipeline);
+          pass.setBindGroup(0, e.bindGroup);
+          pass.dispatchWorkgroups(x, y, z);
+        } else if (op.op === "copy") {
+          close();
+          if (op.bytes === 0) continue;
+          encoder.copyBufferToBuffer(
+            this.raw(op.src),
+            op.srcOffset + step * (op.srcStep ?? 0),
+            this.raw(op.dst),
+            op.dstOffset + step * (op.dstStep ?? 0),
+            op.bytes,
+          );
+        } else {
+          close();
+          encoder.clearBuffer(this.raw(op.buffer));
+        }
+      }
+    };
+    walk(program, 0);
+    close();
+  }
+
+  /** Encodes and submits `program` as one command buffer (no wait). */
+  run(program: Program, label = "esflow"): void {
+    const enc = this.device.createCommandEncoder({ label });
+    this.encode(enc, program);
+    this.device.queue.submit([enc.finish()]);
+  }
+
   /**
    * Reads `bytes` bytes from each buffer in one mapAsync round trip (each round trip costs
    * ~11 ms on lavapipe, so callers batch what they need into one call).
    */
-  async readMany(
-    sources: { buffer: GPUBuffer; offset?: number; bytes: number }[],
-  ): Promise<ArrayBuffer[]> {
+  async readMany(sources: readonly ReadSource[]): Promise<ArrayBuffer[]> {
     // A shader that failed to compile shows up here as its own error, not as the invalid
     // pipeline's knock-on errors.
     await this.checkPipelines();
@@ -242,7 +349,7 @@ export class Gpu {
     let at = 0;
     for (const s of sources) {
       const n = alignUp(s.bytes, 4);
-      if (n > 0) enc.copyBufferToBuffer(s.buffer, s.offset ?? 0, staging, at, n);
+      if (n > 0) enc.copyBufferToBuffer(this.raw(s.buffer), s.offset ?? 0, staging, at, n);
       at += n;
     }
     this.device.queue.submit([enc.finish()]);
@@ -267,9 +374,15 @@ export class Gpu {
   }
 
   /** Reads one buffer as f32. */
-  async readF32(buffer: GPUBuffer, count: number, offset = 0): Promise<Float32Array> {
+  async readF32(buffer: DeviceBuffer, count: number, offset = 0): Promise<Float32Array> {
     const [b] = await this.readMany([{ buffer, offset, bytes: count * 4 }]);
     return new Float32Array(b);
+  }
+
+  /** Waits until the GPU has finished all submitted work. */
+  async finish(): Promise<void> {
+    await this.device.queue.onSubmittedWorkDone();
+    this.assertHealthy("submitted work");
   }
 
   /** Releases the device. */
@@ -280,6 +393,14 @@ export class Gpu {
 
 /** Usage of every esflow storage buffer: bound in shaders, written and read by copies. */
 export const STORAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
+
+/**
+ * Whether an adapter name is a CPU stand-in for a GPU: Mesa's llvmpipe and lavapipe, Google's
+ * SwiftShader. They run WGSL correctly but at a fraction of BLAS speed.
+ */
+export function isSoftwareAdapterName(name: string): boolean {
+  return /llvmpipe|lavapipe|swiftshader/i.test(name);
+}
 
 /**
  * Acquires an adapter and a device with the adapter's own limits and the optional
@@ -315,12 +436,8 @@ export async function acquireGpu(options: AcquireOptions = {}): Promise<Gpu> {
   };
   const subgroupSize = (info as unknown as { subgroupMinSize?: number }).subgroupMinSize ?? 0;
   const shardBytes = shardBytesFor(limits, options.shardBytes);
-  return new Gpu(device, { adapterName, features, limits, subgroupSize }, shardBytes);
-}
-
-/** Rounds `n` up to a multiple of `to`. */
-export function alignUp(n: number, to: number): number {
-  return Math.ceil(n / to) * to;
+  const software = isFallback(adapter) || isSoftwareAdapterName(adapterName);
+  return new Gpu(device, { adapterName, features, limits, subgroupSize, software }, shardBytes);
 }
 
 function firstLine(s: string): string {
@@ -328,56 +445,26 @@ function firstLine(s: string): string {
   return line.length > 400 ? line.slice(0, 400) + "…" : line;
 }
 
-/**
- * A {@link Gpu} that allocates nothing and runs nothing: buffers, pipelines and bind groups are
- * stand-ins, so the code that builds the real steps can be run to plan a model of any size
- * (the 32B preset on a laptop) with the limits of a real or a named adapter.
- */
-export function planningGpu(
-  o: { adapterName: string; limits: GpuLimits; shardBytes?: number },
-): Gpu {
-  const noop = () => {};
-  const device = {
-    lost: new Promise(() => {}),
-    addEventListener: noop,
-    pushErrorScope: noop,
-    popErrorScope: () => Promise.resolve(null),
-    createShaderModule: () => ({}),
-    createComputePipeline: () => ({ getBindGroupLayout: () => ({}) }),
-    createBindGroup: () => ({}),
-    createBuffer: (d: GPUBufferDescriptor) => ({
-      label: d.label,
-      size: d.size,
-      usage: d.usage,
-      destroy: noop,
-    }),
-    queue: { writeBuffer: noop, submit: noop, onSubmittedWorkDone: () => Promise.resolve() },
-    destroy: noop,
-  } as unknown as GPUDevice;
-  const shardBytes = shardBytesFor(o.limits, o.shardBytes);
-  return new Gpu(device, {
-    adapterName: o.adapterName,
-    features: { shaderF16: false, timestampQuery: false, subgroups: false },
-    limits: o.limits,
-    subgroupSize: 0,
-  }, shardBytes);
-}
-
-/** The limits of the adapter Deno finds, without making a device; null with no adapter. */
-export async function adapterLimits(): Promise<{ adapterName: string; limits: GpuLimits } | null> {
+/** What the adapter Deno finds is, without making a device; null with no adapter. */
+export async function adapterLimits(): Promise<
+  { adapterName: string; limits: GpuLimits; software: boolean } | null
+> {
   const adapter = typeof navigator !== "undefined" && "gpu" in navigator
     ? await navigator.gpu.requestAdapter({ powerPreference: "high-performance" })
     : null;
   if (!adapter) return null;
-  return { adapterName: nameOf(adapter), limits: limitsOf(adapter) };
+  const adapterName = nameOf(adapter);
+  return {
+    adapterName,
+    limits: limitsOf(adapter),
+    software: isFallback(adapter) || isSoftwareAdapterName(adapterName),
+  };
 }
 
-/** The shard size: the binding limit, or a smaller requested one, in whole vec4s (16 bytes). */
-function shardBytesFor(limits: GpuLimits, requested?: number): number {
-  const cap = Math.min(limits.maxStorageBufferBindingSize, limits.maxBufferSize);
-  const bytes = Math.floor(Math.min(requested ?? cap, cap) / 16) * 16;
-  if (bytes < 16) throw new GpuError(`shardBytes must be at least 16, got ${requested}`);
-  return bytes;
+/** GPUAdapterInfo.isFallbackAdapter where the runtime has it (the older adapter field too). */
+function isFallback(adapter: GPUAdapter): boolean {
+  const a = adapter as unknown as { isFallbackAdapter?: boolean; info?: { isFallbackAdapter?: boolean } };
+  return a.info?.isFallbackAdapter === true || a.isFallbackAdapter === true;
 }
 
 function nameOf(adapter: GPUAdapter): string {

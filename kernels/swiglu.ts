@@ -3,19 +3,19 @@
  *
  * @module
  */
-import type { Gpu } from "./runtime.ts";
+import type { Device, DeviceBuffer } from "./device.ts";
 import { launch, type Step } from "./program.ts";
 
 /** gate ← silu(gate) · up, elementwise over rows·width values (width a multiple of 4). */
 export function swigluStep(
-  gpu: Gpu,
-  o: { label: string; gate: GPUBuffer; up: GPUBuffer; rows: number; width: number },
+  device: Device,
+  o: { label: string; gate: DeviceBuffer; up: DeviceBuffer; rows: number; width: number },
 ): Step {
   if (o.width % 4 !== 0) {
     throw new Error(`swiglu ${o.label}: width ${o.width} must be a multiple of 4`);
   }
   const n4 = (o.rows * o.width) / 4;
-  return launch(gpu, {
+  return launch(device, {
     label: o.label,
     kernel: "swiglu",
     consts: { N4: n4 },

@@ -3,18 +3,18 @@
  * binding limit.
  *
  * A tensor of shape [R, ...rest] is stored as one or more GPU buffers, each holding a
- * contiguous range of whole rows, each at most `gpu.shardBytes` bytes. A real Qwen3 LM head
+ * contiguous range of whole rows, each at most `device.shardBytes` bytes. A real Qwen3 LM head
  * [151936, 1024] is 622 MB in f32; lavapipe binds at most 128 MiB, so it becomes 5 shards.
  * Kernels that read a sharded tensor run one dispatch per shard.
  *
  * @module
  */
-import { type Gpu, GpuError } from "./runtime.ts";
+import { type BufferPurpose, type Device, type DeviceBuffer, DeviceError } from "./device.ts";
 import type { Step } from "./program.ts";
 
 /** One contiguous range of rows of a tensor, in its own buffer. */
 export interface Shard {
-  buffer: GPUBuffer;
+  buffer: DeviceBuffer;
   /** First row of the tensor held by this shard. */
   rowStart: number;
   /** Number of rows held. */
@@ -29,7 +29,7 @@ export interface Shard {
 export type StorageDtype = "f32" | "bf16";
 
 /** A tensor on the device, as row shards. */
-export interface GpuTensor {
+export interface DeviceTensor {
   name: string;
   shape: number[];
   /** Elements per row: the product of shape[1..]. 1 for a vector. */
@@ -77,10 +77,10 @@ export function fromBf16(bits: Uint16Array): Float32Array {
  * small buffer, each perturbed right before the forward reads it, so a member costs a chunk of
  * scratch rather than a copy of θ. Readers run a shard's fill, then read that shard, in turn.
  */
-export type FilledTensor = GpuTensor & { fills?: Step[][] };
+export type FilledTensor = DeviceTensor & { fills?: Step[][] };
 
 /** The per-shard fills of a tensor, if it has them. */
-export function fillsOf(t: GpuTensor): Step[][] | undefined {
+export function fillsOf(t: DeviceTensor): Step[][] | undefined {
   return (t as FilledTensor).fills;
 }
 
@@ -88,7 +88,7 @@ export function fillsOf(t: GpuTensor): Step[][] | undefined {
  * The steps that read `t` shard by shard: each shard's fill (if any) right before the steps
  * `read` makes for a view of `t` holding that shard alone. Without fills, `read(t)` as is.
  */
-export function readShards(t: GpuTensor, read: (view: GpuTensor) => Step[]): Step[] {
+export function readShards(t: DeviceTensor, read: (view: DeviceTensor) => Step[]): Step[] {
   const fills = fillsOf(t);
   if (!fills) return read(t);
   return t.shards.flatMap((s, i) => [...fills[i], ...read({ ...t, shards: [s] })]);
@@ -99,15 +99,15 @@ export function readShards(t: GpuTensor, read: (view: GpuTensor) => Step[]): Ste
  * both must be cut into the same row ranges: each pair's fills run, then `read` of the pair.
  */
 export function readShardPairs(
-  a: GpuTensor,
-  b: GpuTensor,
-  read: (a: GpuTensor, b: GpuTensor) => Step[],
+  a: DeviceTensor,
+  b: DeviceTensor,
+  read: (a: DeviceTensor, b: DeviceTensor) => Step[],
 ): Step[] {
   const fa = fillsOf(a), fb = fillsOf(b);
   if (!fa && !fb) return read(a, b);
   const aligned = a.shards.length === b.shards.length &&
     a.shards.every((s, i) => s.rowStart === b.shards[i].rowStart && s.rows === b.shards[i].rows);
-  if (!aligned) throw new GpuError(`${a.name} and ${b.name} are filled in different row ranges`);
+  if (!aligned) throw new DeviceError(`${a.name} and ${b.name} are filled in different row ranges`);
   return a.shards.flatMap((s, i) => [
     ...(fa?.[i] ?? []),
     ...(fb?.[i] ?? []),
@@ -146,63 +146,63 @@ export function shardRanges(rows: number, per: number): { rowStart: number; rows
  * A vector (1-D) is treated as rows of one element.
  */
 export function createTensor(
-  gpu: Gpu,
+  device: Device,
   name: string,
   shape: number[],
-  options: { data?: Float32Array; dtype?: StorageDtype } = {},
-): GpuTensor {
+  options: { data?: Float32Array; dtype?: StorageDtype; purpose?: BufferPurpose } = {},
+): DeviceTensor {
   const rows = shape.length === 0 ? 1 : shape[0];
   const rowSize = shape.length <= 1 ? 1 : numel(shape.slice(1));
   const dtype = options.dtype ?? "f32", bytes = dtypeBytes(dtype);
   if (dtype === "bf16" && (rows * rowSize) % 2 === 1) {
-    throw new GpuError(
+    throw new DeviceError(
       `tensor ${name} ${JSON.stringify(shape)}: bf16 storage packs pairs of elements and needs ` +
         `an even count, got ${rows * rowSize}; store it in f32`,
     );
   }
-  if (rowSize * bytes > gpu.shardBytes) {
-    throw new GpuError(
+  if (rowSize * bytes > device.shardBytes) {
+    throw new DeviceError(
       `tensor ${name} ${JSON.stringify(shape)}: one row is ${
         rowSize * bytes
       } bytes, more than the ` +
-        `${gpu.shardBytes}-byte shard limit of ${gpu.adapterName}`,
+        `${device.shardBytes}-byte shard limit of ${device.name}`,
     );
   }
   if (options.data && options.data.length !== rows * rowSize) {
-    throw new GpuError(
+    throw new DeviceError(
       `tensor ${name}: data has ${options.data.length} elements, shape ${
         JSON.stringify(shape)
       } needs ${rows * rowSize}`,
     );
   }
-  const per = rowsPerShard(rowSize, gpu.shardBytes, dtype);
+  const per = rowsPerShard(rowSize, device.shardBytes, dtype);
   const shards: Shard[] = shardRanges(rows, per).map((r, i, all) => {
     const label = all.length > 1 ? `${name}#${i}` : name;
-    const buffer = gpu.createBuffer(label, r.rows * rowSize * bytes);
+    const buffer = device.createBuffer(label, r.rows * rowSize * bytes, options.purpose ?? "weights");
     return { buffer, rowStart: r.rowStart, rows: r.rows };
   });
-  const t: GpuTensor = { name, shape: [...shape], rowSize, shards };
+  const t: DeviceTensor = { name, shape: [...shape], rowSize, shards };
   if (dtype !== "f32") t.dtype = dtype;
-  if (options.data) writeTensor(gpu, t, options.data);
+  if (options.data) writeTensor(device, t, options.data);
   return t;
 }
 
 /** Uploads `data` over the whole tensor. */
-export function writeTensor(gpu: Gpu, t: GpuTensor, data: Float32Array): void {
+export function writeTensor(device: Device, t: DeviceTensor, data: Float32Array): void {
   if (data.length !== numel(t.shape)) {
-    throw new GpuError(`tensor ${t.name}: write of ${data.length} elements into ${numel(t.shape)}`);
+    throw new DeviceError(`tensor ${t.name}: write of ${data.length} elements into ${numel(t.shape)}`);
   }
   for (const s of t.shards) {
     if (s.rows === 0) continue;
     const part = data.subarray(s.rowStart * t.rowSize, (s.rowStart + s.rows) * t.rowSize);
-    gpu.write(s.buffer, t.dtype === "bf16" ? toBf16(part) : part);
+    device.write(s.buffer, t.dtype === "bf16" ? toBf16(part) : part);
   }
 }
 
 /** Reads a whole tensor back (one round trip for all shards). */
-export async function readTensor(gpu: Gpu, t: GpuTensor): Promise<Float32Array> {
+export async function readTensor(device: Device, t: DeviceTensor): Promise<Float32Array> {
   const bytes = dtypeBytes(t.dtype);
-  const parts = await gpu.readMany(
+  const parts = await device.readMany(
     t.shards.map((s) => ({ buffer: s.buffer, bytes: s.rows * t.rowSize * bytes })),
   );
   const out = new Float32Array(numel(t.shape));
@@ -216,12 +216,12 @@ export async function readTensor(gpu: Gpu, t: GpuTensor): Promise<Float32Array> 
 }
 
 /** Frees a tensor's buffers. */
-export function destroyTensor(gpu: Gpu, t: GpuTensor): void {
-  for (const s of t.shards) gpu.destroyBuffer(s.buffer);
+export function destroyTensor(device: Device, t: DeviceTensor): void {
+  for (const s of t.shards) device.destroyBuffer(s.buffer);
   t.shards = [];
 }
 
 /** Bytes a tensor takes on the device. */
-export function tensorBytes(t: GpuTensor): number {
+export function tensorBytes(t: DeviceTensor): number {
   return t.shards.reduce((a, s) => a + s.buffer.size, 0);
 }

@@ -1,23 +1,23 @@
 /**
  * Weights on the device: upload a stream of tensors (a checkpoint read lazily, or a random init)
- * into sharded {@link GpuTensor}s, and read them back for saving.
+ * into sharded {@link DeviceTensor}s, and read them back for saving.
  *
  * @module
  */
-import type { Gpu } from "../kernels/runtime.ts";
-import { createTensor, type GpuTensor, readTensor, type StorageDtype } from "../kernels/tensor.ts";
+import type { Device } from "../kernels/device.ts";
+import { createTensor, type DeviceTensor, readTensor, type StorageDtype } from "../kernels/tensor.ts";
 import type { TensorData, TensorStream } from "./safetensors.ts";
 import { type Checkpoint, openCheckpoint } from "./checkpoint.ts";
 
 /** Weights on the device by HF tensor name. */
-export type DeviceWeights = Map<string, GpuTensor>;
+export type DeviceWeights = Map<string, DeviceTensor>;
 
 /**
  * Uploads each tensor of `tensors` as it arrives, so only one tensor is ever held in host memory
  * on top of what the stream itself holds. `dtype` bf16 stores each rounded to nearest even.
  */
 export async function uploadWeights(
-  gpu: Gpu,
+  device: Device,
   tensors: TensorStream,
   options: { dtype?: StorageDtype } = {},
 ): Promise<DeviceWeights> {
@@ -25,7 +25,7 @@ export async function uploadWeights(
   for await (const t of tensors) {
     out.set(
       t.name,
-      createTensor(gpu, t.name, [...t.shape], { data: t.data, dtype: options.dtype }),
+      createTensor(device, t.name, [...t.shape], { data: t.data, dtype: options.dtype }),
     );
   }
   return out;
@@ -33,14 +33,14 @@ export async function uploadWeights(
 
 /** Reads device weights back one tensor at a time, in the order given. */
 export async function* downloadWeights(
-  gpu: Gpu,
+  device: Device,
   weights: DeviceWeights,
   names: Iterable<string> = weights.keys(),
 ): AsyncGenerator<TensorData> {
   for (const name of names) {
     const t = weights.get(name);
     if (!t) throw new Error(`weight ${name} is not on the device`);
-    yield { name, shape: t.shape, data: await readTensor(gpu, t) };
+    yield { name, shape: t.shape, data: await readTensor(device, t) };
   }
 }
 

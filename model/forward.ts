@@ -21,9 +21,9 @@
  * @module
  */
 import type { Qwen3Config } from "./config.ts";
-import { type Gpu, GpuError } from "../kernels/runtime.ts";
-import { fillsOf, type GpuTensor, readShardPairs, readShards } from "../kernels/tensor.ts";
-import { finish, type Step, submitSteps } from "../kernels/program.ts";
+import { type Device, type DeviceBuffer, DeviceError, staged } from "../kernels/device.ts";
+import { fillsOf, type DeviceTensor, readShardPairs, readShards } from "../kernels/tensor.ts";
+import type { Step } from "../kernels/program.ts";
 import { linearSteps, matmulStep, swigluLinearSteps } from "../kernels/matmul.ts";
 import { rmsnormStep } from "../kernels/rmsnorm.ts";
 import { qkNormRopeStep, ropeTables } from "../kernels/qk_norm_rope.ts";
@@ -40,6 +40,12 @@ import {
 import { logLikelihoodStep, logsumexpChunkStep, scoredTargets } from "../kernels/log_likelihood.ts";
 import { UserError } from "../pipeline/errors.ts";
 import type { DeviceWeights } from "./device_weights.ts";
+
+/** Sets `name` as the role of each op that has none (fills keep their own: "form chunk"). */
+function role(name: string, ops: Step[]): Step[] {
+  for (const op of ops) op.role ??= name;
+  return ops;
+}
 
 /** A right-padded batch of token ids, as HF's tokenizer output (and tests' tokens.json). */
 export interface TokenBatch {
@@ -75,7 +81,7 @@ export interface ScoreResult {
  * A returned tensor may carry a low-rank delta (kernels/lowrank.ts LowRankTensor): the forward
  * then adds σ/√r·(x·B)·Aᵀ after each read of it, so a member runs over the shared θ.
  */
-export type WeightLookup = (name: string) => GpuTensor;
+export type WeightLookup = (name: string) => DeviceTensor;
 
 /** Validates a batch against a config; every fault is a one-line {@link UserError}. */
 export function validateBatch(
@@ -124,38 +130,38 @@ export function validateBatch(
  * Steps are built lazily per (batch, seqLen) and cached.
  */
 export class Qwen3Forward {
-  readonly gpu: Gpu;
+  readonly device: Device;
   readonly config: Qwen3Config;
   readonly options: Required<ForwardOptions>;
   readonly vocabChunk: number;
   #weights: WeightLookup;
-  #buf: Record<string, GPUBuffer> = {};
+  #buf: Record<string, DeviceBuffer> = {};
   #steps = new Map<string, Step[]>();
 
   constructor(
-    gpu: Gpu,
+    device: Device,
     config: Qwen3Config,
     weights: DeviceWeights | WeightLookup,
     options: ForwardOptions,
   ) {
-    this.gpu = gpu;
+    this.device = device;
     this.config = config;
     this.#weights = typeof weights === "function" ? weights : (name) => {
       const t = weights.get(name);
-      if (!t) throw new GpuError(`weight ${name} is not on the device`);
+      if (!t) throw new DeviceError(`weight ${name} is not on the device`);
       return t;
     };
     const c = config;
     const rows = options.maxBatch * options.maxSeqLen;
     // Activations are whole buffers: they answer to the adapter's real binding limit, not to the
     // (possibly smaller, forced) weight shard size.
-    const binding = gpu.limits.maxStorageBufferBindingSize;
+    const binding = device.limits.maxStorageBufferBindingSize;
     const fit = Math.floor(binding / (rows * 4));
     const chunk = Math.min(options.vocabChunk ?? 8192, c.vocabSize, fit);
     if (chunk < 1) {
       throw new UserError(
         `a batch of ${options.maxBatch}×${options.maxSeqLen} tokens is too large for one LM-head chunk ` +
-          `on ${gpu.adapterName}; lower the micro-batch or max length`,
+          `on ${device.name}; lower the micro-batch or max length`,
       );
     }
     this.vocabChunk = chunk;
@@ -191,15 +197,15 @@ export class Qwen3Forward {
       if (bytes > binding) {
         throw new UserError(
           `activation ${name} needs ${bytes} bytes for ${options.maxBatch}×${options.maxSeqLen} tokens, ` +
-            `over the ${binding}-byte binding limit of ${gpu.adapterName}; lower the micro-batch or max length`,
+            `over the ${binding}-byte binding limit of ${device.name}; lower the micro-batch or max length`,
         );
       }
-      this.#buf[name] = gpu.createBuffer(`act.${name}`, bytes);
+      this.#buf[name] = device.createBuffer(`act.${name}`, bytes, "activations");
     }
     // Position p's angles sit at row p whatever the batch's length, so one table serves all.
     const t = ropeTables({ seqLen: options.maxSeqLen, headDim: D, theta: c.ropeTheta });
-    gpu.write(this.#buf.cos, t.cos);
-    gpu.write(this.#buf.sin, t.sin);
+    device.write(this.#buf.cos, t.cos);
+    device.write(this.#buf.sin, t.sin);
   }
 
   #upBytes: number;
@@ -208,8 +214,8 @@ export class Qwen3Forward {
    * The up projection's output, allocated the first time a low-rank MLP needs it (the size of
    * gate, whose fit to the binding limit the constructor checked).
    */
-  #upBuffer(): GPUBuffer {
-    this.#buf.up ??= this.gpu.createBuffer("act.up", this.#upBytes);
+  #upBuffer(): DeviceBuffer {
+    this.#buf.up ??= this.device.createBuffer("act.up", this.#upBytes, "activations");
     return this.#buf.up;
   }
 
@@ -219,7 +225,7 @@ export class Qwen3Forward {
   }
 
   /** The device buffer of an activation, by name (x, xn, q, k, v, attn, gate, up, r, …). */
-  buffer(name: string): GPUBuffer {
+  buffer(name: string): DeviceBuffer {
     return this.#buf[name];
   }
 
@@ -239,19 +245,19 @@ export class Qwen3Forward {
     layers: { from: number; to: number } = { from: 0, to: this.config.numLayers },
     members = 1,
   ): Step[] {
-    const c = this.config, g = this.gpu, b = this.#buf;
+    const c = this.config, g = this.device, b = this.#buf;
     const Rm = batch * seqLen;
-    const ms = (t: GpuTensor) => t.memberStride ?? 0;
+    const ms = (t: DeviceTensor) => t.memberStride ?? 0;
     // A vector is read whole from its one buffer, after its fill when it has one (bf16 θ widened
     // to f32 right before the read: pipeline/engine.ts).
-    const vec = (name: string, read: (buffer: GPUBuffer, memberStride: number) => Step): Step[] => {
+    const vec = (name: string, read: (buffer: DeviceBuffer, memberStride: number) => Step): Step[] => {
       const t = weights(name);
       if (t.shards.length !== 1) throw new Error(`${name}: a vector must be one shard`);
       return [...(fillsOf(t)?.[0] ?? []), read(t.shards[0].buffer, ms(t))];
     };
     // xn = rmsnorm(x): every norm of the body reads the residual stream and writes xn.
     const norm = (label: string, weight: string) =>
-      vec(weight, (w, stride) =>
+      role("norm", vec(weight, (w, stride) =>
         rmsnormStep(g, {
           label,
           x: b.x,
@@ -261,12 +267,12 @@ export class Qwen3Forward {
           dim: H,
           eps: c.rmsNormEps,
           members: { rows: Rm, wStride: stride },
-        }));
+        })));
     const R = members * batch * seqLen, H = c.hiddenSize, D = c.headDim;
     const steps: Step[] = [];
     if (layers.from === 0) {
       const table = weights("model.embed_tokens.weight");
-      steps.push(...readShards(
+      steps.push(...role("embed", readShards(
         table,
         (view) =>
           embeddingSteps(g, {
@@ -277,17 +283,17 @@ export class Qwen3Forward {
             rows: R,
             members: { rows: Rm, tableStride: ms(table) },
           }),
-      ));
+      )));
       const delta = lowRankOf(table);
       if (delta) {
-        steps.push(
+        steps.push(...role("embed", [
           lowRankEmbedStep(g, { label: "embed", ids: b.ids, delta, x: b.x, rows: R, hidden: H }),
-        );
+        ]));
       }
     }
     for (let l = layers.from; l < layers.to; l++) {
       const p = `model.layers.${l}.`;
-      const lin = (name: string, x: GPUBuffer, out: GPUBuffer, k: number, accumulate = false) => {
+      const lin = (name: string, x: DeviceBuffer, out: DeviceBuffer, k: number, accumulate = false) => {
         const w = weights(`${p}${name}.weight`), delta = lowRankOf(w), label = `L${l}.${name}`;
         // A batched delta's matmuls run member by member in grid z over each member's rows.
         const mDelta = delta?.members && delta.members.count > 1 ? Rm : R;
@@ -295,7 +301,7 @@ export class Qwen3Forward {
           ? weights(`${p}${name}.bias`)
           : undefined;
         if (bias && bias.shards.length !== 1) throw new Error(`${bias.name}: one shard`);
-        return [
+        return role("projection", [
           ...(bias ? fillsOf(bias)?.[0] ?? [] : []),
           ...readShards(w, (view) =>
             linearSteps(g, {
@@ -312,14 +318,14 @@ export class Qwen3Forward {
           ...(delta
             ? lowRankLinearSteps(g, { label, x, m: mDelta, k, n: w.shape[0], delta, out })
             : []),
-        ];
+        ]);
       };
       steps.push(...norm(`L${l}.input_layernorm`, `${p}input_layernorm.weight`));
       steps.push(...lin("self_attn.q_proj", b.xn, b.q, H));
       steps.push(...lin("self_attn.k_proj", b.xn, b.k, H));
       steps.push(...lin("self_attn.v_proj", b.xn, b.v, H));
       for (const [which, heads] of [["q", c.numHeads], ["k", c.numKvHeads]] as const) {
-        steps.push(...vec(`${p}self_attn.${which}_norm.weight`, (w, stride) =>
+        steps.push(...role("qk_norm_rope", vec(`${p}self_attn.${which}_norm.weight`, (w, stride) =>
           qkNormRopeStep(g, {
             label: `L${l}.${which}_norm_rope`,
             x: b[which],
@@ -332,9 +338,9 @@ export class Qwen3Forward {
             headDim: D,
             eps: c.rmsNormEps,
             members: { rows: Rm, wStride: stride },
-          })));
+          }))));
       }
-      steps.push(attentionStep(g, {
+      steps.push(...role("attention", [attentionStep(g, {
         label: `L${l}.attention`,
         q: b.q,
         k: b.k,
@@ -346,13 +352,13 @@ export class Qwen3Forward {
         heads: c.numHeads,
         kvHeads: c.numKvHeads,
         headDim: D,
-      }));
+      })]));
       steps.push(...lin("self_attn.o_proj", b.attn, b.x, c.numHeads * D, true));
       steps.push(...norm(`L${l}.post_attention_layernorm`, `${p}post_attention_layernorm.weight`));
       const gate = weights(`${p}mlp.gate_proj.weight`), up = weights(`${p}mlp.up_proj.weight`);
       if (!lowRankOf(gate) && !lowRankOf(up)) {
         // gate = silu(xn·Wgᵀ)·(xn·Wuᵀ) in one pass: the two blocks share their loads of xn.
-        steps.push(...readShardPairs(gate, up, (gv, uv) =>
+        steps.push(...role("mlp", readShardPairs(gate, up, (gv, uv) =>
           swigluLinearSteps(g, {
             label: `L${l}.mlp.gate_up_swiglu`,
             x: b.xn,
@@ -362,13 +368,13 @@ export class Qwen3Forward {
             up: uv,
             out: b.gate,
             members: { count: members, w: ms(gate) },
-          })));
+          }))));
       } else {
         // Low rank adds each projection's delta after its matmul, so silu waits for both.
         steps.push(...lin("mlp.gate_proj", b.xn, b.gate, H));
         const upOut = this.#upBuffer();
         steps.push(...lin("mlp.up_proj", b.xn, upOut, H));
-        steps.push(
+        steps.push(...role("mlp", [
           swigluStep(g, {
             label: `L${l}.swiglu`,
             gate: b.gate,
@@ -376,16 +382,16 @@ export class Qwen3Forward {
             rows: R,
             width: c.intermediateSize,
           }),
-        );
+        ]));
       }
       steps.push(...lin("mlp.down_proj", b.gate, b.x, c.intermediateSize, true));
     }
     if (layers.to === c.numLayers) steps.push(...norm("norm", "model.norm.weight"));
-    return steps;
+    return staged("model", steps);
   }
 
   /** The LM head tensor: embed_tokens when tied. */
-  headTensor(weights: WeightLookup = this.#weights): GpuTensor {
+  headTensor(weights: WeightLookup = this.#weights): DeviceTensor {
     return weights(this.config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight");
   }
 
@@ -399,7 +405,7 @@ export class Qwen3Forward {
     weights: WeightLookup = this.#weights,
     members = 1,
   ): Step[] {
-    const c = this.config, g = this.gpu, b = this.#buf;
+    const c = this.config, g = this.device, b = this.#buf;
     const Rm = batch * seqLen, R = members * Rm;
     const steps: Step[] = [];
     let first = true;
@@ -407,9 +413,9 @@ export class Qwen3Forward {
     const mDelta = delta?.members && delta.members.count > 1 ? Rm : R;
     // A low-rank member's head: u = xn·B once, then each chunk's logits += u·A[chunk]ᵀ.
     if (delta) {
-      steps.push(
+      steps.push(...role("lm_head", [
         lowRankProjectStep(g, { label: "lm_head", x: b.xn, m: mDelta, k: c.hiddenSize, delta }),
-      );
+      ]));
     }
     const fills = fillsOf(head);
     for (const [i, shard] of head.shards.entries()) {
@@ -417,7 +423,7 @@ export class Qwen3Forward {
       for (let c0 = 0; c0 < shard.rows; c0 += this.vocabChunk) {
         const n = Math.min(this.vocabChunk, shard.rows - c0);
         const start = shard.rowStart + c0;
-        steps.push(matmulStep(g, {
+        steps.push(...role("lm_head", [matmulStep(g, {
           label: `lm_head[${start}:${start + n}]`,
           x: b.xn,
           // Members with their own head: one dispatch, member z in grid z; shared: all rows.
@@ -430,18 +436,18 @@ export class Qwen3Forward {
           members: head.memberStride
             ? { count: members, x: Rm * c.hiddenSize, w: head.memberStride, out: Rm * n }
             : undefined,
-        }));
+        })]));
         if (delta) {
-          steps.push(lowRankApplyStep(g, {
+          steps.push(...role("lm_head", [lowRankApplyStep(g, {
             label: `lm_head[${start}:${start + n}]`,
             m: mDelta,
             n,
             delta,
             wRowOffset: start,
             out: b.logits,
-          }));
+          })]));
         }
-        steps.push(logsumexpChunkStep(g, {
+        steps.push(...role("logsumexp", [logsumexpChunkStep(g, {
           label: `logsumexp[${start}]`,
           logits: b.logits,
           target: b.target,
@@ -450,11 +456,11 @@ export class Qwen3Forward {
           width: n,
           start,
           first,
-        }));
+        })]));
         first = false;
       }
     }
-    steps.push(
+    steps.push(...role("log_likelihood", [
       logLikelihoodStep(g, {
         label: "log_likelihood",
         target: b.target,
@@ -463,8 +469,8 @@ export class Qwen3Forward {
         batch: members * batch,
         seqLen,
       }),
-    );
-    return steps;
+    ]));
+    return staged("fitness", steps);
   }
 
   /**
@@ -508,7 +514,7 @@ export class Qwen3Forward {
       paddedMask.push([...tokens.attentionMask[b], ...new Array(seqLen - row.length).fill(0)]);
     });
     const target = scoredTargets(tokens.inputIds, paddedMask, seqLen);
-    const g = this.gpu, b = this.#buf;
+    const g = this.device, b = this.#buf;
     g.write(b.ids, ids);
     g.write(b.mask, mask);
     g.write(b.target, target);
@@ -520,9 +526,8 @@ export class Qwen3Forward {
   async score(tokens: TokenBatch): Promise<ScoreResult> {
     const { batch, seqLen, scored } = this.upload(tokens);
     const steps = this.steps(batch, seqLen);
-    await this.gpu.checkPipelines();
-    submitSteps(this.gpu, steps, "score");
-    const r = await this.gpu.readF32(this.#buf.r, batch);
+    this.device.run(steps, "score");
+    const r = await this.device.readF32(this.#buf.r, batch);
     return { perSample: Array.from(r), tokens: scored };
   }
 
@@ -532,12 +537,12 @@ export class Qwen3Forward {
    */
   async logits(tokens: TokenBatch, row = 0): Promise<Float32Array> {
     const full = this.#buf.fullLogits;
-    if (!full) throw new GpuError("logits() needs a forward made with debugLogits: true");
+    if (!full) throw new DeviceError("logits() needs a forward made with debugLogits: true");
     const { batch, seqLen } = this.upload(tokens);
     const c = this.config, V = c.vocabSize;
     const steps = [...this.bodySteps(batch, seqLen)];
     for (const shard of this.headTensor().shards) {
-      steps.push(matmulStep(this.gpu, {
+      steps.push(matmulStep(this.device, {
         label: `lm_head.debug#${shard.rowStart}`,
         x: this.#buf.xn,
         m: batch * seqLen,
@@ -549,19 +554,18 @@ export class Qwen3Forward {
         outColOffset: shard.rowStart,
       }));
     }
-    await this.gpu.checkPipelines();
-    submitSteps(this.gpu, steps, "logits");
-    return await this.gpu.readF32(full, seqLen * V, row * seqLen * V * 4);
+    this.device.run(steps, "logits");
+    return await this.device.readF32(full, seqLen * V, row * seqLen * V * 4);
   }
 
   /** Waits for queued work. */
   async finish(): Promise<void> {
-    await finish(this.gpu);
+    await this.device.finish();
   }
 
   /** Frees the activation buffers. */
   destroy(): void {
-    for (const b of Object.values(this.#buf)) this.gpu.destroyBuffer(b);
+    for (const b of Object.values(this.#buf)) this.device.destroyBuffer(b);
     this.#buf = {};
     this.#steps.clear();
   }

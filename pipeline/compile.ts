@@ -1,19 +1,31 @@
 /**
- * Compile: a pipeline spec and its model become a Plan — plain data that says which GPU buffers
- * exist (name, bytes, shards) and which kernel steps one iteration runs, in order, with loops
- * over members and micro-batches written as repeat counts.
+ * Compile: a pipeline spec and its model become a Plan — the program one iteration runs
+ * (kernels/device.ts: dispatches, copies, and blocks that repeat over member groups and
+ * micro-batches) and the buffers it binds, with their bytes and what they hold.
  *
- * The Plan comes from the code that builds the real engine, run against a planning device that
- * allocates nothing ({@link planningGpu}): what `deno task plan` prints is what `train` allocates.
+ * The program is the value a run executes: the engine builds it with the code `train` uses,
+ * each op's stage and role and each buffer's purpose set where they are made. On a planning
+ * device ({@link planDevice}) the buffers are declared and nothing is allocated or run, so
+ * `deno task plan` shows the 32B preset on a laptop; on a real device the same call allocates
+ * what it lists (tests/plan_test.ts holds the two equal, and the program to the one a training
+ * iteration executes).
  *
  * @module
  */
-import { type Gpu, type GpuLimits, planningGpu } from "../kernels/runtime.ts";
-import type { Step } from "../kernels/program.ts";
+import {
+  type Backend,
+  type Device,
+  type DeviceLimits,
+  type Dispatch,
+  expand,
+  planDevice,
+  type Program,
+  staged,
+} from "../kernels/device.ts";
 import type { Qwen3Config } from "../model/config.ts";
 import { qwen3TensorSpecs } from "../model/weights.ts";
 import { EsEngine } from "./engine.ts";
-import { specEngineOptions } from "./run.ts";
+import { specEngineOptions } from "./engine_options.ts";
 import type { PipelineSpec } from "./spec.ts";
 
 /** A device buffer of the plan. */
@@ -28,35 +40,33 @@ export interface PlanBuffer {
   role: "weights" | "scratch" | "activations" | "tokens" | "es";
 }
 
-/** A kernel dispatch of the plan. */
-export interface PlanStep {
-  stage: "dataset" | "perturb" | "model" | "fitness" | "update";
-  kernel: string;
-  label: string;
-  workgroups: [number, number, number];
-}
-
-/** A block of steps run `repeat` times (members, micro-batches). */
-export interface PlanBlock {
-  what: string;
-  repeat: number;
-  steps: (PlanStep | PlanBlock)[];
+/** The device a plan is made for, when it is not a live one. */
+export interface PlanTarget {
+  backend: Backend;
+  name: string;
+  limits: DeviceLimits;
 }
 
 /** The compiled program of one iteration and the memory it needs. */
 export interface Plan {
   name: string;
+  /** The backend the plan was made for. */
+  backend: Backend;
+  /** The device: an adapter's name, or the CPU. */
   adapter: string;
-  /** Largest bytes of one tensor shard on this adapter. */
+  /** Largest bytes of one tensor shard on this device. */
   shardBytes: number;
   population: number;
   samplesPerIteration: number;
   microBatch: number;
   maxLen: number;
+  /** Members evaluated at once (fitness.member_batch as the engine resolved it). */
+  memberBatch: number;
   buffers: PlanBuffer[];
   /** Tensors of θ split into several shards: name → shard count. */
   sharded: Record<string, number>;
-  iteration: PlanBlock;
+  /** One iteration with full-length micro-batches: the evaluation, then the update. */
+  iteration: Program;
   bytes: {
     weights: number;
     scratch: number;
@@ -67,98 +77,46 @@ export interface Plan {
   };
 }
 
-function roleOf(label: string): PlanBuffer["role"] {
-  if (label.endsWith(".shards") || label.endsWith(".chunks")) return "es";
-  if (/~(member|theta)/.test(label) || label.startsWith("member.")) return "scratch";
-  if (label.startsWith("act.") || label.startsWith("prefix.")) return "activations";
-  if (/^(iteration|heldout)\./.test(label)) return "tokens";
-  if (label.startsWith("model.") || label.startsWith("lm_head")) return "weights";
-  return "es";
-}
-
-function stageOf(kernel: string, label: string): PlanStep["stage"] {
-  if (kernel === "perturb") return "perturb";
-  if (kernel === "es_update" || label.startsWith("lowrank_update.")) return "update";
-  if (kernel === "lowrank_factors") return "perturb";
-  if (
-    ["logsumexp_chunk", "log_likelihood", "accumulate"].includes(kernel) ||
-    label.startsWith("lm_head")
-  ) {
-    return "fitness";
+/** The iteration's micro-batches as a run packs M samples of full length. */
+export function fullLayout(
+  o: { samples: number; microBatch: number; maxLen: number },
+): { offset: number; batch: number; seqLen: number; scored: number }[] {
+  const layout = [];
+  for (let at = 0; at < o.samples; at += o.microBatch) {
+    const batch = Math.min(o.microBatch, o.samples - at);
+    layout.push({ offset: at * o.maxLen, batch, seqLen: o.maxLen, scored: 0 });
   }
-  return "model";
-}
-
-function toPlanSteps(steps: readonly Step[]): PlanStep[] {
-  return steps.map((s) => ({
-    stage: stageOf(s.kernel, s.label),
-    kernel: s.kernel,
-    label: s.label,
-    workgroups: s.workgroups,
-  }));
+  return layout;
 }
 
 /**
- * Compiles a spec: builds the engine for `config` on `gpu` (a planning device by default) and
- * records its buffers and one iteration's steps, for micro-batches of full length.
+ * Compiles a spec: builds the engine for `config` on `device` (a planning device for `target`
+ * by default, WebGPU's default limits without one) and returns its buffers and one iteration's
+ * program for micro-batches of full length. A live device's buffers are freed again.
  */
 export async function compile(
   spec: PipelineSpec,
   config: Qwen3Config,
-  options: { gpu?: Gpu; adapter?: { adapterName: string; limits: GpuLimits } } = {},
+  options: { device?: Device; target?: PlanTarget } = {},
 ): Promise<Plan> {
-  const gpu = options.gpu ??
-    planningGpu(options.adapter ?? { adapterName: "planning", limits: DEFAULT_LIMITS });
+  const device = options.device ?? planDevice(
+    options.target ?? { backend: "webgpu", name: "planning", limits: DEFAULT_LIMITS },
+  );
   const ds = spec.dataset as unknown as { samples_per_iteration: number; holdout: number };
   const M = ds.samples_per_iteration;
   const engineOptions = specEngineOptions(spec, config, Math.max(M, ds.holdout));
   const { population: N, microBatch, maxLen } = engineOptions;
-  const before = new Set(gpu.allocations().map((a) => a.label));
-  const engine = await EsEngine.create(gpu, engineOptions);
-  const full = Math.floor(M / microBatch), rest = M % microBatch;
-  // Members run in groups of the engine's member batch; a last, smaller group takes the rest.
-  const P = engine.memberBatch;
-  const microBlocks = (count: number): PlanBlock[] => {
-    const member = (b: number) =>
-      toPlanSteps(engine.memberSteps({ batch: b, seqLen: maxLen }, 0, count));
-    const blocks: PlanBlock[] = [{
-      what: `micro-batch of ${microBatch}×${maxLen}`,
-      repeat: full,
-      steps: member(microBatch),
-    }];
-    if (rest > 0) {
-      blocks.push({ what: `micro-batch of ${rest}×${maxLen}`, repeat: 1, steps: member(rest) });
-    }
-    return blocks.filter((b) => b.repeat > 0);
-  };
-  const prefix = (b: number) => toPlanSteps(engine.prefixSteps({ batch: b, seqLen: maxLen }));
-  const prefixBlocks: PlanBlock[] = engine.prefixLayers === 0 ? [] : [
-    {
-      what: `shared prefix (layers below ${engine.prefixLayers}) on ${microBatch}×${maxLen}`,
-      repeat: full,
-      steps: prefix(microBatch),
-    },
-    ...(rest > 0
-      ? [{ what: `shared prefix on ${rest}×${maxLen}`, repeat: 1, steps: prefix(rest) }]
-      : []),
-  ].filter((b) => b.repeat > 0);
-  const iteration: PlanBlock = {
-    what: "iteration",
-    repeat: 1,
-    steps: [
-      ...prefixBlocks,
-      ...[[P, Math.floor(N / P)], [N % P, 1]].filter(([count, repeat]) => count > 0 && repeat > 0)
-        .map(([count, repeat]): PlanBlock => ({
-          what: count === 1 ? "member" : `${count} members at once`,
-          repeat,
-          steps: [...toPlanSteps(engine.perturbSteps(count)), ...microBlocks(count)],
-        })),
-      ...toPlanSteps(engine.updateSteps()),
-    ],
-  };
-  // After the steps: a group's chunk tables are made when its steps are first built.
-  const buffers = gpu.allocations().filter((a) => !before.has(a.label))
-    .map((a) => ({ name: a.label, bytes: a.bytes, role: roleOf(a.label) }));
+  const before = new Set(device.allocations().map((a) => a.label));
+  const engine = await EsEngine.create(device, engineOptions);
+  const iteration: Program = [
+    ...engine.evaluationProgram(fullLayout({ samples: M, microBatch, maxLen }), {
+      heldOut: false,
+    }),
+    ...staged("update", engine.updateSteps()),
+  ];
+  // After the program: a group's chunk tables are made when its steps are first built.
+  const buffers = device.allocations().filter((a) => !before.has(a.label))
+    .map((a) => ({ name: a.label, bytes: a.bytes, role: a.purpose }));
   const sum = (role: PlanBuffer["role"]) =>
     buffers.filter((b) => b.role === role).reduce((a, b) => a + b.bytes, 0);
   const sharded: Record<string, number> = {};
@@ -168,12 +126,14 @@ export async function compile(
   }
   const plan: Plan = {
     name: spec.name,
-    adapter: gpu.adapterName,
-    shardBytes: gpu.shardBytes,
+    backend: device.backend,
+    adapter: device.name,
+    shardBytes: device.shardBytes,
     population: N,
     samplesPerIteration: M,
     microBatch,
     maxLen,
+    memberBatch: engine.memberBatch,
     buffers,
     sharded,
     iteration,
@@ -186,25 +146,42 @@ export async function compile(
       total: buffers.reduce((a, b) => a + b.bytes, 0),
     },
   };
-  if (options.gpu) engine.destroy();
+  if (device.executes) engine.destroy();
   return plan;
 }
 
-/** Dispatches of one pass through a block, loops expanded, by stage and kernel. */
-export function countDispatches(block: PlanBlock): Map<string, number> {
+/** Dispatches of one pass through a program, blocks expanded, by stage and kernel. */
+export function countDispatches(program: Program): Map<string, number> {
   const out = new Map<string, number>();
-  const walk = (b: PlanBlock, times: number) => {
-    for (const s of b.steps) {
-      if ("repeat" in s) walk(s, times * s.repeat);
-      else out.set(`${s.stage}/${s.kernel}`, (out.get(`${s.stage}/${s.kernel}`) ?? 0) + times);
-    }
-  };
-  walk(block, block.repeat);
+  for (const op of expand(program)) {
+    if (op.op !== "dispatch") continue;
+    const key = `${op.stage ?? "?"}/${op.kernel}`;
+    out.set(key, (out.get(key) ?? 0) + 1);
+  }
   return out;
 }
 
+/** The dispatches of a program in execution order (blocks expanded). */
+export function dispatches(program: Program): Dispatch[] {
+  return [...expand(program)].filter((op): op is Dispatch => op.op === "dispatch");
+}
+
+/**
+ * A program as plain JSON: buffers by label, WGSL sources left out (they are made from the
+ * kernel and its constants).
+ */
+export function programJson(program: Program): unknown {
+  return JSON.parse(JSON.stringify(program, (key, v) => {
+    if (key === "wgsl") return undefined;
+    if (v && typeof v === "object" && "purpose" in v && "size" in v && "label" in v) {
+      return `${v.label}`;
+    }
+    return v;
+  }));
+}
+
 /** WebGPU's default limits, for planning with no adapter at hand. */
-export const DEFAULT_LIMITS: GpuLimits = {
+export const DEFAULT_LIMITS: DeviceLimits = {
   maxStorageBufferBindingSize: 128 << 20,
   maxBufferSize: 256 << 20,
   maxComputeWorkgroupsPerDimension: 65535,

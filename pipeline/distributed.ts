@@ -31,12 +31,12 @@
  * @module
  */
 import { resolve as absolute } from "node:path";
-import type { Gpu } from "../kernels/runtime.ts";
+import type { Backend, Device } from "../kernels/device.ts";
 import { WeightsChecksum } from "../kernels/checksum.ts";
 import { openCheckpointTensors } from "../model/device_weights.ts";
 import type { TensorStream } from "../model/safetensors.ts";
 import { EsEngine, type IterationResult } from "./engine.ts";
-import { noiseCoefficients } from "./es.ts";
+import { memberRecords, noiseCoefficients } from "./es.ts";
 import { UserError } from "./errors.ts";
 import { loadPipelineText } from "./load.ts";
 import { type ResolvedPipeline, resolvePipeline } from "./resolve.ts";
@@ -284,7 +284,7 @@ async function serveTask(ev: Evaluator, task: Task): Promise<void> {
     const { packed } = ev.setup.iterationInputs(task.iter);
     const res = await ev.engine.evaluate(packed, {
       iteration: task.iter,
-      sigma: task.sigma,
+      population: memberRecords(ev.setup.N, ev.setup.antithetic, task.sigma),
       heldOut: false,
       members: { start: task.start, end: task.end },
     });
@@ -311,6 +311,11 @@ export interface CoordinatorOptions {
   localEval?: boolean;
   /** Progress lines (waiting for workers). */
   log?: (line: string) => void;
+  /**
+   * The backend the coordinator evaluates on, published so every worker runs the same one:
+   * backends agree to ~1e-5, not bit for bit, and a run is bit-identical only within one.
+   */
+  backend?: Backend;
 }
 
 /**
@@ -379,6 +384,7 @@ export class Coordinator {
       population: c.#setup.N,
       deadline_ms: c.deadlineMs,
       coordinator: c.consumer,
+      backend: o.backend ?? "webgpu",
       status: "running",
     };
     await bus.call(["HSET", keys.meta, ...Object.entries(meta).flat().map(String)]);
@@ -422,7 +428,7 @@ export class Coordinator {
     const { bus, keys } = this;
     const t = ctx.iteration;
     this.#checksum ??= new WeightsChecksum(
-      ctx.engine.gpu,
+      ctx.engine.device,
       ctx.engine.names.map((n) => ctx.engine.theta.get(n)!),
     );
     const checksum = await this.#checksum.compute();
@@ -577,7 +583,7 @@ async function poll<T>(fn: () => Promise<T | null>): Promise<T> {
  * until the run is done. A coordinator that restarts (`--resume`) starts a new session; the
  * worker bootstraps again. Returns when the run is done or failed.
  */
-export async function runWorker(gpu: Gpu, o: WorkerOptions): Promise<WorkerSummary> {
+export async function runWorker(gpu: Device, o: WorkerOptions): Promise<WorkerSummary> {
   const log = o.log ?? (() => {});
   const consumer = consumerName("worker");
   const bus = await RedisBus.connect(o.url, { name: consumer });
@@ -623,13 +629,20 @@ export async function runWorker(gpu: Gpu, o: WorkerOptions): Promise<WorkerSumma
 
 /** Serves one coordinator session; returns the run's final status, or that a new one began. */
 async function serveSession(
-  gpu: Gpu,
+  gpu: Device,
   bus: RedisBus,
   meta: Record<string, string>,
   o: { consumer: string; log: (line: string) => void; summary: WorkerSummary },
 ): Promise<string> {
   const keys = runKeys(meta.name);
   const session = meta.session;
+  if (meta.backend && meta.backend !== gpu.backend) {
+    throw new UserError(
+      `run ${meta.name} evaluates on the ${meta.backend} backend and this worker on ${gpu.backend}: ` +
+        `backends agree to ~1e-5, not bit for bit, so θ would diverge; ` +
+        `start the worker with --backend ${meta.backend}`,
+    );
+  }
   const loaded = loadPipelineText(meta.pipeline, {
     file: meta.file,
     overrides: { iterations: Number(meta.iterations), seed: Number(meta.seed), out: meta.out },

@@ -41,17 +41,28 @@
  *
  * @module
  */
-import { alignUp, type Gpu, STORAGE } from "../kernels/runtime.ts";
+import {
+  alignUp,
+  type Block,
+  type BufferPurpose,
+  type Copy,
+  type Device,
+  type DeviceBuffer,
+  type Op,
+  type Program,
+  type ReadSource,
+  staged,
+} from "../kernels/device.ts";
 import {
   createTensor,
   destroyTensor,
   dtypeBytes,
   type FilledTensor,
-  type GpuTensor,
+  type DeviceTensor,
   numel,
   type StorageDtype,
 } from "../kernels/tensor.ts";
-import { encodeSteps, type Step } from "../kernels/program.ts";
+import type { Step } from "../kernels/program.ts";
 import { accumulateStep, slotStride } from "../kernels/accumulate.ts";
 import {
   chunkPerturbSteps,
@@ -70,7 +81,7 @@ import { downloadWeights, uploadWeights } from "../model/device_weights.ts";
 import { Qwen3Forward, type WeightLookup } from "../model/forward.ts";
 import type { TensorData, TensorStream } from "../model/safetensors.ts";
 import type { PackedBatches } from "./data.ts";
-import { noiseCount, noiseMember } from "./es.ts";
+import { type MemberRecord, noiseCount } from "./es.ts";
 import {
   createFactorTable,
   type FactorRecord,
@@ -190,7 +201,7 @@ export function autoMemberBatch(o: {
 }
 
 /** Bytes θ's elements take as stored (f32 or bf16), alignment padding aside. */
-function storedBytes(theta: Map<string, GpuTensor>): number {
+function storedBytes(theta: Map<string, DeviceTensor>): number {
   return [...theta.values()].reduce(
     (a, t) => a + t.shards.reduce((b, s) => b + s.rows * t.rowSize * dtypeBytes(t.dtype), 0),
     0,
@@ -230,30 +241,30 @@ export interface IterationResult {
 
 /** Input buffers of a packed set of micro-batches. */
 interface PackedInputs {
-  ids: GPUBuffer;
-  mask: GPUBuffer;
-  target: GPUBuffer;
+  ids: DeviceBuffer;
+  mask: DeviceBuffer;
+  target: DeviceBuffer;
 }
 
 /** The ES engine: θ, the members' scratch, the forward, and the per-iteration GPU work. */
 export class EsEngine {
-  readonly gpu: Gpu;
+  readonly device: Device;
   readonly config: Qwen3Config;
   readonly options: EsEngineOptions;
   readonly names: string[];
-  readonly theta: Map<string, GpuTensor>;
+  readonly theta: Map<string, DeviceTensor>;
   /** The member's perturbed tensors: all of θ, or only the vectors in low-rank mode. */
-  readonly scratch: Map<string, GpuTensor>;
+  readonly scratch: Map<string, DeviceTensor>;
   /** What the member's forward binds per tensor: scratch, θ, or θ with a low-rank delta. */
-  #member = new Map<string, GpuTensor>();
+  #member = new Map<string, DeviceTensor>();
   readonly forward: Qwen3Forward;
-  #params: GPUBuffer;
+  #params: DeviceBuffer;
   /** The record of the member being evaluated, copied from #params: what chunk fills read. */
-  #current: GPUBuffer;
-  #zero: GPUBuffer;
-  #update: GPUBuffer;
-  #totals: GPUBuffer;
-  #heldOut: GPUBuffer;
+  #current: DeviceBuffer;
+  #zero: DeviceBuffer;
+  #update: DeviceBuffer;
+  #totals: DeviceBuffer;
+  #heldOut: DeviceBuffer;
   #iter: PackedInputs;
   #hold: PackedInputs;
   #holdLayout: PackedBatches["layout"] = [];
@@ -263,13 +274,14 @@ export class EsEngine {
   /** Members evaluated at once ({@link EsEngineOptions.memberBatch}, where it applies). */
   readonly memberBatch: number;
   #updateSteps: Step[];
-  #prefix: GPUBuffer | null;
+  #prefix: DeviceBuffer | null;
   /** Leading layers no member perturbs, computed once per iteration (0: no prefix cache). */
   readonly prefixLayers: number;
-  #own: GPUBuffer[];
+  #own: DeviceBuffer[];
 
-  private constructor(gpu: Gpu, options: EsEngineOptions, theta: Map<string, GpuTensor>) {
-    this.gpu = gpu;
+  private constructor(device: Device, options: EsEngineOptions, theta: Map<string, DeviceTensor>) {
+    const gpu = device;
+    this.device = device;
     this.options = options;
     this.config = options.config;
     this.theta = theta;
@@ -306,11 +318,11 @@ export class EsEngine {
     this.scratch = new Map(
       whole.map((n) => {
         const t = theta.get(n)!;
-        if (P === 1) return [n, createTensor(gpu, `${n}~member`, t.shape)];
+        if (P === 1) return [n, createTensor(gpu, `${n}~member`, t.shape, { purpose: "scratch" })];
         // One slot per member, 64 elements apart at least (256 bytes: a binding offset).
         const slot = alignUp(numel(t.shape), 64), rows = t.shape[0];
-        const buffer = gpu.createBuffer(`${n}~member`, P * slot * 4);
-        const batched: GpuTensor = {
+        const buffer = gpu.createBuffer(`${n}~member`, P * slot * 4, "scratch");
+        const batched: DeviceTensor = {
           name: `${n}~member`,
           shape: t.shape,
           rowSize: t.rowSize,
@@ -327,21 +339,21 @@ export class EsEngine {
       maxSeqLen: options.maxLen,
     });
     const stride = paramStride(gpu);
-    this.#params = gpu.createBuffer("perturb.params", stride * N, STORAGE);
-    this.#current = gpu.createBuffer("perturb.current", stride * P, STORAGE);
+    this.#params = gpu.createBuffer("perturb.params", stride * N, "es");
+    this.#current = gpu.createBuffer("perturb.current", stride * P, "es");
     // All zeros: a record with scale 0, which widens θ without noise (bf16 storage).
-    this.#zero = gpu.createBuffer("perturb.zero", stride, STORAGE);
-    this.#totals = gpu.createBuffer("fitness.totals", slotStride(gpu) * N, STORAGE);
+    this.#zero = gpu.createBuffer("perturb.zero", stride, "es");
+    this.#totals = gpu.createBuffer("fitness.totals", slotStride(gpu) * N, "es");
     this.#update = createUpdateParams(gpu, N);
     const tokens = options.maxSamples * options.maxLen * 4;
     const inputs = (label: string): PackedInputs => ({
-      ids: gpu.createBuffer(`${label}.ids`, tokens),
-      mask: gpu.createBuffer(`${label}.mask`, tokens),
-      target: gpu.createBuffer(`${label}.target`, tokens),
+      ids: gpu.createBuffer(`${label}.ids`, tokens, "tokens"),
+      mask: gpu.createBuffer(`${label}.mask`, tokens, "tokens"),
+      target: gpu.createBuffer(`${label}.target`, tokens, "tokens"),
     });
     this.#iter = inputs("iteration");
     this.#hold = inputs("heldout");
-    this.#heldOut = gpu.createBuffer("heldout.r", options.maxSamples * 4);
+    this.#heldOut = gpu.createBuffer("heldout.r", options.maxSamples * 4, "es");
     this.prefixLayers = options.prefixCache === false
       ? 0
       : unperturbedPrefix(options.config, options.multipliers);
@@ -349,6 +361,7 @@ export class EsEngine {
       ? gpu.createBuffer(
         "prefix.x",
         options.maxSamples * options.maxLen * options.config.hiddenSize * 4,
+        "activations",
       )
       : null;
     this.#own = [
@@ -379,7 +392,7 @@ export class EsEngine {
       // widened into small f32 copies, each right before it is read.
       this.#view = this.#chunked(matrices, this.#zero, "theta");
       for (const n of this.names.filter((n) => !isMatrix(n))) {
-        const t = theta.get(n)!, view = createTensor(gpu, `${n}~theta`, t.shape);
+        const t = theta.get(n)!, view = createTensor(gpu, `${n}~theta`, t.shape, { purpose: "scratch" });
         const { steps, table } = perturbSteps(gpu, {
           theta: t,
           out: view,
@@ -438,7 +451,7 @@ export class EsEngine {
    * θ/{@link CHUNK_FRACTION} bytes and at least one row.
    */
   #chunkBuffers(matrices: string[], members: number): void {
-    const gpu = this.gpu, o = this.options;
+    const gpu = this.device, o = this.options;
     // θ's stored bytes: with bf16 θ the f32 chunks hold half as many rows, and the scratch stays
     // the same fraction of θ.
     const thetaBytes = storedBytes(this.theta);
@@ -464,6 +477,7 @@ export class EsEngine {
       const b = gpu.createBuffer(
         `member.chunk${i}`,
         members === 1 ? bytes : members * this.#chunkSlot * 4,
+        "scratch",
       );
       this.#own.push(b);
       return b;
@@ -474,7 +488,7 @@ export class EsEngine {
   #lowRankSlots = new Map<string, { a: number; b: number }>();
   #matrices: string[] = [];
   /** The members' weights per group size: chunked matrices and the whole tensors' scratch. */
-  #memberFor = new Map<number, Map<string, GpuTensor>>();
+  #memberFor = new Map<number, Map<string, DeviceTensor>>();
 
   /** What the forward of a group of `count` members binds per tensor. */
   #membersWeights(count: number): WeightLookup {
@@ -513,14 +527,14 @@ export class EsEngine {
    */
   #chunked(
     matrices: string[],
-    params: GPUBuffer,
+    params: DeviceBuffer,
     what: string,
     count = 1,
-  ): Map<string, GpuTensor> {
-    const out = new Map<string, GpuTensor>();
+  ): Map<string, DeviceTensor> {
+    const out = new Map<string, DeviceTensor>();
     for (const n of matrices) {
       const t = this.theta.get(n)!, buffer = this.#chunkPools[chunkPool(n)]!;
-      const { chunks, table } = chunkPerturbSteps(this.gpu, {
+      const { chunks, table } = chunkPerturbSteps(this.device, {
         theta: t,
         tensorId: this.names.indexOf(n),
         multiplier: what === "member" ? this.options.multipliers(n).sigma : 0,
@@ -544,9 +558,9 @@ export class EsEngine {
     return out;
   }
   #chunkRows = new Map<string, number>();
-  #chunkPools: (GPUBuffer | null)[] = [];
+  #chunkPools: (DeviceBuffer | null)[] = [];
   /** bf16 storage: θ as the unperturbed forward reads it, widened to f32 where it is read. */
-  #view: Map<string, GpuTensor> | null = null;
+  #view: Map<string, DeviceTensor> | null = null;
 
   /**
    * Low-rank mode: the member's factor buffers and delta per perturbed matrix (bound in
@@ -554,21 +568,21 @@ export class EsEngine {
    * multiplier 0 are bound as θ itself; with α multiplier 0 they get no update steps.
    */
   #lowRank(rank: number): { member: (count: number) => Step[]; update: Step[] } {
-    const gpu = this.gpu, o = this.options, N = o.population, P = this.memberBatch;
+    const gpu = this.device, o = this.options, N = o.population, P = this.memberBatch;
     const r4 = paddedRank(rank);
     const binding = gpu.limits.maxStorageBufferBindingSize;
-    const buffer = (label: string, bytes: number) => {
+    const buffer = (label: string, bytes: number, purpose: BufferPurpose = "scratch") => {
       if (bytes > binding) {
         throw new UserError(
           `low-rank ${label} needs ${bytes} bytes, over the ${binding}-byte binding limit of ` +
-            `${gpu.adapterName}; lower the rank or the population`,
+            `${gpu.name}; lower the rank or the population`,
         );
       }
-      const b = gpu.createBuffer(label, bytes);
+      const b = gpu.createBuffer(label, bytes, purpose);
       this.#own.push(b);
       return b;
     };
-    const u = buffer("act.lowrank.u", P * o.microBatch * o.maxLen * r4 * 4);
+    const u = buffer("act.lowrank.u", P * o.microBatch * o.maxLen * r4 * 4, "activations");
     const matrices = this.names.filter((n) => this.theta.get(n)!.shape.length === 2);
     for (const n of matrices) {
       const [rows, cols] = this.theta.get(n)!.shape;
@@ -579,7 +593,7 @@ export class EsEngine {
     const step = 1 / Math.sqrt(rank);
     // The member's factors: a = ±σ_t·m_σ/√r·A (O, r4) and Bᵀ (r4, I).
     const records: FactorRecord[] = [];
-    const outs: { label: string; out: GPUBuffer; slot: number }[] = [];
+    const outs: { label: string; out: DeviceBuffer; slot: number }[] = [];
     for (const n of matrices) {
       const t = this.theta.get(n)! as LowRankTensor, [O, I] = t.shape;
       const m = o.multipliers(n).sigma;
@@ -653,10 +667,10 @@ export class EsEngine {
         Math.min(noises, Math.floor(thetaBytes / (2 * CHUNK_FRACTION) / perNoise)),
       );
       const K = group * r4;
-      const aBuf = buffer("lowrank_update.a", maxRows * K * 4);
-      const bBuf = buffer("lowrank_update.b", maxCols * K * 4);
+      const aBuf = buffer("lowrank_update.a", maxRows * K * 4, "es");
+      const bBuf = buffer("lowrank_update.b", maxCols * K * 4, "es");
       const updateRecords: FactorRecord[] = [];
-      const plan: { label: string; out: GPUBuffer; matmul?: () => Step }[] = [];
+      const plan: { label: string; out: DeviceBuffer; matmul?: () => Step }[] = [];
       for (let noise0 = 0; noise0 < noises; noise0 += group) {
         // Every group spans `group` noise columns; past the last noise they are written as zeros.
         const span = group, G = noises > group ? `.g${noise0}` : "";
@@ -721,7 +735,8 @@ export class EsEngine {
   }
 
   /** Uploads θ and builds every buffer and fixed step. */
-  static async create(gpu: Gpu, options: EsEngineOptions): Promise<EsEngine> {
+  static async create(device: Device, options: EsEngineOptions): Promise<EsEngine> {
+    const gpu = device;
     const dtype = options.storage ?? "f32";
     const theta = options.tensors ? await uploadWeights(gpu, options.tensors, { dtype }) : new Map(
       qwen3TensorSpecs(options.config).map((s) => [
@@ -749,27 +764,36 @@ export class EsEngine {
     if (packed.ids.length > max) {
       throw new Error(`packed batches of ${packed.ids.length} tokens exceed the engine's ${max}`);
     }
-    this.gpu.write(into.ids, packed.ids);
-    this.gpu.write(into.mask, packed.mask);
-    this.gpu.write(into.target, packed.target);
+    this.device.write(into.ids, packed.ids);
+    this.device.write(into.mask, packed.mask);
+    this.device.write(into.target, packed.target);
   }
 
   /**
    * Copies one packed micro-batch into the forward's input buffers, `count` times side by side
-   * (a group of batched members all score the same tokens).
+   * (a group of batched members all score the same tokens). In a block over micro-batches the
+   * source moves one micro-batch per repetition.
    */
-  #copyIn(
-    enc: GPUCommandEncoder,
-    from: PackedInputs,
-    l: PackedBatches["layout"][number],
-    count = 1,
-  ): void {
+  #copyIn(from: PackedInputs, l: MicroBatch, count = 1): Copy[] {
     const bytes = l.batch * l.seqLen * 4, at = l.offset * 4;
+    const fwd = this.forward, copies: Copy[] = [];
     for (let z = 0; z < count; z++) {
-      enc.copyBufferToBuffer(from.ids, at, this.forward.buffer("ids"), z * bytes, bytes);
-      enc.copyBufferToBuffer(from.mask, at, this.forward.buffer("mask"), z * bytes, bytes);
-      enc.copyBufferToBuffer(from.target, at, this.forward.buffer("target"), z * bytes, bytes);
+      for (const name of ["ids", "mask", "target"] as const) {
+        copies.push({
+          op: "copy",
+          label: `tokens.${name}`,
+          stage: "dataset",
+          role: "micro-batch in",
+          src: from[name],
+          srcOffset: at,
+          srcStep: bytes,
+          dst: fwd.buffer(name),
+          dstOffset: z * bytes,
+          bytes,
+        });
+      }
     }
+    return copies;
   }
 
   /** Forward from layer `from` (0: from the embedding) and fitness, cached per shape. */
@@ -788,7 +812,10 @@ export class EsEngine {
       const fit = { batch: l.batch, seqLen: l.seqLen, weights: w };
       steps = [
         ...fwd.bodySteps(l.batch, l.seqLen, w, layers, members),
-        ...this.options.fitness.steps(fwd, members > 1 ? { ...fit, members } : fit),
+        ...staged(
+          "fitness",
+          this.options.fitness.steps(fwd, members > 1 ? { ...fit, members } : fit),
+        ),
       ];
       this.#scoreCache.set(cacheKey, steps);
     }
@@ -797,87 +824,206 @@ export class EsEngine {
   #scoreCache = new Map<string, Step[]>();
 
   /**
-   * Evaluates the population on the iteration's packed micro-batches (and the held-out set when
-   * `heldOut`), with one submit and one readback. `members` limits it to the slots
-   * [start, end) — a distributed worker's share; the result then holds those members' fitness
-   * only, in order.
+   * The micro-batches of a layout as blocks: consecutive micro-batches of one shape whose tokens
+   * follow each other run as one block repeating the first one's ops (its copies move one
+   * micro-batch per repetition).
    */
-  async evaluate(
-    packed: PackedBatches,
-    o: {
-      iteration: number;
-      sigma: number;
-      heldOut: boolean;
-      members?: { start: number; end: number };
-    },
-  ): Promise<IterationResult> {
-    const g = this.gpu, N = this.options.population;
+  #microBlocks(
+    layout: readonly MicroBatch[],
+    body: (l: MicroBatch) => Program,
+  ): Block[] {
+    const blocks: Block[] = [];
+    for (let k = 0; k < layout.length;) {
+      const l = layout[k];
+      let n = 1;
+      while (
+        k + n < layout.length && layout[k + n].batch === l.batch &&
+        layout[k + n].seqLen === l.seqLen &&
+        layout[k + n].offset === l.offset + n * l.batch * l.seqLen
+      ) n++;
+      blocks.push({
+        op: "block",
+        what: `micro-batch of ${l.batch}×${l.seqLen}`,
+        repeat: n,
+        body: body(l),
+      });
+      k += n;
+    }
+    return blocks;
+  }
+
+  /**
+   * The held-out pass: per held-out micro-batch the forward over θ and the fitness, each
+   * sample's R copied out in turn.
+   */
+  heldOutProgram(): Program {
+    let at = 0;
+    return this.#microBlocks(this.#holdLayout, (l) => {
+      const out: Copy = {
+        op: "copy",
+        label: "heldout.r",
+        stage: "fitness",
+        role: "held-out out",
+        src: this.forward.buffer("r"),
+        srcOffset: 0,
+        dst: this.#heldOut,
+        dstOffset: at * 4,
+        dstStep: l.batch * 4,
+        bytes: l.batch * 4,
+      };
+      at += l.batch * this.#runLength(this.#holdLayout, l);
+      return [
+        ...this.#copyIn(this.#hold, l),
+        ...this.#scoreSteps(l, () => this.#thetaWeights, "theta"),
+        out,
+      ];
+    });
+  }
+
+  /** Micro-batches in the block that starts with `l` (see {@link #microBlocks}). */
+  #runLength(layout: readonly MicroBatch[], l: MicroBatch): number {
+    const k = layout.indexOf(l);
+    let n = 1;
+    while (
+      k + n < layout.length && layout[k + n].batch === l.batch &&
+      layout[k + n].seqLen === l.seqLen &&
+      layout[k + n].offset === l.offset + n * l.batch * l.seqLen
+    ) n++;
+    return n;
+  }
+
+  /**
+   * One iteration's evaluation as a program, the value the device runs: zero the totals, the
+   * held-out pass when `heldOut`, the shared prefix per micro-batch, then the members in groups
+   * of {@link memberBatch} (a block that repeats one group's ops, each group's records copied in
+   * first), each group's forward and fitness per micro-batch, its totals accumulated. `members`
+   * limits it to the slots [start, end): a distributed worker's share.
+   */
+  evaluationProgram(
+    layout: readonly MicroBatch[],
+    o: { heldOut: boolean; members?: { start: number; end: number } },
+  ): Program {
+    const N = this.options.population;
     const { start, end } = o.members ?? { start: 0, end: N };
     if (
       !(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start <= end && end <= N)
     ) {
       throw new Error(`members [${start}, ${end}) outside the population of ${N}`);
     }
-    const records = Array.from({ length: N }, (_, j) => {
-      const m = noiseMember(j, N, this.options.antithetic);
-      return {
-        seed: this.options.seed,
-        iteration: o.iteration,
-        member: m.index,
-        scale: m.sign * o.sigma,
-      };
-    });
-    g.write(this.#params, encodePerturbParams(records, paramStride(g)));
-    this.#upload(this.#iter, packed);
-    const enc = g.device.createCommandEncoder({ label: `iteration ${o.iteration}` });
-    enc.clearBuffer(this.#totals);
-    if (o.heldOut) this.#encodeHeldOut(enc);
+    const program: (Op | Block)[] = [
+      { op: "clear", label: "fitness.totals", stage: "fitness", role: "totals", buffer: this.#totals },
+    ];
+    if (o.heldOut) program.push(...this.heldOutProgram());
     const H4 = this.config.hiddenSize * 4;
     if (this.prefixLayers > 0) {
       // The shared prefix, once per micro-batch: its residual stream waits in the cache.
-      for (const l of packed.layout) {
-        this.#copyIn(enc, this.#iter, l);
-        encodeSteps(enc, this.prefixSteps(l));
-        enc.copyBufferToBuffer(
-          this.forward.buffer("x"),
-          0,
-          this.#prefix!,
-          l.offset * H4,
-          l.batch * l.seqLen * H4,
-        );
-      }
+      program.push(...this.#microBlocks(layout, (l) => [
+        ...this.#copyIn(this.#iter, l),
+        ...this.prefixSteps(l),
+        {
+          op: "copy",
+          label: "prefix.x",
+          stage: "model",
+          role: "prefix out",
+          src: this.forward.buffer("x"),
+          srcOffset: 0,
+          dst: this.#prefix!,
+          dstOffset: l.offset * H4,
+          dstStep: l.batch * l.seqLen * H4,
+          bytes: l.batch * l.seqLen * H4,
+        },
+      ]));
     }
-    const stride = paramStride(g);
+    const stride = paramStride(this.device), P = this.memberBatch;
     // Members in groups of memberBatch: their records into #current, their whole tensors'
     // scratch, then per micro-batch the group's forward in the same dispatches.
-    for (let j = start; j < end; j += this.memberBatch) {
-      const count = Math.min(this.memberBatch, end - j);
-      enc.copyBufferToBuffer(this.#params, j * stride, this.#current, 0, count * stride);
-      encodeSteps(enc, this.perturbSteps(count));
-      for (const l of packed.layout) {
-        this.#copyIn(enc, this.#iter, l, count);
-        if (this.prefixLayers > 0) {
+    const group = (first: number, count: number, repeat: number): Block => ({
+      op: "block",
+      what: count === 1 ? "member" : `${count} members at once`,
+      repeat,
+      body: [
+        {
+          op: "copy",
+          label: "perturb.current",
+          stage: "perturb",
+          role: "member records",
+          src: this.#params,
+          srcOffset: first * stride,
+          srcStep: count * stride,
+          dst: this.#current,
+          dstOffset: 0,
+          bytes: count * stride,
+        },
+        ...this.perturbSteps(count),
+        ...this.#microBlocks(layout, (l) => {
           const bytes = l.batch * l.seqLen * H4;
-          for (let z = 0; z < count; z++) {
-            enc.copyBufferToBuffer(
-              this.#prefix!,
-              l.offset * H4,
-              this.forward.buffer("x"),
-              z * bytes,
+          const prefix: Copy[] = this.prefixLayers === 0 ? [] : Array.from(
+            { length: count },
+            (_, z): Copy => ({
+              op: "copy",
+              label: "prefix.x",
+              stage: "model",
+              role: "prefix in",
+              src: this.#prefix!,
+              srcOffset: l.offset * H4,
+              srcStep: bytes,
+              dst: this.forward.buffer("x"),
+              dstOffset: z * bytes,
               bytes,
-            );
-          }
-        }
-        encodeSteps(enc, this.memberSteps(l, j, count));
-      }
+            }),
+          );
+          return [...this.#copyIn(this.#iter, l, count), ...prefix, ...this.memberSteps(l, count)];
+        }),
+      ],
+    });
+    const full = Math.floor((end - start) / P), rest = (end - start) % P;
+    if (full > 0) program.push(group(start, P, full));
+    if (rest > 0) program.push(group(start + full * P, rest, 1));
+    return program;
+  }
+
+  /**
+   * Evaluates the population on the iteration's packed micro-batches (and the held-out set when
+   * `heldOut`): {@link evaluationProgram} in one run and one readback. `population` is the
+   * iteration's members in slot order (pipeline/strategy.ts ask). `members` limits it to the
+   * slots [start, end) — a distributed worker's share; the result then holds those members'
+   * fitness only, in order.
+   */
+  async evaluate(
+    packed: PackedBatches,
+    o: {
+      iteration: number;
+      population: readonly MemberRecord[];
+      heldOut: boolean;
+      members?: { start: number; end: number };
+    },
+  ): Promise<IterationResult> {
+    const d = this.device, N = this.options.population;
+    if (o.population.length !== N || o.population.some((m, j) => m.slot !== j)) {
+      throw new Error(
+        `evaluate: ${o.population.length} member records for a population of ${N}, in slot order`,
+      );
     }
-    g.device.queue.submit([enc.finish()]);
+    const program = this.evaluationProgram(packed.layout, o);
+    const { start, end } = o.members ?? { start: 0, end: N };
+    const records = o.population.map((m) => ({
+      seed: this.options.seed,
+      iteration: o.iteration,
+      member: m.noise,
+      scale: m.scale,
+      slot: m.slot,
+    }));
+    d.write(this.#params, encodePerturbParams(records, paramStride(d)));
+    this.#upload(this.#iter, packed);
+    d.run(program, `iteration ${o.iteration}`);
     const samples = packed.layout.reduce((a, l) => a + l.batch, 0);
-    const slot = slotStride(g);
-    const reads = [{ buffer: this.#totals, offset: slot * start, bytes: slot * (end - start) }];
+    const slot = slotStride(d);
+    const reads: ReadSource[] = [
+      { buffer: this.#totals, offset: slot * start, bytes: slot * (end - start) },
+    ];
     const heldCount = this.#holdLayout.reduce((a, l) => a + l.batch, 0);
     if (o.heldOut) reads.push({ buffer: this.#heldOut, offset: 0, bytes: heldCount * 4 });
-    const out = await g.readMany(reads);
+    const out = await d.readMany(reads);
     const totals = new Float32Array(out[0]);
     const fitness = Array.from(
       { length: end - start },
@@ -890,13 +1036,14 @@ export class EsEngine {
   }
 
   /**
-   * The steps of members slot .. slot + count − 1 (a group, count ≤ memberBatch) on one
-   * micro-batch: their forward over θ_j in the same dispatches, fitness, total[j] += Σ R.
+   * The steps of a group of `count` members (count ≤ memberBatch) on one micro-batch: their
+   * forward over θ_j in the same dispatches, fitness, and each one's total += Σ R into the slot
+   * its record names.
    */
-  memberSteps(l: { batch: number; seqLen: number }, slot: number, count = 1): Step[] {
+  memberSteps(l: { batch: number; seqLen: number }, count = 1): Step[] {
     return [
       ...this.#scoreSteps(l, () => this.#membersWeights(count), "member", this.prefixLayers, count),
-      ...Array.from({ length: count }, (_, z) => this.#accumulate(l.batch, slot + z, z)),
+      ...Array.from({ length: count }, (_, z) => this.#accumulate(l.batch, z)),
     ];
   }
 
@@ -922,7 +1069,7 @@ export class EsEngine {
   perturbSteps(count = 1): Step[] {
     let s = this.#perturbFor.get(count);
     if (!s) {
-      s = this.#perturbBuild(count);
+      s = staged("perturb", this.#perturbBuild(count));
       this.#perturbFor.set(count, s);
     }
     return s;
@@ -936,21 +1083,25 @@ export class EsEngine {
   /** Frees every buffer the engine made. */
   destroy(): void {
     this.forward.destroy();
-    for (const t of [...this.theta.values(), ...this.scratch.values()]) destroyTensor(this.gpu, t);
-    for (const b of this.#own) this.gpu.destroyBuffer(b);
+    for (const t of [...this.theta.values(), ...this.scratch.values()]) {
+      destroyTensor(this.device, t);
+    }
+    for (const b of this.#own) this.device.destroyBuffer(b);
   }
 
   #accumulateCache = new Map<string, Step>();
-  #accumulate(batch: number, slot: number, z = 0): Step {
-    const key = `${batch}:${slot}:${z}`;
+  #accumulate(batch: number, z: number): Step {
+    const key = `${batch}:${z}`;
     let s = this.#accumulateCache.get(key);
     if (!s) {
-      s = accumulateStep(this.gpu, {
-        label: `fitness.total[${slot}]`,
+      s = accumulateStep(this.device, {
+        label: `fitness.total[member ${z}]`,
         r: this.forward.buffer("r"),
         batch,
         totals: this.#totals,
-        slot,
+        params: this.#current,
+        paramStride: paramStride(this.device),
+        member: z,
         offset: z * batch,
       });
       this.#accumulateCache.set(key, s);
@@ -958,31 +1109,27 @@ export class EsEngine {
     return s;
   }
 
-  #encodeHeldOut(enc: GPUCommandEncoder): void {
-    let at = 0;
-    for (const l of this.#holdLayout) {
-      this.#copyIn(enc, this.#hold, l);
-      encodeSteps(enc, this.#scoreSteps(l, () => this.#thetaWeights, "theta"));
-      enc.copyBufferToBuffer(this.forward.buffer("r"), 0, this.#heldOut, at * 4, l.batch * 4);
-      at += l.batch;
-    }
-  }
-
-  /** Held-out R per sample on θ alone (one submit, one readback). */
+  /** Held-out R per sample on θ alone (one run, one readback). */
   async heldOut(): Promise<number[]> {
-    const enc = this.gpu.device.createCommandEncoder({ label: "held-out" });
-    this.#encodeHeldOut(enc);
-    this.gpu.device.queue.submit([enc.finish()]);
+    this.device.run(this.heldOutProgram(), "held-out");
     const n = this.#holdLayout.reduce((a, l) => a + l.batch, 0);
-    return Array.from(await this.gpu.readF32(this.#heldOut, n));
+    return Array.from(await this.device.readF32(this.#heldOut, n));
   }
 
   /**
    * θ += m_α·Σ_i d_i·ε_i with d the per-noise coefficients of iteration `iteration`: queued, no
-   * wait (the next submit or readback is ordered after it).
+   * wait (the next run or readback is ordered after it).
    */
   update(o: { iteration: number; coefficients: ArrayLike<number> }): void {
-    this.gpu.write(
+    const n = noiseCount(this.options.population, this.options.antithetic);
+    if (o.coefficients.length !== n) {
+      // Unfolded per-member coefficients would silently regenerate the wrong noises.
+      throw new Error(
+        `update: ${o.coefficients.length} coefficients, the population draws ${n} noises; ` +
+          `fold them per noise (pipeline/strategy.ts tell)`,
+      );
+    }
+    this.device.write(
       this.#update,
       encodeUpdateParams({
         seed: this.options.seed,
@@ -990,13 +1137,14 @@ export class EsEngine {
         coefficients: o.coefficients,
       }),
     );
-    const enc = this.gpu.device.createCommandEncoder({ label: `update ${o.iteration}` });
-    encodeSteps(enc, this.#updateSteps);
-    this.gpu.device.queue.submit([enc.finish()]);
+    this.device.run(this.#updateSteps, `update ${o.iteration}`);
   }
 
   /** θ read back one tensor at a time, in HF order. */
   weights(): AsyncGenerator<TensorData> {
-    return downloadWeights(this.gpu, this.theta, this.names);
+    return downloadWeights(this.device, this.theta, this.names);
   }
 }
+
+/** One packed micro-batch: where its tokens start and its shape (pipeline/data.ts). */
+type MicroBatch = PackedBatches["layout"][number];

@@ -96,6 +96,29 @@ export function noiseMember(j: number, population: number, antithetic: boolean):
   return j < k ? { index: j, sign: 1 } : { index: j - k, sign: -1 };
 }
 
+/** One member of an iteration's population, as the engine evaluates it. */
+export interface MemberRecord {
+  /** Its place j in the population: the slot its fitness lands in. */
+  slot: number;
+  /** The noise it draws, ε_noise ({@link noiseMember}). */
+  noise: number;
+  sign: 1 | -1;
+  /** sign·σ_t: the perturbation's scale before each tensor's group multiplier. */
+  scale: number;
+}
+
+/** The N members of an iteration with noise scale σ_t, in slot order. */
+export function memberRecords(
+  population: number,
+  antithetic: boolean,
+  sigma: number,
+): MemberRecord[] {
+  return Array.from({ length: population }, (_, j) => {
+    const m = noiseMember(j, population, antithetic);
+    return { slot: j, noise: m.index, sign: m.sign, scale: m.sign * sigma };
+  });
+}
+
 /** Distinct noises a population draws: N, or N/2 with antithetic pairs. */
 export function noiseCount(population: number, antithetic: boolean): number {
   if (antithetic) noiseMember(0, population, true); // validates evenness

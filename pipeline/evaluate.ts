@@ -5,7 +5,7 @@
  */
 import { UserError } from "./errors.ts";
 import { padBatch, splitBatch } from "./batch.ts";
-import { acquireGpu } from "../kernels/runtime.ts";
+import { acquireDevice, type BackendChoice } from "../kernels/backend.ts";
 import { destroyTensor } from "../kernels/tensor.ts";
 import { openCheckpoint } from "../model/checkpoint.ts";
 import { checkpointTensors, uploadWeights } from "../model/device_weights.ts";
@@ -26,7 +26,10 @@ export interface EvalResult {
   fitness: number;
   tokens: number;
   tokens_per_s: number;
-  adapter: string;
+  /** The backend that ran it: webgpu or cpu. */
+  backend: string;
+  /** The device: the adapter's name, or the CPU with its threads and BLAS. */
+  device: string;
 }
 
 /**
@@ -94,7 +97,7 @@ export async function readTextSamples(
 export async function evaluate(
   modelDir: string,
   samples: Samples,
-  options: { batch?: number; maxLen?: number; shardBytes?: number } = {},
+  options: { batch?: number; maxLen?: number; shardBytes?: number; backend?: BackendChoice } = {},
 ): Promise<EvalResult> {
   const ckpt = await openCheckpoint(modelDir);
   try {
@@ -125,7 +128,7 @@ export async function evaluate(
         );
       }
     });
-    const gpu = await acquireGpu({ shardBytes: options.shardBytes });
+    const gpu = await acquireDevice({ shardBytes: options.shardBytes, backend: options.backend });
     try {
       const weights = await uploadWeights(gpu, checkpointTensors(ckpt));
       const micro = options.batch ?? 16;
@@ -149,7 +152,8 @@ export async function evaluate(
         fitness: perSample.reduce((a, b) => a + b, 0) / perSample.length,
         tokens,
         tokens_per_s: tokens / seconds,
-        adapter: gpu.adapterName,
+        backend: gpu.backend,
+        device: gpu.name,
       };
     } finally {
       gpu.destroy();

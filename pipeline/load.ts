@@ -35,6 +35,8 @@ export type KeyPath = readonly (string | number)[];
 export interface PipelineOverrides {
   /** `--iterations`: the total number of iterations (not the number still to run). */
   iterations?: number;
+  /** `--backend`: auto, webgpu or cpu. */
+  backend?: "auto" | "webgpu" | "cpu";
   /** `--seed`: the run seed. */
   seed?: number;
   /** `--out`: the output directory (output.dir). */
@@ -535,6 +537,7 @@ function applyOverrides(
     }
     spec.iterations = o.iterations;
   }
+  if (o.backend !== undefined) spec.backend = o.backend;
   if (o.seed !== undefined) {
     if (!schema.shape.seed.safeParse(o.seed).success) {
       throw new UserError(

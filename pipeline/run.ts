@@ -13,11 +13,11 @@ import type { TensorStream } from "../model/safetensors.ts";
 import { saveCheckpoint } from "../model/checkpoint.ts";
 import { openCheckpointTensors } from "../model/device_weights.ts";
 import type { Tokenizer } from "../tokenizers/mod.ts";
-import type { Gpu } from "../kernels/runtime.ts";
+import type { Device } from "../kernels/device.ts";
 import type { StorageDtype } from "../kernels/tensor.ts";
 import { UserError } from "./errors.ts";
 import type { PipelineSpec } from "./spec.ts";
-import { stageType } from "./spec.ts";
+import { impl, modelStorage, specEngineOptions } from "./engine_options.ts";
 import {
   heldOutBatches,
   iterationBatches,
@@ -26,7 +26,7 @@ import {
   subsetSamples,
   tokenizeSamples,
 } from "./data.ts";
-import { noiseCoefficients } from "./es.ts";
+import { memberRecords, noiseCoefficients } from "./es.ts";
 import { EsEngine, type EsEngineOptions, type IterationResult } from "./engine.ts";
 import type { PackedBatches } from "./data.ts";
 import type { FitnessImpl, PerturbImpl, ShapeImpl, UpdateImpl } from "./stages/types.ts";
@@ -71,7 +71,9 @@ export interface RunState {
   /** The data state: the split sizes and the per-iteration subset size, all from the seed. */
   data: { samples: number; train: number; holdout: number; samples_per_iteration: number };
   /** The pipeline that produced it, minus the keys a resume may change. */
-  pipeline: Omit<PipelineSpec, "iterations" | "output">;
+  pipeline: Omit<PipelineSpec, "iterations" | "output" | "backend">;
+  /** The backend (webgpu, cpu) and device that ran it. */
+  backend?: string;
   adapter: string;
 }
 
@@ -116,12 +118,6 @@ export interface RunSummary {
   startedAt: number;
   lastLine?: MetricsLine;
   stopped: boolean;
-}
-
-function impl<T>(kind: "perturb" | "fitness" | "shape" | "update", type: string): T {
-  const t = stageType(kind, type);
-  if (!t) throw new UserError(`${kind}: no stage type "${type}" is registered`);
-  return t.impl as T;
 }
 
 /** Rounds a micro-batch's length up to a multiple of 16 (≤ maxLen) so few distinct shapes compile. */
@@ -298,7 +294,7 @@ async function truncateMetrics(path: string, iteration: number): Promise<void> {
  * iterations, and final/.
  */
 export async function runTraining(
-  gpu: Gpu,
+  device: Device,
   run: RunInputs,
   options: RunOptions = {},
 ): Promise<RunSummary> {
@@ -313,7 +309,7 @@ export async function runTraining(
   let start = 0;
   let tensors: TensorStream = run.model.tensors();
   const pipelineKey = (() => {
-    const { iterations: _i, output: _o, ...rest } = spec;
+    const { iterations: _i, output: _o, backend: _b, ...rest } = spec;
     return rest;
   })();
   if (options.resume) {
@@ -339,7 +335,7 @@ export async function runTraining(
     );
   }
 
-  const engine = await EsEngine.create(gpu, setup.engineOptions(tensors));
+  const engine = await EsEngine.create(device, setup.engineOptions(tensors));
   engine.setHeldOut(heldPacked);
 
   await Deno.mkdir(outDir, { recursive: true });
@@ -361,7 +357,8 @@ export async function runTraining(
       samples_per_iteration: M,
     },
     pipeline: pipelineKey,
-    adapter: gpu.adapterName,
+    backend: device.backend,
+    adapter: device.name,
   });
   const save = async (dir: string, iteration: number) => {
     await saveCheckpoint(dir, {
@@ -399,7 +396,11 @@ export async function runTraining(
     try {
       res = options.evaluator
         ? await options.evaluator(ctx)
-        : await engine.evaluate(packed, { iteration: t, sigma, heldOut: wantEval });
+        : await engine.evaluate(packed, {
+          iteration: t,
+          population: memberRecords(N, antithetic, sigma),
+          heldOut: wantEval,
+        });
     } catch (e) {
       // θ_t is intact (evaluation never changes it): keep it, so --resume continues from here.
       if (!(e instanceof RunInterrupted)) throw e;
@@ -462,37 +463,4 @@ export async function exists(path: string): Promise<boolean> {
   } catch {
     return false;
   }
-}
-
-/**
- * The engine options a pipeline asks for, θ aside: the one reading of the spec that a run, a
- * worker and the planner (pipeline/compile.ts) share. `maxSamples`: the most samples one pass
- * packs (the iteration's subset or the held-out set).
- */
-export function specEngineOptions(
-  spec: PipelineSpec,
-  config: Qwen3Config,
-  maxSamples: number,
-): EsEngineOptions {
-  const perturb = impl<PerturbImpl>("perturb", spec.perturb.type);
-  return {
-    config,
-    seed: spec.seed,
-    population: perturb.population(spec.perturb),
-    antithetic: perturb.antithetic(spec.perturb),
-    maxSamples,
-    microBatch: (spec.fitness.micro_batch as number | undefined) ?? 16,
-    maxLen: (spec.fitness.max_len as number | undefined) ?? 256,
-    fitness: impl<FitnessImpl>("fitness", spec.fitness.type),
-    multipliers: (t) => perturb.multipliers(spec.perturb, t),
-    lowRank: perturb.lowRank?.(spec.perturb),
-    scratch: perturb.scratch?.(spec.perturb),
-    storage: modelStorage(spec),
-    memberBatch: (spec.fitness.member_batch as number | "auto" | undefined) ?? 1,
-  };
-}
-
-/** How the pipeline stores θ: the model stage's `storage` (f32 when a stage has none). */
-export function modelStorage(spec: PipelineSpec): StorageDtype {
-  return (spec.model as { storage?: StorageDtype }).storage ?? "f32";
 }

@@ -113,6 +113,11 @@ export function pipelineSchema(): z.ZodObject<any> {
     seed: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER).default(1234),
     /** Total ES iterations. Default 1000 (the paper's). */
     iterations: posInt().default(1000),
+    /**
+     * Where the kernels run: auto (WebGPU on a real GPU, else the native CPU backend), webgpu or
+     * cpu. `--backend` overrides it. Default auto.
+     */
+    backend: z.enum(["auto", "webgpu", "cpu"]).default("auto"),
     ...stages,
     output: outputSchema.prefault({}),
   });
@@ -123,6 +128,7 @@ export interface PipelineSpec {
   name: string;
   seed: number;
   iterations: number;
+  backend: "auto" | "webgpu" | "cpu";
   dataset: { type: string } & Record<string, unknown>;
   tokenizer: { type: string } & Record<string, unknown>;
   model: { type: string } & Record<string, unknown>;

@@ -112,7 +112,7 @@ export class RunDirSource implements RunSource {
         const config = await loadConfigFile(`${latest.dir}/config.json`);
         const spec = pipelineOf(latest.state) as unknown as PipelineSpec;
         const plan = await compile(spec, config, {
-          adapter: { adapterName: latest.state.adapter, limits: DEFAULT_LIMITS },
+          target: { backend: "webgpu", name: latest.state.adapter, limits: DEFAULT_LIMITS },
         });
         return plan.bytes.total;
       } catch {

@@ -8,7 +8,7 @@
 import { UserError } from "../pipeline/errors.ts";
 import { compile } from "../pipeline/compile.ts";
 import type { ResolvedPipeline } from "../pipeline/resolve.ts";
-import type { GpuLimits } from "../kernels/runtime.ts";
+import type { Device } from "../kernels/device.ts";
 import { LiveRun } from "./live.ts";
 import { generateToken, startStatusServer, type StatusServer } from "./mod.ts";
 
@@ -39,7 +39,7 @@ export function parseStatusPort(value: string): number {
  */
 export async function startTrainingStatus(
   resolved: ResolvedPipeline,
-  o: { adapter: string; limits: GpuLimits; host?: string; port?: string },
+  o: { device: Device; host?: string; port?: string },
 ): Promise<TrainingStatus> {
   const spec = resolved.spec;
   const port = o.port === undefined ? spec.output.status.port : parseStatusPort(o.port);
@@ -49,9 +49,9 @@ export async function startTrainingStatus(
     run: spec.name,
     pipelineFile: resolved.loaded.file,
     pipeline: spec as unknown as Record<string, unknown>,
-    adapter: o.adapter,
+    adapter: o.device.name,
     total: spec.iterations,
-    plannedMemoryBytes: await plannedBytes(resolved, o),
+    plannedMemoryBytes: await plannedBytes(resolved, o.device),
   });
   const server = startStatusServer({
     source: live,
@@ -70,11 +70,11 @@ export async function startTrainingStatus(
 /** The plan's device memory on this adapter's limits; null if the pipeline cannot compile. */
 async function plannedBytes(
   resolved: ResolvedPipeline,
-  o: { adapter: string; limits: GpuLimits },
+  device: Device,
 ): Promise<number | null> {
   try {
     const plan = await compile(resolved.spec, resolved.config, {
-      adapter: { adapterName: o.adapter, limits: o.limits },
+      target: { backend: device.backend, name: device.name, limits: device.limits },
     });
     return plan.bytes.total;
   } catch {

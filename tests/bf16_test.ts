@@ -2,6 +2,7 @@
  * bf16 storage of θ: the conversions, the perturb kernel widening bf16 to f32, and the update's
  * stochastic rounding, whose mean keeps steps far below a bf16 ulp.
  */
+import type { DeviceBuffer } from "../kernels/device.ts";
 import { assert, assertClose, assertEquals, randn, seeded } from "./helpers.ts";
 import { acquireGpu, type Gpu } from "../kernels/runtime.ts";
 import { submitSteps } from "../kernels/program.ts";
@@ -16,8 +17,8 @@ import {
 } from "../kernels/es_update.ts";
 import { gaussianNoise } from "../kernels/philox.ts";
 
-function upload(gpu: Gpu, data: Uint32Array | Float32Array, label: string): GPUBuffer {
-  const b = gpu.createBuffer(label, data.byteLength);
+function upload(gpu: Gpu, data: Uint32Array | Float32Array, label: string): DeviceBuffer {
+  const b = gpu.createBuffer(label, data.byteLength, "activations");
   gpu.write(b, data);
   return b;
 }
@@ -76,7 +77,7 @@ Deno.test("bf16: θ stored in half the bytes, perturbed into f32 whole and in ch
     await submitSteps(gpu, whole.steps);
     assertClose(await readTensor(gpu, out), want, { atol: 1e-6, rtol: 0 });
     // Chunks of 4 rows, each read back from the one chunk buffer after its step.
-    const buffer = gpu.createBuffer("chunk", 4 * 6 * 4);
+    const buffer = gpu.createBuffer("chunk", 4 * 6 * 4, "activations");
     const { chunks } = chunkPerturbSteps(gpu, {
       theta: t,
       tensorId: 7,
@@ -105,7 +106,7 @@ Deno.test("bf16: the update rounds stochastically, so steps of 1/80 ulp add up o
     // At 1.0 a bf16 ulp is 2^-7 ≈ 0.0078: round-to-nearest would drop every step of 1e-4.
     const t = createTensor(gpu, "theta", [n], { data: new Float32Array(n).fill(1), dtype: "bf16" });
     const injected = upload(gpu, new Float32Array(n).fill(1), "eps");
-    const coeffs = gpu.createBuffer("coeffs", 16 + 4);
+    const coeffs = gpu.createBuffer("coeffs", 16 + 4, "activations");
     const { steps } = esUpdateSteps(gpu, {
       theta: t,
       coeffs,

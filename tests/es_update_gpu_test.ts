@@ -3,6 +3,7 @@
  * known answer of es_update.json; es_update and perturb with regenerated noise against the
  * TypeScript twin's noise, on a θ split into shards whose starts are not multiples of four.
  */
+import type { DeviceBuffer } from "../kernels/device.ts";
 import { assert, assertClose, randn, seeded } from "./helpers.ts";
 import type { EsCase } from "./es_test.ts";
 import { acquireGpu, type Gpu } from "../kernels/runtime.ts";
@@ -31,8 +32,8 @@ const CASES = (JSON.parse(
   Deno.readTextFileSync(new URL("./fixtures/es_update.json", import.meta.url)),
 ) as { cases: EsCase[] }).cases;
 
-function upload(gpu: Gpu, data: Uint32Array | Float32Array, label: string): GPUBuffer {
-  const b = gpu.createBuffer(label, data.byteLength);
+function upload(gpu: Gpu, data: Uint32Array | Float32Array, label: string): DeviceBuffer {
+  const b = gpu.createBuffer(label, data.byteLength, "activations");
   gpu.write(b, data);
   return b;
 }

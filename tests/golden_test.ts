@@ -70,7 +70,8 @@ for (const name of FIXTURES) {
     assertEquals(lines.length, 1, "stdout must hold exactly one line");
     const res = JSON.parse(lines[0]);
     assertEquals(Object.keys(res).sort(), [
-      "adapter",
+      "backend",
+      "device",
       "fitness",
       "per_sample",
       "tokens",
@@ -84,7 +85,8 @@ for (const name of FIXTURES) {
       0,
     );
     assertEquals(res.tokens, scored);
-    assert(res.tokens_per_s > 0 && typeof res.adapter === "string" && res.adapter.length > 0);
+    assert(res.tokens_per_s > 0 && typeof res.device === "string" && res.device.length > 0);
+    assert(["webgpu", "cpu"].includes(res.backend), res.backend);
   });
 }
 

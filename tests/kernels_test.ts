@@ -1,5 +1,6 @@
 // Every non-matmul kernel against its float64 TypeScript reference, on fresh random inputs,
 // at ragged sizes, head_dim ≠ hidden/heads, GQA and MQA, and a sharded embedding table.
+import type { DeviceBuffer } from "../kernels/device.ts";
 import { assert, assertClose, randn, seeded } from "./helpers.ts";
 import { acquireGpu } from "../kernels/runtime.ts";
 import { submitSteps } from "../kernels/program.ts";
@@ -19,8 +20,8 @@ import {
 
 const gpu = await acquireGpu({ shardBytes: 4096 });
 
-function buf(data: ArrayBufferView & { byteLength: number }, label = "t"): GPUBuffer {
-  const b = gpu.createBuffer(label, data.byteLength);
+function buf(data: ArrayBufferView & { byteLength: number }, label = "t"): DeviceBuffer {
+  const b = gpu.createBuffer(label, data.byteLength, "activations");
   gpu.write(b, data);
   return b;
 }
@@ -29,7 +30,7 @@ Deno.test("rmsnorm matches the float64 reference on ragged rows", async () => {
   const rng = seeded(1);
   for (const [rows, dim] of [[37, 96], [1, 4], [130, 20]]) {
     const x = randn(rng, rows * dim, 2), w = randn(rng, dim);
-    const y = gpu.createBuffer("y", rows * dim * 4);
+    const y = gpu.createBuffer("y", rows * dim * 4, "activations");
     submitSteps(gpu, [
       rmsnormStep(gpu, { label: "n", x: buf(x), w: buf(w), y, rows, dim, eps: 1e-6 }),
     ]);
@@ -114,7 +115,7 @@ Deno.test("attention: causal, key padding, GQA, MQA and MHA match the reference"
     for (let b = 1; b < s.batch; b++) {
       for (let t = s.seqLen - 2 * b; t < s.seqLen; t++) mask[b * s.seqLen + t] = 0;
     }
-    const out = gpu.createBuffer("out", q.byteLength);
+    const out = gpu.createBuffer("out", q.byteLength, "activations");
     submitSteps(gpu, [
       attentionStep(gpu, {
         label: "attn",
@@ -151,7 +152,7 @@ Deno.test("embedding gather over a sharded table", async () => {
   assert(t.shards.length >= 3, `expected ≥3 shards, got ${t.shards.length}`);
   const ids = Uint32Array.from({ length: 29 }, () => Math.floor(rng() * V));
   ids[0] = V - 1;
-  const x = gpu.createBuffer("x", ids.length * H * 4);
+  const x = gpu.createBuffer("x", ids.length * H * 4, "activations");
   submitSteps(
     gpu,
     embeddingSteps(gpu, { label: "e", ids: buf(ids), table: t, x, rows: ids.length }),
@@ -174,8 +175,8 @@ Deno.test("streamed log-likelihood over ragged vocab chunks equals the full log-
   const target = scoredTargets(ids, mask, seqLen);
   assert(target[seqLen - 1] === NO_TARGET, "the last position has no target");
   const targetB = buf(target),
-    state = gpu.createBuffer("state", rows * 12),
-    r = gpu.createBuffer("r", 16);
+    state = gpu.createBuffer("state", rows * 12, "activations"),
+    r = gpu.createBuffer("r", 16, "activations");
   const steps = [];
   const chunk = 40; // 40 + 40 + 23: the last chunk is ragged
   for (let c0 = 0; c0 < V; c0 += chunk) {

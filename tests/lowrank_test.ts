@@ -1,6 +1,7 @@
 // Low-rank (EGGROLL) perturbations: the factors' statistics and their GPU/TypeScript twins, one
 // GPU iteration of the lowrank pipeline against a float64 CPU reference on explicitly perturbed
 // weights, byte-identical reruns, bad ranks as file:line:col errors, and the plan's memory.
+import { memberRecords } from "../pipeline/es.ts";
 import { readWeights, train } from "./run_helpers.ts";
 import { assert, assertClose, assertEquals, assertUserError } from "./helpers.ts";
 import { acquireGpu } from "../kernels/runtime.ts";
@@ -130,7 +131,7 @@ Deno.test("gpu: lowrank_factors writes the TypeScript twin's factors in every la
     const ids = lowRankCounterIds(tensorId);
     const stride = paramStride(gpu);
     // A member: noise index 2, scale −0.5 (an antithetic member), multiplier 0.25.
-    const params = gpu.createBuffer("params", stride * 2);
+    const params = gpu.createBuffer("params", stride * 2, "activations");
     gpu.write(
       params,
       encodePerturbParams([
@@ -139,7 +140,7 @@ Deno.test("gpu: lowrank_factors writes the TypeScript twin's factors in every la
       ], stride),
     );
     const n = 3, K = n * r4, coeffs = [0.5, -2, 0.125];
-    const update = gpu.createBuffer("update", 16 + 4 * n);
+    const update = gpu.createBuffer("update", 16 + 4 * n, "activations");
     gpu.write(update, encodeUpdateParams({ seed, iteration, coefficients: coeffs }));
     const base = { rank, noiseStride: 0, row0: 0 };
     const table = createFactorTable(gpu, "table", [
@@ -177,8 +178,10 @@ Deno.test("gpu: lowrank_factors writes the TypeScript twin's factors in every la
         multiplier: 1,
       },
     ]);
-    const a = gpu.createBuffer("a", O * r4 * 4), bt = gpu.createBuffer("bt", r4 * I * 4);
-    const at = gpu.createBuffer("at", 5 * K * 4), bb = gpu.createBuffer("bb", I * K * 4);
+    const a = gpu.createBuffer("a", O * r4 * 4, "activations"),
+      bt = gpu.createBuffer("bt", r4 * I * 4, "activations");
+    const at = gpu.createBuffer("at", 5 * K * 4, "activations"),
+      bb = gpu.createBuffer("bb", I * K * 4, "activations");
     const member = { buffer: params, offset: stride, size: 32 };
     submitSteps(gpu, [
       lowRankFactorStep(gpu, {
@@ -268,7 +271,7 @@ Deno.test("gpu: lowrank_factors writes the TypeScript twin's factors in every la
         span: 2,
       })),
     );
-    const grouped = gpu.createBuffer("grouped", I * 2 * r4 * 4);
+    const grouped = gpu.createBuffer("grouped", I * 2 * r4 * 4, "activations");
     const groupStep = (index: number) =>
       lowRankFactorStep(gpu, {
         label: `group${index}`,
@@ -429,9 +432,9 @@ Deno.test("low-rank plan: bytes equal the real allocations, no perturbed copy of
   const gpu = await acquireGpu();
   try {
     const planned = await compile(loaded.spec, config, {
-      adapter: { adapterName: gpu.adapterName, limits: gpu.limits },
+      target: { backend: gpu.backend, name: gpu.name, limits: gpu.limits },
     });
-    const real = await compile(loaded.spec, config, { gpu });
+    const real = await compile(loaded.spec, config, { device: gpu });
     assertEquals(real.bytes, planned.bytes);
     assertEquals(
       real.buffers.map((b) => [b.name, b.bytes]),
@@ -510,7 +513,7 @@ Deno.test("low-rank engine: untied head with biases, sharded θ, equals the floa
       if (shardBytes) assert(engine.theta.get("lm_head.weight")!.shards.length > 1);
       const r = await engine.evaluate(packBatches([batch]), {
         iteration: 2,
-        sigma,
+        population: memberRecords(engine.options.population, engine.options.antithetic, sigma),
         heldOut: false,
       });
       const d = noiseCoefficients([0.01, -0.02, 0.005, 0.015], true);

@@ -2,6 +2,7 @@
  * The matmul kernel on the real adapter (lavapipe here) against the float64 reference, on fresh
  * random inputs with ragged sizes that are not multiples of any tile.
  */
+import type { DeviceBuffer } from "../kernels/device.ts";
 import { acquireGpu, type Gpu } from "../kernels/runtime.ts";
 import { submitSteps } from "../kernels/program.ts";
 import { createTensor } from "../kernels/tensor.ts";
@@ -32,8 +33,8 @@ function random(n: number, seed: number): Float32Array {
   return out;
 }
 
-function upload(g: Gpu, label: string, data: Float32Array): GPUBuffer {
-  const b = g.createBuffer(label, data.byteLength);
+function upload(g: Gpu, label: string, data: Float32Array): DeviceBuffer {
+  const b = g.createBuffer(label, data.byteLength, "activations");
   g.write(b, data);
   return b;
 }
@@ -63,7 +64,7 @@ async function plainCase(shape: { m: number; k: number; n: number }, tile?: Matm
   const { m, k, n } = shape;
   const xs = random(m * k, m * 7 + k), ws = random(n * k, n * 13 + k);
   const x = upload(gpu, "x", xs), w = upload(gpu, "w", ws);
-  const out = gpu.createBuffer("out", m * n * 4);
+  const out = gpu.createBuffer("out", m * n * 4, "activations");
   await run(gpu, [matmulStep(gpu, { label: "plain", x, m, k, w, n, out, tile })]);
   const got = await gpu.readF32(out, m * n);
   const t = tile ?? defaultMatmulTile(gpu, shape);
@@ -224,7 +225,7 @@ Deno.test("fused SwiGLU: default tile on assorted shapes, one weight buffer for 
     // Gate rows 0..n and up rows n..2n of one [2n, k] buffer, as a concatenated gate_up_proj.
     const xs = random(m * k, m + k), ws = random(2 * n * k, n + k);
     const x = upload(gpu, "x", xs), w = upload(gpu, "w", ws);
-    const out = gpu.createBuffer("out", m * n * 4);
+    const out = gpu.createBuffer("out", m * n * 4, "activations");
     await run(gpu, [
       matmulSwigluStep(gpu, { label: "fused", x, m, k, wGate: w, wUp: w, upRowOffset: n, n, out }),
     ]);
@@ -251,7 +252,7 @@ Deno.test("fused SwiGLU through swigluLinearSteps, gate and up sharded at differ
   }
   const up = { name: "up", shape: [n, k], rowSize: k, shards: upShards };
   if (gate.shards.length < 3) throw new Error(`gate has ${gate.shards.length} shards, want ≥ 3`);
-  const x = upload(g, "x", xs), out = g.createBuffer("out", m * n * 4);
+  const x = upload(g, "x", xs), out = g.createBuffer("out", m * n * 4, "activations");
   const steps = swigluLinearSteps(g, {
     label: "mlp",
     x,
@@ -273,8 +274,8 @@ Deno.test("fused SwiGLU through swigluLinearSteps, gate and up sharded at differ
 });
 
 Deno.test("k not a multiple of 4, and bad sizes, are clear errors", () => {
-  const b = gpu.createBuffer("any", 4096);
-  const out = gpu.createBuffer("out", 4096);
+  const b = gpu.createBuffer("any", 4096, "activations");
+  const out = gpu.createBuffer("out", 4096, "activations");
   const expectError = (fn: () => unknown, text: string) => {
     try {
       fn();

@@ -4,7 +4,7 @@
  */
 import { assert, assertEquals } from "./helpers.ts";
 import { acquireGpu, type Gpu } from "../kernels/runtime.ts";
-import { makeStep, submitSteps } from "../kernels/program.ts";
+import { dispatch, submitSteps } from "../kernels/program.ts";
 import {
   boxMuller,
   gaussianNoise,
@@ -29,23 +29,24 @@ async function probe(
   blocks: number,
 ): Promise<{ words: Uint32Array; normals: Float32Array }> {
   const source = Deno.readTextFileSync(new URL("../kernels/noise_probe.wgsl", import.meta.url));
-  const pipeline = gpu.pipeline("noise_probe", noiseWgsl + source);
-  const params = gpu.createBuffer("probe", 32);
+
+  const params = gpu.createBuffer("probe", 32, "activations");
   gpu.write(params, new Uint32Array([...counter, ...key, blocks, 0]));
-  const words = gpu.createBuffer("words", blocks * 16);
-  const normals = gpu.createBuffer("normals", blocks * 16);
+  const words = gpu.createBuffer("words", blocks * 16, "activations");
+  const normals = gpu.createBuffer("normals", blocks * 16, "activations");
   const groups = Math.ceil(blocks / 64);
   const x = Math.min(groups, 65535);
-  const step = makeStep(gpu, {
+  const step = dispatch(gpu, {
     label: "noise_probe",
     kernel: "noise_probe",
-    pipeline,
-    buffers: [params, words, normals],
+    consts: {},
+    bindings: [params, words, normals],
     workgroups: [x, Math.ceil(groups / x), 1],
+    wgsl: { label: "noise_probe", code: () => noiseWgsl + source },
   });
   await gpu.scoped("noise_probe", async () => {
-    await gpu.checkPipelines();
     submitSteps(gpu, [step]);
+    await gpu.checkPipelines();
   });
   const [w, z] = await gpu.readMany([
     { buffer: words, bytes: blocks * 16 },

@@ -14,9 +14,9 @@ Deno.test("plan bytes equal the real allocations on this adapter", async () => {
   const gpu = await acquireGpu();
   try {
     const planned = await compile(loaded.spec, config, {
-      adapter: { adapterName: gpu.adapterName, limits: gpu.limits },
+      target: { backend: gpu.backend, name: gpu.name, limits: gpu.limits },
     });
-    const real = await compile(loaded.spec, config, { gpu });
+    const real = await compile(loaded.spec, config, { device: gpu });
     assert(planned.bytes.total > 0 && planned.bytes.weights > 0 && planned.bytes.activations > 0);
     assertEquals(real.bytes, planned.bytes);
     assertEquals(
@@ -36,7 +36,7 @@ Deno.test("plan: sharded tensors and dispatch counts", async () => {
   const { config } = await resolvePipeline(loaded);
   const gpu = await acquireGpu({ shardBytes: 8192 });
   try {
-    const plan = await compile(loaded.spec, config, { gpu });
+    const plan = await compile(loaded.spec, config, { device: gpu });
     // 8 KiB shards split the 256Ã—64 embedding (64 KiB) into 8.
     assertEquals(plan.sharded["model.embed_tokens.weight"], 8);
     const counts = countDispatches(plan.iteration);
@@ -89,7 +89,7 @@ Deno.test("memory report: ES bytes from the planner beside Adam mixed precision"
   const { config } = await resolvePipeline(loaded);
   const gpu = await acquireGpu();
   try {
-    const plan = await compile(loaded.spec, config, { gpu });
+    const plan = await compile(loaded.spec, config, { device: gpu });
     const row = memoryRow(plan, config);
     // The ES column is exactly what the device held while the engine was built.
     assertEquals(row.es, gpu.memory.peak);
@@ -112,10 +112,10 @@ Deno.test("memory report: ES bytes from the planner beside Adam mixed precision"
   // bf16 Î¸: the report's column is what a bf16 engine really allocates, Î¸ at 2 bytes a parameter.
   const gpu16 = await acquireGpu();
   try {
-    const bf16 = await compile(withStorage(loaded.spec, "bf16"), config, { gpu: gpu16 });
+    const bf16 = await compile(withStorage(loaded.spec, "bf16"), config, { device: gpu16 });
     assertEquals(bf16.bytes.total, gpu16.memory.peak);
     const row = await memoryReport(loaded.spec, config, {
-      adapter: { adapterName: gpu16.adapterName, limits: gpu16.limits },
+      target: { backend: gpu16.backend, name: gpu16.name, limits: gpu16.limits },
     });
     assertEquals(row.es_bf16, bf16.bytes.total);
     const slack = bf16.bytes.weights - 2 * paramCount(config);
@@ -138,8 +138,9 @@ Deno.test("member_batch auto: as many members as keep their activations within Î
   const { getPreset } = await import("../model/presets.ts");
   const { DEFAULT_LIMITS } = await import("../pipeline/compile.ts");
   const config = getPreset("qwen3-0.5b");
-  const adapter = {
-    adapterName: "planning",
+  const target = {
+    backend: "webgpu" as const,
+    name: "planning",
     limits: {
       ...DEFAULT_LIMITS,
       maxStorageBufferBindingSize: 2 ** 32 - 4,
@@ -150,13 +151,13 @@ Deno.test("member_batch auto: as many members as keep their activations within Î
     compile(
       { ...loaded.spec, fitness: { ...loaded.spec.fitness, member_batch: memberBatch } },
       config,
-      { adapter },
+      { target },
     );
   const auto = await plan("auto");
-  const group = auto.iteration.steps.find((s) => "what" in s && s.what.endsWith("members at once"));
+  const group = auto.iteration.find((s) => s.op === "block" && s.what.endsWith("members at once"));
   assert(
-    group && "what" in group,
-    JSON.stringify(auto.iteration.steps.map((s) => "what" in s && s.what)),
+    group && group.op === "block",
+    JSON.stringify(auto.iteration.map((s) => s.op === "block" && s.what)),
   );
   const P = Number(group.what.split(" ")[0]);
   assert(P > 1 && P < auto.population, `auto picked ${P}`);

@@ -2,7 +2,7 @@
 // device loss surfaced with context, the pipeline cache, and timestamp timing.
 import { assert, assertEquals, fixture } from "./helpers.ts";
 import { acquireGpu, GpuError } from "../kernels/runtime.ts";
-import { makeStep, profileSteps, submitSteps, wgslConsts } from "../kernels/program.ts";
+import { dispatch, profileSteps, submitSteps, wgslConsts } from "../kernels/program.ts";
 import { createTensor, readTensor } from "../kernels/tensor.ts";
 import { rmsnormStep } from "../kernels/rmsnorm.ts";
 
@@ -79,29 +79,27 @@ Deno.test("a shader that does not compile is reported with the kernel's name", a
 Deno.test("a validation error is surfaced with its context", async () => {
   const gpu = await acquireGpu();
   try {
-    // A buffer without STORAGE usage bound as storage: invalid bind group.
-    const bad = gpu.device.createBuffer({ size: 64, usage: GPUBufferUsage.COPY_DST });
+    // A kernel with two bindings given one: the bind group made at encode time is invalid.
+    const x = gpu.createBuffer("x", 64, "activations");
     const code = wgslConsts({ N: 4 }) +
-      "@group(0) @binding(0) var<storage, read_write> x: array<f32>;\n@compute @workgroup_size(1) fn main() { x[0] = 1.0; }";
-    const pipeline = gpu.pipeline("write_one", code);
+      "@group(0) @binding(0) var<storage, read_write> x: array<f32>;\n" +
+      "@group(0) @binding(1) var<storage, read_write> y: array<f32>;\n" +
+      "@compute @workgroup_size(1) fn main() { x[0] = 1.0; y[0] = 2.0; }";
+    const step = dispatch(gpu, {
+      label: "w",
+      kernel: "write_two",
+      consts: { N: 4 },
+      bindings: [x],
+      workgroups: 1,
+      wgsl: { label: "write_two", code: () => code },
+    });
     await rejects(
-      () =>
-        gpu.scoped(
-          "binding a copy-only buffer",
-          () =>
-            makeStep(gpu, {
-              label: "w",
-              kernel: "write_one",
-              pipeline,
-              buffers: [bad],
-              workgroups: 1,
-            }),
-        ),
-      /binding a copy-only buffer: WebGPU validation error/,
+      () => gpu.scoped("binding one buffer of two", () => gpu.run([step])),
+      /binding one buffer of two: WebGPU validation error/,
     );
     // Errors that escape every scope are reported at the next readback, naming the adapter.
-    makeStep(gpu, { label: "w", kernel: "write_one", pipeline, buffers: [bad], workgroups: 1 });
-    const ok = gpu.createBuffer("ok", 16);
+    gpu.run([{ ...step }]);
+    const ok = gpu.createBuffer("ok", 16, "activations");
     await rejects(
       () => gpu.readF32(ok, 4),
       new RegExp(`readback: WebGPU error on ${gpu.adapterName.replace(/[()]/g, ".")}`),
@@ -122,17 +120,21 @@ Deno.test("a lost device is reported, not a hang or a crash", async () => {
 Deno.test("pipelines are compiled once and reused; GPU time comes from timestamp queries", async () => {
   const gpu = await acquireGpu();
   try {
-    const x = gpu.createBuffer("x", 8 * 16 * 4),
-      w = gpu.createBuffer("w", 16 * 4),
-      y = gpu.createBuffer("y", 8 * 16 * 4);
+    const x = gpu.createBuffer("x", 8 * 16 * 4, "activations"),
+      w = gpu.createBuffer("w", 16 * 4, "activations"),
+      y = gpu.createBuffer("y", 8 * 16 * 4, "activations");
     const make = () => rmsnormStep(gpu, { label: "n", x, w, y, rows: 8, dim: 16, eps: 1e-6 });
-    const steps = [make()];
+    // Pipelines are made when a step is first encoded, not when it is built.
     const before = gpu.pipelineCount;
-    for (let i = 0; i < 5; i++) steps.push(make());
-    assertEquals(gpu.pipelineCount, before, "same shapes, same pipeline");
-    rmsnormStep(gpu, { label: "n", x, w, y, rows: 4, dim: 16, eps: 1e-6 });
-    assertEquals(gpu.pipelineCount, before + 1, "new constants, one new pipeline");
+    const steps = [make()];
+    assertEquals(gpu.pipelineCount, before, "building compiles nothing");
     submitSteps(gpu, steps);
+    assertEquals(gpu.pipelineCount, before + 1, "the first run compiles the pipeline");
+    for (let i = 0; i < 5; i++) steps.push(make());
+    submitSteps(gpu, steps);
+    assertEquals(gpu.pipelineCount, before + 1, "same shapes, same pipeline");
+    submitSteps(gpu, [rmsnormStep(gpu, { label: "n", x, w, y, rows: 4, dim: 16, eps: 1e-6 })]);
+    assertEquals(gpu.pipelineCount, before + 2, "new constants, one new pipeline");
     const times = await profileSteps(gpu, steps);
     if (gpu.features.timestampQuery) {
       assert(

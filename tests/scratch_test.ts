@@ -1,5 +1,6 @@
 // A member's perturbed matrices in row chunks, each formed right before the forward reads it,
 // against a whole perturbed copy of θ: the same fitness, for a fraction of the memory.
+import { memberRecords } from "../pipeline/es.ts";
 import { assert, assertClose, assertEquals } from "./helpers.ts";
 import { acquireGpu } from "../kernels/runtime.ts";
 import { EsEngine } from "../pipeline/engine.ts";
@@ -45,7 +46,13 @@ Deno.test("chunked member scratch: the fitness of a whole perturbed copy, in a f
         .reduce((a, b) => a + b.bytes, 0);
       const out = [];
       for (let t = 0; t < 2; t++) {
-        out.push(await engine.evaluate(packed, { iteration: t, sigma: 0.05, heldOut: false }));
+        out.push(
+          await engine.evaluate(packed, {
+            iteration: t,
+            population: memberRecords(engine.options.population, engine.options.antithetic, 0.05),
+            heldOut: false,
+          }),
+        );
         engine.update({ iteration: t, coefficients: [0.3, -0.2] });
       }
       const weights = [];
@@ -131,7 +138,7 @@ Deno.test("population batching: members in one set of dispatches score and updat
       for (let t = 0; t < 2; t++) {
         const r = await engine.evaluate(packed, {
           iteration: t,
-          sigma: 0.05,
+          population: memberRecords(engine.options.population, engine.options.antithetic, 0.05),
           heldOut: false,
           members: o.members,
         });

@@ -1,5 +1,6 @@
 // ES training end to end: one GPU iteration against a float64 CPU reference of the whole
 // algorithm, byte-identical reruns and resumes, the run output, and a registered custom stage.
+import { memberRecords } from "../pipeline/es.ts";
 import { readWeights, train } from "./run_helpers.ts";
 import { assert, assertClose, assertEquals, runCli } from "./helpers.ts";
 import { acquireGpu } from "../kernels/runtime.ts";
@@ -16,7 +17,7 @@ import { qwen3TensorSpecs, randomInit } from "../model/weights.ts";
 import { referenceScore } from "../model/reference.ts";
 import { registerStage } from "../pipeline/spec.ts";
 import { z } from "zod";
-import { makeStep, wgslConsts } from "../kernels/program.ts";
+import { dispatch, wgslConsts } from "../kernels/program.ts";
 import { fromBf16, toBf16 } from "../kernels/tensor.ts";
 import { openCheckpoint } from "../model/checkpoint.ts";
 
@@ -270,12 +271,13 @@ Deno.test("a custom fitness registered from TypeScript runs from YAML", async ()
 fn main(@builtin(global_invocation_id) g: vec3u) { if (g.x < B) { r[g.x] = 2.0 * r[g.x]; } }`;
         return [
           ...fwd.fitnessSteps(o.batch, o.seqLen, o.weights),
-          makeStep(fwd.gpu, {
+          dispatch(fwd.device, {
             label: "double",
             kernel: "double",
-            pipeline: fwd.gpu.pipeline("double", code),
-            buffers: [fwd.buffer("r")],
+            consts: { B: o.batch },
+            bindings: [fwd.buffer("r")],
             workgroups: 1,
+            wgsl: { label: "double", code: () => code },
           }),
         ];
       },
@@ -363,7 +365,11 @@ Deno.test("prefix caching: unperturbed leading layers are computed once, with th
       assertEquals(engine.prefixLayers, prefixCache ? 1 : 0);
       const out = [];
       for (let t = 0; t < 2; t++) {
-        const r = await engine.evaluate(packed, { iteration: t, sigma: 0.05, heldOut: false });
+        const r = await engine.evaluate(packed, {
+          iteration: t,
+          population: memberRecords(engine.options.population, engine.options.antithetic, 0.05),
+          heldOut: false,
+        });
         out.push(...r.fitness);
         engine.update({ iteration: t, coefficients: r.fitness.slice(0, 3).map((f) => f * 1e-3) });
       }

@@ -13,8 +13,10 @@ import { parseFlags, runMain } from "./cli.ts";
 import { benchMatmul } from "./bench_matmul.ts";
 import { MATMUL_TILES } from "../kernels/matmul.ts";
 import { shapeKey, type TileChoice, writeTileCache } from "../kernels/tile_cache.ts";
-import { acquireGpu, type Gpu } from "../kernels/runtime.ts";
-import { encodeSteps, profileSteps } from "../kernels/program.ts";
+import { type Gpu } from "../kernels/runtime.ts";
+import type { Device } from "../kernels/device.ts";
+import { acquireDevice } from "../kernels/backend.ts";
+import { profileSteps } from "../kernels/program.ts";
 import { getPreset } from "../model/presets.ts";
 import { randomInit } from "../model/weights.ts";
 import { uploadWeights } from "../model/device_weights.ts";
@@ -22,6 +24,7 @@ import { Qwen3Forward, type TokenBatch } from "../model/forward.ts";
 import { destroyTensor, tensorBytes } from "../kernels/tensor.ts";
 import { EsEngine } from "../pipeline/engine.ts";
 import { packBatches } from "../pipeline/data.ts";
+import { memberRecords } from "../pipeline/es.ts";
 
 /** The PyTorch CPU peer's ES throughput on this configuration (issue 5: 45,000–51,000). */
 const PEER_ES_TOKENS_PER_S = 48000;
@@ -30,7 +33,7 @@ const OPENBLAS_GFLOPS = 230;
 
 /** Forward + fitness throughput of a preset on a random batch. */
 export async function benchForward(
-  gpu: Gpu,
+  gpu: Device,
   o: { preset: string; batch: number; seqLen: number; repeats: number },
 ): Promise<
   { tokens_per_s: number; ms_per_batch: number; kernels_ms: Record<string, number> | null }
@@ -49,7 +52,9 @@ export async function benchForward(
   let tokens = 0;
   for (let i = 0; i < o.repeats; i++) tokens += (await fwd.score(batch)).tokens;
   const ms = (performance.now() - t0) / o.repeats;
-  const prof = await profileSteps(gpu, fwd.steps(o.batch, o.seqLen));
+  const prof = gpu.backend === "webgpu"
+    ? await profileSteps(gpu as Gpu, fwd.steps(o.batch, o.seqLen))
+    : null;
   fwd.destroy();
   for (const t of weights.values()) destroyTensor(gpu, t);
   return {
@@ -64,7 +69,7 @@ export async function benchForward(
  * unperturbed forward on the same batch: the issue's tiny configuration is N=30, M=32, T=64.
  */
 export async function benchEs(
-  gpu: Gpu,
+  gpu: Device,
   o: {
     preset: string;
     population: number;
@@ -121,13 +126,17 @@ export async function benchEs(
   });
   const weightBytes = [...engine.theta.values()].reduce((a, t) => a + tensorBytes(t), 0);
   const iterate = async (t: number) => {
-    const r = await engine.evaluate(packed, { iteration: t, sigma: 1e-3, heldOut: false });
+    const r = await engine.evaluate(packed, {
+      iteration: t,
+      population: memberRecords(engine.options.population, engine.options.antithetic, 1e-3),
+      heldOut: false,
+    });
     engine.update({ iteration: t, coefficients: r.fitness.map(() => 1e-6) });
   };
   await iterate(0); // compiles every pipeline
   const t0 = performance.now();
   for (let t = 1; t <= o.iterations; t++) await iterate(t);
-  await gpu.device.queue.onSubmittedWorkDone();
+  await gpu.finish();
   const esSeconds = (performance.now() - t0) / 1000 / o.iterations;
   // Inference at its best: N unperturbed forwards of the same batch in one submit, one readback,
   // so both sides pay the same one synchronisation per N forwards.
@@ -135,9 +144,7 @@ export async function benchEs(
   fwd.upload(batch);
   const steps = fwd.steps(o.samples, o.seqLen);
   const forwards = async () => {
-    const enc = gpu.device.createCommandEncoder();
-    for (let i = 0; i < o.population; i++) encodeSteps(enc, steps);
-    gpu.device.queue.submit([enc.finish()]);
+    gpu.run([{ op: "block", what: "forward", repeat: o.population, body: steps }]);
     await gpu.readF32(fwd.buffer("r"), 1);
   };
   await forwards();
@@ -217,14 +224,14 @@ if (import.meta.main) {
       json: { type: "boolean" },
       tune: { type: "boolean" },
     }, "deno task bench [--quick] [--json] [--tune]");
-    const gpu = await acquireGpu();
+    const gpu = await acquireDevice();
     if (values.tune) {
-      await tune(gpu);
+      await tune(gpu as Gpu);
       gpu.destroy();
       return;
     }
     const log = (s: string) => values.json ? console.error(s) : console.log(s);
-    log(`adapter: ${gpu.adapterName}`);
+    log(`backend ${gpu.backend} on ${gpu.name}`);
     log(`command: deno task bench${values.quick ? " --quick" : ""}`);
     const shapes = [
       { m: 1024, k: 1024, n: 1024 },
@@ -235,7 +242,7 @@ if (import.meta.main) {
       { m: 1024, k: 384, n: 128 },
       { m: 1024, k: 128, n: 256 },
     ];
-    const matmul = await benchMatmul(gpu, values.quick ? shapes.slice(0, 3) : shapes, {
+    const matmul = await benchMatmul(gpu as Gpu, values.quick ? shapes.slice(0, 3) : shapes, {
       repeats: values.quick ? 3 : 10,
     });
     log("\nmatmul (x (M,K) · wᵀ, w (N,K))");
@@ -342,7 +349,9 @@ if (import.meta.main) {
     );
     if (values.json) {
       console.log(JSON.stringify({
-        adapter: gpu.adapterName,
+        backend: gpu.backend,
+        device: gpu.name,
+        adapter: gpu.name,
         command: `deno task bench${values.quick ? " --quick" : ""} --json`,
         matmul: matmul.map(({ m, k, n, gflops }) => ({ m, k, n, gflops })),
         es_tokens_per_s: es.es_tokens_per_s,

@@ -78,9 +78,9 @@ export async function benchMatmul(
   const results: MatmulBenchResult[] = [];
   for (const shape of shapes) {
     const { m, k, n } = shape;
-    const x = gpu.createBuffer("bench.x", m * k * 4);
-    const w = gpu.createBuffer("bench.w", n * k * 4);
-    const out = gpu.createBuffer("bench.out", m * n * 4);
+    const x = gpu.createBuffer("bench.x", m * k * 4, "activations");
+    const w = gpu.createBuffer("bench.w", n * k * 4, "activations");
+    const out = gpu.createBuffer("bench.out", m * n * 4, "activations");
     gpu.write(x, Float32Array.from({ length: m * k }, () => Math.random() - 0.5));
     gpu.write(w, Float32Array.from({ length: n * k }, () => Math.random() - 0.5));
     for (const tile of options.tiles ?? [defaultMatmulTile(gpu, shape)]) {
@@ -158,11 +158,11 @@ export async function benchSwiglu(
   for (const shape of shapes) {
     const { m, k, n } = shape;
     const random = (len: number) => Float32Array.from({ length: len }, () => Math.random() - 0.5);
-    const x = gpu.createBuffer("bench.x", m * k * 4);
-    const wg = gpu.createBuffer("bench.wg", n * k * 4);
-    const wu = gpu.createBuffer("bench.wu", n * k * 4);
-    const gate = gpu.createBuffer("bench.gate", m * n * 4);
-    const up = gpu.createBuffer("bench.up", m * n * 4);
+    const x = gpu.createBuffer("bench.x", m * k * 4, "activations");
+    const wg = gpu.createBuffer("bench.wg", n * k * 4, "activations");
+    const wu = gpu.createBuffer("bench.wu", n * k * 4, "activations");
+    const gate = gpu.createBuffer("bench.gate", m * n * 4, "activations");
+    const up = gpu.createBuffer("bench.up", m * n * 4, "activations");
     gpu.write(x, random(m * k));
     gpu.write(wg, random(n * k));
     gpu.write(wu, random(n * k));

@@ -1,7 +1,7 @@
 /**
  * `deno task eval`: score text or token ids with a Qwen3 checkpoint on WebGPU, printing exactly
  * one JSON object on stdout:
- * {"per_sample": [...], "fitness": F, "tokens": n, "tokens_per_s": x, "adapter": "..."}.
+ * {"per_sample": [...], "fitness": F, "tokens": n, "tokens_per_s": x, "backend": "...", "device": "..."}.
  *
  *   deno task eval --model DIR --tokens FILE.json [--batch N]
  *   deno task eval --model DIR --text FILE [--tokenizer bytes|qwen3|PATH] [--max-len N] [--batch N]
@@ -10,11 +10,12 @@
  */
 import { intFlag, parseFlags, runMain } from "./cli.ts";
 import { UserError } from "../pipeline/errors.ts";
+import { parseBackend } from "../kernels/backend.ts";
 import { evaluate, readTextSamples, readTokensFile } from "../pipeline/evaluate.ts";
 
 const USAGE =
   "deno task eval --model DIR (--tokens FILE.json | --text FILE [--tokenizer bytes|qwen3|PATH]) " +
-  "[--max-len N] [--batch N]";
+  "[--max-len N] [--batch N] [--backend auto|webgpu|cpu]";
 
 if (import.meta.main) {
   await runMain("eval", async () => {
@@ -26,7 +27,9 @@ if (import.meta.main) {
       "max-len": { type: "string" },
       batch: { type: "string" },
       "shard-bytes": { type: "string" },
+      backend: { type: "string" },
     }, USAGE);
+    const backend = values.backend === undefined ? undefined : parseBackend(values.backend);
     if (!values.model) throw new UserError(`--model DIR is required; usage: ${USAGE}`);
     if (!values.tokens === !values.text) {
       throw new UserError(`give exactly one of --tokens FILE.json or --text FILE; usage: ${USAGE}`);
@@ -50,6 +53,7 @@ if (import.meta.main) {
       shardBytes: values["shard-bytes"]
         ? intFlag(values["shard-bytes"], "shard-bytes", 0)
         : undefined,
+      backend,
     });
     console.log(JSON.stringify(result));
   });

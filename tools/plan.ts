@@ -12,14 +12,9 @@
  */
 import { intFlag, parseFlags, runMain } from "./cli.ts";
 import { DEFAULT_PIPELINE_PATH, loadPipelineFile } from "../pipeline/load.ts";
-import {
-  compile,
-  countDispatches,
-  DEFAULT_LIMITS,
-  type Plan,
-  type PlanBlock,
-} from "../pipeline/compile.ts";
-import { adapterLimits } from "../kernels/runtime.ts";
+import { compile, countDispatches, DEFAULT_LIMITS, type Plan, programJson } from "../pipeline/compile.ts";
+import type { Program } from "../kernels/device.ts";
+import { parseBackend, planTarget } from "../kernels/backend.ts";
 import { getPreset } from "../model/presets.ts";
 import { loadConfigFile } from "../model/config.ts";
 import { resolvePath } from "../pipeline/stages/mod.ts";
@@ -49,7 +44,7 @@ export function formatPlan(plan: Plan, o: { file: string; config: Qwen3Config })
     }M parameters, ${o.config.numLayers} layers, hidden ${o.config.hiddenSize}, vocab ${o.config.vocabSize}`,
   );
   lines.push(
-    `  adapter limits: ${plan.adapter}, shards of at most ${formatBytes(plan.shardBytes)}`,
+    `  backend ${plan.backend} on ${plan.adapter}, shards of at most ${formatBytes(plan.shardBytes)}`,
   );
   lines.push(
     `  one iteration: N=${plan.population} members × ${plan.samplesPerIteration} samples ` +
@@ -70,13 +65,25 @@ export function formatPlan(plan: Plan, o: { file: string; config: Qwen3Config })
   }
   const total = [...counts.values()].reduce((a, b) => a + b, 0);
   lines.push(
-    `  total     ${total} dispatches, 1 submit and 1 readback for evaluation, 1 submit for the update`,
+    `  total     ${total} dispatches, 1 run and 1 readback for evaluation, 1 run for the update`,
   );
-  lines.push("", "loop structure");
-  const walk = (b: PlanBlock, depth: number) => {
-    const steps = b.steps.filter((s) => !("repeat" in s)).length;
-    lines.push(`${"  ".repeat(depth + 1)}${b.what} ×${b.repeat}: ${steps} steps`);
-    for (const s of b.steps) if ("repeat" in s) walk(s, depth + 1);
+  lines.push("", "loop structure (the program one iteration runs)");
+  const walk = (program: Program, depth: number) => {
+    let flat = 0;
+    const flush = () => {
+      if (flat > 0) lines.push(`${"  ".repeat(depth + 1)}${flat} steps`);
+      flat = 0;
+    };
+    for (const op of program) {
+      if (op.op !== "block") {
+        flat++;
+        continue;
+      }
+      flush();
+      lines.push(`${"  ".repeat(depth + 1)}${op.what} ×${op.repeat}:`);
+      walk(op.body, depth + 1);
+    }
+    flush();
   };
   walk(plan.iteration, 0);
   lines.push("", "buffers");
@@ -127,7 +134,9 @@ export async function memoryTable(maxBinding: number): Promise<MemoryRow[]> {
     const loaded = await loadPipelineFile(file);
     const config = getPreset(`qwen3-${size}`);
     rows.push(
-      await memoryReport(loaded.spec, config, { adapter: { adapterName: "planning", limits } }),
+      await memoryReport(loaded.spec, config, {
+        target: { backend: "webgpu", name: "planning", limits },
+      }),
     );
   }
   return rows;
@@ -155,13 +164,16 @@ export function formatMemoryTable(rows: MemoryRow[]): string {
 if (import.meta.main) {
   await runMain("plan", async () => {
     const usage =
-      "deno task plan [PIPELINE.yaml] [--json] [--memory] [--memory-table] [--max-binding BYTES]";
+      "deno task plan [PIPELINE.yaml] [--json] [--memory] [--memory-table] [--max-binding BYTES] " +
+      "[--backend auto|webgpu|cpu]";
     const { values, positionals } = parseFlags(Deno.args, {
       json: { type: "boolean" },
       memory: { type: "boolean" },
       "memory-table": { type: "boolean" },
       "max-binding": { type: "string" },
+      backend: { type: "string" },
     }, usage);
+    const backend = values.backend === undefined ? undefined : parseBackend(values.backend);
     if (values["memory-table"]) {
       const rows = await memoryTable(
         values["max-binding"] ? intFlag(values["max-binding"], "max-binding", 0) : 2 ** 32 - 4,
@@ -179,28 +191,31 @@ if (import.meta.main) {
     const config = m.preset !== undefined
       ? getPreset(m.preset)
       : await loadConfigFile(resolvePath(m.config!, { baseDir: loaded.baseDir } as never));
-    let adapter = await adapterLimits() ??
-      { adapterName: "no adapter: WebGPU default limits", limits: DEFAULT_LIMITS };
+    // The device the run would use: --backend, else the pipeline's, resolved as train does.
+    let target = await planTarget(backend ?? loaded.spec.backend);
     if (values["max-binding"] !== undefined) {
       // Plan for another adapter: a GPU binds far more than lavapipe's 128 MiB.
       const bytes = intFlag(values["max-binding"], "max-binding", 0);
-      adapter = {
-        adapterName: `${adapter.adapterName}, binding limit set to ${formatBytes(bytes)}`,
+      target = {
+        ...target,
+        name: `${target.name}, binding limit set to ${formatBytes(bytes)}`,
         limits: {
-          ...adapter.limits,
+          ...target.limits,
           maxStorageBufferBindingSize: bytes,
-          maxBufferSize: Math.max(bytes, adapter.limits.maxBufferSize),
+          maxBufferSize: Math.max(bytes, target.limits.maxBufferSize),
         },
       };
     }
     if (values.memory) {
-      const row = await memoryReport(loaded.spec, config, { adapter });
+      const row = await memoryReport(loaded.spec, config, { target });
       console.log(values.json ? JSON.stringify(row) : formatMemoryTable([row]));
       return;
     }
-    const plan = await compile(loaded.spec, config, { adapter });
+    const plan = await compile(loaded.spec, config, { target });
     console.log(
-      values.json ? JSON.stringify(plan) : formatPlan(plan, { file: loaded.file, config }),
+      values.json
+        ? JSON.stringify({ ...plan, iteration: programJson(plan.iteration) })
+        : formatPlan(plan, { file: loaded.file, config }),
     );
   });
 }

@@ -17,13 +17,14 @@ import { UserError } from "../pipeline/errors.ts";
 import { DEFAULT_PIPELINE_PATH, loadPipelineFile } from "../pipeline/load.ts";
 import { resolvePipeline } from "../pipeline/resolve.ts";
 import { type MetricsLine, runTraining } from "../pipeline/run.ts";
-import { acquireGpu } from "../kernels/runtime.ts";
+import { acquireDevice, parseBackend } from "../kernels/backend.ts";
 import { paramCount } from "../model/presets.ts";
 import { Coordinator } from "../pipeline/distributed.ts";
 import { startTrainingStatus, withStatusHooks } from "../server/train_status.ts";
 
 const USAGE =
   "deno task train [PIPELINE.yaml] [--iterations N] [--out DIR] [--seed N] [--resume DIR] [--quiet] " +
+  "[--backend auto|webgpu|cpu] " +
   "[--status-port N] [--status-host H] [--no-status]";
 
 function fmtSeconds(s: number): string {
@@ -40,6 +41,7 @@ if (import.meta.main) {
       seed: { type: "string" },
       resume: { type: "string" },
       quiet: { type: "boolean" },
+      backend: { type: "string" },
       // The status server (server/): port (0 = a free one), host, off.
       "status-port": { type: "string" },
       "status-host": { type: "string" },
@@ -64,10 +66,11 @@ if (import.meta.main) {
           : intFlag(values.iterations, "iterations", 1),
         seed,
         out: values.resume ?? values.out,
+        backend: values.backend === undefined ? undefined : parseBackend(values.backend),
       },
     });
     const resolved = await resolvePipeline(loaded);
-    const gpu = await acquireGpu();
+    const gpu = await acquireDevice({ backend: resolved.spec.backend });
     const spec = resolved.spec;
     const log = (s: string) => values.quiet ? undefined : console.log(s);
     log(
@@ -75,12 +78,11 @@ if (import.meta.main) {
         `  model ${spec.model.type} (${
           (paramCount(resolved.config) / 1e6).toFixed(2)
         }M parameters, ${resolved.model.source})\n` +
-        `  adapter ${gpu.adapterName}\n  output ${resolved.outDir}`,
+        `  backend ${gpu.backend} on ${gpu.name}\n  output ${resolved.outDir}`,
     );
     // The status server (server/), before training: a taken port fails here, nothing trained.
     const status = values["no-status"] ? null : await startTrainingStatus(resolved, {
-      adapter: gpu.adapterName,
-      limits: gpu.limits,
+      device: gpu,
       host: values["status-host"],
       port: values["status-port"],
     });
@@ -96,6 +98,7 @@ if (import.meta.main) {
         url: values.redis,
         localEval: !values["no-local-eval"],
         log,
+        backend: gpu.backend,
       })
       : null;
     if (coordinator) {

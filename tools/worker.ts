@@ -14,9 +14,9 @@
 import { parseFlags, runMain } from "./cli.ts";
 import { UserError } from "../pipeline/errors.ts";
 import { runWorker } from "../pipeline/distributed.ts";
-import { acquireGpu } from "../kernels/runtime.ts";
+import { acquireDevice, parseBackend } from "../kernels/backend.ts";
 
-const USAGE = "deno task worker --redis URL [--run NAME] [--quiet]";
+const USAGE = "deno task worker --redis URL [--run NAME] [--backend auto|webgpu|cpu] [--quiet]";
 
 if (import.meta.main) {
   await runMain("worker", async () => {
@@ -24,11 +24,13 @@ if (import.meta.main) {
       redis: { type: "string" },
       run: { type: "string" },
       quiet: { type: "boolean" },
+      backend: { type: "string" },
     }, USAGE);
+    const backend = values.backend === undefined ? undefined : parseBackend(values.backend);
     if (!values.redis || positionals.length > 0) throw new UserError(`usage: ${USAGE}`);
     const log = (s: string) => values.quiet ? undefined : console.log(`esflow worker: ${s}`);
-    const gpu = await acquireGpu();
-    log(`adapter ${gpu.adapterName}`);
+    const gpu = await acquireDevice({ backend });
+    log(`backend ${gpu.backend} on ${gpu.name}`);
     const s = await runWorker(gpu, { url: values.redis, run: values.run, log });
     // Always printed: tests and operators read who did what from this line.
     console.log(

@@ -1,0 +1,1164 @@
+/**
+ * The CPU backend's native kernels: kernels/cpu/esflow.c compiled with the system C compiler,
+ * loaded with Deno.dlopen, with the system BLAS loaded into it, and one typed method per C
+ * function. Each C function computes what its WGSL kernel (kernels/*.wgsl) computes; see the
+ * comment above it in esflow.c for the shapes and the legend at the top of that file.
+ *
+ * Build. The library is compiled once per (source text, flags, compiler version, CPU model and
+ * flags, OS/arch) into `${XDG_CACHE_HOME or ~/.cache}/esflow/native/<sha256>/`, written under a
+ * temporary name and renamed, so test files running in parallel never load a half-written file;
+ * a cached library is reused without recompiling. Flags: -O3 -march=native -fPIC -shared
+ * -fopenmp -ffp-contract=off -lm -ldl. -ffp-contract=off (not in the first plan) keeps a·b + c
+ * two roundings as written, so the AVX2 kernels, their scalar tails and a build for another CPU
+ * give the same bits. Without OpenMP support (Apple clang) the kernels build and run
+ * single-threaded; {@link Native.openmp} says which.
+ *
+ * BLAS. The C side dlopens the first that loads of: $ESFLOW_BLAS (a path, to choose another), Debian's
+ * /usr/lib/<multiarch>/openblas-pthread/libopenblas.so.0, libopenblas.so.0 on the loader path,
+ * libblas.so.3 (Debian's alternative: OpenBLAS once libopenblas0-pthread is installed,
+ * otherwise the slow reference BLAS); on macOS Accelerate. {@link Native.blas} names the file
+ * and its version.
+ *
+ * Threads. BLAS calls and our OpenMP kernels run one after another on the same cores. Both
+ * pools keep their threads spinning after a call (OpenBLAS for 2^28 cycles by default, libgomp
+ * for GOMP_SPINCOUNT iterations), which steals the cores from the other pool's next call. Unless
+ * already set, this module sets {@link SPIN_SETTINGS} in the environment before the libraries
+ * load; see its doc comment for the measurement.
+ *
+ * Memory safety: every method checks that each array holds what the kernel touches and throws
+ * an Error naming the kernel and the shortfall; the C code checks nothing. {@link Native.symbols}
+ * are the raw, unchecked entry points.
+ *
+ * @module
+ */
+import { UserError } from "../../pipeline/errors.ts";
+import { type Seed, seedKey } from "../philox.ts";
+
+const SOURCE = new URL("./esflow.c", import.meta.url);
+
+const NO_COMPILER =
+  "the CPU backend compiles kernels/cpu/esflow.c and needs a C compiler: apt-get install -y " +
+  "build-essential (macOS: xcode-select --install)";
+const NO_BLAS =
+  "the CPU backend needs a BLAS: apt-get install -y libopenblas0-pthread (macOS: Accelerate " +
+  "ships with the system)";
+
+/**
+ * Thread-pool settings applied before the libraries load, each only when the variable is not
+ * already set. Measured on 2 Zen 3 cores, alternating a 512³ sgemm with a 1M-element perturb
+ * (see the report in kernels/cpu/README or the module doc): with the defaults, OpenBLAS's
+ * spinning worker slowed the next OpenMP kernel and libgomp's spinning worker slowed the next
+ * sgemm.
+ */
+export const SPIN_SETTINGS: Readonly<Record<string, string>> = {
+  // libgomp: idle workers sleep at once instead of spinning (GOMP_SPINCOUNT iterations).
+  OMP_WAIT_POLICY: "passive",
+  // OpenBLAS: idle workers sleep after 2^4 cycles instead of 2^28 (the minimum it accepts).
+  OPENBLAS_THREAD_TIMEOUT: "4",
+};
+
+const SYMBOLS = {
+  esf_init: { parameters: ["buffer", "i32"], result: "i32" },
+  esf_info: { parameters: [], result: "pointer" },
+  esf_blas_path: { parameters: [], result: "pointer" },
+  esf_blas_config: { parameters: [], result: "pointer" },
+  esf_features: { parameters: [], result: "i32" },
+  esf_set_threads: { parameters: ["i32"], result: "void" },
+  esf_matmul: {
+    parameters: [
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer", // x, w, bias, out
+      "i64",
+      "i64",
+      "i64", // M, N, K
+      "i64",
+      "i64",
+      "i64",
+      "i64", // w_row, bias_off, out_stride, out_col
+      "i32",
+      "i32",
+      "i32", // has_bias, accumulate, members
+      "i64",
+      "i64",
+      "i64",
+      "i64", // x_ms, w_ms, out_ms, b_ms
+    ],
+    result: "void",
+  },
+  esf_matmul_swiglu: {
+    parameters: [
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer", // x, wg, wu, out
+      "i64",
+      "i64",
+      "i64", // M, N, K
+      "i64",
+      "i64",
+      "i64",
+      "i64", // g_row, u_row, out_stride, out_col
+      "i32",
+      "i64",
+      "i64",
+      "i64", // members, x_ms, w_ms, out_ms
+    ],
+    result: "void",
+  },
+  esf_rmsnorm: {
+    parameters: ["buffer", "buffer", "buffer", "i64", "i64", "f32", "i64", "i64"],
+    result: "void",
+  },
+  esf_embedding: {
+    parameters: ["buffer", "buffer", "buffer", "i64", "i64", "i64", "i64", "i64", "i64"],
+    result: "void",
+  },
+  esf_qk_norm_rope: {
+    parameters: [
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer", // x, w, cos, sin
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "f32",
+      "i64",
+      "i64", // R, T, NH, D, eps, RM, w_ms
+    ],
+    result: "void",
+  },
+  esf_attention: {
+    parameters: [
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer", // q, k, v, mask, out
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "f32", // B, T, NH, NKV, D, scale
+    ],
+    result: "void",
+  },
+  esf_swiglu: { parameters: ["buffer", "buffer", "i64"], result: "void" },
+  esf_logsumexp_chunk: {
+    parameters: ["buffer", "buffer", "buffer", "i64", "i64", "i64", "i32"],
+    result: "void",
+  },
+  esf_log_likelihood: {
+    parameters: ["buffer", "buffer", "buffer", "i64", "i64"],
+    result: "void",
+  },
+  esf_accumulate: { parameters: ["buffer", "buffer", "i64", "i64"], result: "void" },
+  esf_perturb: {
+    parameters: ["buffer", "buffer", "i64", "buffer", "i32", "buffer", "i32"],
+    result: "void",
+  },
+  esf_es_update: {
+    parameters: ["buffer", "buffer", "buffer", "i32", "buffer"],
+    result: "void",
+  },
+  esf_lowrank_factors: { parameters: ["buffer", "buffer", "i32", "buffer"], result: "void" },
+  esf_lowrank_embed: {
+    parameters: [
+      "buffer",
+      "buffer",
+      "buffer",
+      "buffer", // ids, a, bt, x
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "i64",
+      "i64", // R, H, R4, RM, a_ms, b_ms
+    ],
+    result: "void",
+  },
+  esf_checksum: { parameters: ["buffer", "i64", "u32", "buffer"], result: "void" },
+  esf_philox: { parameters: ["buffer", "buffer", "buffer"], result: "void" },
+  esf_normals: {
+    parameters: ["u32", "u32", "u32", "u32", "u32", "i64", "i64", "buffer"],
+    result: "void",
+  },
+  esf_sgemm_nt: {
+    parameters: ["i64", "i64", "i64", "buffer", "buffer", "buffer"],
+    result: "void",
+  },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+/** The raw entry points of libesflow, as Deno.dlopen types them (no checks). */
+export type NativeSymbols = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+
+/** θ storage: f32 elements, or bf16 (element 2k in the low half of u32 word k). */
+export type ThetaArray = Float32Array | Uint16Array | Uint32Array;
+
+/** Options of {@link loadNative}. */
+export interface NativeOptions {
+  /** Threads of the BLAS and of the OpenMP kernels. Default $ESFLOW_THREADS, else all cores. */
+  threads?: number;
+}
+
+let loading: Promise<Native> | null = null;
+
+/**
+ * The native kernels, built (or taken from the cache) and loaded once per process. A later call
+ * with `threads` sets that thread count on the same instance.
+ */
+export async function loadNative(options: NativeOptions = {}): Promise<Native> {
+  loading ??= openNative(options.threads ?? defaultThreads());
+  const native = await loading;
+  if (options.threads !== undefined && options.threads !== native.threads) {
+    native.setThreads(options.threads);
+  }
+  return native;
+}
+
+function defaultThreads(): number {
+  const env = Deno.env.get("ESFLOW_THREADS");
+  if (env !== undefined && env !== "") {
+    const n = Number(env);
+    if (!Number.isInteger(n) || n < 1) {
+      throw new UserError(`ESFLOW_THREADS must be a positive integer, got "${env}"`);
+    }
+    return n;
+  }
+  return Math.max(1, navigator.hardwareConcurrency ?? 1);
+}
+
+async function openNative(threads: number): Promise<Native> {
+  checkThreads(threads);
+  const path = await buildLibrary();
+  for (const [name, value] of Object.entries(SPIN_SETTINGS)) {
+    if (Deno.env.get(name) === undefined) Deno.env.set(name, value);
+  }
+  const lib = Deno.dlopen(path, SYMBOLS);
+  for (const candidate of blasCandidates()) {
+    if (lib.symbols.esf_init(cString(candidate), threads) === 0) {
+      return new Native(lib.symbols, path, threads);
+    }
+  }
+  lib.close();
+  throw new UserError(NO_BLAS);
+}
+
+/** The BLAS libraries to try, best first (see the module doc). */
+function blasCandidates(): string[] {
+  const env = Deno.env.get("ESFLOW_BLAS");
+  const own = env ? [env] : [];
+  if (Deno.build.os === "darwin") {
+    return [...own, "/System/Library/Frameworks/Accelerate.framework/Accelerate"];
+  }
+  const multiarch = `${Deno.build.arch}-linux-gnu`; // x86_64-linux-gnu, aarch64-linux-gnu
+  return [
+    ...own,
+    `/usr/lib/${multiarch}/openblas-pthread/libopenblas.so.0`,
+    "libopenblas.so.0",
+    "libblas.so.3",
+  ];
+}
+
+/** Compiles esflow.c into the cache unless it is there already; returns the library's path. */
+async function buildLibrary(): Promise<string> {
+  const source = await Deno.readTextFile(SOURCE);
+  const compiler = await findCompiler();
+  const flags = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off"];
+  const libs = ["-lm", "-ldl"];
+  const key = JSON.stringify({
+    source,
+    flags,
+    libs,
+    compiler: compiler.version,
+    cpu: await cpuIdentity(),
+    os: Deno.build.os,
+    arch: Deno.build.arch,
+  });
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(key));
+  const hash = Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+  const dir = `${cacheRoot()}/esflow/native/${hash}`;
+  const lib = `${dir}/libesflow.${Deno.build.os === "darwin" ? "dylib" : "so"}`;
+  if (await exists(lib)) return lib;
+
+  await Deno.mkdir(dir, { recursive: true });
+  const tmp = `${lib}.${Deno.pid}.${crypto.randomUUID()}.tmp`;
+  try {
+    let result = await compile(compiler.command, source, [...flags, "-o", tmp, ...libs]);
+    if (!result.ok && /openmp|omp\.h/i.test(result.stderr)) {
+      // Apple clang has no -fopenmp: build without; the kernels then run single-threaded.
+      const serial = flags.filter((f) => f !== "-fopenmp");
+      result = await compile(compiler.command, source, [...serial, "-o", tmp, ...libs]);
+    }
+    if (!result.ok) {
+      throw new UserError(`compiling kernels/cpu/esflow.c failed: ${firstError(result.stderr)}`);
+    }
+    // rename is atomic: a concurrent process sees no library or a whole one.
+    await Deno.rename(tmp, lib);
+  } finally {
+    await Deno.remove(tmp).catch(() => {});
+  }
+  return lib;
+}
+
+async function compile(
+  command: string,
+  source: string,
+  args: string[],
+): Promise<{ ok: boolean; stderr: string }> {
+  // The source goes through stdin, so what is compiled is exactly what was hashed.
+  const child = new Deno.Command(command, {
+    args: ["-x", "c", "-", ...args],
+    stdin: "piped",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const writer = child.stdin.getWriter();
+  await writer.write(new TextEncoder().encode(source));
+  await writer.close();
+  const out = await child.output();
+  return { ok: out.success, stderr: new TextDecoder().decode(out.stderr) };
+}
+
+/** The first line of compiler output that reports an error, with the file named. */
+function firstError(stderr: string): string {
+  const lines = stderr.split("\n").map((l) => l.replace(/^<stdin>/, "kernels/cpu/esflow.c"));
+  return (lines.find((l) => /error/i.test(l)) ?? lines.find((l) => l.trim()) ?? "no output")
+    .trim();
+}
+
+/** The first of cc, gcc, clang that runs, with the first line of its --version. */
+async function findCompiler(): Promise<{ command: string; version: string }> {
+  for (const command of ["cc", "gcc", "clang"]) {
+    try {
+      const out = await new Deno.Command(command, { args: ["--version"], stderr: "null" })
+        .output();
+      if (out.success) {
+        return { command, version: new TextDecoder().decode(out.stdout).split("\n")[0] };
+      }
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+  }
+  throw new UserError(NO_COMPILER);
+}
+
+/** What -march=native depends on: the CPU model and feature flags, where the OS tells. */
+async function cpuIdentity(): Promise<string> {
+  try {
+    const info = await Deno.readTextFile("/proc/cpuinfo");
+    const line = (re: RegExp) => info.split("\n").find((l) => re.test(l)) ?? "";
+    return `${line(/^model name\s*:/)}\n${line(/^(flags|Features)\s*:/)}`;
+  } catch {
+    if (Deno.build.os !== "darwin") return "";
+    try {
+      const out = await new Deno.Command("sysctl", {
+        args: ["-n", "machdep.cpu.brand_string"],
+        stderr: "null",
+      }).output();
+      return new TextDecoder().decode(out.stdout).trim();
+    } catch {
+      return "";
+    }
+  }
+}
+
+function cacheRoot(): string {
+  const xdg = Deno.env.get("XDG_CACHE_HOME");
+  if (xdg) return xdg;
+  const home = Deno.env.get("HOME");
+  return home ? `${home}/.cache` : `${Deno.env.get("TMPDIR") ?? "/tmp"}/esflow-cache`;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(path)).isFile;
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return false;
+    throw e;
+  }
+}
+
+function cString(s: string): Uint8Array<ArrayBuffer> {
+  return new TextEncoder().encode(s + "\0");
+}
+
+function readCString(p: Deno.PointerValue): string {
+  return p === null ? "" : Deno.UnsafePointerView.getCString(p);
+}
+
+function checkThreads(n: number): void {
+  if (!Number.isInteger(n) || n < 1) throw new Error(`native: threads must be ≥ 1, got ${n}`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Argument checks: they guard memory safety, so each names the kernel and the shortfall.
+
+/** A non-negative safe integer (sizes, offsets, strides). */
+function size(kernel: string, name: string, v: number): number {
+  if (!Number.isSafeInteger(v) || v < 0) {
+    throw new Error(`${kernel}: ${name} must be a non-negative integer, got ${v}`);
+  }
+  return v;
+}
+
+/** A size the BLAS takes as a C int. */
+function blasInt(kernel: string, name: string, v: number): number {
+  size(kernel, name, v);
+  if (v >= 2 ** 31) throw new Error(`${kernel}: ${name} = ${v} exceeds the BLAS's int`);
+  return v;
+}
+
+/** Throws unless `array` holds at least `needed` elements. */
+function holds(kernel: string, name: string, array: ArrayLike<unknown>, needed: number): void {
+  if (array.length < needed) {
+    throw new Error(`${kernel}: ${name} holds ${array.length} elements, needs ${needed}`);
+  }
+}
+
+/** Throws unless `array` holds at least `needed` bytes. */
+function holdsBytes(kernel: string, name: string, array: ArrayBufferView, needed: number): void {
+  if (array.byteLength < needed) {
+    throw new Error(`${kernel}: ${name} holds ${array.byteLength} bytes, needs ${needed}`);
+  }
+}
+
+/** Elements an operand needs: `one` member's extent, `count` members `stride` apart. */
+function forMembers(one: number, stride: number, count: number): number {
+  return one === 0 ? 0 : (count - 1) * stride + one;
+}
+
+/** Members of a row-batched kernel: rows in blocks of rowsPerMember. */
+function memberCount(kernel: string, rows: number, rowsPerMember: number): number {
+  if (rows > 0 && rowsPerMember < 1) {
+    throw new Error(`${kernel}: rowsPerMember must be ≥ 1, got ${rowsPerMember}`);
+  }
+  return rows === 0 ? 0 : Math.ceil(rows / rowsPerMember);
+}
+
+function isBf16(kernel: string, theta: ThetaArray, bf16: boolean | undefined): boolean {
+  const b = bf16 ?? !(theta instanceof Float32Array);
+  if (!b && !(theta instanceof Float32Array)) {
+    throw new Error(`${kernel}: f32 θ must be a Float32Array`);
+  }
+  return b;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options of the wrappers. Offsets and strides count elements; *Ms is a member stride.
+
+/** Options of {@link Native.matmul}: out (+)= x·Wᵀ (+ bias), kernels/matmul.wgsl. */
+export interface MatmulArgs {
+  /** (M, K) per member. */
+  x: Float32Array;
+  /** (N_total, K) [out, in] per member; rows wRow .. wRow + n are used. */
+  w: Float32Array;
+  /** (n) at biasOff per member; absent: no bias. */
+  bias?: Float32Array;
+  /** (M, outStride) per member; columns outCol .. outCol + n are written. */
+  out: Float32Array;
+  m: number;
+  n: number;
+  k: number;
+  /** First row of w used. Default 0. */
+  wRow?: number;
+  /** Offset of the bias. Default 0. */
+  biasOff?: number;
+  /** Row stride of out, ≥ n. Default n. */
+  outStride?: number;
+  /** First column of out written. Default 0. */
+  outCol?: number;
+  /** out += the result (a fused residual add). Default false. */
+  accumulate?: boolean;
+  /** Members (the WGSL grid z). Default 1. */
+  members?: number;
+  /** Member strides of x, w, out and bias. Default 0. */
+  xMs?: number;
+  wMs?: number;
+  outMs?: number;
+  bMs?: number;
+}
+
+/** Options of {@link Native.matmulSwiglu}: out = silu(x·Wgᵀ)·(x·Wuᵀ), matmul.wgsl SWIGLU. */
+export interface MatmulSwigluArgs {
+  /** (M, K) per member. */
+  x: Float32Array;
+  /** Gate weights (N_total, K) per member; rows gRow .. gRow + n are used. */
+  wg: Float32Array;
+  /** Up weights (N_total', K) per member; rows uRow .. uRow + n are used. May be wg. */
+  wu: Float32Array;
+  /** (M, outStride) per member; columns outCol .. outCol + n are written. */
+  out: Float32Array;
+  m: number;
+  n: number;
+  k: number;
+  /** First rows of wg and wu used. Default 0. */
+  gRow?: number;
+  uRow?: number;
+  /** Row stride of out. Default n. */
+  outStride?: number;
+  /** First column of out written. Default 0. */
+  outCol?: number;
+  /** Members. Default 1. */
+  members?: number;
+  /** Member strides of x, both weights, and out. Default 0. */
+  xMs?: number;
+  wMs?: number;
+  outMs?: number;
+}
+
+/** Options of {@link Native.rmsnorm}: y = w·x·rsqrt(mean(x²) + eps), rmsnorm.wgsl. */
+export interface RmsnormArgs {
+  /** (rows, dim). */
+  x: Float32Array;
+  /** (dim) per member. */
+  w: Float32Array;
+  /** (rows, dim); may be x. */
+  y: Float32Array;
+  rows: number;
+  dim: number;
+  eps: number;
+  /** Rows per member (RM). Default rows. */
+  rowsPerMember?: number;
+  /** Elements between members' w. Default 0. */
+  wMs?: number;
+}
+
+/** Options of {@link Native.embedding}: x[r] = table[ids[r]] for ids in this shard. */
+export interface EmbeddingArgs {
+  /** (rows) token ids. */
+  ids: Uint32Array;
+  /** (tableRows, hidden) per member: vocab rows rowStart .. rowStart + tableRows. */
+  table: Float32Array;
+  /** (rows, hidden). */
+  x: Float32Array;
+  rows: number;
+  hidden: number;
+  /** First vocab id in the table shard. Default 0. */
+  rowStart?: number;
+  /** Vocab rows in the shard. */
+  tableRows: number;
+  /** Rows per member. Default rows. */
+  rowsPerMember?: number;
+  /** Elements between members' tables. Default 0. */
+  tableMs?: number;
+}
+
+/** Options of {@link Native.qkNormRope}: per-head RMSNorm then RoPE in place. */
+export interface QkNormRopeArgs {
+  /** (rows, heads, headDim), rewritten. */
+  x: Float32Array;
+  /** (headDim) per member. */
+  w: Float32Array;
+  /** (seqLen, headDim/2) each (kernels/qk_norm_rope.ts ropeTables). */
+  cos: Float32Array;
+  sin: Float32Array;
+  rows: number;
+  seqLen: number;
+  heads: number;
+  /** Even. */
+  headDim: number;
+  eps: number;
+  /** Rows per member. Default rows. */
+  rowsPerMember?: number;
+  /** Elements between members' w. Default 0. */
+  wMs?: number;
+}
+
+/** Options of {@link Native.attention}: causal GQA with key padding, attention.wgsl. */
+export interface AttentionArgs {
+  /** (batch·seqLen, heads, headDim). */
+  q: Float32Array;
+  /** (batch·seqLen, kvHeads, headDim) each. */
+  k: Float32Array;
+  v: Float32Array;
+  /** (batch·seqLen): 1 real token, 0 pad. */
+  mask: Uint32Array;
+  /** (batch·seqLen, heads, headDim). */
+  out: Float32Array;
+  batch: number;
+  seqLen: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  /** Score scale. Default headDim^-0.5 rounded to f32. */
+  scale?: number;
+}
+
+/** Options of {@link Native.swiglu}: gate = silu(gate)·up in place. */
+export interface SwigluArgs {
+  gate: Float32Array;
+  up: Float32Array;
+  /** Elements. Default gate.length. */
+  n?: number;
+}
+
+/** Options of {@link Native.logsumexpChunk}: folds a vocab chunk into the streamed state. */
+export interface LogsumexpChunkArgs {
+  /** (rows, width): logits of vocab ids start .. start + width. */
+  logits: Float32Array;
+  /** (rows) u32, 0xffffffff: no target. */
+  targets: Uint32Array;
+  /** (rows, 3): max, sum of exponentials, target logit. */
+  state: Float32Array;
+  rows: number;
+  width: number;
+  start: number;
+  /** The first chunk initialises the state. */
+  first: boolean;
+}
+
+/** Options of {@link Native.logLikelihood}: per-sample R from the final state. */
+export interface LogLikelihoodArgs {
+  /** (batch·seqLen) u32. */
+  targets: Uint32Array;
+  /** (batch·seqLen, 3). */
+  state: Float32Array;
+  /** (batch). */
+  r: Float32Array;
+  batch: number;
+  seqLen: number;
+}
+
+/** Options of {@link Native.accumulate}: total[0] += Σ r[offset .. offset + batch). */
+export interface AccumulateArgs {
+  r: Float32Array;
+  /** One f32, the member's slot (a subarray). */
+  total: Float32Array;
+  batch: number;
+  /** First sample added. Default 0. */
+  offset?: number;
+}
+
+/** Options of {@link Native.perturb}: out = θ + s·m·ε for one shard, noise_perturb.wgsl. */
+export interface PerturbArgs {
+  /** One shard-table record (8 words: start, count, tensor, numel, m, src, dst, member_stride). */
+  shard: Uint32Array;
+  /** Perturb records (seed lo, seed hi, iteration, noise index, scale), paramWords apart. */
+  params: Uint32Array;
+  /** Words between records (es_update.ts paramStride / 4). Default 8. */
+  paramWords?: number;
+  /** The θ shard: holds element e at e − start + src. */
+  theta: ThetaArray;
+  /** bf16 θ. Default: θ is not a Float32Array. */
+  bf16?: boolean;
+  /** Member z's element e at e − start + dst + z·member_stride. */
+  out: Float32Array;
+  /** Members. Default 1. */
+  members?: number;
+}
+
+/** Options of {@link Native.esUpdate}: θ += m·Σ_i d_i ε_i over one shard, es_update.wgsl. */
+export interface EsUpdateArgs {
+  /** One shard-table record. */
+  shard: Uint32Array;
+  /** (seed lo, seed hi, iteration, n, d_0 … d_{n−1}) (es_update.ts encodeUpdateParams). */
+  update: Uint32Array;
+  /** The θ shard, updated in place: count elements from start. */
+  theta: ThetaArray;
+  /** bf16 θ (stochastic rounding). Default: θ is not a Float32Array. */
+  bf16?: boolean;
+  /** Test mode: ε read from (n, numel) instead of regenerated. */
+  injected?: Float32Array;
+}
+
+/** Options of {@link Native.lowrankFactors}: rows of a low-rank factor, lowrank_factors.wgsl. */
+export interface LowrankFactorsArgs {
+  /** One factor record (11 words, kernels/lowrank.ts createFactorTable). */
+  factor: Uint32Array;
+  /** A perturb record ("member") or the update params ("update"). */
+  params: Uint32Array;
+  mode: "member" | "update";
+  out: Float32Array;
+}
+
+/** Options of {@link Native.lowrankEmbed}: x[r] += a[ids[r]]·Bᵀ, lowrank_embed.wgsl. */
+export interface LowrankEmbedArgs {
+  /** (rows) token ids. */
+  ids: Uint32Array;
+  /** (V, r4) per member. */
+  a: Float32Array;
+  /** (r4, hidden) per member. */
+  bt: Float32Array;
+  /** (rows, hidden), added to. */
+  x: Float32Array;
+  rows: number;
+  hidden: number;
+  r4: number;
+  /** Rows per member. Default rows. */
+  rowsPerMember?: number;
+  /** Elements between members' a and bt. Default 0. */
+  aMs?: number;
+  bMs?: number;
+}
+
+/** Options of {@link Native.checksum}: sums += the two hashes of checksum.wgsl. */
+export interface ChecksumArgs {
+  /** Bit patterns of one shard (f32 or bf16 pairs as u32 words). */
+  x: Uint32Array;
+  /** Words. Default x.length. */
+  n?: number;
+  /** Index of x[0] among the tensor's words. Default 0. */
+  base?: number;
+  /** Two u32 sums, added to. */
+  sums: Uint32Array;
+}
+
+/** Options of {@link Native.normals}: ε of elements start .. start + count of one stream. */
+export interface NormalsArgs {
+  seed: Seed;
+  iteration: number;
+  member: number;
+  tensor: number;
+  /** First element. Default 0. */
+  start?: number;
+  count: number;
+  /** Receives the normals. Default a new array. */
+  out?: Float32Array;
+}
+
+/** Options of {@link Native.sgemmNt}: c = a·bᵀ through the BLAS. */
+export interface SgemmArgs {
+  m: number;
+  n: number;
+  k: number;
+  /** (m, k). */
+  a: Float32Array;
+  /** (n, k). */
+  b: Float32Array;
+  /** (m, n). */
+  c: Float32Array;
+}
+
+/**
+ * The loaded library: one method per C function of kernels/cpu/esflow.c, each checking the
+ * arrays it is given and then calling the kernel synchronously on this thread.
+ */
+export class Native {
+  /** The raw entry points, unchecked: a wrong length here corrupts memory. */
+  readonly symbols: NativeSymbols;
+  /** The compiled library's path in the cache. */
+  readonly library: string;
+  /** The BLAS file loaded and its name and version (e.g. "OpenBLAS 0.3.21 (pthread)"). */
+  readonly blas: { path: string; config: string };
+  /** Whether the kernels were built with OpenMP (otherwise they run single-threaded). */
+  readonly openmp: boolean;
+  /** Whether the noise and SIMD kernels use AVX2. */
+  readonly avx2: boolean;
+  #threads: number;
+
+  /** Use {@link loadNative}; this wraps an already initialised library. */
+  constructor(symbols: NativeSymbols, library: string, threads: number) {
+    this.symbols = symbols;
+    this.library = library;
+    this.blas = {
+      path: readCString(symbols.esf_blas_path()),
+      config: readCString(symbols.esf_blas_config()),
+    };
+    const features = symbols.esf_features();
+    this.openmp = (features & 1) !== 0;
+    this.avx2 = (features & 2) !== 0;
+    this.#threads = threads;
+  }
+
+  /** Threads of the BLAS and the OpenMP kernels. */
+  get threads(): number {
+    return this.#threads;
+  }
+
+  /** One line: BLAS, path, threads, SIMD, e.g. "OpenBLAS 0.3.21 (pthread) via …, 2 threads, AVX2". */
+  get info(): string {
+    return readCString(this.symbols.esf_info());
+  }
+
+  /** Sets the threads of the BLAS and of the OpenMP kernels. Results do not depend on it. */
+  setThreads(n: number): void {
+    checkThreads(n);
+    this.symbols.esf_set_threads(n);
+    this.#threads = n;
+  }
+
+  /** out (+)= x·Wᵀ (+ bias) per member, through cblas_sgemm (esflow.c esf_matmul). */
+  matmul(o: MatmulArgs): void {
+    const K = "esf_matmul";
+    const m = blasInt(K, "m", o.m), n = blasInt(K, "n", o.n), k = blasInt(K, "k", o.k);
+    const wRow = size(K, "wRow", o.wRow ?? 0), biasOff = size(K, "biasOff", o.biasOff ?? 0);
+    const outStride = blasInt(K, "outStride", o.outStride ?? n);
+    const outCol = size(K, "outCol", o.outCol ?? 0), members = size(K, "members", o.members ?? 1);
+    const xMs = size(K, "xMs", o.xMs ?? 0), wMs = size(K, "wMs", o.wMs ?? 0);
+    const outMs = size(K, "outMs", o.outMs ?? 0), bMs = size(K, "bMs", o.bMs ?? 0);
+    if (outStride < n) throw new Error(`${K}: outStride ${outStride} < n ${n}`);
+    if (m > 0 && n > 0 && members > 0) {
+      holds(K, "x", o.x, forMembers(m * k, xMs, members));
+      holds(K, "w", o.w, forMembers((wRow + n) * k, wMs, members));
+      holds(K, "out", o.out, forMembers((m - 1) * outStride + outCol + n, outMs, members));
+      if (o.bias) holds(K, "bias", o.bias, forMembers(biasOff + n, bMs, members));
+    }
+    this.symbols.esf_matmul(
+      o.x,
+      o.w,
+      o.bias ?? null,
+      o.out,
+      BigInt(m),
+      BigInt(n),
+      BigInt(k),
+      BigInt(wRow),
+      BigInt(biasOff),
+      BigInt(outStride),
+      BigInt(outCol),
+      o.bias ? 1 : 0,
+      o.accumulate ? 1 : 0,
+      members,
+      BigInt(xMs),
+      BigInt(wMs),
+      BigInt(outMs),
+      BigInt(bMs),
+    );
+  }
+
+  /** out = silu(x·Wgᵀ)·(x·Wuᵀ) per member (esflow.c esf_matmul_swiglu). */
+  matmulSwiglu(o: MatmulSwigluArgs): void {
+    const K = "esf_matmul_swiglu";
+    const m = blasInt(K, "m", o.m), n = blasInt(K, "n", o.n), k = blasInt(K, "k", o.k);
+    const gRow = size(K, "gRow", o.gRow ?? 0), uRow = size(K, "uRow", o.uRow ?? 0);
+    const outStride = size(K, "outStride", o.outStride ?? n);
+    const outCol = size(K, "outCol", o.outCol ?? 0), members = size(K, "members", o.members ?? 1);
+    const xMs = size(K, "xMs", o.xMs ?? 0), wMs = size(K, "wMs", o.wMs ?? 0);
+    const outMs = size(K, "outMs", o.outMs ?? 0);
+    if (m > 0 && n > 0 && members > 0) {
+      holds(K, "x", o.x, forMembers(m * k, xMs, members));
+      holds(K, "wg", o.wg, forMembers((gRow + n) * k, wMs, members));
+      holds(K, "wu", o.wu, forMembers((uRow + n) * k, wMs, members));
+      holds(K, "out", o.out, forMembers((m - 1) * outStride + outCol + n, outMs, members));
+    }
+    this.symbols.esf_matmul_swiglu(
+      o.x,
+      o.wg,
+      o.wu,
+      o.out,
+      BigInt(m),
+      BigInt(n),
+      BigInt(k),
+      BigInt(gRow),
+      BigInt(uRow),
+      BigInt(outStride),
+      BigInt(outCol),
+      members,
+      BigInt(xMs),
+      BigInt(wMs),
+      BigInt(outMs),
+    );
+  }
+
+  /** RMSNorm of each row (esflow.c esf_rmsnorm). */
+  rmsnorm(o: RmsnormArgs): void {
+    const K = "esf_rmsnorm";
+    const rows = size(K, "rows", o.rows), dim = size(K, "dim", o.dim);
+    const rm = size(K, "rowsPerMember", o.rowsPerMember ?? Math.max(rows, 1));
+    const wMs = size(K, "wMs", o.wMs ?? 0);
+    holds(K, "x", o.x, rows * dim);
+    holds(K, "y", o.y, rows * dim);
+    holds(K, "w", o.w, forMembers(dim, wMs, memberCount(K, rows, rm)));
+    this.symbols.esf_rmsnorm(
+      o.x,
+      o.w,
+      o.y,
+      BigInt(rows),
+      BigInt(dim),
+      o.eps,
+      BigInt(rm),
+      BigInt(wMs),
+    );
+  }
+
+  /** Gathers the rows of one table shard (esflow.c esf_embedding). */
+  embedding(o: EmbeddingArgs): void {
+    const K = "esf_embedding";
+    const rows = size(K, "rows", o.rows), hidden = size(K, "hidden", o.hidden);
+    const rowStart = size(K, "rowStart", o.rowStart ?? 0);
+    const tableRows = size(K, "tableRows", o.tableRows);
+    const rm = size(K, "rowsPerMember", o.rowsPerMember ?? Math.max(rows, 1));
+    const tableMs = size(K, "tableMs", o.tableMs ?? 0);
+    holds(K, "ids", o.ids, rows);
+    holds(K, "x", o.x, rows * hidden);
+    holds(K, "table", o.table, forMembers(tableRows * hidden, tableMs, memberCount(K, rows, rm)));
+    this.symbols.esf_embedding(
+      o.ids,
+      o.table,
+      o.x,
+      BigInt(rows),
+      BigInt(hidden),
+      BigInt(rowStart),
+      BigInt(tableRows),
+      BigInt(rm),
+      BigInt(tableMs),
+    );
+  }
+
+  /** Per-head RMSNorm then half-split RoPE, in place (esflow.c esf_qk_norm_rope). */
+  qkNormRope(o: QkNormRopeArgs): void {
+    const K = "esf_qk_norm_rope";
+    const rows = size(K, "rows", o.rows), seqLen = size(K, "seqLen", o.seqLen);
+    const heads = size(K, "heads", o.heads), headDim = size(K, "headDim", o.headDim);
+    const rm = size(K, "rowsPerMember", o.rowsPerMember ?? Math.max(rows, 1));
+    const wMs = size(K, "wMs", o.wMs ?? 0);
+    if (headDim % 2 !== 0) throw new Error(`${K}: headDim ${headDim} must be even`);
+    if (rows > 0 && seqLen < 1) throw new Error(`${K}: seqLen must be ≥ 1`);
+    holds(K, "x", o.x, rows * heads * headDim);
+    holds(K, "w", o.w, forMembers(headDim, wMs, memberCount(K, rows, rm)));
+    const positions = Math.min(rows, seqLen);
+    holds(K, "cos", o.cos, (positions * headDim) / 2);
+    holds(K, "sin", o.sin, (positions * headDim) / 2);
+    this.symbols.esf_qk_norm_rope(
+      o.x,
+      o.w,
+      o.cos,
+      o.sin,
+      BigInt(rows),
+      BigInt(seqLen),
+      BigInt(heads),
+      BigInt(headDim),
+      o.eps,
+      BigInt(rm),
+      BigInt(wMs),
+    );
+  }
+
+  /** Causal GQA attention with key padding (esflow.c esf_attention). */
+  attention(o: AttentionArgs): void {
+    const K = "esf_attention";
+    const batch = size(K, "batch", o.batch), seqLen = size(K, "seqLen", o.seqLen);
+    const heads = size(K, "heads", o.heads), kvHeads = size(K, "kvHeads", o.kvHeads);
+    const headDim = size(K, "headDim", o.headDim);
+    if (kvHeads < 1 || heads % kvHeads !== 0) {
+      throw new Error(`${K}: ${heads} heads are not a multiple of ${kvHeads} kv heads`);
+    }
+    const rows = batch * seqLen;
+    holds(K, "q", o.q, rows * heads * headDim);
+    holds(K, "k", o.k, rows * kvHeads * headDim);
+    holds(K, "v", o.v, rows * kvHeads * headDim);
+    holds(K, "mask", o.mask, rows);
+    holds(K, "out", o.out, rows * heads * headDim);
+    const scale = o.scale ?? Math.fround(1 / Math.sqrt(headDim));
+    this.symbols.esf_attention(
+      o.q,
+      o.k,
+      o.v,
+      o.mask,
+      o.out,
+      BigInt(batch),
+      BigInt(seqLen),
+      BigInt(heads),
+      BigInt(kvHeads),
+      BigInt(headDim),
+      scale,
+    );
+  }
+
+  /** gate = silu(gate)·up (esflow.c esf_swiglu). */
+  swiglu(o: SwigluArgs): void {
+    const K = "esf_swiglu";
+    const n = size(K, "n", o.n ?? o.gate.length);
+    holds(K, "gate", o.gate, n);
+    holds(K, "up", o.up, n);
+    this.symbols.esf_swiglu(o.gate, o.up, BigInt(n));
+  }
+
+  /** Folds one vocab chunk into the log-softmax state (esflow.c esf_logsumexp_chunk). */
+  logsumexpChunk(o: LogsumexpChunkArgs): void {
+    const K = "esf_logsumexp_chunk";
+    const rows = size(K, "rows", o.rows), width = size(K, "width", o.width);
+    const start = size(K, "start", o.start);
+    holds(K, "logits", o.logits, rows * width);
+    holds(K, "targets", o.targets, rows);
+    holds(K, "state", o.state, rows * 3);
+    this.symbols.esf_logsumexp_chunk(
+      o.logits,
+      o.targets,
+      o.state,
+      BigInt(rows),
+      BigInt(width),
+      BigInt(start),
+      o.first ? 1 : 0,
+    );
+  }
+
+  /** Per-sample log-likelihood fitness (esflow.c esf_log_likelihood). */
+  logLikelihood(o: LogLikelihoodArgs): void {
+    const K = "esf_log_likelihood";
+    const batch = size(K, "batch", o.batch), seqLen = size(K, "seqLen", o.seqLen);
+    holds(K, "targets", o.targets, batch * seqLen);
+    holds(K, "state", o.state, batch * seqLen * 3);
+    holds(K, "r", o.r, batch);
+    this.symbols.esf_log_likelihood(o.targets, o.state, o.r, BigInt(batch), BigInt(seqLen));
+  }
+
+  /** total[0] += Σ r[offset ..], in order (esflow.c esf_accumulate). */
+  accumulate(o: AccumulateArgs): void {
+    const K = "esf_accumulate";
+    const batch = size(K, "batch", o.batch), offset = size(K, "offset", o.offset ?? 0);
+    holds(K, "r", o.r, batch === 0 ? 0 : offset + batch);
+    holds(K, "total", o.total, 1);
+    this.symbols.esf_accumulate(o.r, o.total, BigInt(batch), BigInt(offset));
+  }
+
+  /** The perturbed copy of one shard for each member (esflow.c esf_perturb). */
+  perturb(o: PerturbArgs): void {
+    const K = "esf_perturb";
+    holds(K, "shard", o.shard, 8);
+    const members = size(K, "members", o.members ?? 1);
+    const paramWords = size(K, "paramWords", o.paramWords ?? 8);
+    const bf16 = isBf16(K, o.theta, o.bf16);
+    const [, count, , , , src, dst, memberStride] = o.shard;
+    if (count > 0 && members > 0) {
+      if (members > 1 && paramWords < 5) {
+        throw new Error(`${K}: paramWords ${paramWords} is shorter than a record (5 words)`);
+      }
+      holds(K, "params", o.params, forMembers(5, paramWords, members));
+      holds(K, "out", o.out, forMembers(dst + count, memberStride, members));
+      holdsBytes(K, "theta", o.theta, (src + count) * (bf16 ? 2 : 4));
+    }
+    this.symbols.esf_perturb(
+      o.shard,
+      o.params,
+      BigInt(paramWords),
+      o.theta,
+      bf16 ? 1 : 0,
+      o.out,
+      members,
+    );
+  }
+
+  /** θ += m·Σ_i d_i ε_i over one shard (esflow.c esf_es_update). */
+  esUpdate(o: EsUpdateArgs): void {
+    const K = "esf_es_update";
+    holds(K, "shard", o.shard, 8);
+    holds(K, "update", o.update, 4);
+    const [start, count, , numel] = o.shard;
+    const n = o.update[3];
+    holds(K, "update", o.update, 4 + n);
+    const bf16 = isBf16(K, o.theta, o.bf16);
+    if (bf16 && (start % 2 !== 0 || count % 2 !== 0)) {
+      throw new Error(
+        `${K}: a bf16 shard must start and end on even elements (${start}, ${count})`,
+      );
+    }
+    holdsBytes(K, "theta", o.theta, count * (bf16 ? 2 : 4));
+    if (o.injected && count > 0) {
+      if (start + count > numel) {
+        throw new Error(`${K}: shard [${start}, ${start + count}) exceeds numel ${numel}`);
+      }
+      holds(K, "injected", o.injected, n * numel);
+    }
+    this.symbols.esf_es_update(o.shard, o.update, o.theta, bf16 ? 1 : 0, o.injected ?? null);
+  }
+
+  /** Rows of a low-rank factor, scaled, in a strided layout (esflow.c esf_lowrank_factors). */
+  lowrankFactors(o: LowrankFactorsArgs): void {
+    const K = "esf_lowrank_factors";
+    holds(K, "factor", o.factor, 11);
+    const update = o.mode === "update";
+    holds(K, "params", o.params, update ? 4 : 5);
+    const [, , rows, rank, rowStride, noiseStride, kStride, , , noise0, spanWord] = o.factor;
+    const count = update ? o.params[3] : 1;
+    if (update) holds(K, "params", o.params, 4 + count);
+    const span = spanWord !== 0 ? spanWord : count - Math.min(noise0, count);
+    if (rows > 0 && rank > 0 && span > 0) {
+      const last = (rows - 1) * rowStride + (span - 1) * noiseStride + (rank - 1) * kStride;
+      holds(K, "out", o.out, last + 1);
+    }
+    this.symbols.esf_lowrank_factors(o.factor, o.params, update ? 1 : 0, o.out);
+  }
+
+  /** x[r] += a[ids[r]]·Bᵀ (esflow.c esf_lowrank_embed). */
+  lowrankEmbed(o: LowrankEmbedArgs): void {
+    const K = "esf_lowrank_embed";
+    const rows = size(K, "rows", o.rows), hidden = size(K, "hidden", o.hidden);
+    const r4 = size(K, "r4", o.r4);
+    const rm = size(K, "rowsPerMember", o.rowsPerMember ?? Math.max(rows, 1));
+    const aMs = size(K, "aMs", o.aMs ?? 0), bMs = size(K, "bMs", o.bMs ?? 0);
+    const members = memberCount(K, rows, rm);
+    holds(K, "ids", o.ids, rows);
+    holds(K, "x", o.x, rows * hidden);
+    if (rows > 0 && r4 > 0) {
+      let maxId = 0;
+      for (let r = 0; r < rows; r++) maxId = Math.max(maxId, o.ids[r]);
+      holds(K, `a (id ${maxId})`, o.a, forMembers((maxId + 1) * r4, aMs, members));
+      holds(K, "bt", o.bt, forMembers(r4 * hidden, bMs, members));
+    }
+    this.symbols.esf_lowrank_embed(
+      o.ids,
+      o.a,
+      o.bt,
+      o.x,
+      BigInt(rows),
+      BigInt(hidden),
+      BigInt(r4),
+      BigInt(rm),
+      BigInt(aMs),
+      BigInt(bMs),
+    );
+  }
+
+  /** Adds the two checksum hashes of x to sums (esflow.c esf_checksum). */
+  checksum(o: ChecksumArgs): void {
+    const K = "esf_checksum";
+    const n = size(K, "n", o.n ?? o.x.length), base = o.base ?? 0;
+    if (!Number.isInteger(base) || base < 0 || base > 0xFFFFFFFF) {
+      throw new Error(`${K}: base ${base} must be a u32`);
+    }
+    holds(K, "x", o.x, n);
+    holds(K, "sums", o.sums, 2);
+    this.symbols.esf_checksum(o.x, BigInt(n), base, o.sums);
+  }
+
+  /** Philox4x32-10 of one counter (4 words) under a key (2 words). */
+  philox(counter: ArrayLike<number>, key: ArrayLike<number>): Uint32Array {
+    const c = Uint32Array.from({ length: 4 }, (_, i) => counter[i]);
+    const k = Uint32Array.from({ length: 2 }, (_, i) => key[i]);
+    const out = new Uint32Array(4);
+    this.symbols.esf_philox(c, k, out);
+    return out;
+  }
+
+  /** ε of elements start .. start + count of one noise stream, as philox.ts gaussianNoise. */
+  normals(o: NormalsArgs): Float32Array {
+    const K = "esf_normals";
+    const [lo, hi] = seedKey(o.seed);
+    for (
+      const [name, v] of [["iteration", o.iteration], ["member", o.member], ["tensor", o.tensor]]
+    ) {
+      if (!Number.isInteger(v) || (v as number) < 0 || (v as number) > 0xFFFFFFFF) {
+        throw new Error(`${K}: ${name} ${v} must be a u32`);
+      }
+    }
+    const start = size(K, "start", o.start ?? 0), count = size(K, "count", o.count);
+    const out = o.out ?? new Float32Array(count);
+    holds(K, "out", out, count);
+    this.symbols.esf_normals(
+      lo,
+      hi,
+      o.iteration,
+      o.member,
+      o.tensor,
+      BigInt(start),
+      BigInt(count),
+      out,
+    );
+    return out;
+  }
+
+  /** c = a·bᵀ through the BLAS (esflow.c esf_sgemm_nt), for benchmarks. */
+  sgemmNt(o: SgemmArgs): void {
+    const K = "esf_sgemm_nt";
+    const m = blasInt(K, "m", o.m), n = blasInt(K, "n", o.n), k = blasInt(K, "k", o.k);
+    holds(K, "a", o.a, m * k);
+    holds(K, "b", o.b, n * k);
+    holds(K, "c", o.c, m * n);
+    this.symbols.esf_sgemm_nt(BigInt(m), BigInt(n), BigInt(k), o.a, o.b, o.c);
+  }
+}
