@@ -92,6 +92,11 @@ export interface Dispatch extends OpBase {
   /** The launch grid in workgroups; grid z counts batched members where a kernel has them. */
   workgroups: readonly [number, number, number];
   wgsl: WgslSource;
+  /**
+   * The kernel on the CPU device, for kernels esflow's native library does not have (a custom
+   * stage's own WGSL): called with a view of each binding's bytes, in binding order.
+   */
+  cpu?: (bindings: DataView[]) => void;
 }
 
 /**

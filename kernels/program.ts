@@ -23,6 +23,8 @@ export interface DispatchOptions {
   bindings: Binding[];
   workgroups: [number, number, number] | number;
   wgsl: WgslSource;
+  /** The CPU twin of a kernel the native library lacks (kernels/device.ts Dispatch.cpu). */
+  cpu?: (bindings: DataView[]) => void;
   stage?: Stage;
   role?: string;
 }
@@ -48,6 +50,7 @@ export function dispatch(device: Device, o: DispatchOptions): Dispatch {
   if (o.variant !== undefined) d.variant = o.variant;
   if (o.stage !== undefined) d.stage = o.stage;
   if (o.role !== undefined) d.role = o.role;
+  if (o.cpu !== undefined) d.cpu = o.cpu;
   return d;
 }
 
