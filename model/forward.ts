@@ -28,15 +28,7 @@ import { linearSteps, matmulStep, swigluLinearSteps } from "../kernels/matmul.ts
 import { rmsnormStep } from "../kernels/rmsnorm.ts";
 import { qkNormRopeStep, ropeTables } from "../kernels/qk_norm_rope.ts";
 import { attentionStep } from "../kernels/attention.ts";
-import { swigluStep } from "../kernels/swiglu.ts";
 import { embeddingSteps } from "../kernels/embedding.ts";
-import {
-  lowRankApplyStep,
-  lowRankEmbedStep,
-  lowRankLinearSteps,
-  lowRankOf,
-  lowRankProjectStep,
-} from "../kernels/lowrank.ts";
 import { logLikelihoodStep, logsumexpChunkStep, scoredTargets } from "../kernels/log_likelihood.ts";
 import { UserError } from "../pipeline/errors.ts";
 import type { DeviceWeights } from "./device_weights.ts";
@@ -76,12 +68,166 @@ export interface ScoreResult {
   tokens: number;
 }
 
+/** The tensor bound for each weight by HF name: θ itself, or a member's perturbed tensors. */
+export type TensorLookup = (name: string) => DeviceTensor;
+
+/** A read of a weight matrix as a linear layer: out (+)= x·Wᵀ (+ bias). */
+export interface LinearRead {
+  label: string;
+  /** (members·m, k). */
+  x: DeviceBuffer;
+  /** Token rows per member. */
+  m: number;
+  k: number;
+  /** (members·m, W's rows). */
+  out: DeviceBuffer;
+  accumulate?: boolean;
+  /** The bias vector's name, when the layer has one. */
+  bias?: string;
+  /** Members in the same dispatches (population batching). */
+  members: number;
+}
+
+/** A read of the MLP's gate and up projections: out = silu(x·Wgᵀ)·(x·Wuᵀ). */
+export interface GateUpRead {
+  /** The layer's label prefix, e.g. "L3". */
+  layer: string;
+  gate: string;
+  up: string;
+  x: DeviceBuffer;
+  m: number;
+  k: number;
+  out: DeviceBuffer;
+  members: number;
+  /** (members·m, I): room for the up projection where it cannot be fused (made on first use). */
+  upScratch: () => DeviceBuffer;
+}
+
+/** A read of the embedding table as a gather: x = E[ids]. */
+export interface GatherRead {
+  label: string;
+  ids: DeviceBuffer;
+  x: DeviceBuffer;
+  m: number;
+  /** Width of a row of x. */
+  hidden: number;
+  members: number;
+}
+
+/** A read of the LM head in vocab pieces of at most `chunk` columns. */
+export interface HeadRead {
+  x: DeviceBuffer;
+  m: number;
+  k: number;
+  /** (members·m, chunk): one piece's logits. */
+  logits: DeviceBuffer;
+  chunk: number;
+  members: number;
+}
+
 /**
- * Source of the tensor bound at each weight read; the ES stages substitute perturbed copies.
- * A returned tensor may carry a low-rank delta (kernels/lowrank.ts LowRankTensor): the forward
- * then adds σ/√r·(x·B)·Aᵀ after each read of it, so a member runs over the shared θ.
+ * How the forward reads its weights: one hook per kind of read. The forward asks for "x·Wᵀ into
+ * out" and the source decides how W is had — θ as stored, a member's whole perturbed copy, row
+ * chunks formed right before each is read, or θ plus a low-rank correction (pipeline/scratch.ts)
+ * — so the forward itself has no branch per scratch mode.
  */
-export type WeightLookup = (name: string) => DeviceTensor;
+export interface WeightLookup {
+  /** A vector (a norm's weight, a bias): the tensor to bind, and what must run before reading it. */
+  vector(name: string): { tensor: DeviceTensor; before: Step[] };
+  linear(name: string, o: LinearRead): Step[];
+  gateUp(o: GateUpRead): Step[];
+  gather(name: string, o: GatherRead): Step[];
+  /** Per piece of vocab columns [start, start + n): its logits, then `fold(start, n)`. */
+  head(name: string, o: HeadRead, fold: (start: number, n: number) => Step[]): Step[];
+}
+
+/**
+ * The weight reads of a set of tensors, as they are bound: θ as stored, or a member's perturbed
+ * copy. A tensor with fills (kernels/tensor.ts FilledTensor: row chunks formed just before they
+ * are read) is read piece by piece after each piece's fill; a tensor with a member stride is read
+ * by each batched member at its own copy.
+ */
+export function tensorReads(device: Device, lookup: TensorLookup): WeightLookup {
+  const ms = (t: DeviceTensor) => t.memberStride ?? 0;
+  const vector = (name: string) => {
+    const tensor = lookup(name);
+    if (tensor.shards.length !== 1) throw new Error(`${name}: a vector must be one shard`);
+    return { tensor, before: fillsOf(tensor)?.[0] ?? [] };
+  };
+  return {
+    vector,
+    linear(name, o) {
+      const w = lookup(name);
+      const bias = o.bias ? vector(o.bias) : undefined;
+      return [
+        ...(bias?.before ?? []),
+        ...readShards(w, (view) =>
+          linearSteps(device, {
+            label: o.label,
+            x: o.x,
+            m: o.m,
+            k: o.k,
+            w: view,
+            bias: bias?.tensor,
+            out: o.out,
+            accumulate: o.accumulate,
+            members: { count: o.members, w: ms(w), bias: bias ? ms(bias.tensor) : 0 },
+          })),
+      ];
+    },
+    gateUp(o) {
+      const gate = lookup(o.gate), up = lookup(o.up);
+      // gate = silu(xn·Wgᵀ)·(xn·Wuᵀ) in one pass: the two blocks share their loads of xn.
+      return readShardPairs(gate, up, (gv, uv) =>
+        swigluLinearSteps(device, {
+          label: `${o.layer}.mlp.gate_up_swiglu`,
+          x: o.x,
+          m: o.m,
+          k: o.k,
+          gate: gv,
+          up: uv,
+          out: o.out,
+          members: { count: o.members, w: ms(gate) },
+        }));
+    },
+    gather(name, o) {
+      const table = lookup(name);
+      return readShards(table, (view) =>
+        embeddingSteps(device, {
+          label: o.label,
+          ids: o.ids,
+          table: view,
+          x: o.x,
+          rows: o.members * o.m,
+          members: { rows: o.m, tableStride: ms(table) },
+        }));
+    },
+    head(name, o, fold) {
+      const head = lookup(name), fills = fillsOf(head), steps: Step[] = [];
+      for (const [i, shard] of head.shards.entries()) {
+        if (fills) steps.push(...fills[i]);
+        for (let c0 = 0; c0 < shard.rows; c0 += o.chunk) {
+          const n = Math.min(o.chunk, shard.rows - c0), start = shard.rowStart + c0;
+          steps.push(...role("lm_head", [matmulStep(device, {
+            label: `lm_head[${start}:${start + n}]`,
+            x: o.x,
+            // Members with their own head: one dispatch, member z in grid z; shared: all rows.
+            m: head.memberStride ? o.m : o.members * o.m,
+            k: o.k,
+            w: shard.buffer,
+            wRowOffset: c0,
+            n,
+            out: o.logits,
+            members: head.memberStride
+              ? { count: o.members, x: o.m * o.k, w: head.memberStride, out: o.m * n }
+              : undefined,
+          })]), ...fold(start, n));
+        }
+      }
+      return steps;
+    },
+  };
+}
 
 /** Validates a batch against a config; every fault is a one-line {@link UserError}. */
 export function validateBatch(
@@ -135,22 +281,27 @@ export class Qwen3Forward {
   readonly options: Required<ForwardOptions>;
   readonly vocabChunk: number;
   #weights: WeightLookup;
+  /** The tensors behind the default reads, when they were given as tensors. */
+  #tensors?: TensorLookup;
   #buf: Record<string, DeviceBuffer> = {};
   #steps = new Map<string, Step[]>();
 
   constructor(
     device: Device,
     config: Qwen3Config,
-    weights: DeviceWeights | WeightLookup,
+    weights: DeviceWeights | TensorLookup | WeightLookup,
     options: ForwardOptions,
   ) {
     this.device = device;
     this.config = config;
-    this.#weights = typeof weights === "function" ? weights : (name) => {
-      const t = weights.get(name);
-      if (!t) throw new DeviceError(`weight ${name} is not on the device`);
-      return t;
-    };
+    if (weights instanceof Map) {
+      this.#tensors = (name) => {
+        const t = weights.get(name);
+        if (!t) throw new DeviceError(`weight ${name} is not on the device`);
+        return t;
+      };
+    } else if (typeof weights === "function") this.#tensors = weights;
+    this.#weights = this.#tensors ? tensorReads(device, this.#tensors) : weights as WeightLookup;
     const c = config;
     const rows = options.maxBatch * options.maxSeqLen;
     // Activations are whole buffers: they answer to the adapter's real binding limit, not to the
@@ -231,12 +382,12 @@ export class Qwen3Forward {
 
   /**
    * Steps of the body: embedding, layers and final norm, leaving the normed states in xn.
-   * `weights` binds another set of tensors of the same shapes (a perturbed copy) instead.
+   * `weights` reads another set of tensors of the same shapes (a member's) instead.
    * `layers` runs part of it: the embedding only when `from` is 0, layers [from, to), and the
    * final norm only when `to` is the last layer — the residual stream x carries between parts.
    * `members` > 1 runs that many members at once (population batching): the buffers hold
-   * `members` blocks of batch × seqLen rows (the same tokens in each), and member z reads its
-   * copy of each weight z·memberStride in (kernels/tensor.ts; a tensor without one is shared).
+   * `members` blocks of batch × seqLen rows (the same tokens in each), each member reading its
+   * own weights (see {@link WeightLookup}).
    */
   bodySteps(
     batch: number,
@@ -246,14 +397,13 @@ export class Qwen3Forward {
     members = 1,
   ): Step[] {
     const c = this.config, g = this.device, b = this.#buf;
-    const Rm = batch * seqLen;
+    const Rm = batch * seqLen, R = members * Rm, H = c.hiddenSize, D = c.headDim;
     const ms = (t: DeviceTensor) => t.memberStride ?? 0;
-    // A vector is read whole from its one buffer, after its fill when it has one (bf16 θ widened
-    // to f32 right before the read: pipeline/engine.ts).
+    // A vector is read whole from its one buffer, after what must run first (bf16 θ widened to
+    // f32 right before the read: pipeline/scratch.ts).
     const vec = (name: string, read: (buffer: DeviceBuffer, memberStride: number) => Step): Step[] => {
-      const t = weights(name);
-      if (t.shards.length !== 1) throw new Error(`${name}: a vector must be one shard`);
-      return [...(fillsOf(t)?.[0] ?? []), read(t.shards[0].buffer, ms(t))];
+      const v = weights.vector(name);
+      return [...v.before, read(v.tensor.shards[0].buffer, ms(v.tensor))];
     };
     // xn = rmsnorm(x): every norm of the body reads the residual stream and writes xn.
     const norm = (label: string, weight: string) =>
@@ -268,58 +418,30 @@ export class Qwen3Forward {
           eps: c.rmsNormEps,
           members: { rows: Rm, wStride: stride },
         })));
-    const R = members * batch * seqLen, H = c.hiddenSize, D = c.headDim;
     const steps: Step[] = [];
     if (layers.from === 0) {
-      const table = weights("model.embed_tokens.weight");
-      steps.push(...role("embed", readShards(
-        table,
-        (view) =>
-          embeddingSteps(g, {
-            label: "embed",
-            ids: b.ids,
-            table: view,
-            x: b.x,
-            rows: R,
-            members: { rows: Rm, tableStride: ms(table) },
-          }),
-      )));
-      const delta = lowRankOf(table);
-      if (delta) {
-        steps.push(...role("embed", [
-          lowRankEmbedStep(g, { label: "embed", ids: b.ids, delta, x: b.x, rows: R, hidden: H }),
-        ]));
-      }
+      steps.push(...role("embed", weights.gather("model.embed_tokens.weight", {
+        label: "embed",
+        ids: b.ids,
+        x: b.x,
+        m: Rm,
+        hidden: H,
+        members,
+      })));
     }
     for (let l = layers.from; l < layers.to; l++) {
       const p = `model.layers.${l}.`;
-      const lin = (name: string, x: DeviceBuffer, out: DeviceBuffer, k: number, accumulate = false) => {
-        const w = weights(`${p}${name}.weight`), delta = lowRankOf(w), label = `L${l}.${name}`;
-        // A batched delta's matmuls run member by member in grid z over each member's rows.
-        const mDelta = delta?.members && delta.members.count > 1 ? Rm : R;
-        const bias = c.attentionBias && name.startsWith("self_attn.")
-          ? weights(`${p}${name}.bias`)
-          : undefined;
-        if (bias && bias.shards.length !== 1) throw new Error(`${bias.name}: one shard`);
-        return role("projection", [
-          ...(bias ? fillsOf(bias)?.[0] ?? [] : []),
-          ...readShards(w, (view) =>
-            linearSteps(g, {
-              label,
-              x,
-              m: Rm,
-              k,
-              w: view,
-              bias,
-              out,
-              accumulate,
-              members: { count: members, w: ms(w), bias: bias ? ms(bias) : 0 },
-            })),
-          ...(delta
-            ? lowRankLinearSteps(g, { label, x, m: mDelta, k, n: w.shape[0], delta, out })
-            : []),
-        ]);
-      };
+      const lin = (name: string, x: DeviceBuffer, out: DeviceBuffer, k: number, accumulate = false) =>
+        role("projection", weights.linear(`${p}${name}.weight`, {
+          label: `L${l}.${name}`,
+          x,
+          m: Rm,
+          k,
+          out,
+          accumulate,
+          bias: c.attentionBias && name.startsWith("self_attn.") ? `${p}${name}.bias` : undefined,
+          members,
+        }));
       steps.push(...norm(`L${l}.input_layernorm`, `${p}input_layernorm.weight`));
       steps.push(...lin("self_attn.q_proj", b.xn, b.q, H));
       steps.push(...lin("self_attn.k_proj", b.xn, b.k, H));
@@ -355,44 +477,26 @@ export class Qwen3Forward {
       })]));
       steps.push(...lin("self_attn.o_proj", b.attn, b.x, c.numHeads * D, true));
       steps.push(...norm(`L${l}.post_attention_layernorm`, `${p}post_attention_layernorm.weight`));
-      const gate = weights(`${p}mlp.gate_proj.weight`), up = weights(`${p}mlp.up_proj.weight`);
-      if (!lowRankOf(gate) && !lowRankOf(up)) {
-        // gate = silu(xn·Wgᵀ)·(xn·Wuᵀ) in one pass: the two blocks share their loads of xn.
-        steps.push(...role("mlp", readShardPairs(gate, up, (gv, uv) =>
-          swigluLinearSteps(g, {
-            label: `L${l}.mlp.gate_up_swiglu`,
-            x: b.xn,
-            m: Rm,
-            k: H,
-            gate: gv,
-            up: uv,
-            out: b.gate,
-            members: { count: members, w: ms(gate) },
-          }))));
-      } else {
-        // Low rank adds each projection's delta after its matmul, so silu waits for both.
-        steps.push(...lin("mlp.gate_proj", b.xn, b.gate, H));
-        const upOut = this.#upBuffer();
-        steps.push(...lin("mlp.up_proj", b.xn, upOut, H));
-        steps.push(...role("mlp", [
-          swigluStep(g, {
-            label: `L${l}.swiglu`,
-            gate: b.gate,
-            up: upOut,
-            rows: R,
-            width: c.intermediateSize,
-          }),
-        ]));
-      }
+      steps.push(...role("mlp", weights.gateUp({
+        layer: `L${l}`,
+        gate: `${p}mlp.gate_proj.weight`,
+        up: `${p}mlp.up_proj.weight`,
+        x: b.xn,
+        m: Rm,
+        k: H,
+        out: b.gate,
+        members,
+        upScratch: () => this.#upBuffer(),
+      })));
       steps.push(...lin("mlp.down_proj", b.gate, b.x, c.intermediateSize, true));
     }
     if (layers.to === c.numLayers) steps.push(...norm("norm", "model.norm.weight"));
     return staged("model", steps);
   }
 
-  /** The LM head tensor: embed_tokens when tied. */
-  headTensor(weights: WeightLookup = this.#weights): DeviceTensor {
-    return weights(this.config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight");
+  /** The LM head's name: embed_tokens when tied. */
+  get headName(): string {
+    return this.config.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
   }
 
   /**
@@ -407,59 +511,28 @@ export class Qwen3Forward {
   ): Step[] {
     const c = this.config, g = this.device, b = this.#buf;
     const Rm = batch * seqLen, R = members * Rm;
-    const steps: Step[] = [];
     let first = true;
-    const head = this.headTensor(weights), delta = lowRankOf(head);
-    const mDelta = delta?.members && delta.members.count > 1 ? Rm : R;
-    // A low-rank member's head: u = xn·B once, then each chunk's logits += u·A[chunk]ᵀ.
-    if (delta) {
-      steps.push(...role("lm_head", [
-        lowRankProjectStep(g, { label: "lm_head", x: b.xn, m: mDelta, k: c.hiddenSize, delta }),
-      ]));
-    }
-    const fills = fillsOf(head);
-    for (const [i, shard] of head.shards.entries()) {
-      if (fills) steps.push(...fills[i]);
-      for (let c0 = 0; c0 < shard.rows; c0 += this.vocabChunk) {
-        const n = Math.min(this.vocabChunk, shard.rows - c0);
-        const start = shard.rowStart + c0;
-        steps.push(...role("lm_head", [matmulStep(g, {
-          label: `lm_head[${start}:${start + n}]`,
-          x: b.xn,
-          // Members with their own head: one dispatch, member z in grid z; shared: all rows.
-          m: head.memberStride ? Rm : R,
-          k: c.hiddenSize,
-          w: shard.buffer,
-          wRowOffset: c0,
-          n,
-          out: b.logits,
-          members: head.memberStride
-            ? { count: members, x: Rm * c.hiddenSize, w: head.memberStride, out: Rm * n }
-            : undefined,
-        })]));
-        if (delta) {
-          steps.push(...role("lm_head", [lowRankApplyStep(g, {
-            label: `lm_head[${start}:${start + n}]`,
-            m: mDelta,
-            n,
-            delta,
-            wRowOffset: start,
-            out: b.logits,
-          })]));
-        }
-        steps.push(...role("logsumexp", [logsumexpChunkStep(g, {
-          label: `logsumexp[${start}]`,
-          logits: b.logits,
-          target: b.target,
-          state: b.state,
-          rows: R,
-          width: n,
-          start,
-          first,
-        })]));
-        first = false;
-      }
-    }
+    const steps: Step[] = weights.head(this.headName, {
+      x: b.xn,
+      m: Rm,
+      k: c.hiddenSize,
+      logits: b.logits,
+      chunk: this.vocabChunk,
+      members,
+    }, (start, n) => {
+      const fold = role("logsumexp", [logsumexpChunkStep(g, {
+        label: `logsumexp[${start}]`,
+        logits: b.logits,
+        target: b.target,
+        state: b.state,
+        rows: R,
+        width: n,
+        start,
+        first,
+      })]);
+      first = false;
+      return fold;
+    });
     steps.push(...role("log_likelihood", [
       logLikelihoodStep(g, {
         label: "log_likelihood",
@@ -541,7 +614,8 @@ export class Qwen3Forward {
     const { batch, seqLen } = this.upload(tokens);
     const c = this.config, V = c.vocabSize;
     const steps = [...this.bodySteps(batch, seqLen)];
-    for (const shard of this.headTensor().shards) {
+    if (!this.#tensors) throw new DeviceError("logits() needs a forward made over tensors");
+    for (const shard of this.#tensors(this.headName).shards) {
       steps.push(matmulStep(this.device, {
         label: `lm_head.debug#${shard.rowStart}`,
         x: this.#buf.xn,

@@ -42,9 +42,7 @@
  * @module
  */
 import {
-  alignUp,
   type Block,
-  type BufferPurpose,
   type Copy,
   type Device,
   type DeviceBuffer,
@@ -56,24 +54,16 @@ import {
 import {
   createTensor,
   destroyTensor,
-  dtypeBytes,
-  type FilledTensor,
   type DeviceTensor,
-  numel,
   type StorageDtype,
 } from "../kernels/tensor.ts";
 import type { Step } from "../kernels/program.ts";
 import { accumulateStep, slotStride } from "../kernels/accumulate.ts";
 import {
-  chunkPerturbSteps,
-  createPerturbTable,
-  createShardTable,
   createUpdateParams,
   encodePerturbParams,
   encodeUpdateParams,
-  esUpdateSteps,
   paramStride,
-  perturbSteps,
 } from "../kernels/es_update.ts";
 import type { Qwen3Config } from "../model/config.ts";
 import { qwen3TensorSpecs } from "../model/weights.ts";
@@ -83,15 +73,13 @@ import type { TensorData, TensorStream } from "../model/safetensors.ts";
 import type { PackedBatches } from "./data.ts";
 import { type MemberRecord, noiseCount } from "./es.ts";
 import {
-  createFactorTable,
-  type FactorRecord,
-  lowRankCounterIds,
-  lowRankFactorStep,
-  lowRankOf,
-  type LowRankTensor,
-  paddedRank,
-} from "../kernels/lowrank.ts";
-import { matmulStep } from "../kernels/matmul.ts";
+  chunkScratch,
+  copyScratch,
+  lowRankScratch,
+  type ScratchContext,
+  type ScratchMode,
+  storedBytes,
+} from "./scratch.ts";
 import { UserError } from "./errors.ts";
 import type { FitnessImpl } from "./stages/types.ts";
 
@@ -149,28 +137,6 @@ export interface EsEngineOptions {
 }
 
 /**
- * In "chunks" scratch mode, a chunk of a matrix is at most 1/CHUNK_FRACTION of θ's bytes (and at
- * least {@link MIN_CHUNK_BYTES}, and at least one row). Two chunk buffers exist (the gate and up
- * projections are read together), so the scratch is about 2/32 of θ.
- */
-export const CHUNK_FRACTION = 32;
-/** The smallest chunk budget, so a small model is not cut into slivers of dispatches. */
-export const MIN_CHUNK_BYTES = 16 * 1024;
-
-/**
- * Rows per chunk of a matrix of `rows` rows with room for `most`: as few chunks as fit, cut
- * evenly, the size rounded up to a multiple of 64 where room allows, so the last chunk is not a
- * ragged sliver, the matmul's tiles fit, and each chunk's first output column is a 256-byte
- * binding offset (its matmul then shares one pipeline with the others). At least one row.
- */
-export function evenChunkRows(rows: number, most: number): number {
-  const room = Math.max(1, Math.min(rows, most));
-  const per = Math.ceil(rows / Math.ceil(rows / room));
-  const rounded = Math.min(rows, Math.ceil(per / 64) * 64);
-  return rounded <= room ? rounded : per;
-}
-
-/**
  * The member batch "auto" picks, from memory: the most members (up to the population) whose
  * activations together stay within θ's own bytes (so batching at most doubles the memory beside
  * the weights, whatever the model) and whose widest activation fits the binding limit. At least
@@ -198,19 +164,6 @@ export function autoMemberBatch(o: {
   const byMemory = Math.floor(o.thetaBytes / (perRow * rows));
   const byBinding = Math.floor(o.binding / widest);
   return Math.max(1, Math.min(o.population, byMemory, byBinding));
-}
-
-/** Bytes θ's elements take as stored (f32 or bf16), alignment padding aside. */
-function storedBytes(theta: Map<string, DeviceTensor>): number {
-  return [...theta.values()].reduce(
-    (a, t) => a + t.shards.reduce((b, s) => b + s.rows * t.rowSize * dtypeBytes(t.dtype), 0),
-    0,
-  );
-}
-
-/** Which chunk buffer a matrix uses: the up projections the second, everything else the first. */
-function chunkPool(name: string): number {
-  return name.endsWith(".up_proj.weight") ? 1 : 0;
 }
 
 /**
@@ -253,10 +206,11 @@ export class EsEngine {
   readonly options: EsEngineOptions;
   readonly names: string[];
   readonly theta: Map<string, DeviceTensor>;
-  /** The member's perturbed tensors: all of θ, or only the vectors in low-rank mode. */
+  /**
+   * The member's tensors formed whole, by θ's name: all of θ with scratch "copy", the vectors
+   * otherwise (matrices are formed in chunks where read, or corrected by low-rank factors).
+   */
   readonly scratch: Map<string, DeviceTensor>;
-  /** What the member's forward binds per tensor: scratch, θ, or θ with a low-rank delta. */
-  #member = new Map<string, DeviceTensor>();
   readonly forward: Qwen3Forward;
   #params: DeviceBuffer;
   /** The record of the member being evaluated, copied from #params: what chunk fills read. */
@@ -270,10 +224,8 @@ export class EsEngine {
   #holdLayout: PackedBatches["layout"] = [];
   /** Steps that perturb the members' whole tensors, per group size (read from #current). */
   #perturbFor = new Map<number, Step[]>();
-  #perturbBuild: (count: number) => Step[] = () => [];
   /** Members evaluated at once ({@link EsEngineOptions.memberBatch}, where it applies). */
   readonly memberBatch: number;
-  #updateSteps: Step[];
   #prefix: DeviceBuffer | null;
   /** Leading layers no member perturbs, computed once per iteration (0: no prefix cache). */
   readonly prefixLayers: number;
@@ -288,8 +240,6 @@ export class EsEngine {
     this.names = qwen3TensorSpecs(options.config).map((s) => s.name);
     const N = options.population;
     const lowRank = options.lowRank;
-    const isMatrix = (n: string) => theta.get(n)!.shape.length === 2;
-    const isLowRank = (n: string) => lowRank !== undefined && isMatrix(n);
     const chunked = lowRank === undefined && options.scratch !== "copy";
     const bf16 = options.storage === "bf16";
     if (bf16 && lowRank) {
@@ -313,31 +263,6 @@ export class EsEngine {
       ? Math.max(1, Math.min(N, Math.floor(wanted)))
       : 1;
     this.memberBatch = P;
-    // Tensors the perturb stage writes whole per member: all of θ in "copy" mode, else vectors.
-    const whole = this.names.filter((n) => !isLowRank(n) && !(chunked && isMatrix(n)));
-    this.scratch = new Map(
-      whole.map((n) => {
-        const t = theta.get(n)!;
-        if (P === 1) return [n, createTensor(gpu, `${n}~member`, t.shape, { purpose: "scratch" })];
-        // One slot per member, 64 elements apart at least (256 bytes: a binding offset).
-        const slot = alignUp(numel(t.shape), 64), rows = t.shape[0];
-        const buffer = gpu.createBuffer(`${n}~member`, P * slot * 4, "scratch");
-        const batched: DeviceTensor = {
-          name: `${n}~member`,
-          shape: t.shape,
-          rowSize: t.rowSize,
-          shards: [{ buffer, rowStart: 0, rows }],
-          memberStride: slot,
-        };
-        return [n, batched];
-      }),
-    );
-    for (const [n, t] of this.scratch) this.#member.set(n, t);
-    // The forward's own weights are θ as read unperturbed (widened from bf16 where stored so).
-    this.forward = new Qwen3Forward(gpu, options.config, (name) => this.#thetaWeights(name), {
-      maxBatch: P * options.microBatch,
-      maxSeqLen: options.maxLen,
-    });
     const stride = paramStride(gpu);
     this.#params = gpu.createBuffer("perturb.params", stride * N, "es");
     this.#current = gpu.createBuffer("perturb.current", stride * P, "es");
@@ -376,363 +301,42 @@ export class EsEngine {
       ...Object.values(this.#hold),
     ];
 
-    // Perturb and update steps are built once: everything that changes per member or per
-    // iteration lives in the params buffers, written before each submit.
-    const matrices = this.names.filter(isMatrix);
-    this.#matrices = matrices;
-    if (chunked || bf16) this.#chunkBuffers(matrices, P);
-    if (chunked && !bf16 && P === 1) {
-      // The unperturbed forward (held-out loss, the shared prefix) reads θ's matrices through
-      // the same chunks at scale 0: the same matmul shapes as the members', so no second set of
-      // pipelines to compile (on lavapipe a cold first iteration of tiny-austen went 57 s → 47 s).
-      this.#view = new Map([...theta, ...this.#chunked(matrices, this.#zero, "theta")]);
-    }
-    if (bf16) {
-      // θ as the unperturbed forward reads it: matrices through the chunks at scale 0, vectors
-      // widened into small f32 copies, each right before it is read.
-      this.#view = this.#chunked(matrices, this.#zero, "theta");
-      for (const n of this.names.filter((n) => !isMatrix(n))) {
-        const t = theta.get(n)!, view = createTensor(gpu, `${n}~theta`, t.shape, { purpose: "scratch" });
-        const { steps, table } = perturbSteps(gpu, {
-          theta: t,
-          out: view,
-          params: this.#zero,
-          paramIndex: 0,
-          tensorId: this.names.indexOf(n),
-        });
-        // A vector's fill widens all of it; the forward reads a vector from its one shard.
-        const filled: FilledTensor = { ...view, fills: view.shards.map((_, i) => i ? [] : steps) };
-        this.#view.set(n, filled);
-        this.#own.push(table.buffer, ...view.shards.map((sh) => sh.buffer));
-      }
-    }
-    const vectors = this.names.filter((n) => !isLowRank(n));
-    const perturbTables = new Map(whole.map((n) => [
-      n,
-      createPerturbTable(gpu, theta.get(n)!, this.scratch.get(n)!, {
-        tensorId: this.names.indexOf(n),
-        multiplier: options.multipliers(n).sigma,
-        memberStride: this.scratch.get(n)!.memberStride,
-      }),
-    ]));
-    const lowRankSteps = lowRank ? this.#lowRank(lowRank.rank) : null;
-    // A group of `count` members reads its records from #current (evaluate copies them in).
-    this.#perturbBuild = (count) => [
-      ...whole.flatMap((n) =>
-        perturbSteps(gpu, {
-          theta: theta.get(n)!,
-          out: this.scratch.get(n)!,
-          params: this.#current,
-          paramIndex: 0,
-          table: perturbTables.get(n)!,
-          members: count,
-        }).steps
-      ),
-      ...(lowRankSteps ? lowRankSteps.member(count) : []),
-    ];
-    const updateTables = vectors.map((n) =>
-      createShardTable(gpu, theta.get(n)!, {
-        tensorId: this.names.indexOf(n),
-        multiplier: options.multipliers(n).alpha,
-      })
-    );
-    this.#updateSteps = vectors.flatMap((n, k) =>
-      esUpdateSteps(gpu, { theta: theta.get(n)!, coeffs: this.#update, table: updateTables[k] })
-        .steps
-    );
-    if (lowRankSteps) this.#updateSteps.push(...lowRankSteps.update);
-    this.#own.push(...[...perturbTables.values(), ...updateTables].map((t) => t.buffer));
-  }
-
-  /**
-   * The two chunk buffers of "chunks" mode (and of bf16 storage): a matrix's rows are formed a
-   * chunk at a time into one of them (the up projections into the second, since the MLP reads
-   * them together with the gate) right before the forward reads the chunk. A chunk is at most
-   * θ/{@link CHUNK_FRACTION} bytes and at least one row.
-   */
-  #chunkBuffers(matrices: string[], members: number): void {
-    const gpu = this.device, o = this.options;
-    // θ's stored bytes: with bf16 θ the f32 chunks hold half as many rows, and the scratch stays
-    // the same fraction of θ.
-    const thetaBytes = storedBytes(this.theta);
-    // Batched members split the budget: the chunk buffers stay the same size in all.
-    const budget = Math.min(
-      Math.floor(gpu.limits.maxStorageBufferBindingSize / members),
-      Math.floor(
-        (o.chunkBytes ?? Math.max(MIN_CHUNK_BYTES, Math.floor(thetaBytes / CHUNK_FRACTION))) /
-          members,
-      ),
-    );
-    const sizes = [0, 0];
-    for (const n of matrices) {
-      const t = this.theta.get(n)!;
-      const rows = evenChunkRows(t.shape[0], Math.floor(budget / (t.rowSize * 4)));
-      this.#chunkRows.set(n, rows);
-      sizes[chunkPool(n)] = Math.max(sizes[chunkPool(n)], rows * t.rowSize * 4);
-    }
-    // Member z's chunk starts z·slot elements in; a slot is 64-element aligned (256 bytes).
-    this.#chunkSlot = alignUp(Math.max(...sizes) / 4, 64);
-    this.#chunkPools = sizes.map((bytes, i) => {
-      if (bytes === 0) return null;
-      const b = gpu.createBuffer(
-        `member.chunk${i}`,
-        members === 1 ? bytes : members * this.#chunkSlot * 4,
-        "scratch",
-      );
-      this.#own.push(b);
-      return b;
+    // The scratch mode builds once what the perturb and update steps need: everything that
+    // changes per member or per iteration lives in the params buffers, written before each run.
+    const ctx: ScratchContext = {
+      device,
+      config: options.config,
+      names: this.names,
+      theta,
+      population: N,
+      antithetic: options.antithetic,
+      rows: options.microBatch * options.maxLen,
+      memberBatch: P,
+      multipliers: options.multipliers,
+      current: this.#current,
+      zero: this.#zero,
+      updateParams: this.#update,
+      chunkBytes: options.chunkBytes,
+      own: (b) => {
+        this.#own.push(b);
+        return b;
+      },
+    };
+    this.#scratch = lowRank
+      ? lowRankScratch(ctx, lowRank.rank)
+      : chunked
+      ? chunkScratch(ctx)
+      : copyScratch(ctx);
+    this.scratch = new Map(this.#scratch.tensors.map((t) => [t.name.replace(/~member$/, ""), t]));
+    // The forward reads θ unperturbed as the scratch mode does (bf16 θ widened where read).
+    this.forward = new Qwen3Forward(gpu, options.config, this.#scratch.theta, {
+      maxBatch: P * options.microBatch,
+      maxSeqLen: options.maxLen,
     });
   }
-  #chunkSlot = 0;
-  /** Low rank: elements between members' a and bt slots, per matrix. */
-  #lowRankSlots = new Map<string, { a: number; b: number }>();
-  #matrices: string[] = [];
-  /** The members' weights per group size: chunked matrices and the whole tensors' scratch. */
-  #memberFor = new Map<number, Map<string, DeviceTensor>>();
 
-  /** What the forward of a group of `count` members binds per tensor. */
-  #membersWeights(count: number): WeightLookup {
-    let map = this.#memberFor.get(count);
-    if (!map) {
-      map = new Map(this.#member);
-      const chunked = this.options.lowRank === undefined && this.options.scratch !== "copy";
-      if (count > 1) {
-        // Low rank: the group's deltas, member z's factors in slot z.
-        for (const [n, t] of map) {
-          const delta = lowRankOf(t), slots = this.#lowRankSlots.get(n);
-          if (!delta || !slots) continue;
-          const members = { count, aStride: slots.a, bStride: slots.b };
-          map.set(n, { ...t, lowRank: { ...delta, members } } as LowRankTensor);
-        }
-      }
-      if (chunked) {
-        for (const [n, t] of this.#chunked(this.#matrices, this.#current, "member", count)) {
-          map.set(n, t);
-        }
-      }
-      this.#memberFor.set(count, map);
-    }
-    const m = map;
-    return (name) => {
-      const t = m.get(name) ?? this.theta.get(name);
-      if (!t) throw new Error(`no tensor ${name}`);
-      return t;
-    };
-  }
-
-  /**
-   * Each matrix as a list of row chunks that all live in its chunk buffer, each filled with
-   * θ + scale·m_g·ε by its perturb step right before the forward reads it, the record read from
-   * `params` (#current: the member being evaluated, which evaluate copies in; #zero: θ itself).
-   */
-  #chunked(
-    matrices: string[],
-    params: DeviceBuffer,
-    what: string,
-    count = 1,
-  ): Map<string, DeviceTensor> {
-    const out = new Map<string, DeviceTensor>();
-    for (const n of matrices) {
-      const t = this.theta.get(n)!, buffer = this.#chunkPools[chunkPool(n)]!;
-      const { chunks, table } = chunkPerturbSteps(this.device, {
-        theta: t,
-        tensorId: this.names.indexOf(n),
-        multiplier: what === "member" ? this.options.multipliers(n).sigma : 0,
-        chunkRows: this.#chunkRows.get(n)!,
-        out: buffer,
-        params,
-        paramIndex: 0,
-        members: { count, stride: this.#chunkSlot },
-      });
-      this.#own.push(table.buffer);
-      const filled: FilledTensor = {
-        name: `${n}~${what}`,
-        shape: t.shape,
-        rowSize: t.rowSize,
-        shards: chunks.map((c) => ({ buffer, rowStart: c.rowStart, rows: c.rows })),
-        fills: chunks.map((c) => [c.step]),
-      };
-      if (count > 1) filled.memberStride = this.#chunkSlot;
-      out.set(n, filled);
-    }
-    return out;
-  }
-  #chunkRows = new Map<string, number>();
-  #chunkPools: (DeviceBuffer | null)[] = [];
-  /** bf16 storage: θ as the unperturbed forward reads it, widened to f32 where it is read. */
-  #view: Map<string, DeviceTensor> | null = null;
-
-  /**
-   * Low-rank mode: the member's factor buffers and delta per perturbed matrix (bound in
-   * #member), the factor steps of each member slot, and the update's steps. Matrices with σ
-   * multiplier 0 are bound as θ itself; with α multiplier 0 they get no update steps.
-   */
-  #lowRank(rank: number): { member: (count: number) => Step[]; update: Step[] } {
-    const gpu = this.device, o = this.options, N = o.population, P = this.memberBatch;
-    const r4 = paddedRank(rank);
-    const binding = gpu.limits.maxStorageBufferBindingSize;
-    const buffer = (label: string, bytes: number, purpose: BufferPurpose = "scratch") => {
-      if (bytes > binding) {
-        throw new UserError(
-          `low-rank ${label} needs ${bytes} bytes, over the ${binding}-byte binding limit of ` +
-            `${gpu.name}; lower the rank or the population`,
-        );
-      }
-      const b = gpu.createBuffer(label, bytes, purpose);
-      this.#own.push(b);
-      return b;
-    };
-    const u = buffer("act.lowrank.u", P * o.microBatch * o.maxLen * r4 * 4, "activations");
-    const matrices = this.names.filter((n) => this.theta.get(n)!.shape.length === 2);
-    for (const n of matrices) {
-      const [rows, cols] = this.theta.get(n)!.shape;
-      if (rank > Math.min(rows, cols)) {
-        throw new UserError(`rank ${rank} exceeds min(out, in) = ${Math.min(rows, cols)} of ${n}`);
-      }
-    }
-    const step = 1 / Math.sqrt(rank);
-    // The member's factors: a = ±σ_t·m_σ/√r·A (O, r4) and Bᵀ (r4, I).
-    const records: FactorRecord[] = [];
-    const outs: { label: string; out: DeviceBuffer; slot: number }[] = [];
-    for (const n of matrices) {
-      const t = this.theta.get(n)! as LowRankTensor, [O, I] = t.shape;
-      const m = o.multipliers(n).sigma;
-      if (m === 0) continue;
-      const ids = lowRankCounterIds(this.names.indexOf(n));
-      // One slot per member, 64 elements apart at least (256 bytes: a binding offset).
-      const aSlot = P === 1 ? O * r4 : alignUp(O * r4, 64);
-      const bSlot = P === 1 ? r4 * I : alignUp(r4 * I, 64);
-      const a = buffer(`${n}~member.a`, P * aSlot * 4);
-      const bt = buffer(`${n}~member.bt`, P * bSlot * 4);
-      this.#member.set(n, { ...t, lowRank: { rank, r4, a, bt, u } } as LowRankTensor);
-      this.#lowRankSlots.set(n, { a: aSlot, b: bSlot });
-      const base = { row0: 0, rank, noiseStride: 0 };
-      records.push({
-        ...base,
-        tensor: ids.a,
-        rows: O,
-        rowStride: r4,
-        kStride: 1,
-        scaled: true,
-        multiplier: m * step,
-      });
-      records.push({
-        ...base,
-        tensor: ids.b,
-        rows: I,
-        rowStride: 1,
-        kStride: I,
-        scaled: false,
-        multiplier: 1,
-      });
-      outs.push({ label: `lowrank_factors.${n}.a`, out: a, slot: aSlot }, {
-        label: `lowrank_factors.${n}.b`,
-        out: bt,
-        slot: bSlot,
-      });
-    }
-    const memberTable = createFactorTable(gpu, "lowrank.member_factors", records);
-    this.#own.push(memberTable.buffer);
-    // Member z of a group reads record z of #current and writes its factors into slot z.
-    const stride = paramStride(gpu);
-    const member = (count: number) =>
-      Array.from({ length: count }, (_, z) =>
-        outs.map((x, i) =>
-          lowRankFactorStep(gpu, {
-            label: count > 1 ? `${x.label}.member${z}` : x.label,
-            table: memberTable,
-            index: i,
-            params: { buffer: this.#current, offset: z * stride, size: 32 },
-            out: count > 1 ? { buffer: x.out, offset: z * x.slot * 4, size: x.slot * 4 } : x.out,
-            mode: "member",
-          })
-        )).flat();
-
-    // The update, in groups of g noises: per group and matrix, B̃ (I, g·r4) = [B_i …], then per
-    // shard of θ Ã (rows, g·r4) = [d_i·m_α/√r·A_i …] on its rows and θ_shard += Ã·B̃ᵀ. The group
-    // is as large as keeps Ã and B̃ of the largest matrix within θ/64 (all n noises at once on a
-    // big model; on the tiny preset 8 of 30), so the update's buffers stay a small part of θ.
-    const noises = noiseCount(N, o.antithetic);
-    const updated = matrices.filter((n) => o.multipliers(n).alpha !== 0);
-    const update: Step[] = [];
-    if (updated.length > 0) {
-      const maxRows = Math.max(
-        ...updated.flatMap((n) => this.theta.get(n)!.shards.map((s) => s.rows)),
-      );
-      const maxCols = Math.max(...updated.map((n) => this.theta.get(n)!.shape[1]));
-      const thetaBytes = storedBytes(this.theta);
-      const perNoise = (maxRows + maxCols) * r4 * 4;
-      const group = Math.max(
-        1,
-        Math.min(noises, Math.floor(thetaBytes / (2 * CHUNK_FRACTION) / perNoise)),
-      );
-      const K = group * r4;
-      const aBuf = buffer("lowrank_update.a", maxRows * K * 4, "es");
-      const bBuf = buffer("lowrank_update.b", maxCols * K * 4, "es");
-      const updateRecords: FactorRecord[] = [];
-      const plan: { label: string; out: DeviceBuffer; matmul?: () => Step }[] = [];
-      for (let noise0 = 0; noise0 < noises; noise0 += group) {
-        // Every group spans `group` noise columns; past the last noise they are written as zeros.
-        const span = group, G = noises > group ? `.g${noise0}` : "";
-        for (const n of updated) {
-          const t = this.theta.get(n)!, [, I] = t.shape;
-          const ids = lowRankCounterIds(this.names.indexOf(n));
-          const base = { rank, rowStride: K, noiseStride: r4, kStride: 1, noise0, span };
-          updateRecords.push({
-            ...base,
-            tensor: ids.b,
-            row0: 0,
-            rows: I,
-            scaled: false,
-            multiplier: 1,
-          });
-          plan.push({ label: `lowrank_update.${n}${G}.b`, out: bBuf });
-          t.shards.forEach((s, k) => {
-            if (s.rows === 0) return;
-            const label = `lowrank_update.${n}${t.shards.length > 1 ? `#${k}` : ""}${G}`;
-            updateRecords.push({
-              ...base,
-              tensor: ids.a,
-              row0: s.rowStart,
-              rows: s.rows,
-              scaled: true,
-              multiplier: o.multipliers(n).alpha * step,
-            });
-            plan.push({
-              label: `${label}.a`,
-              out: aBuf,
-              matmul: () =>
-                matmulStep(gpu, {
-                  label,
-                  x: aBuf,
-                  m: s.rows,
-                  k: K,
-                  w: bBuf,
-                  n: I,
-                  out: s.buffer,
-                  accumulate: true,
-                }),
-            });
-          });
-        }
-      }
-      const updateTable = createFactorTable(gpu, "lowrank.update_factors", updateRecords);
-      this.#own.push(updateTable.buffer);
-      plan.forEach((p, i) => {
-        update.push(lowRankFactorStep(gpu, {
-          label: p.label,
-          table: updateTable,
-          index: i,
-          params: this.#update,
-          out: p.out,
-          mode: "update",
-          noises,
-        }));
-        if (p.matmul) update.push(p.matmul());
-      });
-    }
-    return { member, update };
-  }
+  /** The scratch mode: what the forwards read, and the perturb and update steps. */
+  #scratch: ScratchMode;
 
   /** Uploads θ and builds every buffer and fixed step. */
   static async create(device: Device, options: EsEngineOptions): Promise<EsEngine> {
@@ -747,11 +351,6 @@ export class EsEngine {
     return new EsEngine(gpu, options, theta);
   }
 
-  #thetaWeights: WeightLookup = (name) => {
-    const t = (this.#view ?? this.theta).get(name);
-    if (!t) throw new Error(`no tensor ${name}`);
-    return t;
-  };
 
   /** Uploads the held-out micro-batches once; they are the same for the whole run. */
   setHeldOut(packed: PackedBatches): void {
@@ -874,7 +473,7 @@ export class EsEngine {
       at += l.batch * this.#runLength(this.#holdLayout, l);
       return [
         ...this.#copyIn(this.#hold, l),
-        ...this.#scoreSteps(l, () => this.#thetaWeights, "theta"),
+        ...this.#scoreSteps(l, () => this.#scratch.theta, "theta"),
         out,
       ];
     });
@@ -1042,7 +641,7 @@ export class EsEngine {
    */
   memberSteps(l: { batch: number; seqLen: number }, count = 1): Step[] {
     return [
-      ...this.#scoreSteps(l, () => this.#membersWeights(count), "member", this.prefixLayers, count),
+      ...this.#scoreSteps(l, () => this.#scratch.members(count), "member", this.prefixLayers, count),
       ...Array.from({ length: count }, (_, z) => this.#accumulate(l.batch, z)),
     ];
   }
@@ -1052,7 +651,7 @@ export class EsEngine {
     const key = `prefix:${l.batch}x${l.seqLen}`;
     let steps = this.#scoreCache.get(key);
     if (!steps) {
-      steps = this.forward.bodySteps(l.batch, l.seqLen, this.#thetaWeights, {
+      steps = this.forward.bodySteps(l.batch, l.seqLen, this.#scratch.theta, {
         from: 0,
         to: this.prefixLayers,
       });
@@ -1069,7 +668,7 @@ export class EsEngine {
   perturbSteps(count = 1): Step[] {
     let s = this.#perturbFor.get(count);
     if (!s) {
-      s = staged("perturb", this.#perturbBuild(count));
+      s = staged("perturb", this.#scratch.perturb(count));
       this.#perturbFor.set(count, s);
     }
     return s;
@@ -1077,7 +676,7 @@ export class EsEngine {
 
   /** The steps of the update, one pass over θ. */
   updateSteps(): Step[] {
-    return this.#updateSteps;
+    return staged("update", this.#scratch.update);
   }
 
   /** Frees every buffer the engine made. */
@@ -1137,7 +736,7 @@ export class EsEngine {
         coefficients: o.coefficients,
       }),
     );
-    this.device.run(this.#updateSteps, `update ${o.iteration}`);
+    this.device.run(this.updateSteps(), `update ${o.iteration}`);
   }
 
   /** θ read back one tensor at a time, in HF order. */

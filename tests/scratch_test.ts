@@ -77,7 +77,7 @@ Deno.test("chunked member scratch: the fitness of a whole perturbed copy, in a f
 });
 
 Deno.test("chunk rows: as few chunks as fit, cut evenly, 64-aligned where there is room", async () => {
-  const { evenChunkRows } = await import("../pipeline/engine.ts");
+  const { evenChunkRows } = await import("../pipeline/scratch.ts");
   assertEquals(evenChunkRows(384, 201), 192); // two chunks of 192, not 201 + 183
   assertEquals(evenChunkRows(128, 400), 128); // one chunk
   assertEquals(evenChunkRows(100, 40), 34); // three chunks; 64 would not fit
