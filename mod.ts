@@ -53,7 +53,7 @@ export {
   toBf16,
   writeTensor,
 } from "./kernels/tensor.ts";
-export type { FilledTensor, DeviceTensor, Shard, StorageDtype } from "./kernels/tensor.ts";
+export type { DeviceTensor, FilledTensor, Shard, StorageDtype } from "./kernels/tensor.ts";
 export { linearSteps, matmulStep, matmulSwigluStep, swigluLinearSteps } from "./kernels/matmul.ts";
 export type {
   LinearMembers,
@@ -98,13 +98,31 @@ export type { EsEngineOptions, IterationResult } from "./pipeline/engine.ts";
 export { adamBytes, memoryReport, memoryRow } from "./pipeline/memory.ts";
 export type { MemoryRow } from "./pipeline/memory.ts";
 export {
+  createStage,
   pipelineSchema,
   registerStage,
   STAGE_KINDS,
   stageType,
   stageTypes,
 } from "./pipeline/spec.ts";
-export type { PipelineSpec, StageKind, StageType } from "./pipeline/spec.ts";
+export type {
+  PipelineSpec,
+  StageDefinition,
+  StageImpls,
+  StageKind,
+  StageSchema,
+  StageType,
+} from "./pipeline/spec.ts";
+export { createStrategy, pairSnr, stepDiagnostics, strategyFromSpec } from "./pipeline/strategy.ts";
+export type {
+  EsAsk,
+  EsStrategy,
+  EsStrategyOptions,
+  EsTell,
+  StepDiagnostics,
+  StrategyTensor,
+  TellOptions,
+} from "./pipeline/strategy.ts";
 import "./pipeline/stages/mod.ts";
 export type * from "./pipeline/stages/types.ts";
 export {

@@ -88,7 +88,10 @@ export class WeightsChecksum {
 
   /** The digest of the tensors as they are once all queued work is done. */
   async compute(): Promise<string> {
-    this.device.run([{ op: "clear", label: "checksum.sums", buffer: this.#sums }, ...this.#steps], "checksum");
+    this.device.run(
+      [{ op: "clear", label: "checksum.sums", buffer: this.#sums }, ...this.#steps],
+      "checksum",
+    );
     const stride = slotStride(this.device);
     const out = await this.device.readMany(
       Array.from({ length: this.#count }, (_, i) => ({

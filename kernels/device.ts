@@ -291,7 +291,8 @@ export function planDevice(
     resetPeak() {
       peak = live;
     },
-    allocations: () => [...ledger.keys()].map((b) => ({ label: b.label, bytes: b.size, purpose: b.purpose })),
+    allocations: () =>
+      [...ledger.keys()].map((b) => ({ label: b.label, bytes: b.size, purpose: b.purpose })),
     destroy() {},
   };
 }

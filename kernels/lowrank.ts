@@ -26,7 +26,14 @@
  *
  * @module
  */
-import { alignUp, type Binding, bindingRange, type Device, type DeviceBuffer, DeviceError } from "./device.ts";
+import {
+  alignUp,
+  type Binding,
+  bindingRange,
+  type Device,
+  type DeviceBuffer,
+  DeviceError,
+} from "./device.ts";
 import { dispatch, launch, type Step, wgslConsts, wgslSource } from "./program.ts";
 import { matmulStep } from "./matmul.ts";
 import { gaussianNoise, noiseWgsl, type Seed } from "./philox.ts";

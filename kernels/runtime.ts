@@ -12,8 +12,8 @@
 import {
   alignUp,
   bindingRange,
-  type BufferPurpose,
   bufferBytes,
+  type BufferPurpose,
   checkBufferSize,
   type Device,
   type DeviceBuffer,
@@ -276,7 +276,10 @@ export class Gpu implements Device {
       layout: pipeline.getBindGroupLayout(0),
       entries: d.bindings.map((b, i) => {
         const r = bindingRange(b);
-        return { binding: i, resource: { buffer: this.raw(r.buffer), offset: r.offset, size: r.size } };
+        return {
+          binding: i,
+          resource: { buffer: this.raw(r.buffer), offset: r.offset, size: r.size },
+        };
       }),
     });
     e = { pipeline, bindGroup };
@@ -463,7 +466,10 @@ export async function adapterLimits(): Promise<
 
 /** GPUAdapterInfo.isFallbackAdapter where the runtime has it (the older adapter field too). */
 function isFallback(adapter: GPUAdapter): boolean {
-  const a = adapter as unknown as { isFallbackAdapter?: boolean; info?: { isFallbackAdapter?: boolean } };
+  const a = adapter as unknown as {
+    isFallbackAdapter?: boolean;
+    info?: { isFallbackAdapter?: boolean };
+  };
   return a.info?.isFallbackAdapter === true || a.isFallbackAdapter === true;
 }
 

@@ -178,7 +178,11 @@ export function createTensor(
   const per = rowsPerShard(rowSize, device.shardBytes, dtype);
   const shards: Shard[] = shardRanges(rows, per).map((r, i, all) => {
     const label = all.length > 1 ? `${name}#${i}` : name;
-    const buffer = device.createBuffer(label, r.rows * rowSize * bytes, options.purpose ?? "weights");
+    const buffer = device.createBuffer(
+      label,
+      r.rows * rowSize * bytes,
+      options.purpose ?? "weights",
+    );
     return { buffer, rowStart: r.rowStart, rows: r.rows };
   });
   const t: DeviceTensor = { name, shape: [...shape], rowSize, shards };
@@ -190,7 +194,9 @@ export function createTensor(
 /** Uploads `data` over the whole tensor. */
 export function writeTensor(device: Device, t: DeviceTensor, data: Float32Array): void {
   if (data.length !== numel(t.shape)) {
-    throw new DeviceError(`tensor ${t.name}: write of ${data.length} elements into ${numel(t.shape)}`);
+    throw new DeviceError(
+      `tensor ${t.name}: write of ${data.length} elements into ${numel(t.shape)}`,
+    );
   }
   for (const s of t.shards) {
     if (s.rows === 0) continue;

@@ -5,7 +5,12 @@
  * @module
  */
 import type { Device } from "../kernels/device.ts";
-import { createTensor, type DeviceTensor, readTensor, type StorageDtype } from "../kernels/tensor.ts";
+import {
+  createTensor,
+  type DeviceTensor,
+  readTensor,
+  type StorageDtype,
+} from "../kernels/tensor.ts";
 import type { TensorData, TensorStream } from "./safetensors.ts";
 import { type Checkpoint, openCheckpoint } from "./checkpoint.ts";
 

@@ -22,7 +22,7 @@
  */
 import type { Qwen3Config } from "./config.ts";
 import { type Device, type DeviceBuffer, DeviceError, staged } from "../kernels/device.ts";
-import { fillsOf, type DeviceTensor, readShardPairs, readShards } from "../kernels/tensor.ts";
+import { type DeviceTensor, fillsOf, readShardPairs, readShards } from "../kernels/tensor.ts";
 import type { Step } from "../kernels/program.ts";
 import { linearSteps, matmulStep, swigluLinearSteps } from "../kernels/matmul.ts";
 import { rmsnormStep } from "../kernels/rmsnorm.ts";
@@ -208,20 +208,23 @@ export function tensorReads(device: Device, lookup: TensorLookup): WeightLookup 
         if (fills) steps.push(...fills[i]);
         for (let c0 = 0; c0 < shard.rows; c0 += o.chunk) {
           const n = Math.min(o.chunk, shard.rows - c0), start = shard.rowStart + c0;
-          steps.push(...role("lm_head", [matmulStep(device, {
-            label: `lm_head[${start}:${start + n}]`,
-            x: o.x,
-            // Members with their own head: one dispatch, member z in grid z; shared: all rows.
-            m: head.memberStride ? o.m : o.members * o.m,
-            k: o.k,
-            w: shard.buffer,
-            wRowOffset: c0,
-            n,
-            out: o.logits,
-            members: head.memberStride
-              ? { count: o.members, x: o.m * o.k, w: head.memberStride, out: o.m * n }
-              : undefined,
-          })]), ...fold(start, n));
+          steps.push(
+            ...role("lm_head", [matmulStep(device, {
+              label: `lm_head[${start}:${start + n}]`,
+              x: o.x,
+              // Members with their own head: one dispatch, member z in grid z; shared: all rows.
+              m: head.memberStride ? o.m : o.members * o.m,
+              k: o.k,
+              w: shard.buffer,
+              wRowOffset: c0,
+              n,
+              out: o.logits,
+              members: head.memberStride
+                ? { count: o.members, x: o.m * o.k, w: head.memberStride, out: o.m * n }
+                : undefined,
+            })]),
+            ...fold(start, n),
+          );
         }
       }
       return steps;
@@ -401,66 +404,89 @@ export class Qwen3Forward {
     const ms = (t: DeviceTensor) => t.memberStride ?? 0;
     // A vector is read whole from its one buffer, after what must run first (bf16 θ widened to
     // f32 right before the read: pipeline/scratch.ts).
-    const vec = (name: string, read: (buffer: DeviceBuffer, memberStride: number) => Step): Step[] => {
+    const vec = (
+      name: string,
+      read: (buffer: DeviceBuffer, memberStride: number) => Step,
+    ): Step[] => {
       const v = weights.vector(name);
       return [...v.before, read(v.tensor.shards[0].buffer, ms(v.tensor))];
     };
     // xn = rmsnorm(x): every norm of the body reads the residual stream and writes xn.
     const norm = (label: string, weight: string) =>
-      role("norm", vec(weight, (w, stride) =>
-        rmsnormStep(g, {
-          label,
-          x: b.x,
-          w,
-          y: b.xn,
-          rows: R,
-          dim: H,
-          eps: c.rmsNormEps,
-          members: { rows: Rm, wStride: stride },
-        })));
+      role(
+        "norm",
+        vec(weight, (w, stride) =>
+          rmsnormStep(g, {
+            label,
+            x: b.x,
+            w,
+            y: b.xn,
+            rows: R,
+            dim: H,
+            eps: c.rmsNormEps,
+            members: { rows: Rm, wStride: stride },
+          })),
+      );
     const steps: Step[] = [];
     if (layers.from === 0) {
-      steps.push(...role("embed", weights.gather("model.embed_tokens.weight", {
-        label: "embed",
-        ids: b.ids,
-        x: b.x,
-        m: Rm,
-        hidden: H,
-        members,
-      })));
+      steps.push(...role(
+        "embed",
+        weights.gather("model.embed_tokens.weight", {
+          label: "embed",
+          ids: b.ids,
+          x: b.x,
+          m: Rm,
+          hidden: H,
+          members,
+        }),
+      ));
     }
     for (let l = layers.from; l < layers.to; l++) {
       const p = `model.layers.${l}.`;
-      const lin = (name: string, x: DeviceBuffer, out: DeviceBuffer, k: number, accumulate = false) =>
-        role("projection", weights.linear(`${p}${name}.weight`, {
-          label: `L${l}.${name}`,
-          x,
-          m: Rm,
-          k,
-          out,
-          accumulate,
-          bias: c.attentionBias && name.startsWith("self_attn.") ? `${p}${name}.bias` : undefined,
-          members,
-        }));
+      const lin = (
+        name: string,
+        x: DeviceBuffer,
+        out: DeviceBuffer,
+        k: number,
+        accumulate = false,
+      ) =>
+        role(
+          "projection",
+          weights.linear(`${p}${name}.weight`, {
+            label: `L${l}.${name}`,
+            x,
+            m: Rm,
+            k,
+            out,
+            accumulate,
+            bias: c.attentionBias && name.startsWith("self_attn.") ? `${p}${name}.bias` : undefined,
+            members,
+          }),
+        );
       steps.push(...norm(`L${l}.input_layernorm`, `${p}input_layernorm.weight`));
       steps.push(...lin("self_attn.q_proj", b.xn, b.q, H));
       steps.push(...lin("self_attn.k_proj", b.xn, b.k, H));
       steps.push(...lin("self_attn.v_proj", b.xn, b.v, H));
       for (const [which, heads] of [["q", c.numHeads], ["k", c.numKvHeads]] as const) {
-        steps.push(...role("qk_norm_rope", vec(`${p}self_attn.${which}_norm.weight`, (w, stride) =>
-          qkNormRopeStep(g, {
-            label: `L${l}.${which}_norm_rope`,
-            x: b[which],
-            w,
-            cos: b.cos,
-            sin: b.sin,
-            rows: R,
-            seqLen,
-            heads,
-            headDim: D,
-            eps: c.rmsNormEps,
-            members: { rows: Rm, wStride: stride },
-          }))));
+        steps.push(
+          ...role(
+            "qk_norm_rope",
+            vec(`${p}self_attn.${which}_norm.weight`, (w, stride) =>
+              qkNormRopeStep(g, {
+                label: `L${l}.${which}_norm_rope`,
+                x: b[which],
+                w,
+                cos: b.cos,
+                sin: b.sin,
+                rows: R,
+                seqLen,
+                heads,
+                headDim: D,
+                eps: c.rmsNormEps,
+                members: { rows: Rm, wStride: stride },
+              })),
+          ),
+        );
       }
       steps.push(...role("attention", [attentionStep(g, {
         label: `L${l}.attention`,
@@ -477,17 +503,20 @@ export class Qwen3Forward {
       })]));
       steps.push(...lin("self_attn.o_proj", b.attn, b.x, c.numHeads * D, true));
       steps.push(...norm(`L${l}.post_attention_layernorm`, `${p}post_attention_layernorm.weight`));
-      steps.push(...role("mlp", weights.gateUp({
-        layer: `L${l}`,
-        gate: `${p}mlp.gate_proj.weight`,
-        up: `${p}mlp.up_proj.weight`,
-        x: b.xn,
-        m: Rm,
-        k: H,
-        out: b.gate,
-        members,
-        upScratch: () => this.#upBuffer(),
-      })));
+      steps.push(...role(
+        "mlp",
+        weights.gateUp({
+          layer: `L${l}`,
+          gate: `${p}mlp.gate_proj.weight`,
+          up: `${p}mlp.up_proj.weight`,
+          x: b.xn,
+          m: Rm,
+          k: H,
+          out: b.gate,
+          members,
+          upScratch: () => this.#upBuffer(),
+        }),
+      ));
       steps.push(...lin("mlp.down_proj", b.gate, b.x, c.intermediateSize, true));
     }
     if (layers.to === c.numLayers) steps.push(...norm("norm", "model.norm.weight"));

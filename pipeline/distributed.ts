@@ -19,11 +19,13 @@
  *
  * Iteration t, coordinator: checksum θ_t on the GPU; XADD the ranges to tasks; evaluate claimed
  * ranges itself (unless --no-local-eval); XREAD results until every range has a fitness vector
- * from a process whose θ_t checksum matches; shape and update (pipeline/run.ts); XADD the ledger
- * entry. Worker: XREADGROUP a range (or XAUTOCLAIM one whose claim went stale), apply any ledger
- * entries it has not applied, check its own θ_t checksum against the task's, evaluate
- * `engine.evaluate(packed, {members})`, XADD the result, XACK. While evaluating, a process
- * refreshes its claim (XCLAIM … JUSTID) so only a dead process's claims pass the deadline.
+ * from a process whose θ_t checksum matches; shape and update through the ES strategy
+ * (pipeline/strategy.ts, called by pipeline/run.ts); XADD the ledger entry. Worker: XREADGROUP
+ * a range (or XAUTOCLAIM one whose claim went stale), apply any ledger entries it has not
+ * applied (each checked against the strategy's own tell), check its own θ_t checksum against
+ * the task's, evaluate `engine.evaluate(packed, {members})`, XADD the result, XACK. While
+ * evaluating, a process refreshes its claim (XCLAIM … JUSTID) so only a dead process's claims
+ * pass the deadline.
  *
  * Fitness travels as JSON numbers, which round-trip float64 exactly, so every process computes
  * bit-identical coefficients and θ stays bit-identical everywhere; the checksum proves it.
@@ -36,7 +38,6 @@ import { WeightsChecksum } from "../kernels/checksum.ts";
 import { openCheckpointTensors } from "../model/device_weights.ts";
 import type { TensorStream } from "../model/safetensors.ts";
 import { EsEngine, type IterationResult } from "./engine.ts";
-import { memberRecords, noiseCoefficients } from "./es.ts";
 import { UserError } from "./errors.ts";
 import { loadPipelineText } from "./load.ts";
 import { type ResolvedPipeline, resolvePipeline } from "./resolve.ts";
@@ -212,7 +213,6 @@ interface Evaluator {
   setup: RunSetup;
   /** The run seed: noise and subsets derive from it. */
   seed: number;
-  sigmaAt: (t: number) => number;
   /** θ_t's checksum, computed at most once per iteration. */
   checksum: (t: number) => Promise<string>;
   deadlineMs: number;
@@ -265,7 +265,8 @@ async function serveTask(ev: Evaluator, task: Task): Promise<void> {
   }, Math.max(50, ev.deadlineMs / 3));
   try {
     const mine = await ev.checksum(task.iter);
-    const sigma = ev.sigmaAt(task.iter);
+    const ask = ev.setup.strategy.ask(task.iter);
+    const sigma = ask.sigma;
     if (mine !== task.checksum || sigma !== task.sigma || task.seed !== ev.seed) {
       const error = mine !== task.checksum
         ? `weights diverged at iteration ${task.iter}: ${ev.consumer} has checksum ${mine}, the coordinator ${task.checksum}`
@@ -284,7 +285,7 @@ async function serveTask(ev: Evaluator, task: Task): Promise<void> {
     const { packed } = ev.setup.iterationInputs(task.iter);
     const res = await ev.engine.evaluate(packed, {
       iteration: task.iter,
-      population: memberRecords(ev.setup.N, ev.setup.antithetic, task.sigma),
+      population: ask.members,
       heldOut: false,
       members: { start: task.start, end: task.end },
     });
@@ -343,7 +344,6 @@ export class Coordinator {
   #pending: unknown = null;
   #setup: RunSetup;
   #seed: number;
-  #sigmaAt: (t: number) => number;
 
   private constructor(bus: RedisBus, run: ResolvedPipeline, o: CoordinatorOptions) {
     this.bus = bus;
@@ -353,13 +353,12 @@ export class Coordinator {
     this.consumer = consumerName("coordinator");
     this.#setup = runSetup(run);
     this.#seed = run.spec.seed;
-    const settings = distributedSettings(this.#setup.N);
-    this.ranges = memberRanges(this.#setup.N, settings.rangeSize);
+    const N = this.#setup.strategy.population;
+    const settings = distributedSettings(N);
+    this.ranges = memberRanges(N, settings.rangeSize);
     this.deadlineMs = settings.deadlineMs;
     this.localEval = o.localEval ?? true;
     this.#log = o.log ?? (() => {});
-    const { perturb } = this.#setup;
-    this.#sigmaAt = (t) => perturb.sigmaAt(run.spec.perturb, t);
   }
 
   /**
@@ -381,7 +380,7 @@ export class Coordinator {
       out: absolute(run.outDir),
       iterations: run.spec.iterations,
       seed: run.spec.seed,
-      population: c.#setup.N,
+      population: c.#setup.strategy.population,
       deadline_ms: c.deadlineMs,
       coordinator: c.consumer,
       backend: o.backend ?? "webgpu",
@@ -436,7 +435,7 @@ export class Coordinator {
       this.#ledgerFrom = t;
       await bus.call(["HSET", keys.meta, "ledger_from", t]);
     }
-    const sigma = this.#sigmaAt(t);
+    const sigma = ctx.sigma;
     let first: string | null = null;
     for (const [start, end] of this.ranges) {
       const id = await bus.add(keys.tasks, {
@@ -469,7 +468,6 @@ export class Coordinator {
       engine: ctx.engine,
       setup: this.#setup,
       seed: this.#seed,
-      sigmaAt: this.#sigmaAt,
       checksum: () => Promise.resolve(checksum),
       deadlineMs: this.deadlineMs,
     };
@@ -681,7 +679,6 @@ async function serveSession(
     engine,
     setup,
     seed: spec.seed,
-    sigmaAt: (t) => setup.perturb.sigmaAt(spec.perturb, t),
     checksum: async (t) => {
       if (t !== iteration) throw new Error(`θ is at iteration ${iteration}, not ${t}`);
       if (known?.iteration !== t) known = { iteration: t, value: await checksum.compute() };
@@ -705,14 +702,10 @@ async function serveSession(
       }
       const fitness = JSON.parse(f.fitness) as number[];
       const d = Float64Array.from(JSON.parse(f.coefficients) as number[]);
-      // Same result set, same pure functions: the same coefficients, or this process differs.
-      const w = setup.shape.shape(fitness);
-      const c = setup.update.coefficients(w, {
-        settings: spec.update,
-        iteration: t,
-        sigma: setup.perturb.sigmaAt(spec.perturb, t),
-      });
-      const mine = noiseCoefficients(c, setup.antithetic);
+      // Same result set, same strategy: the same coefficients, or this process differs.
+      const mine = fitness.length === setup.strategy.population
+        ? setup.strategy.tell(t, fitness).coefficients
+        : new Float64Array(0);
       if (mine.length !== d.length || mine.some((x, i) => x !== d[i])) {
         throw new DivergenceError(
           `${o.consumer} computes other update coefficients than the coordinator at iteration ${t}; ` +

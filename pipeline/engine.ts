@@ -351,7 +351,6 @@ export class EsEngine {
     return new EsEngine(gpu, options, theta);
   }
 
-
   /** Uploads the held-out micro-batches once; they are the same for the whole run. */
   setHeldOut(packed: PackedBatches): void {
     this.#upload(this.#hold, packed);
@@ -510,7 +509,13 @@ export class EsEngine {
       throw new Error(`members [${start}, ${end}) outside the population of ${N}`);
     }
     const program: (Op | Block)[] = [
-      { op: "clear", label: "fitness.totals", stage: "fitness", role: "totals", buffer: this.#totals },
+      {
+        op: "clear",
+        label: "fitness.totals",
+        stage: "fitness",
+        role: "totals",
+        buffer: this.#totals,
+      },
     ];
     if (o.heldOut) program.push(...this.heldOutProgram());
     const H4 = this.config.hiddenSize * 4;
@@ -641,7 +646,13 @@ export class EsEngine {
    */
   memberSteps(l: { batch: number; seqLen: number }, count = 1): Step[] {
     return [
-      ...this.#scoreSteps(l, () => this.#scratch.members(count), "member", this.prefixLayers, count),
+      ...this.#scoreSteps(
+        l,
+        () => this.#scratch.members(count),
+        "member",
+        this.prefixLayers,
+        count,
+      ),
       ...Array.from({ length: count }, (_, z) => this.#accumulate(l.batch, z)),
     ];
   }

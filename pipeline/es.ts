@@ -7,6 +7,9 @@
  * Population order with antithetic sampling is blocked: members 0..K−1 use +ε_0..+ε_{K−1},
  * members K..2K−1 use −ε_0..−ε_{K−1} (N = 2K), matching tests/fixtures/es_update.json.
  *
+ * The ES strategy (pipeline/strategy.ts) composes these into ask(t)/tell(t, fitness); the run,
+ * the distributed processes and the planner call the strategy, not these functions.
+ *
  * @module
  */
 

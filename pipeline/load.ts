@@ -1,12 +1,15 @@
 /**
  * Loading a pipeline YAML file: parse (yaml's parseDocument with a LineCounter), validate against
  * the strict schema built from the stage registry, apply the command-line overrides, and run the
- * semantic checks that need no files. Every fault is a one-line {@link UserError}
+ * checks across keys that need no files. Every fault is a one-line {@link UserError}
  * `file:line:col: path.to.key: message`, placed at the node the user has to edit, and the message
  * says the fix.
  *
- * Checks that need files or the model (a missing corpus, max_len beyond the model's positions, a
- * tokenizer larger than the model's vocabulary, ...) are in resolve.ts.
+ * Every check across keys lives here, in one table ({@link crossFieldIssues}): those that need
+ * the files or the model (a held-out split larger than the corpus, max_len beyond the model's
+ * positions, a tokenizer larger than the model's vocabulary, a rank beyond the model's matrices)
+ * run when resolve.ts has read them. A stage's own file faults (a missing corpus, an unknown
+ * preset) are raised by the stage.
  *
  * @module
  */
@@ -14,6 +17,7 @@ import { isCollection, isMap, isScalar, isSeq, LineCounter, type Node, parseDocu
 import { fileURLToPath } from "node:url";
 import { dirname, resolve as resolvePath } from "node:path";
 import {
+  createStage,
   pipelineSchema,
   type PipelineSpec,
   STAGE_KINDS,
@@ -21,7 +25,12 @@ import {
   stageTypes,
 } from "./spec.ts";
 import { UserError } from "./errors.ts";
+import type { Qwen3Config } from "../model/config.ts";
+import type { Tokenizer } from "../tokenizers/mod.ts";
 import "./stages/mod.ts";
+import { maxLowRank } from "./stages/perturb.ts";
+import { fitnessBatching } from "./stages/fitness.ts";
+import type { DatasetImpl, ModelImpl, PerturbImpl } from "./stages/types.ts";
 
 /** The embedded default pipeline that `deno task train` runs with no argument. */
 export const DEFAULT_PIPELINE_PATH: string = fileURLToPath(
@@ -149,7 +158,7 @@ export function loadPipelineText(
   if (!parsed.success) fail(explainIssues(parsed.error.issues as ZodIssueLike[], data, schema));
   const spec = parsed.data as unknown as PipelineSpec;
 
-  const semantic = semanticIssues(spec);
+  const semantic = crossFieldIssues(spec);
   if (semantic.length > 0) fail(semantic);
 
   applyOverrides(spec, options.overrides ?? {}, schema);
@@ -485,42 +494,164 @@ function editDistance(a: string, b: string): number {
   return d[a.length][b.length];
 }
 
+/** What the checks that need files know: the corpus, the tokenizer and the model (resolve.ts). */
+export interface ResolvedFacts {
+  /** Every sample of the corpus (after max_lines), held-out ones included. */
+  texts: readonly string[];
+  tokenizer: Tokenizer;
+  config: Qwen3Config;
+}
+
+/** The stages the cross-field checks read, as their typed implementations. */
+interface CheckedStages {
+  dataset: DatasetImpl;
+  model: ModelImpl;
+  perturb: PerturbImpl;
+  fitness: ReturnType<typeof fitnessBatching>;
+}
+
 /**
- * Checks across keys that need no files. They read settings by name rather than by stage type,
- * so a custom perturb stage with the same keys gets them too.
+ * One check across keys (and, in the resolve phase, against the files and the model). It reads
+ * the stages' typed implementations, so a custom stage of a kind gets the kind's checks too.
  */
-function semanticIssues(spec: PipelineSpec): PipelineIssue[] {
-  const issues: PipelineIssue[] = [];
-  const p = spec.perturb;
-  if (p.antithetic === true && typeof p.population === "number" && p.population % 2 === 1) {
-    issues.push({
-      path: ["perturb", "population"],
-      message: `antithetic pairs ±ε need an even population, got ${p.population}; use ${
-        p.population - 1
-      } or ${p.population + 1}, or antithetic: false`,
-    });
-  }
-  if (spec.model.storage === "bf16" && p.rank !== undefined) {
-    issues.push({
-      path: ["model", "storage"],
-      message:
-        `bf16 storage needs full-rank perturbations (the low-rank forward reads θ's matrices ` +
-        `directly); use storage: f32, or perturb type gaussian`,
-    });
-  }
-  const layers = (p.groups as { layers?: unknown } | undefined)?.layers;
-  if (Array.isArray(layers)) {
-    layers.forEach((r: { from?: unknown; to?: unknown }, i) => {
-      if (typeof r.from === "number" && typeof r.to === "number" && r.from > r.to) {
-        issues.push({
-          path: ["perturb", "groups", "layers", i, "from"],
+interface CrossCheck {
+  /** load: from the spec alone, when the file loads; resolve: once the stages have run. */
+  phase: "load" | "resolve";
+  check(s: CheckedStages, facts: ResolvedFacts): PipelineIssue[];
+}
+
+/**
+ * Every check across keys, in one place: those that need no files run in
+ * {@link loadPipelineText}, the rest in resolve.ts ({@link crossFieldIssues} with the facts).
+ * Each issue names the key to edit, so the error points at its file:line:col.
+ */
+const CROSS_CHECKS: CrossCheck[] = [
+  {
+    phase: "load",
+    check: ({ perturb: p }) =>
+      p.antithetic && p.population % 2 === 1
+        ? [{
+          path: ["perturb", "population"],
+          message: `antithetic pairs ±ε need an even population, got ${p.population}; use ${
+            p.population - 1
+          } or ${p.population + 1}, or antithetic: false`,
+        }]
+        : [],
+  },
+  {
+    phase: "load",
+    check: ({ model, perturb }) =>
+      model.storage === "bf16" && perturb.lowRank !== undefined
+        ? [{
+          path: ["model", "storage"],
           message:
-            `the range [from, to] is inclusive and needs from ≤ to, got from ${r.from} > to ${r.to}; swap them`,
-        });
+            `bf16 storage needs full-rank perturbations (the low-rank forward reads θ's matrices ` +
+            `directly); use storage: f32, or perturb type gaussian`,
+        }]
+        : [],
+  },
+  {
+    phase: "load",
+    check: ({ perturb }) =>
+      perturb.groups.layers.flatMap((r, i) =>
+        r.from > r.to
+          ? [{
+            path: ["perturb", "groups", "layers", i, "from"],
+            message:
+              `the range [from, to] is inclusive and needs from ≤ to, got from ${r.from} > to ${r.to}; swap them`,
+          }]
+          : []
+      ),
+  },
+  {
+    phase: "resolve",
+    check: ({ dataset: ds }, { texts }) => {
+      const n = texts.length;
+      if (ds.holdout >= n) {
+        return [{
+          path: ["dataset", "holdout"],
+          message:
+            `holdout ${ds.holdout} leaves no samples to train on: the corpus has ${n}; use fewer than ${n}`,
+        }];
       }
-    });
-  }
-  return issues;
+      const left = n - ds.holdout;
+      if (ds.samplesPerIteration <= left) return [];
+      return [{
+        path: ["dataset", "samples_per_iteration"],
+        message:
+          `${ds.samplesPerIteration} samples per iteration, but only ${left} are left after the holdout ` +
+          `(${n} samples, ${ds.holdout} held out); use at most ${left}`,
+      }];
+    },
+  },
+  {
+    phase: "resolve",
+    check: (_, { tokenizer, config }) =>
+      tokenizer.vocabSize > config.vocabSize
+        ? [{
+          path: ["tokenizer", "type"],
+          message:
+            `the ${tokenizer.name} tokenizer has ${tokenizer.vocabSize} ids but the model's vocab_size is ` +
+            `${config.vocabSize}; use a tokenizer that fits or a model with a larger vocabulary`,
+        }]
+        : [],
+  },
+  {
+    phase: "resolve",
+    check: ({ perturb }, { config }) =>
+      perturb.groups.layers.flatMap((r, i) => {
+        const end = (["from", "to"] as const).find((e) => r[e] >= config.numLayers);
+        if (end === undefined) return [];
+        return [{
+          path: ["perturb", "groups", "layers", i, end],
+          message: `layer ${r[end]} is beyond the model, which has ${config.numLayers} layers (0..${
+            config.numLayers - 1
+          }); use at most ${config.numLayers - 1}`,
+        }];
+      }),
+  },
+  {
+    phase: "resolve",
+    check: ({ perturb }, { config }) => {
+      const rank = perturb.lowRank?.rank, max = maxLowRank(config);
+      if (rank === undefined || rank <= max) return [];
+      return [{
+        path: ["perturb", "rank"],
+        message: `rank ${rank} exceeds min(out, in) = ${max} of the model's smallest matrix; ` +
+          `use a rank from 1 to ${max}`,
+      }];
+    },
+  },
+  {
+    phase: "resolve",
+    check: ({ fitness }, { config }) =>
+      fitness.max_len > config.maxPositionEmbeddings
+        ? [{
+          path: ["fitness", "max_len"],
+          message:
+            `${fitness.max_len} tokens exceed the model's max_position_embeddings ${config.maxPositionEmbeddings}; ` +
+            `use at most ${config.maxPositionEmbeddings}`,
+        }]
+        : [],
+  },
+];
+
+/**
+ * The faults across keys of a validated spec: without `facts`, the checks that need no files
+ * (run when the pipeline loads); with them, the checks against the corpus, the tokenizer and the
+ * model (run by resolve.ts once the stages have read them).
+ */
+export function crossFieldIssues(spec: PipelineSpec, facts?: ResolvedFacts): PipelineIssue[] {
+  const stages: CheckedStages = {
+    dataset: createStage(spec, "dataset"),
+    model: createStage(spec, "model"),
+    perturb: createStage(spec, "perturb"),
+    fitness: fitnessBatching(spec.fitness),
+  };
+  const phase = facts ? "resolve" : "load";
+  return CROSS_CHECKS.filter((c) => c.phase === phase).flatMap((c) =>
+    c.check(stages, facts as ResolvedFacts)
+  );
 }
 
 /** Replaces the YAML's settings with the command line's, validated like the YAML. */

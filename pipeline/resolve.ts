@@ -1,10 +1,11 @@
 /**
  * Resolving a loaded pipeline: run each stage's implementation from the registry (read the
- * corpus, build the tokenizer, resolve the model's config and initial weights) and check what
- * only the files and the model can tell: a missing or empty corpus, a held-out split or subset
- * larger than the corpus, max_len beyond the model's positions, a tokenizer larger than the
- * model's vocabulary, layer ranges beyond the model. Each fault is a one-line {@link UserError}
- * `file:line:col: path: message` at the key to edit. Nothing is written to disk.
+ * corpus, build the tokenizer, resolve the model's config and initial weights), then the checks
+ * across keys that need the files and the model (load.ts {@link crossFieldIssues}: a held-out
+ * split or subset larger than the corpus, max_len beyond the model's positions, a tokenizer
+ * larger than the model's vocabulary, layer ranges or a rank beyond the model). Each fault is a
+ * one-line {@link UserError} `file:line:col: path: message` at the key to edit. Nothing is
+ * written to disk.
  *
  * @module
  */
@@ -12,16 +13,10 @@ import { join, resolve as absolute } from "node:path";
 import type { Qwen3Config } from "../model/config.ts";
 import type { TensorStream } from "../model/safetensors.ts";
 import type { Tokenizer } from "../tokenizers/mod.ts";
-import { type PipelineSpec, type StageKind, stageType } from "./spec.ts";
+import { createStage, type PipelineSpec, type StageImpls, type StageKind } from "./spec.ts";
 import { UserError } from "./errors.ts";
-import type { KeyPath, LoadedPipeline, PipelineIssue } from "./load.ts";
-import type {
-  DatasetImpl,
-  ModelImpl,
-  PerturbImpl,
-  StageContext,
-  TokenizerImpl,
-} from "./stages/types.ts";
+import { crossFieldIssues, type KeyPath, type LoadedPipeline, type PipelineIssue } from "./load.ts";
+import type { StageContext } from "./stages/types.ts";
 import "./stages/mod.ts";
 
 /** A pipeline with its data, tokenizer and model in hand, ready to compile. */
@@ -58,20 +53,12 @@ export async function resolvePipeline(loaded: LoadedPipeline): Promise<ResolvedP
   };
 
   // Stages run in document order, so the first fault thrown is the first in the file.
-  const texts = await runStage(
-    loaded,
-    "dataset",
-    (impl: DatasetImpl) => impl.load(spec.dataset, ctx),
-  );
-  const tokenizer = await runStage(
-    loaded,
-    "tokenizer",
-    (impl: TokenizerImpl) => impl.create(spec.tokenizer, ctx),
-  );
-  const model = await runStage(loaded, "model", (impl: ModelImpl) => impl.resolve(spec.model, ctx));
+  const texts = await runStage(loaded, "dataset", (dataset) => dataset.load(ctx));
+  const tokenizer = await runStage(loaded, "tokenizer", (t) => t.create(ctx));
+  const model = await runStage(loaded, "model", (m) => m.resolve(ctx));
   const { config } = model;
 
-  const issues = crossIssues(spec, { texts, tokenizer, config });
+  const issues = crossFieldIssues(spec, { texts, tokenizer, config });
   if (issues.length > 0) throw issuesError(loaded, issues);
 
   return {
@@ -90,17 +77,13 @@ export async function resolvePipeline(loaded: LoadedPipeline): Promise<ResolvedP
  * tokenizer or config loader names only its own file) gets one: the setting whose value the
  * message mentions, else the stage itself.
  */
-async function runStage<Impl, T>(
+async function runStage<K extends StageKind, T>(
   loaded: LoadedPipeline,
-  kind: StageKind,
-  call: (impl: Impl) => Promise<T>,
+  kind: K,
+  call: (impl: StageImpls[K]) => Promise<T>,
 ): Promise<T> {
-  const settings = loaded.spec[kind];
-  const type = stageType(kind, settings.type);
-  // Validation only admits registered types, so this is a programming error, not the user's.
-  if (!type) throw new Error(`${kind} stage type ${settings.type} is not registered`);
   try {
-    return await call(type.impl as Impl);
+    return await call(createStage(loaded.spec, kind));
   } catch (e) {
     if (!(e instanceof UserError) || e.message.startsWith(`${loaded.file}:`)) throw e;
     const path = settingMentioned(loaded, kind, e.message);
@@ -116,75 +99,6 @@ function settingMentioned(loaded: LoadedPipeline, kind: StageKind, message: stri
     }
   }
   return [kind];
-}
-
-/** Checks that need the corpus, the tokenizer and the model together. */
-function crossIssues(
-  spec: PipelineSpec,
-  o: { texts: string[]; tokenizer: Tokenizer; config: Qwen3Config },
-): PipelineIssue[] {
-  const issues: PipelineIssue[] = [];
-  const { config } = o;
-  const ds = spec.dataset;
-  const n = o.texts.length;
-  if (typeof ds.holdout === "number" && ds.holdout >= n) {
-    issues.push({
-      path: ["dataset", "holdout"],
-      message:
-        `holdout ${ds.holdout} leaves no samples to train on: the corpus has ${n}; use fewer than ${n}`,
-    });
-  } else if (typeof ds.samples_per_iteration === "number") {
-    const left = n - (typeof ds.holdout === "number" ? ds.holdout : 0);
-    if (ds.samples_per_iteration > left) {
-      issues.push({
-        path: ["dataset", "samples_per_iteration"],
-        message:
-          `${ds.samples_per_iteration} samples per iteration, but only ${left} are left after the holdout ` +
-          `(${n} samples, ${ds.holdout ?? 0} held out); use at most ${left}`,
-      });
-    }
-  }
-
-  if (o.tokenizer.vocabSize > config.vocabSize) {
-    issues.push({
-      path: ["tokenizer", "type"],
-      message:
-        `the ${o.tokenizer.name} tokenizer has ${o.tokenizer.vocabSize} ids but the model's vocab_size is ` +
-        `${config.vocabSize}; use a tokenizer that fits or a model with a larger vocabulary`,
-    });
-  }
-
-  const layers = (spec.perturb.groups as { layers?: unknown } | undefined)?.layers;
-  if (Array.isArray(layers)) {
-    layers.forEach((r: { from?: unknown; to?: unknown }, i) => {
-      for (const end of ["from", "to"] as const) {
-        const v = r[end];
-        if (typeof v === "number" && v >= config.numLayers) {
-          issues.push({
-            path: ["perturb", "groups", "layers", i, end],
-            message: `layer ${v} is beyond the model, which has ${config.numLayers} layers (0..${
-              config.numLayers - 1
-            }); use at most ${config.numLayers - 1}`,
-          });
-          break;
-        }
-      }
-    });
-  }
-
-  const perturb = stageType("perturb", spec.perturb.type)?.impl as PerturbImpl | undefined;
-  issues.push(...(perturb?.issues?.(spec.perturb, { config }) ?? []));
-
-  const maxLen = spec.fitness.max_len;
-  if (typeof maxLen === "number" && maxLen > config.maxPositionEmbeddings) {
-    issues.push({
-      path: ["fitness", "max_len"],
-      message:
-        `${maxLen} tokens exceed the model's max_position_embeddings ${config.maxPositionEmbeddings}; ` +
-        `use at most ${config.maxPositionEmbeddings}`,
-    });
-  }
-  return issues;
 }
 
 /** One error for the first issue in document order, counting the rest. */

@@ -16,8 +16,8 @@ import type { Tokenizer } from "../tokenizers/mod.ts";
 import type { Device } from "../kernels/device.ts";
 import type { StorageDtype } from "../kernels/tensor.ts";
 import { UserError } from "./errors.ts";
-import type { PipelineSpec } from "./spec.ts";
-import { impl, modelStorage, specEngineOptions } from "./engine_options.ts";
+import { createStage, type PipelineSpec } from "./spec.ts";
+import { specEngineOptions } from "./engine_options.ts";
 import {
   heldOutBatches,
   iterationBatches,
@@ -26,10 +26,11 @@ import {
   subsetSamples,
   tokenizeSamples,
 } from "./data.ts";
-import { memberRecords, noiseCoefficients } from "./es.ts";
+import type { MemberRecord } from "./es.ts";
 import { EsEngine, type EsEngineOptions, type IterationResult } from "./engine.ts";
 import type { PackedBatches } from "./data.ts";
-import type { FitnessImpl, PerturbImpl, ShapeImpl, UpdateImpl } from "./stages/types.ts";
+import { type EsStrategy, type EsTell, strategyFromSpec } from "./strategy.ts";
+import { fitnessBatching } from "./stages/fitness.ts";
 import type { TokenBatch } from "../model/forward.ts";
 
 /** What a run needs from a resolved pipeline. */
@@ -42,7 +43,11 @@ export interface RunInputs {
   outDir: string;
 }
 
-/** One line of metrics.jsonl. */
+/**
+ * One line of metrics.jsonl. The step's diagnostics come from the strategy's `tell`
+ * (pipeline/strategy.ts StepDiagnostics has their formulas); they are absent from lines written
+ * before they existed.
+ */
 export interface MetricsLine {
   iter: number;
   fitness_mean: number;
@@ -55,6 +60,29 @@ export interface MetricsLine {
   seconds: number;
   /** Population × scored tokens per second over the whole iteration. */
   tokens_per_s: number;
+  /** Population standard deviation (1/N) of the raw fitness. */
+  fitness_std?: number;
+  /** fitness_max − fitness_min. */
+  fitness_spread?: number;
+  /** sqrt(E‖Δθ‖²) of the update over the noise: expected, not measured. */
+  update_norm_expected?: number;
+  /** update_norm_expected / ‖θ_t‖, when the engine provides ‖θ_t‖ (not yet). */
+  update_ratio_expected?: number;
+  /** Antithetic pairs (K ≥ 2): sqrt(Σ odd² / Σ even²) of the pairs' fitness. */
+  pair_snr?: number;
+}
+
+/** The diagnostics of a step as metrics.jsonl fields. */
+function diagnosticsFields(d: EsTell["diagnostics"]): Partial<MetricsLine> {
+  return {
+    fitness_std: d.fitnessStd,
+    fitness_spread: d.fitnessSpread,
+    update_norm_expected: d.updateNormExpected,
+    ...(d.updateRatioExpected !== undefined
+      ? { update_ratio_expected: d.updateRatioExpected }
+      : {}),
+    ...(d.pairSnr !== undefined ? { pair_snr: d.pairSnr } : {}),
+  };
 }
 
 /** The run state saved in state.json: enough, with the pipeline, to continue exactly. */
@@ -87,7 +115,7 @@ export interface RunOptions {
    * must return every member's fitness, in member order.
    */
   evaluator?: (ctx: EvaluateContext) => Promise<IterationResult>;
-  /** Called after each iteration's update is queued, with the shaped weights that made it. */
+  /** Called after each iteration's update is queued, with the fitness and per-noise coefficients. */
   onUpdate?: (
     ctx: EvaluateContext & { fitness: number[]; coefficients: Float64Array },
   ) => Promise<void> | void;
@@ -103,7 +131,10 @@ export interface RunOptions {
 export interface EvaluateContext {
   engine: EsEngine;
   iteration: number;
+  /** σ_t, from the strategy's ask. */
   sigma: number;
+  /** The population of the iteration, from the strategy's ask. */
+  population: MemberRecord[];
   packed: PackedBatches;
   /** Subset indices into the train list (for a worker that rebuilds the batch itself). */
   indices: number[];
@@ -143,13 +174,10 @@ export class RunInterrupted extends UserError {
 
 /** What every process of a run derives identically from the pipeline (see {@link runSetup}). */
 export interface RunSetup {
-  perturb: PerturbImpl;
-  fitness: FitnessImpl;
-  shape: ShapeImpl;
-  update: UpdateImpl;
-  /** Population and antithetic sampling. */
-  N: number;
-  antithetic: boolean;
+  /** The ES strategy: σ_t, α_t, the population and the update coefficients. */
+  strategy: EsStrategy;
+  /** How θ is stored. */
+  storage: StorageDtype;
   /** Samples per iteration. */
   M: number;
   tokens: number[][];
@@ -171,20 +199,16 @@ export function runSetup(
   run: Pick<RunInputs, "spec" | "config" | "tokenizer" | "texts">,
 ): RunSetup {
   const { spec, config, tokenizer } = run;
-  const perturb = impl<PerturbImpl>("perturb", spec.perturb.type);
-  const fitness = impl<FitnessImpl>("fitness", spec.fitness.type);
-  const shape = impl<ShapeImpl>("shape", spec.shape.type);
-  const update = impl<UpdateImpl>("update", spec.update.type);
-  const N = perturb.population(spec.perturb);
-  const antithetic = perturb.antithetic(spec.perturb);
-  const microBatch = (spec.fitness.micro_batch as number | undefined) ?? 16;
-  const maxLen = (spec.fitness.max_len as number | undefined) ?? 256;
-  const ds = spec.dataset as unknown as { samples_per_iteration: number; holdout: number };
+  const strategy = strategyFromSpec(spec, config);
+  const { micro_batch: microBatch, max_len: maxLen } = fitnessBatching(spec.fitness);
+  const dataset = createStage(spec, "dataset");
 
   // Data: tokenized once; the split and every subset are functions of the seed.
   const { tokens } = tokenizeSamples(run.texts, tokenizer, { maxLen });
-  const split = splitHoldout(tokens.length, { seed: spec.seed, holdout: ds.holdout });
-  const M = ds.samples_per_iteration;
+  const split = splitHoldout(tokens.length, { seed: spec.seed, holdout: dataset.holdout });
+  const M = dataset.samplesPerIteration;
+  // Resolve checks the split against the corpus (load.ts); tokenizing can still drop samples
+  // shorter than 2 tokens, which only the tokens tell.
   if (M > split.train.length) {
     throw new UserError(
       `dataset.samples_per_iteration ${M} exceeds the ${split.train.length} training samples left after the holdout`,
@@ -194,13 +218,10 @@ export function runSetup(
   const heldOut = heldOutBatches(tokens, split.holdout, { microBatch, padId })
     .map((b) => bucketed(b, { maxLen, padId }));
   const maxSamples = Math.max(M, heldOut.reduce((a, b) => a + b.inputIds.length, 0));
+  const engineOptions = specEngineOptions(spec, config, maxSamples, { strategy });
   return {
-    perturb,
-    fitness,
-    shape,
-    update,
-    N,
-    antithetic,
+    strategy,
+    storage: engineOptions.storage ?? "f32",
     M,
     tokens,
     split,
@@ -208,7 +229,7 @@ export function runSetup(
     heldOutTokens: heldOut.flatMap((b) =>
       b.attentionMask.map((m) => m.slice(1).reduce((a, x) => a + x, 0))
     ),
-    engineOptions: (tensors) => ({ ...specEngineOptions(spec, config, maxSamples), tensors }),
+    engineOptions: (tensors) => ({ ...engineOptions, tensors }),
     iterationInputs: (t) => {
       const indices = subsetSamples(split.train, { seed: spec.seed, iteration: t, size: M });
       const batches = iterationBatches(tokens, indices, { microBatch, padId })
@@ -301,7 +322,8 @@ export async function runTraining(
   const { spec, config } = run;
   const outDir = run.outDir.replace(/\/+$/, "");
   const setup = runSetup(run);
-  const { perturb, shape, update, N, antithetic, M, tokens, split } = setup;
+  const { strategy, M, tokens, split } = setup;
+  const N = strategy.population;
   const heldPacked = setup.heldOutPacked;
   const heldTokens = setup.heldOutTokens;
 
@@ -348,8 +370,8 @@ export async function runTraining(
     iteration,
     iterations: total,
     seed: spec.seed,
-    sigma: perturb.sigmaAt(spec.perturb, iteration),
-    alpha: update.alphaAt(spec.update, iteration),
+    sigma: strategy.sigma(iteration),
+    alpha: strategy.alpha(iteration),
     data: {
       samples: tokens.length,
       train: split.train.length,
@@ -365,7 +387,7 @@ export async function runTraining(
       config,
       tensors: engine.weights(),
       // θ's own width: bf16 values are written exactly, and a resume reads them back as they were.
-      dtype: modelStorage(spec) === "bf16" ? "BF16" : "F32",
+      dtype: setup.storage === "bf16" ? "BF16" : "F32",
       overwrite: true,
       files: { "state.json": JSON.stringify(state(iteration), null, 2) + "\n" },
     });
@@ -380,27 +402,25 @@ export async function runTraining(
   const startedAt = performance.now();
   for (; t < total; t++) {
     const t0 = performance.now();
-    const sigma = perturb.sigmaAt(spec.perturb, t);
-    const alpha = update.alphaAt(spec.update, t);
+    const ask = strategy.ask(t);
     const { indices, packed } = setup.iterationInputs(t);
     const wantEval = t % evalEvery === 0 || t === total - 1;
     const ctx: EvaluateContext = {
       engine,
       iteration: t,
-      sigma,
+      sigma: ask.sigma,
+      population: ask.members,
       packed,
       indices,
       heldOut: wantEval,
     };
     let res: IterationResult;
     try {
-      res = options.evaluator
-        ? await options.evaluator(ctx)
-        : await engine.evaluate(packed, {
-          iteration: t,
-          population: memberRecords(N, antithetic, sigma),
-          heldOut: wantEval,
-        });
+      res = options.evaluator ? await options.evaluator(ctx) : await engine.evaluate(packed, {
+        iteration: t,
+        population: ask.members,
+        heldOut: wantEval,
+      });
     } catch (e) {
       // θ_t is intact (evaluation never changes it): keep it, so --resume continues from here.
       if (!(e instanceof RunInterrupted)) throw e;
@@ -408,9 +428,10 @@ export async function runTraining(
       await save(dir, t);
       throw new RunInterrupted(`${e.message}; wrote ${dir}, continue with --resume ${outDir}`);
     }
-    const w = shape.shape(res.fitness);
-    const c = update.coefficients(w, { settings: spec.update, iteration: t, sigma });
-    const d = noiseCoefficients(c, antithetic);
+    // TODO(issue 10): pass thetaNorm (‖θ_t‖) once the engine computes it on the device; then
+    // the line gets update_ratio_expected.
+    const told = strategy.tell(t, res.fitness);
+    const d = told.coefficients;
     engine.update({ iteration: t, coefficients: d });
     await options.onUpdate?.({ ...ctx, fitness: res.fitness, coefficients: d });
     const seconds = (performance.now() - t0) / 1000;
@@ -421,10 +442,11 @@ export async function runTraining(
       fitness_max: Math.max(...res.fitness),
       fitness_min: Math.min(...res.fitness),
       ...(res.heldOut ? { eval_loss: heldOutLoss(res.heldOut, heldTokens) } : {}),
-      sigma,
-      alpha,
+      sigma: told.sigma,
+      alpha: told.alpha,
       seconds,
       tokens_per_s: (N * scored) / seconds,
+      ...diagnosticsFields(told.diagnostics),
     };
     await appendMetrics(metricsPath, line);
     lastLine = line;

@@ -38,9 +38,9 @@ import {
 import {
   createFactorTable,
   type FactorRecord,
-  type LowRankDelta,
   lowRankApplyStep,
   lowRankCounterIds,
+  type LowRankDelta,
   lowRankEmbedStep,
   lowRankFactorStep,
   lowRankLinearSteps,
@@ -50,7 +50,7 @@ import {
 import { matmulStep } from "../kernels/matmul.ts";
 import { swigluStep } from "../kernels/swiglu.ts";
 import type { Qwen3Config } from "../model/config.ts";
-import { tensorReads, type TensorLookup, type WeightLookup } from "../model/forward.ts";
+import { type TensorLookup, tensorReads, type WeightLookup } from "../model/forward.ts";
 import { noiseCount } from "./es.ts";
 import { UserError } from "./errors.ts";
 
@@ -234,9 +234,9 @@ function chunkPools(ctx: ScratchContext, members: number) {
   // Member z's chunk starts z·slot elements in; a slot is 64-element aligned (256 bytes).
   const slot = alignUp(Math.max(...sizes) / 4, 64);
   const pools = sizes.map((bytes, i) =>
-    bytes === 0
-      ? null
-      : ctx.own(d.createBuffer(`member.chunk${i}`, members === 1 ? bytes : members * slot * 4, "scratch"))
+    bytes === 0 ? null : ctx.own(
+      d.createBuffer(`member.chunk${i}`, members === 1 ? bytes : members * slot * 4, "scratch"),
+    )
   );
   /** The matrices in chunks formed from `params` for `count` members ("member" or "theta"). */
   const chunked = (params: DeviceBuffer, what: string, count = 1) => {
@@ -359,7 +359,7 @@ export function copyScratch(ctx: ScratchContext): ScratchMode {
  * itself; with α multiplier 0 they get no update steps.
  */
 export function lowRankScratch(ctx: ScratchContext, rank: number): ScratchMode {
-  const d = ctx.device, P = ctx.memberBatch, N = ctx.population;
+  const d = ctx.device, P = ctx.memberBatch;
   const r4 = paddedRank(rank);
   const binding = d.limits.maxStorageBufferBindingSize;
   const buffer = (label: string, bytes: number, purpose: BufferPurpose = "scratch") => {
@@ -400,7 +400,15 @@ export function lowRankScratch(ctx: ScratchContext, rank: number): ScratchMode {
     slots.set(n, { a: aSlot, b: bSlot });
     const base = { row0: 0, rank, noiseStride: 0 };
     records.push(
-      { ...base, tensor: ids.a, rows: O, rowStride: r4, kStride: 1, scaled: true, multiplier: m * step },
+      {
+        ...base,
+        tensor: ids.a,
+        rows: O,
+        rowStride: r4,
+        kStride: 1,
+        scaled: true,
+        multiplier: m * step,
+      },
       { ...base, tensor: ids.b, rows: I, rowStride: 1, kStride: I, scaled: false, multiplier: 1 },
     );
     outs.push(

@@ -10,6 +10,15 @@
  * @module
  */
 import { z } from "zod";
+import type {
+  DatasetImpl,
+  FitnessImpl,
+  ModelImpl,
+  PerturbImpl,
+  ShapeImpl,
+  TokenizerImpl,
+  UpdateImpl,
+} from "./stages/types.ts";
 
 /** The seven stage kinds, in pipeline order. */
 export const STAGE_KINDS = [
@@ -24,26 +33,72 @@ export const STAGE_KINDS = [
 /** One of {@link STAGE_KINDS}. */
 export type StageKind = typeof STAGE_KINDS[number];
 
-/** A registered stage type: its settings schema (with `type: z.literal(name)`) and its implementation. */
-export interface StageType<Impl = unknown> {
-  kind: StageKind;
+/** The typed implementation each stage kind's `create` returns (pipeline/stages/types.ts). */
+export interface StageImpls {
+  dataset: DatasetImpl;
+  tokenizer: TokenizerImpl;
+  model: ModelImpl;
+  perturb: PerturbImpl;
+  fitness: FitnessImpl;
+  shape: ShapeImpl;
+  update: UpdateImpl;
+}
+
+/** A stage type's settings schema: a strict zod object with `type: z.literal(name)`. */
+// deno-lint-ignore no-explicit-any
+export type StageSchema = z.ZodObject<any>;
+
+/**
+ * A registered stage type: its settings schema and the factory of its implementation over the
+ * schema's inferred type. The pipeline schema validates a stage's settings (defaults filled)
+ * before `create` sees them, so `create` reads typed values and restates no default.
+ */
+export interface StageType<K extends StageKind = StageKind, S extends StageSchema = StageSchema> {
+  kind: K;
   type: string;
   /** Strict zod object schema of the stage's settings, including its `type` literal. */
-  // deno-lint-ignore no-explicit-any
-  schema: z.ZodObject<any>;
+  schema: S;
   /** One line for `deno task plan` and docs. */
   description: string;
-  /** What the engine calls; its shape depends on the kind (see pipeline/stages/types.ts). */
-  impl: Impl;
+  /** The implementation of validated settings (see pipeline/stages/types.ts). */
+  create(settings: z.infer<S>): StageImpls[K];
+  /** The implementation, when it was registered as one value that reads no settings. */
+  impl?: StageImpls[K];
 }
+
+/**
+ * What {@link registerStage} takes: the schema and either `create(settings)` or, for a stage
+ * that reads no settings (a custom fitness or shape), the implementation itself as `impl`.
+ */
+export type StageDefinition<K extends StageKind, S extends StageSchema> =
+  & { kind: K; type: string; schema: S; description: string }
+  & (
+    | { create(settings: z.infer<S>): StageImpls[K]; impl?: undefined }
+    | { impl: StageImpls[K]; create?: undefined }
+  );
 
 const registry = new Map<StageKind, Map<string, StageType>>(STAGE_KINDS.map((k) => [k, new Map()]));
 
 /**
  * Registers a stage type so pipelines can name it. Throws if the kind is unknown or the type is
  * already registered (re-registering would silently change existing pipelines).
+ *
+ * @example A custom shape stage
+ * ```ts
+ * import { z } from "zod";
+ * import { rankShape, registerStage } from "../mod.ts";
+ * registerStage({
+ *   kind: "shape",
+ *   type: "centered_rank",
+ *   description: "ranks in [−0.5, 0.5]",
+ *   schema: z.strictObject({ type: z.literal("centered_rank") }),
+ *   impl: { shape: (r) => Array.from(rankShape(r), (w) => w / 2) },
+ * });
+ * ```
  */
-export function registerStage<Impl>(stage: StageType<Impl>): void {
+export function registerStage<K extends StageKind, S extends StageSchema>(
+  stage: StageDefinition<K, S>,
+): void {
   const kind = registry.get(stage.kind);
   if (!kind) {
     throw new Error(`unknown stage kind "${stage.kind}"; kinds are ${STAGE_KINDS.join(", ")}`);
@@ -51,17 +106,39 @@ export function registerStage<Impl>(stage: StageType<Impl>): void {
   if (kind.has(stage.type)) {
     throw new Error(`stage type ${stage.kind}.${stage.type} is already registered`);
   }
-  kind.set(stage.type, stage as StageType);
+  const { impl } = stage;
+  const create = stage.create ?? (() => impl!);
+  const type: StageType<K, S> = {
+    kind: stage.kind,
+    type: stage.type,
+    schema: stage.schema,
+    description: stage.description,
+    create,
+    ...(impl !== undefined ? { impl } : {}),
+  };
+  // The registry holds every kind's types; stageType() gives each back under its own kind.
+  kind.set(stage.type, type as unknown as StageType);
 }
 
 /** The registered types of one stage kind. */
-export function stageTypes(kind: StageKind): StageType[] {
-  return [...registry.get(kind)!.values()];
+export function stageTypes<K extends StageKind>(kind: K): StageType<K>[] {
+  return [...registry.get(kind)!.values()] as StageType<K>[];
 }
 
 /** One registered stage type, or undefined. */
-export function stageType(kind: StageKind, type: string): StageType | undefined {
-  return registry.get(kind)!.get(type);
+export function stageType<K extends StageKind>(kind: K, type: string): StageType<K> | undefined {
+  return registry.get(kind)!.get(type) as StageType<K> | undefined;
+}
+
+/**
+ * The implementation of a pipeline's stage of `kind`: its registered type's `create` over the
+ * validated settings. The loader admits registered types only, so a missing one is a bug.
+ */
+export function createStage<K extends StageKind>(spec: PipelineSpec, kind: K): StageImpls[K] {
+  const settings = spec[kind];
+  const type = stageType(kind, settings.type);
+  if (!type) throw new Error(`${kind} stage type "${settings.type}" is not registered`);
+  return type.create(settings);
 }
 
 /** A positive integer. */

@@ -88,6 +88,17 @@ export interface StatusBody {
   sigma: number | null;
   alpha: number | null;
   tokens_per_s: number | null;
+  /**
+   * The latest step's diagnostics from the strategy's tell (pipeline/strategy.ts): the
+   * population std and range of the raw fitness, sqrt(E‖Δθ‖²) (expected over the noise, not
+   * measured), that over ‖θ_t‖ when the engine provides it, and the antithetic pairs'
+   * odd-to-even ratio. null when the line has none.
+   */
+  fitness_std: number | null;
+  fitness_spread: number | null;
+  update_norm_expected: number | null;
+  update_ratio_expected: number | null;
+  pair_snr: number | null;
   seconds_per_iteration: number | null;
   eta_seconds: number | null;
   planned_memory_bytes: number | null;
@@ -117,6 +128,11 @@ export function statusBody(
     sigma: l?.sigma ?? null,
     alpha: l?.alpha ?? null,
     tokens_per_s: l?.tokens_per_s ?? null,
+    fitness_std: l?.fitness_std ?? null,
+    fitness_spread: l?.fitness_spread ?? null,
+    update_norm_expected: l?.update_norm_expected ?? null,
+    update_ratio_expected: l?.update_ratio_expected ?? null,
+    pair_snr: l?.pair_snr ?? null,
     seconds_per_iteration: s.secondsPerIteration,
     eta_seconds: s.etaSeconds,
     planned_memory_bytes: s.plannedMemoryBytes,

@@ -174,6 +174,15 @@ Deno.test({
       assert(fitnessPoints >= later, `fitness chart holds ${fitnessPoints} lines, < ${later}`);
       assert((await page.textContent("#adapter"))!.length > 1, "adapter shown");
       assert((await page.textContent("#config"))!.includes('"population": 4'), "config shown");
+      // The step's diagnostics from tell: numbers for the spread and the expected ‖Δθ‖, and no
+      // pair SNR (micro-smoke has no antithetic pairs) nor ‖θ‖ ratio (no ‖θ‖ yet).
+      for (const id of ["#fitness-std", "#update-norm"]) {
+        const shown = Number(await page.textContent(id));
+        assert(Number.isFinite(shown) && shown > 0, `${id} shows ${shown}`);
+      }
+      assert((await page.textContent("#fitness-spread"))!.startsWith("max − min "), "spread");
+      assertEquals(await page.textContent("#update-ratio"), "‖θ‖ not measured", "ratio note");
+      assertEquals(await page.textContent("#pair-snr"), "–", "no pairs, no SNR");
       const shot = `${tmp}/dashboard.png`;
       await page.screenshot({ path: shot, fullPage: true });
       console.log(`dashboard screenshot: ${shot}`);
@@ -209,6 +218,12 @@ Deno.test({
       assertEquals(await still.textContent("#state"), "stopped", "served state");
       assertEquals(await still.textContent("#connection"), "read-only", "served connection label");
       assertEquals(await points(still), written.length, "served loss chart points");
+      const lastLine = JSON.parse(written.at(-1)!);
+      assertEquals(
+        Number(await still.textContent("#update-norm")),
+        Number(lastLine.update_norm_expected.toPrecision(3)),
+        "served expected ‖Δθ‖ of the last line",
+      );
       assertEquals(
         Number(await still.getAttribute("#fitness-chart", "data-points")),
         written.length,

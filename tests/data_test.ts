@@ -15,7 +15,7 @@ import {
 } from "../pipeline/data.ts";
 import "../pipeline/stages/mod.ts";
 import { stageType } from "../pipeline/spec.ts";
-import type { DatasetImpl, StageContext } from "../pipeline/stages/types.ts";
+import type { StageContext } from "../pipeline/stages/types.ts";
 import { createBytesTokenizer } from "../tokenizers/mod.ts";
 import { NO_TARGET } from "../kernels/log_likelihood.ts";
 
@@ -262,7 +262,10 @@ Deno.test("shipped corpus loads through text_lines and feeds an iteration", asyn
     path: "data/pride_and_prejudice.txt",
     max_lines: 1_000_000,
   });
-  const lines = await (stage.impl as DatasetImpl).load(settings, ctx);
+  const dataset = stage.create(settings);
+  // Typed from the schema's defaults: the paper's 5000 per iteration, 256 held out.
+  assertEquals([dataset.samplesPerIteration, dataset.holdout], [5000, 256]);
+  const lines = await dataset.load(ctx);
   assert(lines.length >= 10_000, `${lines.length} non-empty lines, want ≥ 10,000`);
   assert(lines.every((l) => l.trim().length > 0), "no empty lines");
   assert(lines[0].includes("PRIDE AND PREJUDICE"), "starts with the title");

@@ -443,7 +443,7 @@ Deno.test("native: qk_norm_rope per head and member, positions r mod T", () => {
   assertClose(x, want, { rtol: 1e-5, atol: 1e-5 });
 });
 
-Deno.test("native: attention matches attentionReference, padding and empty queries included", () => {
+Deno.test("native: attention matches attentionReference, with padding and keyless queries", () => {
   const rng = seeded(12);
   for (
     const s of [
@@ -718,7 +718,7 @@ Deno.test("native: es_update (f32) equals the float64 update with the twin's noi
   }
 });
 
-Deno.test("native: es_update (bf16) rounds stochastically with the bits of the rounding stream", () => {
+Deno.test("native: es_update (bf16) rounds stochastically with the rounding stream's bits", () => {
   const u = updateFixture(1, 14, 3);
   const theta0 = toBf16(randn(seeded(19), u.numel, 0.02));
   const injected = ownNoise(u);
@@ -1140,7 +1140,33 @@ Deno.test("native: results are the same bytes on every call and for 1 or 2 threa
   }
 });
 
-Deno.test("native: arrays too short for the kernel throw, naming the kernel and the shortfall", () => {
+Deno.test("native: a process that ran parallel kernels exits cleanly", async () => {
+  // Deno closes the library at exit while OpenMP's workers sleep in libgomp; unpinned, that
+  // crashed about one exit in two. Four runs would all pass by luck 1 time in 16.
+  const script = `
+    import { loadNative } from ${
+    JSON.stringify(new URL("../kernels/cpu/native.ts", import.meta.url).href)
+  };
+    const n = await loadNative({ threads: 2 });
+    const x = new Float32Array(512 * 512), w = new Float32Array(512);
+    n.rmsnorm({ x, w, y: x, rows: 512, dim: 512, eps: 1e-6 });
+    n.matmul({ x, w: x, out: new Float32Array(512 * 512), m: 512, n: 512, k: 512 });`;
+  for (let run = 0; run < 4; run++) {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--ext=ts", script],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    assert(
+      out.code === 0,
+      `run ${run}: exit code ${out.code}, signal ${out.signal}: ${
+        new TextDecoder().decode(out.stderr)
+      }`,
+    );
+  }
+});
+
+Deno.test("native: too short an array throws, naming the kernel and the shortfall", () => {
   const e = (fn: () => void) => {
     try {
       fn();

@@ -165,7 +165,7 @@ Deno.test("load: closest() suggests typos, not strangers", () => {
 
 Deno.test("load: a custom stage registered from TypeScript is usable, and strict, in YAML", async () => {
   const signShape: ShapeImpl = { shape: (r) => r.map((x) => Math.sign(x - r[0])) };
-  registerStage<ShapeImpl>({
+  registerStage({
     kind: "shape",
     type: "sign_test",
     description: "sign of each fitness against the first member's (a test stage)",

@@ -282,6 +282,11 @@ const STATUS_TYPES: Record<string, string[]> = {
   sigma: ["number", "null"],
   alpha: ["number", "null"],
   tokens_per_s: ["number", "null"],
+  fitness_std: ["number", "null"],
+  fitness_spread: ["number", "null"],
+  update_norm_expected: ["number", "null"],
+  update_ratio_expected: ["number", "null"],
+  pair_snr: ["number", "null"],
   seconds_per_iteration: ["number", "null"],
   eta_seconds: ["number", "null"],
   planned_memory_bytes: ["number", "null"],
@@ -307,6 +312,9 @@ const METRIC_KEYS = [
   "alpha",
   "seconds",
   "tokens_per_s",
+  "fitness_std",
+  "fitness_spread",
+  "update_norm_expected",
 ];
 
 // ---- a live run through the library ---------------------------------------------------------
@@ -381,6 +389,14 @@ Deno.test("live run: status, metrics, config, events, Prometheus, errors, traver
     ]);
     assertEquals([s.eval_loss, s.eval_iteration], [last.eval_loss, 3]);
     assertEquals([s.sigma, s.alpha, s.tokens_per_s], [last.sigma, last.alpha, last.tokens_per_s]);
+    // The step's diagnostics from tell: micro-smoke has no antithetic pairs and no ‖θ‖ yet.
+    assertEquals([s.fitness_std, s.fitness_spread, s.update_norm_expected], [
+      last.fitness_std,
+      last.fitness_spread,
+      last.update_norm_expected,
+    ]);
+    assert((s.fitness_std as number) > 0 && (s.update_norm_expected as number) > 0);
+    assertEquals([s.update_ratio_expected, s.pair_snr], [null, null]);
     assertEquals([s.eta_seconds, s.planned_memory_bytes, s.read_only], [0, 12345, false]);
     assert((s.seconds_per_iteration as number) > 0);
 
@@ -595,6 +611,13 @@ Deno.test("serve RUN_DIR: the same API, read-only; crashed and stopped from the 
     const lines = (await Deno.readTextFile(`${out}/metrics.jsonl`)).trim().split("\n")
       .map((l) => JSON.parse(l));
     assertEquals(await json(await fetch(`${url}api/metrics`)), lines);
+    // The diagnostics come from the latest line on disk, as in a live run.
+    assertEquals([s.fitness_std, s.fitness_spread, s.update_norm_expected, s.pair_snr], [
+      lines.at(-1).fitness_std,
+      lines.at(-1).fitness_spread,
+      lines.at(-1).update_norm_expected,
+      null,
+    ]);
     assertEquals(await json(await fetch(`${url}api/metrics?since=0`)), lines.slice(1));
     assertEquals((await fetch(`${url}api/metrics?since=zero`)).status, 400);
     const cfg = await json(await fetch(`${url}api/config`)) as Record<string, unknown>;

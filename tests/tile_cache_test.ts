@@ -39,7 +39,8 @@ Deno.test("a tuned tile is cached per adapter and shape and chosen by the defaul
     // And the product is still right with the tuned tile.
     const rng = seeded(11);
     const x = randn(rng, 37 * 20), w = randn(rng, 53 * 20);
-    const xb = gpu.createBuffer("x", x.byteLength, "activations"), wb = gpu.createBuffer("w", w.byteLength, "activations");
+    const xb = gpu.createBuffer("x", x.byteLength, "activations"),
+      wb = gpu.createBuffer("w", w.byteLength, "activations");
     const out = gpu.createBuffer("out", 37 * 53 * 4, "activations");
     gpu.write(xb, x);
     gpu.write(wb, w);

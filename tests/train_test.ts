@@ -16,6 +16,7 @@ import { groupMultipliers } from "../pipeline/stages/perturb.ts";
 import { qwen3TensorSpecs, randomInit } from "../model/weights.ts";
 import { referenceScore } from "../model/reference.ts";
 import { registerStage } from "../pipeline/spec.ts";
+import { pairSnr } from "../pipeline/strategy.ts";
 import { z } from "zod";
 import { dispatch, wgslConsts } from "../kernels/program.ts";
 import { fromBf16, toBf16 } from "../kernels/tensor.ts";
@@ -109,6 +110,26 @@ for (
       Math.min(...F),
     ], { atol: 0, rtol: 2e-5 });
     const c = updateCoefficients(zscoreShape(F), { alpha, sigma, population: N });
+    // The step's diagnostics in the line, from the reference: the population std of F, and
+    // sqrt(Σ_g m_α,g²·numel_g · Σ_i d_i²) with the MLP's α doubled; pairs' SNR with pairs.
+    const d = new Float64Array(antithetic ? N / 2 : N);
+    c.forEach((cj, j) => {
+      const m = noiseMember(j, N, antithetic);
+      d[m.index] += m.sign * cj;
+    });
+    const alphaMass = names.reduce((s, n) => s + groupsOf(n).alpha ** 2 * theta0.get(n)!.length, 0);
+    const meanF = F.reduce((a, b) => a + b, 0) / N;
+    const stdF = Math.sqrt(F.reduce((a, f) => a + (f - meanF) ** 2, 0) / N);
+    assertClose([lines[0].fitness_std], [stdF], { atol: 0, rtol: 1e-2 });
+    assertEquals(lines[0].fitness_spread, lines[0].fitness_max - lines[0].fitness_min);
+    assertClose([lines[0].update_norm_expected], [
+      Math.sqrt(alphaMass * d.reduce((a, x) => a + x * x, 0)),
+    ], { atol: 0, rtol: 1e-2 });
+    // N = 4 antithetic is two pairs: the SNR is defined; without pairs it is absent.
+    if (antithetic) {
+      assertClose([lines[0].pair_snr], [pairSnr(F)!], { atol: 0, rtol: 5e-2 });
+    } else assertEquals(lines[0].pair_snr, undefined);
+    assertEquals(lines[0].update_ratio_expected, undefined, "no ‖θ‖ from the engine yet");
     const got = await readWeights(`${out}/run/final`);
     for (const [id, n] of names.entries()) {
       const want = Float64Array.from(theta0.get(n)!);
@@ -211,11 +232,16 @@ Deno.test("run output: metrics keys, checkpoints with state.json, final/ loads i
         "alpha",
         "seconds",
         "tokens_per_s",
+        "fitness_std",
+        "fitness_spread",
+        "update_norm_expected",
       ]
     ) {
       assert(typeof l[k] === "number" && Number.isFinite(l[k]), `${k} in ${JSON.stringify(l)}`);
     }
     assert(l.fitness_min <= l.fitness_mean && l.fitness_mean <= l.fitness_max);
+    assertEquals(l.fitness_spread, l.fitness_max - l.fitness_min);
+    assert(l.fitness_std > 0 && l.fitness_std <= l.fitness_spread, JSON.stringify(l));
     assert(l.eval_loss > 0 && l.eval_loss < 8, `eval_loss ${l.eval_loss}`);
   }
   for (const dir of ["checkpoints/iter-1", "checkpoints/iter-2", "final"]) {

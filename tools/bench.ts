@@ -13,7 +13,7 @@ import { parseFlags, runMain } from "./cli.ts";
 import { benchMatmul } from "./bench_matmul.ts";
 import { MATMUL_TILES } from "../kernels/matmul.ts";
 import { shapeKey, type TileChoice, writeTileCache } from "../kernels/tile_cache.ts";
-import { type Gpu } from "../kernels/runtime.ts";
+import type { Gpu } from "../kernels/runtime.ts";
 import type { Device } from "../kernels/device.ts";
 import { acquireDevice } from "../kernels/backend.ts";
 import { profileSteps } from "../kernels/program.ts";

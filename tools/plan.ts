@@ -12,7 +12,13 @@
  */
 import { intFlag, parseFlags, runMain } from "./cli.ts";
 import { DEFAULT_PIPELINE_PATH, loadPipelineFile } from "../pipeline/load.ts";
-import { compile, countDispatches, DEFAULT_LIMITS, type Plan, programJson } from "../pipeline/compile.ts";
+import {
+  compile,
+  countDispatches,
+  DEFAULT_LIMITS,
+  type Plan,
+  programJson,
+} from "../pipeline/compile.ts";
 import type { Program } from "../kernels/device.ts";
 import { parseBackend, planTarget } from "../kernels/backend.ts";
 import { getPreset } from "../model/presets.ts";
@@ -44,7 +50,9 @@ export function formatPlan(plan: Plan, o: { file: string; config: Qwen3Config })
     }M parameters, ${o.config.numLayers} layers, hidden ${o.config.hiddenSize}, vocab ${o.config.vocabSize}`,
   );
   lines.push(
-    `  backend ${plan.backend} on ${plan.adapter}, shards of at most ${formatBytes(plan.shardBytes)}`,
+    `  backend ${plan.backend} on ${plan.adapter}, shards of at most ${
+      formatBytes(plan.shardBytes)
+    }`,
   );
   lines.push(
     `  one iteration: N=${plan.population} members × ${plan.samplesPerIteration} samples ` +

@@ -11,10 +11,10 @@
  * @module
  */
 import {
-  bindingRange,
   type Binding,
-  type BufferPurpose,
+  bindingRange,
   bufferBytes,
+  type BufferPurpose,
   checkBufferSize,
   type Device,
   type DeviceBuffer,
@@ -197,7 +197,11 @@ export class CpuDevice implements Device {
   ): T {
     const r = bindingRange(b);
     const bytes = this.bytes(r.buffer);
-    return make(bytes.buffer as ArrayBuffer, bytes.byteOffset + r.offset, Math.floor(r.size / width));
+    return make(
+      bytes.buffer as ArrayBuffer,
+      bytes.byteOffset + r.offset,
+      Math.floor(r.size / width),
+    );
   }
 
   #f32(b: Binding): Float32Array {
@@ -418,7 +422,11 @@ export class CpuDevice implements Device {
     if (d.cpu) {
       const views = d.bindings.map((x) => {
         const r = bindingRange(x);
-        return new DataView(this.bytes(r.buffer).buffer, this.bytes(r.buffer).byteOffset + r.offset, r.size);
+        return new DataView(
+          this.bytes(r.buffer).buffer,
+          this.bytes(r.buffer).byteOffset + r.offset,
+          r.size,
+        );
       });
       const cpu = d.cpu;
       return () => cpu(views);

@@ -16,19 +16,25 @@
 // Numerics. IEEE f32 throughout: built without -ffast-math and with -ffp-contract=off, so
 // a·b + c is two roundings as written, never a fused multiply-add. SIMD code uses GNU vector
 // types (v8f: 8 floats), whose operators are the same elementwise IEEE operations as scalar
-// code, so the AVX2 build, a scalar build and the partial tails give identical bits. exp and
-// log are our own (Cephes polynomials, ~1 ulp), not libm's, whose CPU-specific variants may
-// differ in the last bit between machines. Every reduction has a fixed order (8 lanes,
-// lane = index mod 8, then a fixed tree), and OpenMP only splits independent work, so every
-// result is bit-identical run to run and for any thread count.
+// code, so the AVX2 build, a build for a CPU without AVX and the partial tails give identical
+// bits (checked: every kernel's output, byte for byte, -march=native against plain x86-64 and
+// x86-64-v2 without OpenMP). exp and log are our own (Cephes polynomials, ≤ 1.4 ulp), not
+// libm's, whose CPU-specific variants may differ in the last bit between machines. Every
+// reduction has a fixed order (8 lanes, lane = index mod 8, then a fixed tree), and OpenMP
+// only splits independent work, so every result is bit-identical run to run and for any
+// thread count. The matmuls' bits are the BLAS's: the same for any thread count (see
+// esf_matmul), but they may differ between BLAS builds and CPUs.
 //
 // Noise (kernels/noise.wgsl, kernels/philox.ts): Philox4x32-10 words are bit-exact; the
 // normals follow the WGSL's Box–Muller step for step (noise_log_unit's atanh branch above
 // 0.75, noise_sincospi's exact reduction and Taylor polynomials), with our own log below 0.75.
-// AVX2 builds run eight Philox counters per instruction with _mm256_mul_epu32.
+// Over all 2^24 radius words the radius is within 1.2e-7 (relative) of philox.ts's f64-rounded
+// one, and over all 2^24 angle words sin and cos within 1.5e-7. AVX2 builds run eight Philox
+// counters per instruction with _mm256_mul_epu32; 1 Zen 3 core makes ~480 M normals/s.
 //
-// Not reentrant per thread only in the sense that esf_matmul_swiglu keeps a thread-local
-// scratch buffer; calls from different threads are independent.
+// Threads: the kernels run on one OpenMP pool; the BLAS is called single-threaded from it.
+// esf_matmul_swiglu keeps a scratch block per thread (thread-local), so calls from different
+// host threads do not share state, but calls should not overlap with esf_set_threads.
 
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -102,6 +108,12 @@ EXPORT void esf_set_threads(int threads) {
 // `threads`. Returns 0, 1 when the library does not load, 2 when it has no cblas_sgemm; on an
 // error esf_info() says why.
 EXPORT int esf_init(const char* blas_path, int threads) {
+  // Deno dlcloses this library at exit while OpenMP's workers still sleep inside libgomp;
+  // unmapping libgomp under them crashed 3 exits in 6. Pinned, it (and so libgomp) stays.
+  Dl_info self;
+  if (dladdr((void*)esf_init, &self) && self.dli_fname) {
+    dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+  }
   void* h = dlopen(blas_path, RTLD_NOW | RTLD_LOCAL);
   if (!h) {
     const char* why = dlerror();
@@ -210,11 +222,6 @@ INLINE v8f sqrt8(v8f x) {
 INLINE float tree8(const float l[8]) {
   return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
 }
-INLINE float hsum8(v8f v) {
-  float l[8];
-  store8(l, v);
-  return tree8(l);
-}
 
 // n floats, 64-byte aligned. Out of memory is fatal: the kernels have no error path.
 static float* alloc_floats(int64_t n) {
@@ -225,6 +232,39 @@ static float* alloc_floats(int64_t n) {
     abort();
   }
   return p;
+}
+
+// tree8 of each of eight vectors at once: lane s of the result is tree8(v[s]). An 8 × 8
+// transpose turns lanes into vectors, then the tree's adds run across them.
+INLINE v8f tree8_columns(const v8f v[8]) {
+  v8f t[8];
+#if defined(__AVX__)
+  __m256 a0 = _mm256_unpacklo_ps((__m256)v[0], (__m256)v[1]);
+  __m256 a1 = _mm256_unpackhi_ps((__m256)v[0], (__m256)v[1]);
+  __m256 a2 = _mm256_unpacklo_ps((__m256)v[2], (__m256)v[3]);
+  __m256 a3 = _mm256_unpackhi_ps((__m256)v[2], (__m256)v[3]);
+  __m256 a4 = _mm256_unpacklo_ps((__m256)v[4], (__m256)v[5]);
+  __m256 a5 = _mm256_unpackhi_ps((__m256)v[4], (__m256)v[5]);
+  __m256 a6 = _mm256_unpacklo_ps((__m256)v[6], (__m256)v[7]);
+  __m256 a7 = _mm256_unpackhi_ps((__m256)v[6], (__m256)v[7]);
+  __m256 b0 = _mm256_shuffle_ps(a0, a2, 0x44), b1 = _mm256_shuffle_ps(a0, a2, 0xEE);
+  __m256 b2 = _mm256_shuffle_ps(a1, a3, 0x44), b3 = _mm256_shuffle_ps(a1, a3, 0xEE);
+  __m256 b4 = _mm256_shuffle_ps(a4, a6, 0x44), b5 = _mm256_shuffle_ps(a4, a6, 0xEE);
+  __m256 b6 = _mm256_shuffle_ps(a5, a7, 0x44), b7 = _mm256_shuffle_ps(a5, a7, 0xEE);
+  t[0] = (v8f)_mm256_permute2f128_ps(b0, b4, 0x20);
+  t[1] = (v8f)_mm256_permute2f128_ps(b1, b5, 0x20);
+  t[2] = (v8f)_mm256_permute2f128_ps(b2, b6, 0x20);
+  t[3] = (v8f)_mm256_permute2f128_ps(b3, b7, 0x20);
+  t[4] = (v8f)_mm256_permute2f128_ps(b0, b4, 0x31);
+  t[5] = (v8f)_mm256_permute2f128_ps(b1, b5, 0x31);
+  t[6] = (v8f)_mm256_permute2f128_ps(b2, b6, 0x31);
+  t[7] = (v8f)_mm256_permute2f128_ps(b3, b7, 0x31);
+#else
+  for (int l = 0; l < 8; l++) {
+    for (int s = 0; s < 8; s++) t[l][s] = v[s][l];
+  }
+#endif
+  return ((t[0] + t[4]) + (t[2] + t[6])) + ((t[1] + t[5]) + (t[3] + t[7]));
 }
 
 // Σ x[j]² in lanes j mod 8, then the fixed tree.
@@ -238,17 +278,6 @@ static float sumsq(const float* x, int64_t n) {
   float l[8];
   store8(l, acc);
   for (int t = 0; j < n; j++, t++) l[t] = l[t] + x[j] * x[j];
-  return tree8(l);
-}
-
-// Σ a[j]·b[j] in lanes j mod 8, then the fixed tree.
-INLINE float dot(const float* a, const float* b, int64_t n) {
-  v8f acc = splat8(0.0f);
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) acc = acc + load8(a + j) * load8(b + j);
-  float l[8];
-  store8(l, acc);
-  for (int t = 0; j < n; j++, t++) l[t] = l[t] + a[j] * b[j];
   return tree8(l);
 }
 
@@ -540,8 +569,9 @@ EXPORT void esf_normals(uint32_t seed_lo, uint32_t seed_hi, uint32_t iteration, 
 // differently across its micro-kernels differ in the last bits), so the BLAS runs
 // single-threaded and we parallelise: out is cut into fixed tiles, chosen from the shape
 // alone, each one sgemm call on one OpenMP thread. Every element then comes from the same call
-// whatever the thread count. Measured on 2 Zen 3 cores, interleaved, best of 6: 160–175 GFLOP/s
-// at 1024³ against 172 for OpenBLAS's own 2 threads, and 130–175 on transformer shapes.
+// whatever the thread count. Measured on 2 Zen 3 cores through native.ts, best of 5: 85.8 and
+// 170.4 GFLOP/s at 1024³ on 1 and 2 threads, against 92.3 and 180.0 for one sgemm on OpenBLAS's
+// own threads; 162–171 on transformer shapes (2048×384×128, 2048×128×384, 4096×1024×1024).
 
 static void sgemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
                      int64_t ldb, float beta, float* c, int64_t ldc) {
@@ -744,13 +774,18 @@ EXPORT void esf_swiglu(float* gate, const float* up, int64_t n) {
 
 // Queries per task: each loaded key and value row serves this many queries.
 #define ATTN_QB 8
+// Keys per step: their 8 scores and exponentials are computed as vectors, and each query's
+// accumulator is loaded and stored once per step instead of once per key.
+#define ATTN_KB 8
 
 // attention.wgsl: causal grouped-query attention with key padding and an online softmax.
 // q is (B·T, NH, D), k and v are (B·T, NKV, D), mask is (B·T) u32 (1 = real token), out is
 // (B·T, NH, D). Query head h reads kv head h / (NH / NKV). For query t the keys are s ≤ t with
-// mask 1, scores (q·scale)·k; the running maximum m starts at −3e38 and the running sum and
-// accumulator are rescaled by e^(m − score) only when a score exceeds m. out = acc / sum, or
-// 0 for a query with no valid key. Padded query positions are computed like any other.
+// mask 1, in order, scores (q·scale)·k; the running maximum m starts at −3e38, and when a
+// score exceeds it the running sum and accumulator are first rescaled by e^(m − score); then
+// p = e^(score − m) is added to the sum and p·v to the accumulator. out = acc / sum, or 0 for a
+// query with no valid key. Padded query positions are computed like any other.
+// Measured on Zen 3, B = 4, T = 256, 16/8 heads, D = 128: 46 ms on 1 core, 25 on 2 (42 GFLOP/s).
 EXPORT void esf_attention(const float* q, const float* k, const float* v, const uint32_t* mask,
                           float* out, int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t D,
                           float scale) {
@@ -758,8 +793,9 @@ EXPORT void esf_attention(const float* q, const float* k, const float* v, const 
   const int64_t tasks = B * NH * blocks;
 #pragma omp parallel if (tasks > 1 && B * NH * T * T * D > 65536)
   {
-    float* qs = alloc_floats(2 * ATTN_QB * D);
+    float* qs = alloc_floats((2 * ATTN_QB + 2 * ATTN_KB) * D);
     float* acc = qs + ATTN_QB * D;
+    float* kv = acc + ATTN_QB * D;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; task++) {
       // Late query blocks see the most keys; numbering them first balances the dynamic queue.
@@ -774,27 +810,133 @@ EXPORT void esf_attention(const float* q, const float* k, const float* v, const 
         m[i] = -3.0e38f;
         l[i] = 0.0f;
       }
-      for (int64_t s = 0; s < t0 + nq; s++) {
-        const int64_t row = b * T + s;
-        if (mask[row] == 0) continue;
-        const float* kr = k + (row * NKV + g) * D;
-        const float* vr = v + (row * NKV + g) * D;
-        for (int64_t i = s > t0 ? s - t0 : 0; i < nq; i++) {
-          const float sc = dot(qs + i * D, kr, D);
-          float* a = acc + i * D;
-          if (sc > m[i]) {
-            const float c = exp_f(m[i] - sc);
-            l[i] = l[i] * c;
-            int64_t j = 0;
-            for (; j + 8 <= D; j += 8) store8(a + j, load8(a + j) * c);
-            for (; j < D; j++) a[j] = a[j] * c;
-            m[i] = sc;
-          }
-          const float p = exp_f(sc - m[i]);
-          l[i] = l[i] + p;
+      for (int64_t s0 = 0; s0 < t0 + nq; s0 += ATTN_KB) {
+        const int64_t nk = t0 + nq - s0 < ATTN_KB ? t0 + nq - s0 : ATTN_KB;
+        int live = 0;
+        for (int64_t s = 0; s < nk; s++) live |= (mask[b * T + s0 + s] != 0) << s;
+        if (!live) continue;
+        // The block's key and value rows, copied next to each other: in place they lie
+        // NKV·D floats apart, often a multiple of 4 KiB, so all of them fall in the same L1
+        // sets and evict one another between the queries that reuse them.
+        const float* kr[ATTN_KB];
+        const float* vr[ATTN_KB];
+        for (int64_t s = 0; s < ATTN_KB; s++) {
+          const int64_t row = b * T + s0 + (s < nk ? s : 0);
+          memcpy(kv + s * D, k + (row * NKV + g) * D, (size_t)D * sizeof(float));
+          memcpy(kv + (ATTN_KB + s) * D, v + (row * NKV + g) * D, (size_t)D * sizeof(float));
+          kr[s] = kv + s * D;
+          vr[s] = kv + (ATTN_KB + s) * D;
+        }
+        for (int64_t i = 0; i < nq; i++) {
+          // Keys this query takes from the block: valid and not after it.
+          const int64_t last = t0 + i - s0;  // keys s ≤ last are causal
+          if (last < 0) continue;
+          const int take = live & (last >= ATTN_KB - 1 ? 0xFF : (1 << (last + 1)) - 1);
+          if (!take) continue;
+          // The 8 scores: Σ_j q[j]·k[j] in lanes j mod 8, then the fixed tree.
+          const float* qi = qs + i * D;
+          v8f d8[ATTN_KB];
+          for (int s = 0; s < ATTN_KB; s++) d8[s] = splat8(0.0f);
           int64_t j = 0;
-          for (; j + 8 <= D; j += 8) store8(a + j, load8(a + j) + p * load8(vr + j));
-          for (; j < D; j++) a[j] = a[j] + p * vr[j];
+          for (; j + 8 <= D; j += 8) {
+            const v8f qv = load8(qi + j);
+            for (int s = 0; s < ATTN_KB; s++) d8[s] = d8[s] + qv * load8(kr[s] + j);
+          }
+          if (j < D) {
+            float lanes[8];
+            for (int s = 0; s < ATTN_KB; s++) {
+              store8(lanes, d8[s]);
+              for (int64_t jj = j, t = 0; jj < D; jj++, t++) {
+                lanes[t] = lanes[t] + qi[jj] * kr[s][jj];
+              }
+              d8[s] = load8(lanes);
+            }
+          }
+          float sc[ATTN_KB];
+          store8(sc, tree8_columns(d8));
+          // The running maximum key by key, as the sequential loop meets them; then every
+          // rescale factor e^(m_before − score) and weight e^(score − m_after) at once.
+          float before[ATTN_KB], after[ATTN_KB];
+          int grew = 0;
+          float mi = m[i];
+          for (int s = 0; s < ATTN_KB; s++) {
+            before[s] = mi;
+            if ((take >> s) & 1 && sc[s] > mi) {
+              grew |= 1 << s;
+              mi = sc[s];
+            }
+            after[s] = mi;
+          }
+          m[i] = mi;
+          float c[ATTN_KB], p[ATTN_KB];
+          store8(c, exp8(load8(before) - load8(sc)));
+          store8(p, exp8(load8(sc) - load8(after)));
+          float li = l[i];
+          for (int s = 0; s < ATTN_KB; s++) {
+            if (!((take >> s) & 1)) continue;
+            if ((grew >> s) & 1) li = li * c[s];
+            li = li + p[s];
+          }
+          l[i] = li;
+          float* a = acc + i * D;
+          if (take == 0xFF) {
+            // Every key of the block counts: no branches. Keys that did not raise the maximum
+            // scale by 1, which leaves the accumulator's bits as they are.
+            float cf[ATTN_KB];
+            for (int s = 0; s < ATTN_KB; s++) cf[s] = (grew >> s) & 1 ? c[s] : 1.0f;
+            // Four column chunks at a time: each chunk's sum over the keys is a chain of
+            // dependent adds, so four independent chains keep the adder busy.
+            for (j = 0; j + 32 <= D; j += 32) {
+              v8f a0 = load8(a + j), a1 = load8(a + j + 8);
+              v8f a2 = load8(a + j + 16), a3 = load8(a + j + 24);
+              for (int s = 0; s < ATTN_KB; s++) {
+                const float* vs = vr[s] + j;
+                if (grew) {
+                  a0 = a0 * cf[s];
+                  a1 = a1 * cf[s];
+                  a2 = a2 * cf[s];
+                  a3 = a3 * cf[s];
+                }
+                a0 = a0 + p[s] * load8(vs);
+                a1 = a1 + p[s] * load8(vs + 8);
+                a2 = a2 + p[s] * load8(vs + 16);
+                a3 = a3 + p[s] * load8(vs + 24);
+              }
+              store8(a + j, a0);
+              store8(a + j + 8, a1);
+              store8(a + j + 16, a2);
+              store8(a + j + 24, a3);
+            }
+            for (; j + 8 <= D; j += 8) {
+              v8f av = load8(a + j);
+              for (int s = 0; s < ATTN_KB; s++) av = av * cf[s] + p[s] * load8(vr[s] + j);
+              store8(a + j, av);
+            }
+            for (; j < D; j++) {
+              float av = a[j];
+              for (int s = 0; s < ATTN_KB; s++) av = av * cf[s] + p[s] * vr[s][j];
+              a[j] = av;
+            }
+          } else {
+            for (j = 0; j + 8 <= D; j += 8) {
+              v8f av = load8(a + j);
+              for (int s = 0; s < ATTN_KB; s++) {
+                if (!((take >> s) & 1)) continue;
+                if ((grew >> s) & 1) av = av * c[s];
+                av = av + p[s] * load8(vr[s] + j);
+              }
+              store8(a + j, av);
+            }
+            for (; j < D; j++) {
+              float av = a[j];
+              for (int s = 0; s < ATTN_KB; s++) {
+                if (!((take >> s) & 1)) continue;
+                if ((grew >> s) & 1) av = av * c[s];
+                av = av + p[s] * vr[s][j];
+              }
+              a[j] = av;
+            }
+          }
         }
       }
       for (int64_t i = 0; i < nq; i++) {
@@ -908,6 +1050,7 @@ INLINE float theta_at(const void* theta, int bf16, int64_t i) {
 // e − start + src (f32, or bf16 pairs in u32 words); out receives member z's e at
 // e − start + dst + z·member_stride:
 //   out[…] = θ[e − start + src] + (s·m)·ε(seed, iteration, noise index, tensor, e)
+// Measured on Zen 3: 440 M elements/s on 1 core, 840 M on 2 (f32 or bf16 θ).
 EXPORT void esf_perturb(const uint32_t* shard, const uint32_t* params, int64_t param_words,
                         const void* theta, int32_t theta_bf16, float* out, int32_t members) {
   const shard_rec sh = read_shard(shard);
@@ -963,6 +1106,7 @@ INLINE uint32_t round_bf16(float v, uint32_t r) {
 // when injected is not NULL, row i of injected (n, numel) (0 past numel). Per element the sum
 // runs i = 0 .. n−1 in f32 from 0, then is multiplied by m and added to θ once. bf16 θ
 // rounds stochastically with the bits of Philox (block, tensor, 0xFFFFFFFF, iteration).
+// Measured on Zen 3, n = 30: 510 M normals/s on 1 core, 1040 M on 2 (30 ms per 1M elements).
 EXPORT void esf_es_update(const uint32_t* shard, const uint32_t* update, void* theta,
                           int32_t theta_bf16, const float* injected) {
   const shard_rec sh = read_shard(shard);

@@ -8,22 +8,22 @@
  * flags, OS/arch) into `${XDG_CACHE_HOME or ~/.cache}/esflow/native/<sha256>/`, written under a
  * temporary name and renamed, so test files running in parallel never load a half-written file;
  * a cached library is reused without recompiling. Flags: -O3 -march=native -fPIC -shared
- * -fopenmp -ffp-contract=off -lm -ldl. -ffp-contract=off (not in the first plan) keeps a·b + c
- * two roundings as written, so the AVX2 kernels, their scalar tails and a build for another CPU
- * give the same bits. Without OpenMP support (Apple clang) the kernels build and run
- * single-threaded; {@link Native.openmp} says which.
+ * -fopenmp -ffp-contract=off -lm -ldl. -ffp-contract=off keeps a·b + c two roundings as
+ * written (GCC fuses them into FMAs by default), so the AVX2 kernels, their scalar tails and a
+ * build for another CPU give the same bits. Without OpenMP support (Apple clang) the kernels
+ * build and run single-threaded; {@link Native.openmp} says which.
  *
- * BLAS. The C side dlopens the first that loads of: $ESFLOW_BLAS (a path, to choose another), Debian's
- * /usr/lib/<multiarch>/openblas-pthread/libopenblas.so.0, libopenblas.so.0 on the loader path,
- * libblas.so.3 (Debian's alternative: OpenBLAS once libopenblas0-pthread is installed,
- * otherwise the slow reference BLAS); on macOS Accelerate. {@link Native.blas} names the file
- * and its version.
+ * BLAS. The C side dlopens the first that loads of: $ESFLOW_BLAS (a path, to choose another),
+ * Debian's /usr/lib/<multiarch>/openblas-pthread/libopenblas.so.0, libopenblas.so.0 on the
+ * loader path, libblas.so.3 (Debian's alternative: OpenBLAS once libopenblas0-pthread is
+ * installed, otherwise the slow reference BLAS); on macOS Accelerate. {@link Native.blas}
+ * names the file and its version.
  *
- * Threads. BLAS calls and our OpenMP kernels run one after another on the same cores. Both
- * pools keep their threads spinning after a call (OpenBLAS for 2^28 cycles by default, libgomp
- * for GOMP_SPINCOUNT iterations), which steals the cores from the other pool's next call. Unless
- * already set, this module sets {@link SPIN_SETTINGS} in the environment before the libraries
- * load; see its doc comment for the measurement.
+ * Threads. Every kernel runs on one OpenMP pool of {@link Native.threads} threads, matmuls
+ * included: they cut out into fixed tiles, each one single-threaded sgemm, because OpenBLAS's
+ * own threading changes the result bits with its thread count. So results never depend on the
+ * thread count. Unless already set, this module sets {@link SPIN_SETTINGS} in the environment
+ * before the libraries load; see its doc comment for the measurement.
  *
  * Memory safety: every method checks that each array holds what the kernel touches and throws
  * an Error naming the kernel and the shortfall; the C code checks nothing. {@link Native.symbols}
@@ -45,152 +45,94 @@ const NO_BLAS =
 
 /**
  * Thread-pool settings applied before the libraries load, each only when the variable is not
- * already set. Measured on 2 Zen 3 cores, alternating a 512³ sgemm with a 1M-element perturb
- * (see the report in kernels/cpu/README or the module doc): with the defaults, OpenBLAS's
- * spinning worker slowed the next OpenMP kernel and libgomp's spinning worker slowed the next
- * sgemm.
+ * already set. The matmuls call the BLAS single-threaded from our OpenMP threads (see
+ * esf_matmul in esflow.c), so normally one pool runs everything and nothing oversubscribes.
+ * Only {@link Native.sgemmNt} runs OpenBLAS's own threads, and there the two pools collide:
+ * each pool's workers keep spinning after a call (OpenBLAS for 2^28 cycles, libgomp for 300k
+ * spins) while the other pool works. Measured on 2 Zen 3 cores (a shared VM: noisy), 2 threads,
+ * alternating a 512³ sgemm with a 1M-element perturb, time against the two alone (medians of
+ * two runs of 3–4 interleaved rounds):
+ *   defaults                                 esf_sgemm_nt ×1.60, ×1.76
+ *   OPENBLAS_THREAD_TIMEOUT=4 only           ×1.42, ×1.31
+ *   OMP_WAIT_POLICY=passive + timeout 4      ×1.03, ×0.81, but every OpenMP kernel then pays
+ *                                            ~20 µs to wake its workers (rmsnorm 256²: 30–36 µs,
+ *                                            not 11–13)
+ *   GOMP_SPINCOUNT=30000 + timeout 4         ×1.17, ×1.29, kernels' wake-up as with defaults
+ * The tiled esf_matmul (one pool) alternating with perturb: ×0.87–1.24 under every setting.
  */
 export const SPIN_SETTINGS: Readonly<Record<string, string>> = {
-  // libgomp: idle workers sleep at once instead of spinning (GOMP_SPINCOUNT iterations).
-  OMP_WAIT_POLICY: "passive",
-  // OpenBLAS: idle workers sleep after 2^4 cycles instead of 2^28 (the minimum it accepts).
+  // libgomp: idle workers spin 30k iterations (tens of µs: enough to bridge back-to-back
+  // kernels), then sleep, instead of 300k.
+  GOMP_SPINCOUNT: "30000",
+  // LLVM's libomp (a clang build) spins 200 ms by default; 1 ms is its smallest (not measured).
+  KMP_BLOCKTIME: "1",
+  // OpenBLAS: idle workers sleep after 2^4 cycles instead of 2^28 (the smallest it accepts).
   OPENBLAS_THREAD_TIMEOUT: "4",
+  // OpenBLAS runs single-threaded inside our tiles (esflow.c esf_matmul), so its pool is not
+  // started when it loads; esf_sgemm_nt grows it on demand to measure the BLAS alone.
+  OPENBLAS_NUM_THREADS: "1",
 };
 
+// FFI types, short, so that each signature reads in a line or two.
+const P = "buffer", I64 = "i64", I32 = "i32", F32 = "f32", U32 = "u32";
+
+// Parameter names and order are esflow.c's (the contract with the executor).
 const SYMBOLS = {
-  esf_init: { parameters: ["buffer", "i32"], result: "i32" },
+  esf_init: { parameters: [P, I32], result: I32 },
   esf_info: { parameters: [], result: "pointer" },
   esf_blas_path: { parameters: [], result: "pointer" },
   esf_blas_config: { parameters: [], result: "pointer" },
-  esf_features: { parameters: [], result: "i32" },
-  esf_set_threads: { parameters: ["i32"], result: "void" },
+  esf_features: { parameters: [], result: I32 },
+  esf_set_threads: { parameters: [I32], result: "void" },
+  // x, w, bias, out, M, N, K, w_row, bias_off, out_stride, out_col, has_bias, accumulate,
+  // members, x_ms, w_ms, out_ms, b_ms
   esf_matmul: {
-    parameters: [
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer", // x, w, bias, out
-      "i64",
-      "i64",
-      "i64", // M, N, K
-      "i64",
-      "i64",
-      "i64",
-      "i64", // w_row, bias_off, out_stride, out_col
-      "i32",
-      "i32",
-      "i32", // has_bias, accumulate, members
-      "i64",
-      "i64",
-      "i64",
-      "i64", // x_ms, w_ms, out_ms, b_ms
-    ],
+    parameters: [P, P, P, P, I64, I64, I64, I64, I64, I64, I64, I32, I32, I32, I64, I64, I64, I64],
     result: "void",
   },
+  // x, wg, wu, out, M, N, K, g_row, u_row, out_stride, out_col, members, x_ms, w_ms, out_ms
   esf_matmul_swiglu: {
-    parameters: [
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer", // x, wg, wu, out
-      "i64",
-      "i64",
-      "i64", // M, N, K
-      "i64",
-      "i64",
-      "i64",
-      "i64", // g_row, u_row, out_stride, out_col
-      "i32",
-      "i64",
-      "i64",
-      "i64", // members, x_ms, w_ms, out_ms
-    ],
+    parameters: [P, P, P, P, I64, I64, I64, I64, I64, I64, I64, I32, I64, I64, I64],
     result: "void",
   },
-  esf_rmsnorm: {
-    parameters: ["buffer", "buffer", "buffer", "i64", "i64", "f32", "i64", "i64"],
-    result: "void",
-  },
-  esf_embedding: {
-    parameters: ["buffer", "buffer", "buffer", "i64", "i64", "i64", "i64", "i64", "i64"],
-    result: "void",
-  },
+  // x, w, y, R, D, eps, RM, w_ms
+  esf_rmsnorm: { parameters: [P, P, P, I64, I64, F32, I64, I64], result: "void" },
+  // ids, table, x, R, H, row_start, rows, RM, t_ms
+  esf_embedding: { parameters: [P, P, P, I64, I64, I64, I64, I64, I64], result: "void" },
+  // x, w, cos, sin, R, T, NH, D, eps, RM, w_ms
   esf_qk_norm_rope: {
-    parameters: [
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer", // x, w, cos, sin
-      "i64",
-      "i64",
-      "i64",
-      "i64",
-      "f32",
-      "i64",
-      "i64", // R, T, NH, D, eps, RM, w_ms
-    ],
+    parameters: [P, P, P, P, I64, I64, I64, I64, F32, I64, I64],
     result: "void",
   },
-  esf_attention: {
-    parameters: [
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer", // q, k, v, mask, out
-      "i64",
-      "i64",
-      "i64",
-      "i64",
-      "i64",
-      "f32", // B, T, NH, NKV, D, scale
-    ],
-    result: "void",
-  },
-  esf_swiglu: { parameters: ["buffer", "buffer", "i64"], result: "void" },
-  esf_logsumexp_chunk: {
-    parameters: ["buffer", "buffer", "buffer", "i64", "i64", "i64", "i32"],
-    result: "void",
-  },
-  esf_log_likelihood: {
-    parameters: ["buffer", "buffer", "buffer", "i64", "i64"],
-    result: "void",
-  },
-  esf_accumulate: { parameters: ["buffer", "buffer", "i64", "i64"], result: "void" },
-  esf_perturb: {
-    parameters: ["buffer", "buffer", "i64", "buffer", "i32", "buffer", "i32"],
-    result: "void",
-  },
-  esf_es_update: {
-    parameters: ["buffer", "buffer", "buffer", "i32", "buffer"],
-    result: "void",
-  },
-  esf_lowrank_factors: { parameters: ["buffer", "buffer", "i32", "buffer"], result: "void" },
+  // q, k, v, mask, out, B, T, NH, NKV, D, scale
+  esf_attention: { parameters: [P, P, P, P, P, I64, I64, I64, I64, I64, F32], result: "void" },
+  // gate, up, n
+  esf_swiglu: { parameters: [P, P, I64], result: "void" },
+  // logits, targets, state, R, C, C0, first
+  esf_logsumexp_chunk: { parameters: [P, P, P, I64, I64, I64, I32], result: "void" },
+  // targets, state, r, B, T
+  esf_log_likelihood: { parameters: [P, P, P, I64, I64], result: "void" },
+  // r, total, B, r_off
+  esf_accumulate: { parameters: [P, P, I64, I64], result: "void" },
+  // shard, params, param_words, theta, theta_bf16, out, members
+  esf_perturb: { parameters: [P, P, I64, P, I32, P, I32], result: "void" },
+  // shard, update, theta, theta_bf16, injected
+  esf_es_update: { parameters: [P, P, P, I32, P], result: "void" },
+  // factor, params, update_mode, out
+  esf_lowrank_factors: { parameters: [P, P, I32, P], result: "void" },
+  // ids, a, bt, x, R, H, R4, RM, a_ms, b_ms
   esf_lowrank_embed: {
-    parameters: [
-      "buffer",
-      "buffer",
-      "buffer",
-      "buffer", // ids, a, bt, x
-      "i64",
-      "i64",
-      "i64",
-      "i64",
-      "i64",
-      "i64", // R, H, R4, RM, a_ms, b_ms
-    ],
+    parameters: [P, P, P, P, I64, I64, I64, I64, I64, I64],
     result: "void",
   },
-  esf_checksum: { parameters: ["buffer", "i64", "u32", "buffer"], result: "void" },
-  esf_philox: { parameters: ["buffer", "buffer", "buffer"], result: "void" },
-  esf_normals: {
-    parameters: ["u32", "u32", "u32", "u32", "u32", "i64", "i64", "buffer"],
-    result: "void",
-  },
-  esf_sgemm_nt: {
-    parameters: ["i64", "i64", "i64", "buffer", "buffer", "buffer"],
-    result: "void",
-  },
+  // x, N, base, sums
+  esf_checksum: { parameters: [P, I64, U32, P], result: "void" },
+  // counter4, key2, out4
+  esf_philox: { parameters: [P, P, P], result: "void" },
+  // seed_lo, seed_hi, iteration, member, tensor, start, count, out
+  esf_normals: { parameters: [U32, U32, U32, U32, U32, I64, I64, P], result: "void" },
+  // M, N, K, a, b, c
+  esf_sgemm_nt: { parameters: [I64, I64, I64, P, P, P], result: "void" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The raw entry points of libesflow, as Deno.dlopen types them (no checks). */
@@ -241,7 +183,7 @@ async function openNative(threads: number): Promise<Native> {
   const lib = Deno.dlopen(path, SYMBOLS);
   for (const candidate of blasCandidates()) {
     if (lib.symbols.esf_init(cString(candidate), threads) === 0) {
-      return new Native(lib.symbols, path, threads);
+      return new Native(lib, path, threads);
     }
   }
   lib.close();
@@ -406,7 +348,7 @@ function size(kernel: string, name: string, v: number): number {
   return v;
 }
 
-/** A size the BLAS takes as a C int. */
+/** A size the BLAS (or the C side) takes as a C int. */
 function blasInt(kernel: string, name: string, v: number): number {
   size(kernel, name, v);
   if (v >= 2 ** 31) throw new Error(`${kernel}: ${name} = ${v} exceeds the BLAS's int`);
@@ -741,6 +683,8 @@ export interface SgemmArgs {
 export class Native {
   /** The raw entry points, unchecked: a wrong length here corrupts memory. */
   readonly symbols: NativeSymbols;
+  // Held so the library stays open for the life of the process (it is never closed).
+  readonly #lib: Deno.DynamicLibrary<typeof SYMBOLS>;
   /** The compiled library's path in the cache. */
   readonly library: string;
   /** The BLAS file loaded and its name and version (e.g. "OpenBLAS 0.3.21 (pthread)"). */
@@ -752,7 +696,9 @@ export class Native {
   #threads: number;
 
   /** Use {@link loadNative}; this wraps an already initialised library. */
-  constructor(symbols: NativeSymbols, library: string, threads: number) {
+  constructor(lib: Deno.DynamicLibrary<typeof SYMBOLS>, library: string, threads: number) {
+    this.#lib = lib;
+    const symbols = lib.symbols;
     this.symbols = symbols;
     this.library = library;
     this.blas = {
@@ -765,17 +711,23 @@ export class Native {
     this.#threads = threads;
   }
 
-  /** Threads of the BLAS and the OpenMP kernels. */
+  /** Threads of the OpenMP kernels (the matmuls' tiles included; see the module doc). */
   get threads(): number {
     return this.#threads;
   }
 
-  /** One line: BLAS, path, threads, SIMD, e.g. "OpenBLAS 0.3.21 (pthread) via …, 2 threads, AVX2". */
+  /**
+   * One line: BLAS, path, threads, SIMD, e.g.
+   * "OpenBLAS 0.3.21 (pthread) via /usr/lib/…/libopenblas.so.0, 2 threads, AVX2".
+   */
   get info(): string {
     return readCString(this.symbols.esf_info());
   }
 
-  /** Sets the threads of the BLAS and of the OpenMP kernels. Results do not depend on it. */
+  /**
+   * Sets the threads of the OpenMP kernels (and of {@link Native.sgemmNt}'s BLAS call). No
+   * kernel's result depends on it. Not while a kernel runs on another thread.
+   */
   setThreads(n: number): void {
     checkThreads(n);
     this.symbols.esf_set_threads(n);
@@ -788,7 +740,8 @@ export class Native {
     const m = blasInt(K, "m", o.m), n = blasInt(K, "n", o.n), k = blasInt(K, "k", o.k);
     const wRow = size(K, "wRow", o.wRow ?? 0), biasOff = size(K, "biasOff", o.biasOff ?? 0);
     const outStride = blasInt(K, "outStride", o.outStride ?? n);
-    const outCol = size(K, "outCol", o.outCol ?? 0), members = size(K, "members", o.members ?? 1);
+    const outCol = size(K, "outCol", o.outCol ?? 0);
+    const members = blasInt(K, "members", o.members ?? 1);
     const xMs = size(K, "xMs", o.xMs ?? 0), wMs = size(K, "wMs", o.wMs ?? 0);
     const outMs = size(K, "outMs", o.outMs ?? 0), bMs = size(K, "bMs", o.bMs ?? 0);
     if (outStride < n) throw new Error(`${K}: outStride ${outStride} < n ${n}`);
@@ -826,7 +779,8 @@ export class Native {
     const m = blasInt(K, "m", o.m), n = blasInt(K, "n", o.n), k = blasInt(K, "k", o.k);
     const gRow = size(K, "gRow", o.gRow ?? 0), uRow = size(K, "uRow", o.uRow ?? 0);
     const outStride = size(K, "outStride", o.outStride ?? n);
-    const outCol = size(K, "outCol", o.outCol ?? 0), members = size(K, "members", o.members ?? 1);
+    const outCol = size(K, "outCol", o.outCol ?? 0);
+    const members = blasInt(K, "members", o.members ?? 1);
     const xMs = size(K, "xMs", o.xMs ?? 0), wMs = size(K, "wMs", o.wMs ?? 0);
     const outMs = size(K, "outMs", o.outMs ?? 0);
     if (m > 0 && n > 0 && members > 0) {
@@ -1010,7 +964,7 @@ export class Native {
   perturb(o: PerturbArgs): void {
     const K = "esf_perturb";
     holds(K, "shard", o.shard, 8);
-    const members = size(K, "members", o.members ?? 1);
+    const members = blasInt(K, "members", o.members ?? 1);
     const paramWords = size(K, "paramWords", o.paramWords ?? 8);
     const bf16 = isBf16(K, o.theta, o.bf16);
     const [, count, , , , src, dst, memberStride] = o.shard;

@@ -21,14 +21,29 @@ const common = {
   holdout: z.number().int().nonnegative().default(256),
 };
 
+const textLinesSchema = z.strictObject({ type: z.literal("text_lines"), ...common });
+
+const jsonlSchema = z.strictObject({
+  type: z.literal("jsonl"),
+  ...common,
+  /** The field holding the text. Default "text". */
+  field: z.string().min(1).default("text"),
+});
+
+/** The settings every dataset type shares, validated. */
+type CommonSettings = Pick<
+  z.infer<typeof textLinesSchema>,
+  "path" | "max_lines" | "samples_per_iteration" | "holdout"
+>;
+
 /** Resolves `path` against the pipeline's directory. */
-export function resolvePath(path: string, ctx: StageContext): string {
+export function resolvePath(path: string, ctx: Pick<StageContext, "baseDir">): string {
   if (path.startsWith("/")) return path;
   return `${ctx.baseDir.replace(/\/+$/, "")}/${path}`;
 }
 
-async function readCorpus(settings: Record<string, unknown>, ctx: StageContext): Promise<string> {
-  const path = resolvePath(settings.path as string, ctx);
+async function readCorpus(settings: CommonSettings, ctx: StageContext): Promise<string> {
+  const path = resolvePath(settings.path, ctx);
   try {
     return await Deno.readTextFile(path);
   } catch (e) {
@@ -41,12 +56,8 @@ async function readCorpus(settings: Record<string, unknown>, ctx: StageContext):
   }
 }
 
-function nonEmpty(
-  samples: string[],
-  settings: Record<string, unknown>,
-  ctx: StageContext,
-): string[] {
-  const out = samples.slice(0, settings.max_lines as number);
+function nonEmpty(samples: string[], settings: CommonSettings, ctx: StageContext): string[] {
+  const out = samples.slice(0, settings.max_lines);
   if (out.length === 0) {
     throw new UserError(
       `${
@@ -57,17 +68,27 @@ function nonEmpty(
   return out;
 }
 
-const textLines: DatasetImpl = {
-  async load(settings, ctx) {
-    const text = await readCorpus(settings, ctx);
-    return nonEmpty(text.split(/\r?\n/).filter((l) => l.trim().length > 0), settings, ctx);
-  },
-};
+/** The dataset implementation of `settings` whose corpus `parse` splits into samples. */
+function dataset(
+  settings: CommonSettings,
+  parse: (text: string, ctx: StageContext) => string[],
+): DatasetImpl {
+  return {
+    samplesPerIteration: settings.samples_per_iteration,
+    holdout: settings.holdout,
+    async load(ctx) {
+      return nonEmpty(parse(await readCorpus(settings, ctx), ctx), settings, ctx);
+    },
+  };
+}
 
-const jsonl: DatasetImpl = {
-  async load(settings, ctx) {
-    const text = await readCorpus(settings, ctx);
-    const field = settings.field as string;
+function textLines(settings: z.infer<typeof textLinesSchema>): DatasetImpl {
+  return dataset(settings, (text) => text.split(/\r?\n/).filter((l) => l.trim().length > 0));
+}
+
+function jsonl(settings: z.infer<typeof jsonlSchema>): DatasetImpl {
+  return dataset(settings, (text, ctx) => {
+    const { field } = settings;
     const samples: string[] = [];
     text.split(/\r?\n/).forEach((line, i) => {
       if (line.trim().length === 0) return;
@@ -76,42 +97,35 @@ const jsonl: DatasetImpl = {
         obj = JSON.parse(line);
       } catch {
         throw new UserError(
-          `${resolvePath(settings.path as string, ctx)}:${
-            i + 1
-          }: not valid JSON; one object per line`,
+          `${resolvePath(settings.path, ctx)}:${i + 1}: not valid JSON; one object per line`,
         );
       }
       const v = (obj as Record<string, unknown>)?.[field];
       if (typeof v !== "string") {
         throw new UserError(
-          `${resolvePath(settings.path as string, ctx)}:${
+          `${resolvePath(settings.path, ctx)}:${
             i + 1
           }: no string field "${field}"; set dataset.field to the field that holds the text`,
         );
       }
       if (v.trim().length > 0) samples.push(v);
     });
-    return nonEmpty(samples, settings, ctx);
-  },
-};
+    return samples;
+  });
+}
 
 registerStage({
   kind: "dataset",
   type: "text_lines",
   description: "UTF-8 text file, one sample per non-empty line",
-  schema: z.strictObject({ type: z.literal("text_lines"), ...common }),
-  impl: textLines,
+  schema: textLinesSchema,
+  create: textLines,
 });
 
 registerStage({
   kind: "dataset",
   type: "jsonl",
   description: "JSON Lines, one sample per object's text field",
-  schema: z.strictObject({
-    type: z.literal("jsonl"),
-    ...common,
-    /** The field holding the text. Default "text". */
-    field: z.string().min(1).default("text"),
-  }),
-  impl: jsonl,
+  schema: jsonlSchema,
+  create: jsonl,
 });

@@ -11,5 +11,6 @@ import "./fitness.ts";
 import "./shape.ts";
 import "./update.ts";
 export type * from "./types.ts";
-export { groupMultipliers, tensorGroup, tensorLayer } from "./perturb.ts";
+export { groupMultipliers, maxLowRank, tensorGroup, tensorLayer } from "./perturb.ts";
+export { fitnessBatching, fitnessBatchingSchema } from "./fitness.ts";
 export { resolvePath } from "./dataset.ts";

@@ -15,76 +15,81 @@ import { openCheckpointTensors } from "../../model/device_weights.ts";
 import type { ModelImpl } from "./types.ts";
 import { resolvePath } from "./dataset.ts";
 
-const qwen3: ModelImpl = {
-  async resolve(s, ctx) {
-    if ((s.preset === undefined) === (s.config === undefined)) {
-      throw new UserError(`${ctx.where(["model"])}: model: give exactly one of preset or config`);
-    }
-    let config;
-    if (s.preset !== undefined) {
-      if (!PRESET_NAMES.includes(s.preset as string)) {
+const qwen3Schema = z.strictObject({
+  type: z.literal("qwen3"),
+  /** A preset name (qwen3-0.5b … qwen3-32b, tiny, micro, …). Give this or config. */
+  preset: z.string().min(1).optional(),
+  /** An HF config.json path, relative to the pipeline file. Give this or preset. */
+  config: z.string().min(1).optional(),
+  /** "random" (HF init: N(0, initializer_range), norms 1) or a checkpoint directory. Default random. */
+  init: z.string().min(1).default("random"),
+  /** Seed of the random init; default the run seed. */
+  init_seed: z.number().int().nonnegative().optional(),
+  /**
+   * How θ is stored on the device: f32, or bf16 (half the bytes; updates rounded
+   * stochastically so steps below a bf16 ulp still count, checkpoints written in BF16).
+   * Default f32.
+   */
+  storage: z.enum(["f32", "bf16"]).default("f32"),
+});
+
+function qwen3(s: z.infer<typeof qwen3Schema>): ModelImpl {
+  return {
+    storage: s.storage,
+    async resolve(ctx) {
+      if ((s.preset === undefined) === (s.config === undefined)) {
+        throw new UserError(`${ctx.where(["model"])}: model: give exactly one of preset or config`);
+      }
+      let config;
+      if (s.preset !== undefined) {
+        if (!PRESET_NAMES.includes(s.preset)) {
+          throw new UserError(
+            `${
+              ctx.where(["model", "preset"])
+            }: model.preset: unknown preset "${s.preset}"; presets are ${PRESET_NAMES.join(", ")}`,
+          );
+        }
+        config = getPreset(s.preset);
+      } else {
+        config = await loadConfigFile(resolvePath(s.config!, ctx));
+      }
+      if (s.init === "random") {
+        // The run seed is the init seed unless one is given: the context knows the run seed.
+        const seed = s.init_seed ?? ctx.seed;
+        return {
+          config,
+          tensors: () => randomInit(config, { seed }),
+          source: `random init (seed ${seed})`,
+        };
+      }
+      const dir = resolvePath(s.init, ctx);
+      const ckpt = await openCheckpoint(dir);
+      ckpt.close();
+      if (
+        JSON.stringify({ ...ckpt.config, torchDtype: "" }) !==
+          JSON.stringify({ ...config, torchDtype: "" })
+      ) {
         throw new UserError(
           `${
-            ctx.where(["model", "preset"])
-          }: model.preset: unknown preset "${s.preset}"; presets are ${PRESET_NAMES.join(", ")}`,
+            ctx.where(["model", "init"])
+          }: model.init: checkpoint ${dir} has a different architecture than the model's config`,
         );
       }
-      config = getPreset(s.preset as string);
-    } else {
-      config = await loadConfigFile(resolvePath(s.config as string, ctx));
-    }
-    const init = s.init as string;
-    if (init === "random") {
-      const seed = (s.init_seed as number | undefined) ?? ctx.seed;
       return {
         config,
-        tensors: () => randomInit(config, { seed }),
-        source: `random init (seed ${seed})`,
+        source: dir,
+        tensors: async function* () {
+          yield* await openCheckpointTensors(dir);
+        },
       };
-    }
-    const dir = resolvePath(init, ctx);
-    const ckpt = await openCheckpoint(dir);
-    ckpt.close();
-    if (
-      JSON.stringify({ ...ckpt.config, torchDtype: "" }) !==
-        JSON.stringify({ ...config, torchDtype: "" })
-    ) {
-      throw new UserError(
-        `${
-          ctx.where(["model", "init"])
-        }: model.init: checkpoint ${dir} has a different architecture than the model's config`,
-      );
-    }
-    return {
-      config,
-      source: dir,
-      tensors: async function* () {
-        yield* await openCheckpointTensors(dir);
-      },
-    };
-  },
-};
+    },
+  };
+}
 
-registerStage<ModelImpl>({
+registerStage({
   kind: "model",
   type: "qwen3",
   description: "Qwen3 (HF Qwen3ForCausalLM), from a preset or config.json",
-  schema: z.strictObject({
-    type: z.literal("qwen3"),
-    /** A preset name (qwen3-0.5b … qwen3-32b, tiny, micro, …). Give this or config. */
-    preset: z.string().min(1).optional(),
-    /** An HF config.json path, relative to the pipeline file. Give this or preset. */
-    config: z.string().min(1).optional(),
-    /** "random" (HF init: N(0, initializer_range), norms 1) or a checkpoint directory. Default random. */
-    init: z.string().min(1).default("random"),
-    /** Seed of the random init; default the run seed. */
-    init_seed: z.number().int().nonnegative().optional(),
-    /**
-     * How θ is stored on the device: f32, or bf16 (half the bytes; updates rounded
-     * stochastically so steps below a bf16 ulp still count, checkpoints written in BF16).
-     * Default f32.
-     */
-    storage: z.enum(["f32", "bf16"]).default("f32"),
-  }),
-  impl: qwen3,
+  schema: qwen3Schema,
+  create: qwen3,
 });

@@ -1,13 +1,14 @@
 /**
- * Perturb stage `gaussian`: the population of Gaussian perturbations θ + σ·m_g·ε_j (EA4LLM §3),
- * with antithetic pairs, group multipliers for σ and α, and σ step decay.
+ * Perturb stages `gaussian` and `lowrank`: the population of perturbations θ + σ·m_g·ε_j
+ * (EA4LLM §3; low rank: EGGROLL), with antithetic pairs, group multipliers for σ and α, and σ
+ * step decay. The stages only state these settings; the ES strategy (pipeline/strategy.ts)
+ * computes σ_t, the member records and each tensor's multipliers from them.
  *
  * @module
  */
 import { z } from "zod";
 import { decaySchema, posInt, posNum, registerStage } from "../spec.ts";
-import { decayed } from "../es.ts";
-import type { PerturbImpl } from "./types.ts";
+import type { PerturbGroups, PerturbImpl } from "./types.ts";
 import type { Qwen3Config } from "../../model/config.ts";
 import { qwen3TensorSpecs } from "../../model/weights.ts";
 
@@ -40,8 +41,6 @@ const groupsSchema = z.strictObject({
   })).default([]),
 });
 
-type Groups = z.infer<typeof groupsSchema>;
-
 /** The role group of an HF Qwen3 tensor name. */
 export function tensorGroup(
   name: string,
@@ -60,7 +59,10 @@ export function tensorLayer(name: string): number {
 }
 
 /** σ and α multipliers of a tensor: its role group's times every layer range that holds it. */
-export function groupMultipliers(groups: Groups, name: string): { sigma: number; alpha: number } {
+export function groupMultipliers(
+  groups: PerturbGroups,
+  name: string,
+): { sigma: number; alpha: number } {
   const g = groups[tensorGroup(name)];
   let sigma = g.sigma, alpha = g.alpha;
   const layer = tensorLayer(name);
@@ -72,17 +74,6 @@ export function groupMultipliers(groups: Groups, name: string): { sigma: number;
   }
   return { sigma, alpha };
 }
-
-const gaussian: PerturbImpl = {
-  population: (s) => s.population as number,
-  scratch: (s) => s.scratch as "chunks" | "copy",
-  antithetic: (s) => s.antithetic as boolean,
-  sigmaAt(s, iteration) {
-    const d = s.decay as { gamma: number; every: number };
-    return decayed(s.sigma as number, d.gamma, d.every, iteration);
-  },
-  multipliers: (s, tensor) => groupMultipliers(s.groups as Groups, tensor),
-};
 
 /** The settings gaussian and lowrank share. */
 const populationSettings = {
@@ -98,30 +89,41 @@ const populationSettings = {
   groups: groupsSchema.prefault({}),
 };
 
-registerStage<PerturbImpl>({
+const gaussianSchema = z.strictObject({
+  type: z.literal("gaussian"),
+  ...populationSettings,
+  /**
+   * Where a member's perturbed matrices live: `chunks` forms each row chunk right where the
+   * forward reads it (scratch ≈ θ/16); `copy` keeps a whole perturbed copy of θ (scratch = θ),
+   * forming the noise once per member instead of once per micro-batch. Default chunks.
+   */
+  scratch: z.enum(["chunks", "copy"]).default("chunks"),
+});
+
+const lowrankSchema = z.strictObject({
+  type: z.literal("lowrank"),
+  /** r: rank of each matrix's perturbation A·Bᵀ, 1..min(out, in). Default 1. */
+  rank: posInt().default(1),
+  ...populationSettings,
+});
+
+/** The population settings both types share, as the strategy reads them. */
+function population(s: z.infer<typeof lowrankSchema> | z.infer<typeof gaussianSchema>) {
+  return {
+    population: s.population,
+    antithetic: s.antithetic,
+    sigma: s.sigma,
+    decay: s.decay,
+    groups: s.groups,
+  };
+}
+
+registerStage({
   kind: "perturb",
   type: "gaussian",
   description: "θ + σ·m_g·ε, ε ~ N(0, I) from Philox4x32-10, regenerated from seeds, never stored",
-  schema: z.strictObject({
-    type: z.literal("gaussian"),
-    /** N: members per iteration. Default 30 (the paper's). */
-    population: posInt().min(2).default(30),
-    /** σ: noise scale. Default 1e-3 (the paper's). */
-    sigma: posNum().default(1e-3),
-    /** Mirrored pairs ±ε (blocked order +ε_1..+ε_K, −ε_1..−ε_K); needs an even population. Default false. */
-    antithetic: z.boolean().default(false),
-    /** σ decay: σ_t = σ·γ_σ^floor(t/S_σ). Default off. */
-    decay: decaySchema.prefault({}),
-    /** Group multipliers for σ and α. Default all 1. */
-    groups: groupsSchema.prefault({}),
-    /**
-     * Where a member's perturbed matrices live: `chunks` forms each row chunk right where the
-     * forward reads it (scratch ≈ θ/16); `copy` keeps a whole perturbed copy of θ (scratch = θ),
-     * forming the noise once per member instead of once per micro-batch. Default chunks.
-     */
-    scratch: z.enum(["chunks", "copy"]).default("chunks"),
-  }),
-  impl: gaussian,
+  schema: gaussianSchema,
+  create: (s): PerturbImpl => ({ ...population(s), scratch: s.scratch }),
 });
 
 /** The smallest min(out, in) over the model's matrices: the largest rank every matrix admits. */
@@ -133,32 +135,12 @@ export function maxLowRank(config: Qwen3Config): number {
   );
 }
 
-const lowrank: PerturbImpl = {
-  ...gaussian,
-  scratch: undefined,
-  lowRank: (s) => ({ rank: s.rank as number }),
-  issues(s, { config }) {
-    const max = maxLowRank(config), rank = s.rank as number;
-    if (rank <= max) return [];
-    return [{
-      path: ["perturb", "rank"],
-      message: `rank ${rank} exceeds min(out, in) = ${max} of the model's smallest matrix; ` +
-        `use a rank from 1 to ${max}`,
-    }];
-  },
-};
-
-registerStage<PerturbImpl>({
+registerStage({
   kind: "perturb",
   type: "lowrank",
   description:
     "EGGROLL: matrices θ + σ·m_g·A·Bᵀ/√r (A, B ~ N(0, I) from Philox, rank r), vectors full-rank; " +
     "members share θ, no perturbed copy",
-  schema: z.strictObject({
-    type: z.literal("lowrank"),
-    /** r: rank of each matrix's perturbation A·Bᵀ, 1..min(out, in). Default 1. */
-    rank: posInt().default(1),
-    ...populationSettings,
-  }),
-  impl: lowrank,
+  schema: lowrankSchema,
+  create: (s): PerturbImpl => ({ ...population(s), lowRank: { rank: s.rank } }),
 });

