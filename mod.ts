@@ -145,3 +145,6 @@ export {
   subsetSamples,
   tokenizeSamples,
 } from "./pipeline/data.ts";
+export { heldOutLoss as corpusHeldOutLoss, textCorpus } from "./pipeline/corpus.ts";
+export type { CorpusOptions, TextCorpus } from "./pipeline/corpus.ts";
+export { esStrategy } from "./pipeline/strategy.ts";

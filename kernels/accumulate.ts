@@ -1,11 +1,12 @@
 /**
  * Fitness accumulation wrapper: totals[slot] += Σ_b r[b], the slot read from the member's
- * perturb record (kernels/es_update.ts encodePerturbParams, word 5).
+ * perturb record (kernels/records.ts PERTURB).
  *
  * @module
  */
 import type { Device, DeviceBuffer } from "./device.ts";
-import { launch, type Step } from "./program.ts";
+import { kernelSource, launch, type Step } from "./program.ts";
+import { PERTURB, wgslOffsets } from "./records.ts";
 
 /** Bytes between slots of a totals buffer: a valid storage binding offset on this adapter. */
 export function slotStride(device: Device): number {
@@ -41,6 +42,7 @@ export function accumulateStep(
       PARAM_WORDS: o.paramStride / 4,
       SLOT_WORDS: slotStride(device) / 4,
     },
+    source: () => wgslOffsets(PERTURB) + kernelSource("accumulate"),
     buffers: [o.r, o.totals, o.params],
     invocations: 1,
     workgroupSize: 1,

@@ -35,15 +35,26 @@ import { alignUp, type Device, type DeviceBuffer, DeviceError, type WgslSource }
 import { type DeviceTensor, numel } from "./tensor.ts";
 import { dispatch, type Step, wgslConsts, wgslSource } from "./program.ts";
 import { noiseWgsl, type Seed, seedKey } from "./philox.ts";
+import {
+  PERTURB,
+  recordBytes,
+  SHARD,
+  UPDATE,
+  wgslOffsets,
+  wgslStruct,
+  writeRecord,
+} from "./records.ts";
 
 /** Invocations per workgroup: lavapipe's subgroup is 8, and 64 matched the other elementwise kernels. */
 const WG = 64;
-/** Bytes of a shard-table or perturb-params record before alignment padding. */
-const RECORD_BYTES = 32;
+/** Bytes a perturb-params or shard-table slot takes before alignment padding. */
+const RECORD_BYTES = Math.max(recordBytes(SHARD), recordBytes(PERTURB));
 
-const SHARD_RECORD = wgslSource(new URL("./shard_record.wgsl", import.meta.url));
-const PERTURB_SOURCE = SHARD_RECORD + wgslSource(new URL("./noise_perturb.wgsl", import.meta.url));
-const UPDATE_SOURCE = SHARD_RECORD + wgslSource(new URL("./es_update.wgsl", import.meta.url));
+const SHARD_STRUCT = wgslStruct(SHARD);
+const PERTURB_SOURCE = SHARD_STRUCT + wgslOffsets(PERTURB) +
+  wgslSource(new URL("./noise_perturb.wgsl", import.meta.url));
+const UPDATE_SOURCE = SHARD_STRUCT + wgslStruct(UPDATE) +
+  wgslSource(new URL("./es_update.wgsl", import.meta.url));
 
 /** perturb's θ binding and reader for f32 storage. */
 const THETA_F32 = `
@@ -104,7 +115,8 @@ fn round_bf16(v: f32, r: u32) -> u32 {
 }
 fn apply(block: u32, acc: vec4f) {
   let end = shard.start + shard.count;
-  let r = philox4x32_10(vec4u(block, shard.tensor, ${ROUNDING_STREAM}u, update.iteration), update.key);
+  let key = vec2u(update.seed_lo, update.seed_hi);
+  let r = philox4x32_10(vec4u(block, shard.tensor, ${ROUNDING_STREAM}u, update.iteration), key);
   for (var p = 0u; p < 2u; p++) {
     let e = block * 4u + 2u * p;
     if (e >= shard.start && e < end) {
@@ -138,7 +150,7 @@ function perturbSource(
 /** es_update's noise source in training: regenerate ε_i of this shard's tensor. */
 const EPS_REGENERATED = `
 fn eps4(i: u32, block: u32) -> vec4f {
-  return noise4(update.key, update.iteration, i, shard.tensor, block);
+  return noise4(vec2u(update.seed_lo, update.seed_hi), update.iteration, i, shard.tensor, block);
 }
 `;
 
@@ -218,18 +230,18 @@ function writeShardTable(
   checkU32("tensorId", options.tensorId);
   const stride = paramStride(device);
   const words = new Uint32Array((stride / 4) * Math.max(1, records.length));
-  const f32 = new Float32Array(words.buffer);
-  records.forEach((r, k) => {
-    const at = (k * stride) / 4;
-    words[at] = r.start;
-    words[at + 1] = r.count;
-    words[at + 2] = options.tensorId;
-    words[at + 3] = total;
-    f32[at + 4] = options.multiplier ?? 1;
-    words[at + 5] = r.src ?? 0;
-    words[at + 6] = r.dst ?? 0;
-    words[at + 7] = r.memberStride ?? 0;
-  });
+  records.forEach((r, k) =>
+    writeRecord(SHARD, words, (k * stride) / 4, {
+      start: r.start,
+      count: r.count,
+      tensor: options.tensorId,
+      numel: total,
+      multiplier: options.multiplier ?? 1,
+      src: r.src,
+      dst: r.dst,
+      member_stride: r.memberStride,
+    })
+  );
   const buffer = device.createBuffer(label, words.byteLength, "es");
   device.write(buffer, words);
   return {
@@ -259,18 +271,18 @@ export function encodePerturbParams(
   stride: number,
 ): Uint32Array {
   const words = new Uint32Array((stride / 4) * Math.max(1, records.length));
-  const f32 = new Float32Array(words.buffer);
   records.forEach((r, k) => {
-    const at = (k * stride) / 4;
     const [lo, hi] = seedKey(r.seed);
     checkU32("iteration", r.iteration);
     checkU32("member", r.member);
-    words[at] = lo;
-    words[at + 1] = hi;
-    words[at + 2] = r.iteration;
-    words[at + 3] = r.member;
-    f32[at + 4] = r.scale;
-    words[at + 5] = r.slot ?? 0;
+    writeRecord(PERTURB, words, (k * stride) / 4, {
+      seed_lo: lo,
+      seed_hi: hi,
+      iteration: r.iteration,
+      noise: r.member,
+      scale: r.scale,
+      slot: r.slot,
+    });
   });
   return words;
 }
@@ -283,14 +295,11 @@ export function encodeUpdateParams(
   options: { seed: Seed; iteration: number; coefficients: ArrayLike<number> },
 ): Uint32Array {
   const n = options.coefficients.length;
-  const words = new Uint32Array(4 + n);
+  const words = new Uint32Array(UPDATE.words + n);
   const [lo, hi] = seedKey(options.seed);
   checkU32("iteration", options.iteration);
-  words[0] = lo;
-  words[1] = hi;
-  words[2] = options.iteration;
-  words[3] = n;
-  new Float32Array(words.buffer, 16, n).set(Array.from(options.coefficients));
+  writeRecord(UPDATE, words, 0, { seed_lo: lo, seed_hi: hi, iteration: options.iteration, count: n });
+  new Float32Array(words.buffer, UPDATE.words * 4, n).set(Array.from(options.coefficients));
   return words;
 }
 
@@ -582,7 +591,7 @@ export function createUpdateParams(
   noises: number,
   label = "es_update.params",
 ): DeviceBuffer {
-  return device.createBuffer(label, 16 + 4 * Math.max(1, noises), "es");
+  return device.createBuffer(label, recordBytes(UPDATE) + 4 * Math.max(1, noises), "es");
 }
 
 function tableFor(

@@ -10,14 +10,8 @@
 // (seed, iteration, i, tensor, block) in training, or ε read from a buffer in tests, so both
 // run this same accumulation.
 
-// struct Shard (one shard-table record) comes from shard_record.wgsl, prepended by the wrapper.
-
-struct Update {
-  key: vec2u,           // run seed (lo32, hi32)
-  iteration: u32,
-  count: u32,           // n, the number of noises
-  coeffs: array<f32>,   // d_i, per noise index
-}
+// struct Shard (one shard-table record) and struct Update (the iteration's seed and the noises'
+// coefficients d_i) come from kernels/records.ts, prepended by the wrapper.
 
 @group(0) @binding(0) var<storage, read> shard: Shard;
 @group(0) @binding(1) var<storage, read> update: Update;

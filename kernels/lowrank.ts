@@ -38,6 +38,7 @@ import { dispatch, launch, type Step, wgslConsts, wgslSource } from "./program.t
 import { matmulStep } from "./matmul.ts";
 import { gaussianNoise, noiseWgsl, type Seed } from "./philox.ts";
 import type { DeviceTensor } from "./tensor.ts";
+import { FACTOR, PERTURB, recordBytes, UPDATE, wgslStruct, writeRecord } from "./records.ts";
 
 /** First counter word of the low-rank factors; full-rank tensor ids stay below it. */
 export const LOWRANK_COUNTER_BASE = 0x80000000;
@@ -275,7 +276,7 @@ export interface FactorRecord {
   span?: number;
 }
 
-const FACTOR_BYTES = 44;
+const FACTOR_BYTES = recordBytes(FACTOR);
 
 /** A table of factor records on the device, one binding-aligned record each. */
 export interface FactorTable {
@@ -292,58 +293,51 @@ export function createFactorTable(
 ): FactorTable {
   const stride = alignUp(FACTOR_BYTES, device.limits.minStorageBufferOffsetAlignment);
   const words = new Uint32Array((stride / 4) * Math.max(1, records.length));
-  const f32 = new Float32Array(words.buffer);
   records.forEach((r, i) => {
-    const at = (i * stride) / 4;
-    for (
-      const [k, v] of [r.tensor, r.row0, r.rows, r.rank, r.rowStride, r.noiseStride, r.kStride]
-        .entries()
-    ) {
-      if (!Number.isInteger(v) || v < 0 || v > 0xFFFFFFFF) {
-        throw new RangeError(`${label} record ${i}: field ${k} = ${v} is not a u32`);
-      }
-      words[at + k] = v;
-    }
     if (r.rank < 1 || r.rows < 1) throw new RangeError(`${label} record ${i}: empty factor`);
-    words[at + 7] = r.scaled ? 1 : 0;
-    f32[at + 8] = r.multiplier;
-    words[at + 9] = r.noise0 ?? 0;
-    words[at + 10] = r.span ?? 0;
+    try {
+      writeRecord(FACTOR, words, (i * stride) / 4, {
+        tensor: r.tensor,
+        row0: r.row0,
+        rows: r.rows,
+        rank: r.rank,
+        row_stride: r.rowStride,
+        noise_stride: r.noiseStride,
+        k_stride: r.kStride,
+        scaled: r.scaled ? 1 : 0,
+        multiplier: r.multiplier,
+        noise0: r.noise0 ?? 0,
+        span: r.span ?? 0,
+      });
+    } catch (e) {
+      throw new RangeError(`${label} record ${i}: ${(e as Error).message}`);
+    }
   });
   const buffer = device.createBuffer(label, words.byteLength, "es");
   device.write(buffer, words);
   return { buffer, stride, records };
 }
 
-/** The perturb-params record of one member (es_update.ts encodePerturbParams): one noise. */
-const MEMBER_PARAMS = `
-struct Params {
-  key: vec2u,
-  iteration: u32,
-  member: u32,
-  scale: f32,
-}
-@group(0) @binding(1) var<storage, read> params: Params;
+/** The perturb-params record of one member (kernels/records.ts PERTURB): one noise. */
+const MEMBER_PARAMS = wgslStruct(PERTURB) + `
+@group(0) @binding(1) var<storage, read> params: Perturb;
+fn noise_key() -> vec2u { return vec2u(params.seed_lo, params.seed_hi); }
 fn noise_count() -> u32 { return 1u; }
-fn noise_index(i: u32) -> u32 { return params.member; }
+fn noise_index(i: u32) -> u32 { return params.noise; }
 fn noise_scale(i: u32) -> f32 { return params.scale; }
 `;
 
-/** The update params (es_update.ts encodeUpdateParams): n noises and their coefficients d_i. */
-const UPDATE_PARAMS = `
-struct Params {
-  key: vec2u,
-  iteration: u32,
-  count: u32,
-  coeffs: array<f32>,
-}
-@group(0) @binding(1) var<storage, read> params: Params;
+/** The update params (kernels/records.ts UPDATE): n noises and their coefficients d_i. */
+const UPDATE_PARAMS = wgslStruct(UPDATE) + `
+@group(0) @binding(1) var<storage, read> params: Update;
+fn noise_key() -> vec2u { return vec2u(params.seed_lo, params.seed_hi); }
 fn noise_count() -> u32 { return params.count; }
 fn noise_index(i: u32) -> u32 { return i; }
 fn noise_scale(i: u32) -> f32 { return params.coeffs[i]; }
 `;
 
-const FACTORS_SOURCE = wgslSource(new URL("./lowrank_factors.wgsl", import.meta.url));
+const FACTORS_SOURCE = wgslStruct(FACTOR) +
+  wgslSource(new URL("./lowrank_factors.wgsl", import.meta.url));
 
 /**
  * One dispatch writing record `index` of `table` into `out`. `params` is a member's perturb

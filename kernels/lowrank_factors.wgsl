@@ -17,19 +17,8 @@
 // The params record (which noises, their scales) is prepended by the wrapper: a member's
 // perturb record (one noise, scale ±σ_t) or the update's header and coefficients d_i (n noises).
 
-struct Factor {
-  tensor: u32,        // Philox counter word of this factor
-  row0: u32,          // first row written
-  rows: u32,          // rows written
-  rank: u32,          // r: the counter element of (row, k) is row·r + k
-  row_stride: u32,
-  noise_stride: u32,
-  k_stride: u32,
-  scaled: u32,        // 1: times noise_scale(i)
-  multiplier: f32,    // m_g/√r for A, 1 for B
-  noise0: u32,        // first noise written
-  span: u32,          // noise columns written (zeros past the last noise); 0: up to the last
-}
+// struct Factor (the record of one dispatch) comes from kernels/records.ts, prepended by the
+// wrapper with the params and their accessors.
 
 @group(0) @binding(0) var<storage, read> factor: Factor;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
@@ -62,7 +51,7 @@ fn main(
     if (factor.scaled != 0u) {
       s *= noise_scale(g);
     }
-    v = noise4(params.key, params.iteration, noise_index(g), factor.tensor, block) * s;
+    v = noise4(noise_key(), params.iteration, noise_index(g), factor.tensor, block) * s;
   }
   for (var k4 = 0u; k4 < 4u; k4++) {
     let e = block * 4u + k4;

@@ -10,7 +10,8 @@
 // Everything that changes per member or per iteration (seed, iteration, noise index, scale)
 // is read from `params`, so one compiled pipeline serves every member of every tensor.
 
-// struct Shard (one shard-table record) comes from shard_record.wgsl, prepended by the wrapper.
+// struct Shard (one shard-table record) and the PERTURB_* word offsets of a perturb record come
+// from kernels/records.ts, prepended by the wrapper.
 
 // Perturb-params records, PARAM_WORDS u32 apart; workgroup z reads record z and writes its
 // copy shard.member_stride elements further on in out (population batching; z is 0 alone).
@@ -35,9 +36,9 @@ fn main(
     return;
   }
   let p = wid.z * PARAM_WORDS;
-  let key = vec2u(params[p], params[p + 1u]);
-  let eps = noise4(key, params[p + 2u], params[p + 3u], shard.tensor, block);
-  let s = bitcast<f32>(params[p + 4u]) * shard.multiplier;
+  let key = vec2u(params[p + PERTURB_SEED_LO], params[p + PERTURB_SEED_HI]);
+  let eps = noise4(key, params[p + PERTURB_ITERATION], params[p + PERTURB_NOISE], shard.tensor, block);
+  let s = bitcast<f32>(params[p + PERTURB_SCALE]) * shard.multiplier;
   let dst = shard.dst + wid.z * shard.member_stride;
   for (var k = 0u; k < 4u; k++) {
     let e = block * 4u + k;

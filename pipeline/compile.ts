@@ -26,7 +26,7 @@ import type { Qwen3Config } from "../model/config.ts";
 import { qwen3TensorSpecs } from "../model/weights.ts";
 import { EsEngine } from "./engine.ts";
 import { specEngineOptions } from "./engine_options.ts";
-import type { PipelineSpec } from "./spec.ts";
+import { createStage, type PipelineSpec } from "./spec.ts";
 
 /** A device buffer of the plan. */
 export interface PlanBuffer {
@@ -102,8 +102,8 @@ export async function compile(
   const device = options.device ?? planDevice(
     options.target ?? { backend: "webgpu", name: "planning", limits: DEFAULT_LIMITS },
   );
-  const ds = spec.dataset as unknown as { samples_per_iteration: number; holdout: number };
-  const M = ds.samples_per_iteration;
+  const ds = createStage(spec, "dataset");
+  const M = ds.samplesPerIteration;
   const engineOptions = specEngineOptions(spec, config, Math.max(M, ds.holdout));
   const { population: N, microBatch, maxLen } = engineOptions;
   const before = new Set(device.allocations().map((a) => a.label));

@@ -81,7 +81,22 @@ import {
   storedBytes,
 } from "./scratch.ts";
 import { UserError } from "./errors.ts";
+import { stageType } from "./spec.ts";
+import "./stages/mod.ts";
+import type { EsStrategy } from "./strategy.ts";
 import type { FitnessImpl } from "./stages/types.ts";
+
+/**
+ * Options of {@link EsEngine.create} for an engine composed in code: the strategy
+ * (pipeline/strategy.ts) decides the population, pairing, group multipliers and rank.
+ */
+export type StrategyEngineOptions =
+  & Omit<EsEngineOptions, "population" | "antithetic" | "multipliers" | "lowRank" | "fitness">
+  & {
+    strategy: Pick<EsStrategy, "engineOptions">;
+    /** Default: the paper's log-likelihood (fitness type log_likelihood). */
+    fitness?: FitnessImpl;
+  };
 
 /** Options of {@link EsEngine.create}. */
 export interface EsEngineOptions {
@@ -338,9 +353,23 @@ export class EsEngine {
   /** The scratch mode: what the forwards read, and the perturb and update steps. */
   #scratch: ScratchMode;
 
-  /** Uploads θ and builds every buffer and fixed step. */
-  static async create(device: Device, options: EsEngineOptions): Promise<EsEngine> {
+  /**
+   * Uploads θ and builds every buffer and fixed step. Given a `strategy`
+   * ({@link StrategyEngineOptions}), the population, pairing, group multipliers and rank come
+   * from it, and the fitness defaults to the paper's log-likelihood.
+   */
+  static async create(
+    device: Device,
+    spec: EsEngineOptions | StrategyEngineOptions,
+  ): Promise<EsEngine> {
     const gpu = device;
+    const options: EsEngineOptions = "strategy" in spec
+      ? {
+        ...spec,
+        ...spec.strategy.engineOptions(),
+        fitness: spec.fitness ?? stageType("fitness", "log_likelihood")!.impl!,
+      }
+      : spec;
     const dtype = options.storage ?? "f32";
     const theta = options.tensors ? await uploadWeights(gpu, options.tensors, { dtype }) : new Map(
       qwen3TensorSpecs(options.config).map((s) => [

@@ -52,6 +52,7 @@ import { swigluStep } from "../kernels/swiglu.ts";
 import type { Qwen3Config } from "../model/config.ts";
 import { type TensorLookup, tensorReads, type WeightLookup } from "../model/forward.ts";
 import { noiseCount } from "./es.ts";
+import { PERTURB, recordBytes } from "../kernels/records.ts";
 import { UserError } from "./errors.ts";
 
 /**
@@ -427,7 +428,7 @@ export function lowRankScratch(ctx: ScratchContext, rank: number): ScratchMode {
           label: count > 1 ? `${x.label}.member${z}` : x.label,
           table: memberTable,
           index: i,
-          params: { buffer: ctx.current, offset: z * stride, size: 32 },
+          params: { buffer: ctx.current, offset: z * stride, size: recordBytes(PERTURB) },
           out: count > 1 ? { buffer: x.out, offset: z * x.slot * 4, size: x.slot * 4 } : x.out,
           mode: "member",
         })

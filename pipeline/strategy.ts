@@ -41,7 +41,8 @@ import {
   noiseCount,
   updateCoefficients,
 } from "./es.ts";
-import { createStage, type PipelineSpec } from "./spec.ts";
+import { createStage, type PipelineSpec, stageType } from "./spec.ts";
+import "./stages/mod.ts";
 import { groupMultipliers } from "./stages/perturb.ts";
 import type { GroupMultiplier, PerturbImpl, ShapeImpl, UpdateImpl } from "./stages/types.ts";
 
@@ -277,4 +278,34 @@ export function pairSnr(fitness: readonly number[]): number | undefined {
   }
   if (even2 === 0) return undefined;
   return Math.sqrt(odd2 / even2);
+}
+
+/** Stage settings as a pipeline's YAML gives them, `type` optional (the default type). */
+export type StageSettings = { type?: string } & Record<string, unknown>;
+
+/**
+ * The strategy of stage settings written in code as a pipeline's YAML would write them, every
+ * key validated by the stage's schema and defaulted there: `esStrategy(config, { perturb:
+ * { population: 16, sigma: 0.01, antithetic: true }, update: { alpha: 0.05 } })`. The types
+ * default to gaussian, rank and es. An invalid setting throws the schema's error.
+ */
+export function esStrategy(
+  config: Qwen3Config,
+  settings: { perturb?: StageSettings; shape?: StageSettings; update?: StageSettings } = {},
+): EsStrategy {
+  const make = <K extends "perturb" | "shape" | "update">(kind: K, fallback: string) => {
+    const given: StageSettings = settings[kind] ?? {};
+    const type = stageType(kind, given.type ?? fallback);
+    if (!type) throw new RangeError(`${kind}: no stage type "${given.type}" is registered`);
+    return type.create(type.schema.parse({ ...given, type: given.type ?? fallback }));
+  };
+  return createStrategy({
+    perturb: make("perturb", "gaussian"),
+    shape: make("shape", "rank"),
+    update: make("update", "es"),
+    tensors: qwen3TensorSpecs(config).map((t) => ({
+      name: t.name,
+      numel: t.shape.reduce((a, b) => a * b, 1),
+    })),
+  });
 }

@@ -25,6 +25,7 @@ import {
   shardBytesFor,
 } from "../device.ts";
 import { CPU_LIMITS, cpuModel, cpuThreads } from "./limits.ts";
+import { offsetOf, PERTURB } from "../records.ts";
 import { loadNative, type Native } from "./native.ts";
 
 /** A buffer of the CPU device: host memory. */
@@ -351,9 +352,10 @@ export class CpuDevice implements Device {
         return () => n.logLikelihood(args);
       }
       case "accumulate": {
-        // The slot is word 5 of the member's perturb record, read when the step runs.
+        // The slot is a field of the member's perturb record, read when the step runs.
         const r = this.#f32(b[0]), totals = this.#f32(b[1]), params = this.#u32(b[2]);
-        const at = num("MEMBER") * num("PARAM_WORDS") + 5, slotWords = num("SLOT_WORDS");
+        const at = num("MEMBER") * num("PARAM_WORDS") + offsetOf(PERTURB, "slot");
+        const slotWords = num("SLOT_WORDS");
         const batch = num("B"), offset = num("R_OFF");
         return () => {
           const slot = params[at] * slotWords;

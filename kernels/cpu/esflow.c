@@ -1016,7 +1016,8 @@ EXPORT void esf_accumulate(const float* r, float* total, int64_t B, int64_t r_of
 // ---------------------------------------------------------------------------------------------
 // ES kernels (noise_perturb.wgsl, es_update.wgsl, kernels/es_update.ts).
 
-// One shard-table record (kernels/shard_record.wgsl).
+// One shard-table record. The ESF_<RECORD>_<FIELD> word offsets of every record are generated
+// from kernels/records.ts and prepended to this file when it is built (kernels/cpu/native.ts).
 typedef struct {
   int64_t start, count, numel, src, dst, member_stride;
   uint32_t tensor;
@@ -1025,14 +1026,14 @@ typedef struct {
 
 static shard_rec read_shard(const uint32_t* s) {
   shard_rec r;
-  r.start = s[0];
-  r.count = s[1];
-  r.tensor = s[2];
-  r.numel = s[3];
-  r.multiplier = bits_f(s[4]);
-  r.src = s[5];
-  r.dst = s[6];
-  r.member_stride = s[7];
+  r.start = s[ESF_SHARD_START];
+  r.count = s[ESF_SHARD_COUNT];
+  r.tensor = s[ESF_SHARD_TENSOR];
+  r.numel = s[ESF_SHARD_NUMEL];
+  r.multiplier = bits_f(s[ESF_SHARD_MULTIPLIER]);
+  r.src = s[ESF_SHARD_SRC];
+  r.dst = s[ESF_SHARD_DST];
+  r.member_stride = s[ESF_SHARD_MEMBER_STRIDE];
   return r;
 }
 
@@ -1061,9 +1062,11 @@ EXPORT void esf_perturb(const uint32_t* shard, const uint32_t* params, int64_t p
   for (int32_t z = 0; z < members; z++) {
     for (int64_t g = g0; g < g1; g++) {
       const uint32_t* p = params + z * param_words;
-      const float s = bits_f(p[4]) * sh.multiplier;
+      const float s = bits_f(p[ESF_PERTURB_SCALE]) * sh.multiplier;
       float eps[32];
-      normals_store(normals_of(stream8(p[0], p[1], p[2], p[3], sh.tensor, (uint32_t)(g * 8))),
+      normals_store(normals_of(stream8(p[ESF_PERTURB_SEED_LO], p[ESF_PERTURB_SEED_HI],
+                                       p[ESF_PERTURB_ITERATION], p[ESF_PERTURB_NOISE], sh.tensor,
+                                       (uint32_t)(g * 8))),
                     eps);
       const int64_t e0 = g * 32;
       // Element e is read at θ[src + e] and written at out[dst + e].
@@ -1111,8 +1114,9 @@ EXPORT void esf_es_update(const uint32_t* shard, const uint32_t* update, void* t
                           int32_t theta_bf16, const float* injected) {
   const shard_rec sh = read_shard(shard);
   if (sh.count <= 0) return;
-  const uint32_t k0 = update[0], k1 = update[1], iteration = update[2], n = update[3];
-  const float* d = (const float*)(update + 4);
+  const uint32_t k0 = update[ESF_UPDATE_SEED_LO], k1 = update[ESF_UPDATE_SEED_HI];
+  const uint32_t iteration = update[ESF_UPDATE_ITERATION], n = update[ESF_UPDATE_COUNT];
+  const float* d = (const float*)(update + ESF_UPDATE_WORDS);
   const int64_t end = sh.start + sh.count, g0 = sh.start / 32, g1 = (end - 1) / 32 + 1;
 #pragma omp parallel for schedule(static) if ((g1 - g0) * ((int64_t)n + 1) > 16)
   for (int64_t g = g0; g < g1; g++) {
@@ -1180,15 +1184,18 @@ EXPORT void esf_es_update(const uint32_t* shard, const uint32_t* update, void* t
 // multiplier and, when scaled, the noise's scale; columns past the last noise get zeros.
 EXPORT void esf_lowrank_factors(const uint32_t* factor, const uint32_t* params,
                                 int32_t update_mode, float* out) {
-  const uint32_t tensor = factor[0];
-  const int64_t row0 = factor[1], rows = factor[2], rank = factor[3];
-  const int64_t row_stride = factor[4], noise_stride = factor[5], k_stride = factor[6];
-  const int scaled = factor[7] != 0;
-  const float multiplier = bits_f(factor[8]);
-  const uint32_t noise0 = factor[9];
-  const uint32_t count = update_mode ? params[3] : 1;
+  const uint32_t tensor = factor[ESF_FACTOR_TENSOR];
+  const int64_t row0 = factor[ESF_FACTOR_ROW0], rows = factor[ESF_FACTOR_ROWS];
+  const int64_t rank = factor[ESF_FACTOR_RANK], row_stride = factor[ESF_FACTOR_ROW_STRIDE];
+  const int64_t noise_stride = factor[ESF_FACTOR_NOISE_STRIDE];
+  const int64_t k_stride = factor[ESF_FACTOR_K_STRIDE];
+  const int scaled = factor[ESF_FACTOR_SCALED] != 0;
+  const float multiplier = bits_f(factor[ESF_FACTOR_MULTIPLIER]);
+  const uint32_t noise0 = factor[ESF_FACTOR_NOISE0];
+  const uint32_t count = update_mode ? params[ESF_UPDATE_COUNT] : 1;
   const uint32_t span =
-      factor[10] != 0 ? factor[10] : count - (noise0 < count ? noise0 : count);
+      factor[ESF_FACTOR_SPAN] != 0 ? factor[ESF_FACTOR_SPAN]
+                                   : count - (noise0 < count ? noise0 : count);
   const int64_t start = row0 * rank, end = (row0 + rows) * rank;
   if (end <= start || span == 0) return;
   const int64_t g0 = start / 32, g1 = (end - 1) / 32 + 1;
@@ -1199,11 +1206,14 @@ EXPORT void esf_lowrank_factors(const uint32_t* factor, const uint32_t* params,
       float v[32];
       if (gi < count) {
         float s = multiplier;
-        if (scaled) s *= update_mode ? bits_f(params[4 + gi]) : bits_f(params[4]);
-        const uint32_t index = update_mode ? gi : params[3];
-        normals_store(normals_of(stream8(params[0], params[1], params[2], index, tensor,
-                                         (uint32_t)(g * 8))),
-                      v);
+        if (scaled) {
+          s *= update_mode ? bits_f(params[ESF_UPDATE_WORDS + gi]) : bits_f(params[ESF_PERTURB_SCALE]);
+        }
+        const uint32_t index = update_mode ? gi : params[ESF_PERTURB_NOISE];
+        const uint32_t lo = params[update_mode ? ESF_UPDATE_SEED_LO : ESF_PERTURB_SEED_LO];
+        const uint32_t hi = params[update_mode ? ESF_UPDATE_SEED_HI : ESF_PERTURB_SEED_HI];
+        const uint32_t it = params[update_mode ? ESF_UPDATE_ITERATION : ESF_PERTURB_ITERATION];
+        normals_store(normals_of(stream8(lo, hi, it, index, tensor, (uint32_t)(g * 8))), v);
         for (int j = 0; j < 32; j++) v[j] = v[j] * s;
       } else {
         memset(v, 0, sizeof v);

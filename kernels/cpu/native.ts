@@ -33,6 +33,7 @@
  */
 import { UserError } from "../../pipeline/errors.ts";
 import { type Seed, seedKey } from "../philox.ts";
+import { cDefines } from "../records.ts";
 
 const SOURCE = new URL("./esflow.c", import.meta.url);
 
@@ -208,7 +209,8 @@ function blasCandidates(): string[] {
 
 /** Compiles esflow.c into the cache unless it is there already; returns the library's path. */
 async function buildLibrary(): Promise<string> {
-  const source = await Deno.readTextFile(SOURCE);
+  // The records' word offsets come from kernels/records.ts, the one definition of each layout.
+  const source = cDefines() + '#line 1 "kernels/cpu/esflow.c"\n' + await Deno.readTextFile(SOURCE);
   const compiler = await findCompiler();
   const flags = ["-O3", "-march=native", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off"];
   const libs = ["-lm", "-ldl"];
