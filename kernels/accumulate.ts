@@ -2,6 +2,8 @@
  * Fitness accumulation wrapper: totals[slot] += Σ_b r[b], the slot read from the member's
  * perturb record (kernels/records.ts PERTURB).
  *
+ * Tests: tests/train_test.ts (the engine's totals against the float64 reference), tests/native_test.ts (CPU).
+ *
  * @module
  */
 import type { Device, DeviceBuffer } from "./device.ts";

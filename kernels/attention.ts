@@ -1,6 +1,8 @@
 /**
  * Causal GQA attention wrapper and its float64 reference.
  *
+ * Tests: tests/kernels_test.ts (WGSL against attentionReference), tests/native_test.ts (CPU).
+ *
  * @module
  */
 import type { Device, DeviceBuffer } from "./device.ts";

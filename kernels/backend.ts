@@ -7,6 +7,8 @@
  * or when there is none: lavapipe runs WGSL correctly but at a fraction of BLAS speed, so it
  * stays the test adapter of the WebGPU path and is never chosen for work by itself.
  *
+ * Tests: tests/backends_test.ts.
+ *
  * @module
  */
 import type { Backend, Device, DeviceLimits } from "./device.ts";

@@ -6,6 +6,8 @@
  * wrapping u32 adds (order-free, so deterministic on any adapter); the CPU folds the per-tensor
  * pairs, in name order, into 16 hex digits. {@link checksumReference} is the TypeScript twin.
  *
+ * Tests: tests/distributed_test.ts, tests/native_test.ts (CPU against checksumReference).
+ *
  * @module
  */
 import type { Device, DeviceBuffer } from "./device.ts";

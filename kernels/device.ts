@@ -17,6 +17,8 @@
  * Every op records which pipeline stage placed it (`stage`) and what it does there (`role`), and
  * every buffer what it holds (`purpose`), each set where it is created.
  *
+ * Tests: tests/program_test.ts (the planned program is the executed one).
+ *
  * @module
  */
 

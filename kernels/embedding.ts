@@ -1,6 +1,8 @@
 /**
  * Embedding gather wrapper: x[r] = embed_tokens[ids[r]], one dispatch per shard of the table.
  *
+ * Tests: tests/kernels_test.ts (sharded gather), tests/native_test.ts (CPU).
+ *
  * @module
  */
 import type { Device, DeviceBuffer } from "./device.ts";

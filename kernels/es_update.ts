@@ -29,6 +29,8 @@
  *   noiseCoefficients folds antithetic members (d_i = c_i − c_{i+K}), so the kernel regenerates
  *   K noises, not 2K. m_g is not in d_i: the shard table applies it per tensor.
  *
+ * Tests: tests/es_update_gpu_test.ts (the es_update.json fixture, perturb exactness), tests/bf16_test.ts, tests/native_test.ts (CPU).
+ *
  * @module
  */
 import { alignUp, type Device, type DeviceBuffer, DeviceError, type WgslSource } from "./device.ts";
@@ -298,7 +300,12 @@ export function encodeUpdateParams(
   const words = new Uint32Array(UPDATE.words + n);
   const [lo, hi] = seedKey(options.seed);
   checkU32("iteration", options.iteration);
-  writeRecord(UPDATE, words, 0, { seed_lo: lo, seed_hi: hi, iteration: options.iteration, count: n });
+  writeRecord(UPDATE, words, 0, {
+    seed_lo: lo,
+    seed_hi: hi,
+    iteration: options.iteration,
+    count: n,
+  });
   new Float32Array(words.buffer, UPDATE.words * 4, n).set(Array.from(options.coefficients));
   return words;
 }

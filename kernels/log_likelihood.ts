@@ -3,6 +3,8 @@
  * R(x;θ) = Σ_t m_{t+1} log softmax(z_t)[x_{t+1}] / Σ_t m_{t+1}  (EA4LLM §3, eq. for R),
  * computed with an online log-sum-exp so a (B, T, V) logits buffer never exists.
  *
+ * Tests: tests/kernels_test.ts (streamed against the full log-softmax), tests/native_test.ts (CPU).
+ *
  * @module
  */
 import type { Device, DeviceBuffer } from "./device.ts";

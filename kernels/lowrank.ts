@@ -24,6 +24,8 @@
  *   lowrank_embed (lowrank_embed.wgsl): x (R, H) += a[ids]·bᵀ, the gather's correction.
  *   update (matmul, accumulate): θ shard (rows, I) += Ã · B̃ᵀ = Σ_i d_i·m_α/√r·A_i·B_iᵀ.
  *
+ * Tests: tests/lowrank_test.ts (factors against the TypeScript twin, one iteration against float64), tests/native_test.ts (CPU).
+ *
  * @module
  */
 import {
@@ -121,14 +123,6 @@ export interface LowRankDelta {
    * member z − 1's. Absent: one member.
    */
   members?: { count: number; aStride: number; bStride: number };
-}
-
-/** θ's tensor, with the member's low-rank delta when the matrix is perturbed. */
-export type LowRankTensor = DeviceTensor & { lowRank?: LowRankDelta };
-
-/** The low-rank delta a weight lookup attached to a tensor, if any. */
-export function lowRankOf(t: DeviceTensor): LowRankDelta | undefined {
-  return (t as LowRankTensor).lowRank;
 }
 
 /**

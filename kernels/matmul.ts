@@ -14,6 +14,8 @@
  * the unrolled per-invocation block (see the notes at the top of the .wgsl), picks a tile per
  * shape and builds {@link Step}s.
  *
+ * Tests: tests/matmul_test.ts (ragged shapes, fused SwiGLU, members against matmulReference), tests/native_test.ts (CPU).
+ *
  * @module
  */
 import { cachedTile } from "./tile_cache.ts";
@@ -72,7 +74,7 @@ export const MATMUL_TILES: readonly MatmulTile[] = [
   { tm: 32, tn: 32 },
 ];
 
-/** Invocations per workgroup (facts.md: the shape hardly matters at 8 or more on lavapipe). */
+/** Invocations per workgroup (on lavapipe the workgroup shape hardly mattered at 8 or more). */
 const WORKGROUP = 64;
 
 /**

@@ -28,6 +28,8 @@
  * |Δε|/max(1, |ε|) ≤ 3.3e-7; tests/philox_test.ts holds it to 1e-6. WGSL only promises sin/cos to
  * 2^-11 absolute, so a GPU with coarse trig may differ more in the normals, never in the words.
  *
+ * Tests: tests/philox_test.ts (known answers, WGSL words and normals), tests/native_test.ts (CPU words and normals).
+ *
  * @module
  */
 

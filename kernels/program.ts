@@ -4,6 +4,8 @@
  * iteration with no rebuilding: on WebGPU at ~20 µs a dispatch (its pipeline and bind group are
  * made the first time it is encoded), on the CPU as one native call.
  *
+ * Tests: tests/runtime_test.ts, tests/program_test.ts.
+ *
  * @module
  */
 import type { Binding, Device, Dispatch, Op, Program, Stage, WgslSource } from "./device.ts";

@@ -1,6 +1,8 @@
 /**
  * Fused per-head RMSNorm + RoPE wrapper, and the RoPE tables computed as HF computes them.
  *
+ * Tests: tests/kernels_test.ts, tests/native_test.ts (CPU).
+ *
  * @module
  */
 import type { Device, DeviceBuffer } from "./device.ts";

@@ -8,6 +8,8 @@
  * Every field is one 32-bit word: a u32, or an f32 stored as its bits. Records sit in tables at a
  * binding-aligned stride (kernels/es_update.ts paramStride), so a dispatch binds one record.
  *
+ * Tests: tests/program_test.ts (every record through its layout, WGSL and C).
+ *
  * @module
  */
 
@@ -162,7 +164,9 @@ export function wgslStruct(r: RecordLayout): string {
  * (one record per member): `PERTURB_SCALE: u32 = 4u` and so on.
  */
 export function wgslOffsets(r: RecordLayout): string {
-  return r.fields.map((f, i) => `const ${r.name.toUpperCase()}_${f.name.toUpperCase()}: u32 = ${i}u;`)
+  return r.fields.map((f, i) =>
+    `const ${r.name.toUpperCase()}_${f.name.toUpperCase()}: u32 = ${i}u;`
+  )
     .join("\n") + "\n";
 }
 
@@ -171,7 +175,9 @@ export function cDefines(records: readonly RecordLayout[] = RECORDS): string {
   const lines = ["// Generated from kernels/records.ts: the word offsets of each record's fields."];
   for (const r of records) {
     const up = r.name.toUpperCase();
-    r.fields.forEach((f, i) => lines.push(`#define ESF_${up}_${f.name.toUpperCase()} ${i} // ${f.doc}`));
+    r.fields.forEach((f, i) =>
+      lines.push(`#define ESF_${up}_${f.name.toUpperCase()} ${i} // ${f.doc}`)
+    );
     lines.push(`#define ESF_${up}_WORDS ${r.words}`);
   }
   return lines.join("\n") + "\n";

@@ -1,6 +1,8 @@
 /**
  * RMSNorm kernel wrapper: HF Qwen3RMSNorm in f32.
  *
+ * Tests: tests/kernels_test.ts (against rmsnormReference), tests/native_test.ts (CPU).
+ *
  * @module
  */
 import type { Device, DeviceBuffer } from "./device.ts";

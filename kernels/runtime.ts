@@ -7,6 +7,8 @@
  * It is headless: any adapter Deno's WebGPU finds (Vulkan, Metal, DX12, or Mesa's
  * llvmpipe/lavapipe on a CPU, the test adapter of this path).
  *
+ * Tests: tests/runtime_test.ts.
+ *
  * @module
  */
 import {

@@ -1,6 +1,8 @@
 /**
  * SwiGLU wrapper: gate ← silu(gate)·up over (rows, width).
  *
+ * Tests: tests/kernels_test.ts, tests/native_test.ts (CPU).
+ *
  * @module
  */
 import type { Device, DeviceBuffer } from "./device.ts";

@@ -7,6 +7,8 @@
  * [151936, 1024] is 622 MB in f32; lavapipe binds at most 128 MiB, so it becomes 5 shards.
  * Kernels that read a sharded tensor run one dispatch per shard.
  *
+ * Tests: tests/kernels_test.ts and tests/bf16_test.ts (shards, bf16 round trips).
+ *
  * @module
  */
 import { type BufferPurpose, type Device, type DeviceBuffer, DeviceError } from "./device.ts";

@@ -6,6 +6,8 @@
  * The cache is a small JSON file: $ESFLOW_TILE_CACHE, else $XDG_CACHE_HOME/esflow/matmul-tiles.json,
  * else ~/.cache/esflow/matmul-tiles.json. ESFLOW_TILE_CACHE=off disables it.
  *
+ * Tests: tests/tile_cache_test.ts.
+ *
  * @module
  */
 

@@ -1,40 +1,26 @@
 /**
- * The ES engine on the GPU: one iteration of EA4LLM (Algorithm 2) as one submit and one readback.
+ * The ES engine: θ on a device, and one iteration of EA4LLM (Algorithm 2) as one program
+ * (kernels/device.ts) run in one go with one readback, on WebGPU or the CPU backend alike.
  *
  * Legend: N = population, M = samples per iteration, B = micro-batch, T = tokens, P = parameters.
  *
- *   per iteration t:
- *     write perturb params (seed, t, noise index and signed σ_t of each member slot)
+ *   per iteration t ({@link EsEngine.evaluationProgram}; the records come from the strategy's ask):
+ *     write the perturb records (seed, t, noise index, ±σ_t and fitness slot of each member)
  *     write the iteration's packed tokens (all micro-batches, one upload)
  *     [held-out: forward over θ for each held-out micro-batch → R per sample]
- *     for member j (or a group of memberBatch members at once):   θ is only read, never modified
- *       copy j's perturb record(s) to the current-members buffer
- *       vectors_j = θ + σ_t·m_g·ε_j          perturb kernel into their scratch (small)
- *       for micro-batch b: copy its tokens in, forward(θ_j), fitness, total[j] += Σ R
- *         where each matrix's row chunk of θ_j is formed just before the forward reads it
+ *     block over member groups (one member, or memberBatch at once):   θ is only read
+ *       copy the group's records to the current-members buffer
+ *       form the group's whole tensors (vectors; all of θ with scratch: copy; low-rank factors)
+ *       block over micro-batches: copy its tokens in, forward(θ_j), fitness, total[slot] += Σ R
  *     read back total[0..N) (and held-out R): the iteration's only round trip
- *   then, on the CPU: F_j = total_j/M, w = shape(F), c = update coefficients (pure functions)
- *   and on the GPU: θ += Σ_i d_i·m_α·ε_i, the noise regenerated from the seed, one pass over θ.
+ *   then the strategy's tell: F_j = total_j/M, w = shape(F), the per-noise coefficients d_i,
+ *   and the update program: θ += Σ_i d_i·m_α·ε_i, the noise regenerated, one pass over θ.
  *
- * Memory: θ, the member's scratch, the activation workspace of one micro-batch, and the
- * iteration's tokens. The scratch ("chunks", the default) is the perturbed vectors plus two chunk
- * buffers of about θ/32 each: a matrix's rows are perturbed a chunk at a time into a chunk buffer
- * right before the matmul (or gather, or LM-head pass) that reads them, so the peak stays near
- * 1.08× θ. "copy" keeps a whole θ_j instead (2× θ) and forms each member's noise once rather than
- * once per micro-batch. Either way each element's noise is the same.
- *
- * Low-rank mode (`lowRank`, EGGROLL; kernels/lowrank.ts): a matrix's perturbation is
- * σ_t·m_g·A_j·B_jᵀ/√r. The perturb steps write only the member's factors a = ±σ_t·m_g/√r·A_j
- * (O, r4) and Bᵀ (r4, I) and its perturbed vectors (norms, biases: full-rank noise, a small
- * scratch); the forward reads θ's matrices and adds σ/√r·(x·B)·Aᵀ after each (kernels/lowrank.ts
- * LowRankTensor). The update is θ += Σ_i d_i·m_α/√r·A_i·B_iᵀ as matmuls per shard and group
- * of g noises, Ã (rows, g·r4) · B̃ (I, g·r4)ᵀ, plus the full-rank update of the vectors. Memory:
- * θ, the vectors' scratch, the factors (r4·(O + I) per matrix and member of a group), u (rows,
- * r4), and Ã and B̃ of the largest matrix for one group (within θ/64).
- *
- * Population batching (`memberBatch`): a group's activations lie side by side and each dispatch
- * covers the group (matmuls as a grid of members, member z reading its chunk slot or factors; in
- * low rank the base x·Wᵀ is one matmul over all the group's rows).
+ * Where a member's perturbed weights live — row chunks formed where the forward reads them
+ * (default), a whole perturbed copy, or θ plus low-rank factors (EGGROLL) — is the scratch
+ * mode's business (pipeline/scratch.ts); the engine builds the program around it. Memory: θ, the
+ * member's scratch (~θ/16 with chunks), the activation workspace of one micro-batch per batched
+ * member, and the iteration's tokens.
  *
  * bf16 storage (`storage`): θ is read only through perturb kernels that widen it to f32 (the
  * unperturbed forward through the same chunks at scale 0), and the update rounds stochastically.

@@ -28,7 +28,7 @@ async function probe(
   key: number[],
   blocks: number,
 ): Promise<{ words: Uint32Array; normals: Float32Array }> {
-  const source = Deno.readTextFileSync(new URL("../kernels/noise_probe.wgsl", import.meta.url));
+  const source = Deno.readTextFileSync(new URL("./noise_probe.wgsl", import.meta.url));
 
   const params = gpu.createBuffer("probe", 32, "activations");
   gpu.write(params, new Uint32Array([...counter, ...key, blocks, 0]));

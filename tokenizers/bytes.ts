@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { Tokenizer } from "./mod.ts";
+import type { Tokenizer } from "./tokenizer.ts";
 
 /** Number of ids of the byte tokenizer: one per byte value. */
 export const BYTES_VOCAB_SIZE = 256;

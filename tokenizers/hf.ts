@@ -10,7 +10,7 @@
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { dirname, join } from "node:path";
 import { UserError } from "../pipeline/errors.ts";
-import type { Tokenizer } from "./mod.ts";
+import type { Tokenizer } from "./tokenizer.ts";
 
 /** Options for {@link loadHfTokenizer}. */
 export interface LoadHfTokenizerOptions {

@@ -8,7 +8,7 @@
 
 import { UserError } from "../pipeline/errors.ts";
 import { loadHfTokenizer } from "./hf.ts";
-import type { Tokenizer } from "./mod.ts";
+import type { Tokenizer } from "./tokenizer.ts";
 
 /** Ids the Qwen3 tokenizer uses: 151,643 BPE tokens and 26 added tokens. */
 export const QWEN3_TOKEN_COUNT = 151_669;

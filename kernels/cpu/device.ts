@@ -8,6 +8,8 @@
  * arguments are made then and reused every iteration, so a step costs one native call. Custom
  * kernels (a stage's own WGSL) run here through their {@link Dispatch.cpu} twin.
  *
+ * Tests: tests/backends_test.ts and the engine tests run on both devices (tests/helpers.ts BACKENDS).
+ *
  * @module
  */
 import {

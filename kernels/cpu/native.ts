@@ -29,6 +29,8 @@
  * an Error naming the kernel and the shortfall; the C code checks nothing. {@link Native.symbols}
  * are the raw, unchecked entry points.
  *
+ * Tests: tests/native_test.ts (every kernel against a float64 reference on ragged shapes).
+ *
  * @module
  */
 import { UserError } from "../../pipeline/errors.ts";
