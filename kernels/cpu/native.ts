@@ -209,8 +209,11 @@ function blasCandidates(): string[] {
   ];
 }
 
-/** Compiles esflow.c into the cache unless it is there already; returns the library's path. */
-async function buildLibrary(): Promise<string> {
+/**
+ * Compiles esflow.c into the cache unless it is there already, without loading it; returns the
+ * library's path. `deno task train` and `deno task test` call it first (tools/setup.ts).
+ */
+export async function buildLibrary(): Promise<string> {
   // The records' word offsets come from kernels/records.ts, the one definition of each layout.
   const source = cDefines() + '#line 1 "kernels/cpu/esflow.c"\n' + await Deno.readTextFile(SOURCE);
   const compiler = await findCompiler();
