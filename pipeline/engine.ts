@@ -617,22 +617,9 @@ export class EsEngine {
       members?: { start: number; end: number };
     },
   ): Promise<IterationResult> {
-    const d = this.device, N = this.options.population;
-    if (o.population.length !== N || o.population.some((m, j) => m.slot !== j)) {
-      throw new Error(
-        `evaluate: ${o.population.length} member records for a population of ${N}, in slot order`,
-      );
-    }
+    const d = this.device;
     const program = this.evaluationProgram(packed.layout, o);
-    const { start, end } = o.members ?? { start: 0, end: N };
-    const records = o.population.map((m) => ({
-      seed: this.options.seed,
-      iteration: o.iteration,
-      member: m.noise,
-      scale: m.scale,
-      slot: m.slot,
-    }));
-    d.write(this.#params, encodePerturbParams(records, paramStride(d)));
+    const { start, end } = this.#writeRecords(o);
     this.#upload(this.#iter, packed);
     d.run(program, `iteration ${o.iteration}`);
     const samples = packed.layout.reduce((a, l) => a + l.batch, 0);
@@ -652,6 +639,77 @@ export class EsEngine {
       fitness,
       heldOut: o.heldOut ? Array.from(new Float32Array(out[1])) : undefined,
     };
+  }
+
+  /** Checks the population's records and writes them to the perturb table; the slot range. */
+  #writeRecords(o: {
+    iteration: number;
+    population: readonly MemberRecord[];
+    members?: { start: number; end: number };
+  }): { start: number; end: number } {
+    const d = this.device, N = this.options.population;
+    if (o.population.length !== N || o.population.some((m, j) => m.slot !== j)) {
+      throw new Error(
+        `evaluate: ${o.population.length} member records for a population of ${N}, in slot order`,
+      );
+    }
+    const records = o.population.map((m) => ({
+      seed: this.options.seed,
+      iteration: o.iteration,
+      member: m.noise,
+      scale: m.scale,
+      slot: m.slot,
+    }));
+    d.write(this.#params, encodePerturbParams(records, paramStride(d)));
+    return o.members ?? { start: 0, end: N };
+  }
+
+  /**
+   * Evaluates the population with a fitness that needs the host between its steps (a reward on
+   * generated text, whose next token depends on the last): for each group of members in turn,
+   * its records are copied in and its whole tensors formed, then `score` runs its own programs
+   * reading the group's weights through `weights` (model/forward.ts WeightLookup; member z of the
+   * group in block z of batched activations) and returns one fitness per member of the group.
+   * `members` limits it to the slots [start, end), as in {@link evaluate}.
+   */
+  async evaluateWith(
+    o: {
+      iteration: number;
+      population: readonly MemberRecord[];
+      members?: { start: number; end: number };
+    },
+    score: (group: { first: number; count: number; weights: WeightLookup }) => Promise<number[]>,
+  ): Promise<IterationResult> {
+    const { start, end } = this.#writeRecords(o);
+    const stride = paramStride(this.device), P = this.memberBatch, fitness: number[] = [];
+    for (let first = start; first < end; first += P) {
+      const count = Math.min(P, end - first);
+      this.device.run([
+        {
+          op: "copy",
+          label: "perturb.current",
+          stage: "perturb",
+          role: "member records",
+          src: this.#params,
+          srcOffset: first * stride,
+          dst: this.#current,
+          dstOffset: 0,
+          bytes: count * stride,
+        },
+        ...this.perturbSteps(count),
+      ], `iteration ${o.iteration} members ${first}..${first + count - 1}`);
+      const got = await score({ first, count, weights: this.#scratch.members(count) });
+      if (got.length !== count) {
+        throw new Error(`a group of ${count} members scored ${got.length} fitness values`);
+      }
+      fitness.push(...got);
+    }
+    return { fitness };
+  }
+
+  /** How the unperturbed forward reads θ (the generation of θ itself). */
+  get thetaWeights(): WeightLookup {
+    return this.#scratch.theta;
   }
 
   /**
