@@ -62,11 +62,17 @@ const NO_BLAS =
  *                                            not 11–13)
  *   GOMP_SPINCOUNT=30000 + timeout 4         ×1.17, ×1.29, kernels' wake-up as with defaults
  * The tiled esf_matmul (one pool) alternating with perturb: ×0.87–1.24 under every setting.
+ *
+ * Spinning is ruinous on a machine that is busy with other work: a parallel region's barrier
+ * waits for a worker the kernel scheduler has put aside, once per kernel. tiny-austen on the CPU
+ * backend with the 2 cores at load average 5: 7.1–8.0 s per iteration with GOMP_SPINCOUNT=30000,
+ * 1.3–2.0 s with 0, 1.4–1.7 s on one thread. So the workers sleep at once (passive): a few µs a
+ * kernel on a quiet machine, instead of seconds an iteration on a busy one.
  */
 export const SPIN_SETTINGS: Readonly<Record<string, string>> = {
-  // libgomp: idle workers spin 30k iterations (tens of µs: enough to bridge back-to-back
-  // kernels), then sleep, instead of 300k.
-  GOMP_SPINCOUNT: "30000",
+  // libgomp: idle workers sleep at once instead of spinning 300k iterations.
+  GOMP_SPINCOUNT: "0",
+  OMP_WAIT_POLICY: "passive",
   // LLVM's libomp (a clang build) spins 200 ms by default; 1 ms is its smallest (not measured).
   KMP_BLOCKTIME: "1",
   // OpenBLAS: idle workers sleep after 2^4 cycles instead of 2^28 (the smallest it accepts).
