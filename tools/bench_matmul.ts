@@ -1,6 +1,9 @@
 /**
  * Matmul speed on this adapter: GFLOP/s from GPU timestamps (profileSteps) and from the wall clock
  * over `repeats` dispatches in one submit, for 1024³ and the shapes of a small transformer.
+ * `deno task bench` also times through here esflow's matmul on the CPU device
+ * ({@link benchMatmul}), the BLAS itself ({@link benchSgemm}) and numpy's sgemm
+ * ({@link NUMPY_SGEMM}), so that each of its matmul ratios has both sides from one run.
  *
  *   deno run -A tools/bench_matmul.ts            # the default tile of each shape
  *   deno run -A tools/bench_matmul.ts --all      # every tile in MATMUL_TILES, per shape
@@ -21,6 +24,8 @@
  */
 import { parseArgs } from "node:util";
 import { acquireGpu, type Gpu } from "../kernels/runtime.ts";
+import type { Device } from "../kernels/device.ts";
+import type { Native } from "../kernels/cpu/native.ts";
 import { finish, profileSteps, submitSteps } from "../kernels/program.ts";
 import {
   defaultMatmulSwigluTile,
@@ -43,15 +48,19 @@ export interface MatmulShape {
 
 /** The speed of one shape with one tile. */
 export interface MatmulBenchResult extends MatmulShape {
-  /** GFLOP/s from GPU timestamps, 2·m·k·n per dispatch. */
+  /**
+   * GFLOP/s, 2·m·k·n per dispatch: from GPU timestamps on WebGPU, from the wall clock of the
+   * fastest of three batches on the CPU device (where a run executes at once).
+   */
   gflops: number;
   /** GFLOP/s from the wall clock over `repeats` dispatches in one submit, sync included. */
   wallGflops: number;
-  /** GPU milliseconds of one dispatch. */
+  /** Milliseconds of one dispatch (GPU time on WebGPU, wall time on the CPU). */
   ms: number;
   /** Wall milliseconds of the first dispatch: compiling the kernel (unless cached) and one run. */
   firstMs: number;
-  tile: MatmulTile;
+  /** The WGSL tile; null on the CPU device, whose matmul is BLAS calls on fixed tiles. */
+  tile: MatmulTile | null;
 }
 
 /** 1024³ and the transformer shapes facts.md quotes (M = 2048 tokens). */
@@ -63,14 +72,20 @@ export const BENCH_SHAPES: readonly MatmulShape[] = [
   { m: 2048, k: 128, n: 256 },
 ];
 
+/** Uniform random values in [-0.5, 0.5): zeros could take faster paths on some hardware. */
+function randomF32(length: number): Float32Array {
+  return Float32Array.from({ length }, () => Math.random() - 0.5);
+}
+
 /**
- * Times each shape with its default tile, or with each of `tiles` when given: GPU time is the best
- * of three profiled batches of `repeats` dispatches. Inputs are random
- * (zeros could take faster paths on some hardware). Without timestamp-query the GPU figure falls
- * back to the wall clock.
+ * Times each shape as esflow's matmulStep runs it on `device`. On WebGPU: with its default tile,
+ * or with each of `tiles` when given; GPU time is the best of three profiled batches of `repeats`
+ * dispatches (without timestamp-query the wall clock stands in). On the CPU device: the wall
+ * clock of the fastest of three batches of `repeats` steps, each a native call that cuts the
+ * matmul into tiles of single-threaded sgemms (kernels/cpu/esflow.c esf_matmul).
  */
 export async function benchMatmul(
-  gpu: Gpu,
+  device: Device,
   shapes: readonly MatmulShape[],
   options: { repeats?: number; tiles?: readonly MatmulTile[] } = {},
 ): Promise<MatmulBenchResult[]> {
@@ -78,34 +93,28 @@ export async function benchMatmul(
   const results: MatmulBenchResult[] = [];
   for (const shape of shapes) {
     const { m, k, n } = shape;
-    const x = gpu.createBuffer("bench.x", m * k * 4, "activations");
-    const w = gpu.createBuffer("bench.w", n * k * 4, "activations");
-    const out = gpu.createBuffer("bench.out", m * n * 4, "activations");
-    gpu.write(x, Float32Array.from({ length: m * k }, () => Math.random() - 0.5));
-    gpu.write(w, Float32Array.from({ length: n * k }, () => Math.random() - 0.5));
-    for (const tile of options.tiles ?? [defaultMatmulTile(gpu, shape)]) {
-      const step = matmulStep(gpu, { label: "bench", x, m, k, w, n, out, tile });
-      // Compile and warm up outside the timing.
+    const x = device.createBuffer("bench.x", m * k * 4, "activations");
+    const w = device.createBuffer("bench.w", n * k * 4, "activations");
+    const out = device.createBuffer("bench.out", m * n * 4, "activations");
+    device.write(x, randomF32(m * k));
+    device.write(w, randomF32(n * k));
+    const flop = 2 * m * k * n;
+    if (device.backend !== "webgpu") {
+      const step = matmulStep(device, { label: "bench", x, m, k, w, n, out });
       const tFirst = performance.now();
-      await gpu.scoped(`bench ${m}x${k}x${n}`, async () => {
-        submitSteps(gpu, [step]);
-        await gpu.checkPipelines();
-        await finish(gpu);
-      });
+      device.run([step]);
       const firstMs = performance.now() - tFirst;
       const steps = Array(repeats).fill(step);
-      const t0 = performance.now();
-      submitSteps(gpu, steps);
-      await finish(gpu);
-      const wallMs = performance.now() - t0;
-      // Best of three timed batches: a 2-core VM shares its cores, and slow outliers are noise.
-      let gpuMs = Infinity;
+      // Best of three batches: a 2-core VM shares its cores, and slow outliers are noise.
+      let best = Infinity, wallMs = 0;
       for (let i = 0; i < 3; i++) {
-        const prof = await profileSteps(gpu, steps);
-        gpuMs = Math.min(gpuMs, prof?.totalMs ?? wallMs);
+        const t0 = performance.now();
+        device.run(steps);
+        const ms = performance.now() - t0;
+        if (i === 0) wallMs = ms;
+        best = Math.min(best, ms);
       }
-      const ms = gpuMs / repeats;
-      const flop = 2 * m * k * n;
+      const ms = best / repeats;
       results.push({
         m,
         k,
@@ -114,13 +123,93 @@ export async function benchMatmul(
         wallGflops: flop * repeats / wallMs / 1e6,
         ms,
         firstMs,
-        tile,
+        tile: null,
       });
+    } else {
+      const gpu = device as Gpu;
+      for (const tile of options.tiles ?? [defaultMatmulTile(gpu, shape)]) {
+        const step = matmulStep(gpu, { label: "bench", x, m, k, w, n, out, tile });
+        // Compile and warm up outside the timing.
+        const tFirst = performance.now();
+        await gpu.scoped(`bench ${m}x${k}x${n}`, async () => {
+          submitSteps(gpu, [step]);
+          await gpu.checkPipelines();
+          await finish(gpu);
+        });
+        const firstMs = performance.now() - tFirst;
+        const steps = Array(repeats).fill(step);
+        const t0 = performance.now();
+        submitSteps(gpu, steps);
+        await finish(gpu);
+        const wallMs = performance.now() - t0;
+        // Best of three timed batches: a 2-core VM shares its cores, and slow outliers are noise.
+        let gpuMs = Infinity;
+        for (let i = 0; i < 3; i++) {
+          const prof = await profileSteps(gpu, steps);
+          gpuMs = Math.min(gpuMs, prof?.totalMs ?? wallMs);
+        }
+        const ms = gpuMs / repeats;
+        results.push({
+          m,
+          k,
+          n,
+          gflops: flop / ms / 1e6,
+          wallGflops: flop * repeats / wallMs / 1e6,
+          ms,
+          firstMs,
+          tile,
+        });
+      }
     }
-    for (const b of [x, w, out]) gpu.destroyBuffer(b);
+    for (const b of [x, w, out]) device.destroyBuffer(b);
   }
   return results;
 }
+
+/**
+ * The BLAS itself on one shape: one cblas_sgemm c = a·bᵀ per call with the BLAS's own threads
+ * (kernels/cpu/native.ts sgemmNt at the library's thread count), timed as {@link benchMatmul}
+ * times the CPU device: the fastest of three batches of `repeats` calls, after one untimed call.
+ * Returns GFLOP/s.
+ */
+export function benchSgemm(native: Native, shape: MatmulShape, repeats = 10): number {
+  const { m, k, n } = shape;
+  const a = randomF32(m * k), b = randomF32(n * k), c = new Float32Array(m * n);
+  native.sgemmNt({ m, n, k, a, b, c });
+  let best = Infinity;
+  for (let i = 0; i < 3; i++) {
+    const t0 = performance.now();
+    for (let r = 0; r < repeats; r++) native.sgemmNt({ m, n, k, a, b, c });
+    best = Math.min(best, performance.now() - t0);
+  }
+  return 2 * m * k * n / (best / repeats) / 1e6;
+}
+
+/**
+ * numpy's `a @ b.T` in float32 (one sgemm of numpy's BLAS: Debian's python3-numpy uses the
+ * libblas.so.3 alternative, OpenBLAS once libopenblas0-pthread is installed), timed the same way
+ * as {@link benchSgemm}: the fastest of three batches of `repeats` calls after one untimed call.
+ * Prints one JSON line {gflops, numpy}; exits 3 when numpy is not installed.
+ */
+export const NUMPY_SGEMM = `
+import json, sys, time
+try:
+    import numpy as np
+except ImportError:
+    sys.exit(3)
+m, k, n, repeats = (int(v) for v in sys.argv[1:5])
+rng = np.random.default_rng(1)
+a = rng.random((m, k), dtype=np.float32) - 0.5
+b = rng.random((n, k), dtype=np.float32) - 0.5
+c = a @ b.T
+best = float("inf")
+for _ in range(3):
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        c = a @ b.T
+    best = min(best, time.perf_counter() - t0)
+print(json.dumps({"gflops": 2 * m * k * n / (best / repeats) / 1e9, "numpy": np.__version__}))
+`;
 
 /** The MLP shapes of the fused SwiGLU benchmark: the tiny model's, and a Qwen3-0.6B-like one. */
 export const SWIGLU_BENCH_SHAPES: readonly MatmulShape[] = [
@@ -258,10 +347,11 @@ async function printMatmul(
   const results = await benchMatmul(gpu, shapes, options);
   for (const r of results) {
     const def = defaultMatmulTile(gpu, r);
-    const mark = def.tm === r.tile.tm && def.tn === r.tile.tn ? " (default)" : "";
+    const tile = r.tile ?? def;
+    const mark = def.tm === tile.tm && def.tn === tile.tn ? " (default)" : "";
     console.log(
       `${String(r.m).padStart(4)}  ${String(r.k).padStart(4)}  ${String(r.n).padStart(4)}  ` +
-        `${`${r.tile.tm}x${r.tile.tn}`.padEnd(6)}${r.ms.toFixed(2).padStart(8)}` +
+        `${`${tile.tm}x${tile.tn}`.padEnd(6)}${r.ms.toFixed(2).padStart(8)}` +
         `${r.gflops.toFixed(1).padStart(9)}${r.wallGflops.toFixed(1).padStart(14)}` +
         `${r.firstMs.toFixed(0).padStart(10)}${mark}`,
     );

@@ -13,6 +13,8 @@ torch's own CPU kernels (OpenBLAS through Debian's python3-torch).
 
 Debian's python3-torch (1.13) with libopenblas0-pthread installed uses OpenBLAS.
 
+Exits 3, with one line on stderr, when PyTorch is not installed.
+
 Prints population-tokens per second (N·M·(T−1) scored tokens over the seconds of one whole
 iteration), and with --json one JSON line. --lowrank R perturbs every matrix by σ·A·Bᵀ/√R
 (EGGROLL) with the members' shared x·Wᵀ computed once per layer, as esflow's low-rank mode does.
@@ -22,6 +24,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 
 # The fastest of the configurations tried on 2 cores (tiny preset, N=30, M=32, T=64): torch's
@@ -30,7 +33,13 @@ import time
 # with both on 2. Set before torch loads OpenBLAS; an explicit setting wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import torch  # noqa: E402
+try:
+    import torch  # noqa: E402
+except ImportError:
+    # The bench reads exit code 3 as "no peer on this machine" and says so in a note.
+    print("torch_es.py: PyTorch is not installed (Debian: apt-get install python3-torch)",
+          file=sys.stderr)
+    sys.exit(3)
 
 CONFIG = dict(hidden=128, intermediate=384, layers=4, heads=4, kv_heads=2, head_dim=32,
               vocab=256, eps=1e-6, rope_theta=10000.0)
