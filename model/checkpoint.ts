@@ -25,6 +25,7 @@ import {
   writeTextAtomic,
 } from "./safetensors_index.ts";
 import { qwen3TensorSpecs } from "./weights.ts";
+import { faultPoint } from "../pipeline/faults.ts";
 
 /** The single-file weights name. */
 export const WEIGHTS_FILE = "model.safetensors";
@@ -192,7 +193,9 @@ export interface SaveCheckpointOptions {
  * directory beside `dir`, which is then renamed to `dir`. A crash leaves either no `dir` (or
  * the old one) or the complete new one, never a half-written checkpoint under the final name;
  * the temporary directory is removed on failure. With `overwrite`, the old `dir` is moved aside
- * before the rename and deleted after it.
+ * before the rename and deleted after it. A process killed in between leaves `.NAME.PID-TAG.tmp`
+ * (and `.NAME.PID-TAG.old`) beside `dir`: pipeline/run_dir.ts cleanRunDir puts the old one back
+ * when `dir` is missing and removes the rest.
  */
 export async function saveCheckpoint(dir: string, options: SaveCheckpointOptions): Promise<void> {
   const { config } = options;
@@ -212,8 +215,10 @@ export async function saveCheckpoint(dir: string, options: SaveCheckpointOptions
   const temp = joinPath(parent, `.${base}.${tag}.tmp`);
   await Deno.mkdir(temp);
   try {
+    faultPoint("checkpoint.temp");
     const savedConfig: Qwen3Config = { ...config, torchDtype: TORCH_DTYPE_OF[dtype] };
     await writeTextAtomic(joinPath(temp, "config.json"), formatQwen3Config(savedConfig));
+    faultPoint("checkpoint.config");
     const layout = qwen3TensorSpecs(config);
     const expected = new Set(layout.map((s) => s.name));
     await writeShardedSafetensors(temp, onlyModelTensors(options.tensors, { expected, config }), {
@@ -221,13 +226,16 @@ export async function saveCheckpoint(dir: string, options: SaveCheckpointOptions
       layout,
       maxShardBytes: options.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES,
     });
+    faultPoint("checkpoint.weights");
     for (const [name, content] of Object.entries(options.files ?? {})) {
       if (name.includes("/") || name === "config.json" || name.endsWith(".safetensors")) {
         throw new Error(`saveCheckpoint: extra file name "${name}" is not allowed`);
       }
       await writeTextAtomic(joinPath(temp, name), content);
     }
+    faultPoint("checkpoint.files");
     await syncDir(temp);
+    faultPoint("checkpoint.synced");
   } catch (err) {
     await Deno.remove(temp, { recursive: true }).catch(() => {});
     throw err;
@@ -238,6 +246,7 @@ export async function saveCheckpoint(dir: string, options: SaveCheckpointOptions
   if (exists) {
     aside = joinPath(parent, `.${base}.${tag}.old`);
     await Deno.rename(final, aside);
+    faultPoint("checkpoint.aside");
   }
   try {
     await Deno.rename(temp, final);
@@ -246,6 +255,7 @@ export async function saveCheckpoint(dir: string, options: SaveCheckpointOptions
     await Deno.remove(temp, { recursive: true }).catch(() => {});
     throw err;
   }
+  faultPoint("checkpoint.renamed");
   await syncDir(parent);
   if (aside) await Deno.remove(aside, { recursive: true });
 }
@@ -261,5 +271,7 @@ async function* onlyModelTensors(
       throw new Error(`saveCheckpoint: tensor "${t.name}" is not part of this Qwen3 config`);
     }
     yield t;
+    // The writer has taken the tensor (it is on its way into the file).
+    faultPoint("checkpoint.tensor");
   }
 }

@@ -40,6 +40,9 @@ export interface Qwen3Config {
   torchDtype: string;
 }
 
+/** The most layers a config may have (Qwen3 models have 28 to 94). */
+export const MAX_LAYERS = 4096;
+
 /** The element types a config's torch_dtype may name. */
 export const TORCH_DTYPES = ["float32", "bfloat16", "float16"] as const;
 
@@ -114,6 +117,14 @@ export function parseQwen3Config(json: unknown, options: { file: string }): Qwen
   const hiddenSize = positiveInt("hidden_size");
   const intermediateSize = positiveInt("intermediate_size");
   const numLayers = positiveInt("num_hidden_layers");
+  // Every layer is a dozen tensors listed before anything is allocated: a typo such as 1e9
+  // would exhaust memory listing them. The largest Qwen3 has 94 layers.
+  if (numLayers > MAX_LAYERS) {
+    fail(
+      `"num_hidden_layers" ${numLayers} is more layers than esflow can hold (at most ${MAX_LAYERS}; ` +
+        `Qwen3 models have 28 to 94); fix config.json`,
+    );
+  }
   const numHeads = positiveInt("num_attention_heads");
   const numKvHeads = positiveInt("num_key_value_heads", numHeads);
   if (numHeads % numKvHeads !== 0) {

@@ -13,6 +13,7 @@ import {
 } from "../kernels/tensor.ts";
 import type { TensorData, TensorStream } from "./safetensors.ts";
 import { type Checkpoint, openCheckpoint } from "./checkpoint.ts";
+import { UserError } from "../pipeline/errors.ts";
 
 /** Weights on the device by HF tensor name. */
 export type DeviceWeights = Map<string, DeviceTensor>;
@@ -49,10 +50,71 @@ export async function* downloadWeights(
   }
 }
 
-/** A checkpoint's tensors read lazily, one at a time, in name order. */
+/** Weights with NaN or ±Inf in them: which tensor, and how many of its values. */
+export class NonFiniteWeights extends UserError {
+  override name = "NonFiniteWeights";
+  readonly tensor: string;
+  readonly count: number;
+  constructor(o: { source: string; tensor: string; count: number; total: number }) {
+    super(
+      `${o.source}: tensor ${o.tensor} has ${o.count} non-finite values (NaN or ±Inf) of ` +
+        `${o.total}; these weights come from a run that diverged or a damaged file: ` +
+        `use an earlier checkpoint`,
+    );
+    this.tensor = o.tensor;
+    this.count = o.count;
+  }
+}
+
+/** Non-finite elements of `data` (NaN, ±Inf). */
+export function countNonFinite(data: Float32Array): number {
+  let n = 0;
+  for (let i = 0; i < data.length; i++) {
+    // x − x is 0 for every finite x and NaN for NaN and ±Inf.
+    if (data[i] - data[i] !== 0) n++;
+  }
+  return n;
+}
+
+/**
+ * Passes tensors through, throwing {@link NonFiniteWeights} at the first one that holds NaN or
+ * ±Inf (before it is handed on: a checkpoint writer then removes its temp dir).
+ */
+export async function* finiteTensors(
+  tensors: TensorStream,
+  o: { source: string },
+): AsyncGenerator<TensorData> {
+  for await (const t of tensors) {
+    const count = countNonFinite(t.data);
+    if (count > 0) {
+      throw new NonFiniteWeights({
+        source: o.source,
+        tensor: t.name,
+        count,
+        total: t.data.length,
+      });
+    }
+    yield t;
+  }
+}
+
+/**
+ * A checkpoint's tensors read lazily, one at a time, in name order. A tensor with NaN or ±Inf
+ * is a {@link NonFiniteWeights} error naming the file: esflow never computes with such weights.
+ */
 export async function* checkpointTensors(ckpt: Checkpoint): AsyncGenerator<TensorData> {
   for (const [name, entry] of ckpt.tensors) {
-    yield { name, shape: entry.shape, data: await ckpt.read(name) };
+    const data = await ckpt.read(name);
+    const count = countNonFinite(data);
+    if (count > 0) {
+      throw new NonFiniteWeights({
+        source: ckpt.dir.replace(/\/+$/, ""),
+        tensor: name,
+        count,
+        total: data.length,
+      });
+    }
+    yield { name, shape: entry.shape, data };
   }
 }
 

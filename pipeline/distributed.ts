@@ -50,6 +50,7 @@ import {
   runSetup,
 } from "./run.ts";
 import { RedisBus, type StreamEntry } from "./distributed/bus.ts";
+import { checkRunFits } from "./limits.ts";
 
 export { parseRedisUrl, RedisBus, RedisGone } from "./distributed/bus.ts";
 
@@ -646,6 +647,8 @@ async function serveSession(
     overrides: { iterations: Number(meta.iterations), seed: Number(meta.seed), out: meta.out },
   });
   const run = await resolvePipeline(loaded);
+  // Sizes against this worker's device, before anything is allocated.
+  await checkRunFits(gpu, run);
   const setup = runSetup(run);
   const ledgerFrom = Number(meta.ledger_from);
 

@@ -11,6 +11,7 @@ import { openCheckpoint } from "../model/checkpoint.ts";
 import { checkpointTensors, uploadWeights } from "../model/device_weights.ts";
 import { Qwen3Forward, type TokenBatch, validateBatch } from "../model/forward.ts";
 import { loadTokenizer } from "../tokenizers/mod.ts";
+import { checkWeightsFit } from "./limits.ts";
 
 /** Samples to score: a right-padded batch, with where it came from for messages. */
 export interface Samples {
@@ -108,17 +109,38 @@ export async function evaluate(
           `has vocab_size ${config.vocabSize}; use the model's own tokenizer`,
       );
     }
-    const longest = Math.max(...samples.batch.inputIds.map((r) => r.length));
-    const maxLen = options.maxLen ?? longest;
-    if (maxLen > config.maxPositionEmbeddings) {
-      throw new UserError(
-        `max length ${maxLen} exceeds the model's max_position_embeddings ${config.maxPositionEmbeddings}`,
-      );
-    }
     validateBatch(samples.batch, {
       vocabSize: config.vocabSize,
       maxSeqLen: Infinity,
       source: samples.source,
+    });
+    const positions = config.maxPositionEmbeddings;
+    if (options.maxLen !== undefined && options.maxLen > positions) {
+      throw new UserError(
+        `--max-len ${options.maxLen} exceeds the max_position_embeddings ${positions} of ` +
+          `${modelDir}/config.json; use --max-len ${positions} or less`,
+      );
+    }
+    const lengths = samples.batch.inputIds.map((r) => r.length);
+    const longest = Math.max(...lengths);
+    const maxLen = options.maxLen ?? longest;
+    if (maxLen > positions) {
+      const row = lengths.findIndex((n) => n > positions);
+      throw new UserError(
+        `${samples.source}: row ${row} has ${lengths[row]} tokens, more than the ` +
+          `max_position_embeddings ${positions} of ${modelDir}/config.json; shorten it, or pass ` +
+          `--max-len ${positions} to score the first ${positions} tokens of each row`,
+      );
+    }
+    // Right padding only: a 0 before a 1 would score tokens the model never saw in context.
+    samples.batch.attentionMask.forEach((m, b) => {
+      const hole = m.findIndex((v, t) => v === 0 && m.slice(t + 1).includes(1));
+      if (hole >= 0) {
+        throw new UserError(
+          `${samples.source}: row ${b}: attention_mask has a 0 at position ${hole} before a 1; ` +
+            `esflow scores right-padded rows (1s, then 0s): drop the masked tokens or move the padding to the end`,
+        );
+      }
     });
     const batch = truncate(samples.batch, maxLen);
     batch.attentionMask.forEach((m, b) => {
@@ -130,6 +152,7 @@ export async function evaluate(
     });
     const gpu = await acquireDevice({ shardBytes: options.shardBytes, backend: options.backend });
     try {
+      checkWeightsFit(config, { backend: gpu.backend, source: `${modelDir}/config.json` });
       const weights = await uploadWeights(gpu, checkpointTensors(ckpt));
       const micro = options.batch ?? 16;
       const fwd = new Qwen3Forward(gpu, config, weights, {
@@ -145,6 +168,15 @@ export async function evaluate(
         tokens += r.tokens;
       }
       const seconds = (performance.now() - t0) / 1000;
+      const bad = perSample.findIndex((r) => !Number.isFinite(r));
+      if (bad >= 0) {
+        throw new UserError(
+          `${modelDir}: the model's score of row ${bad} of ${samples.source} is not finite ` +
+            `(${
+              perSample[bad]
+            }); its weights overflow f32 on this input: use an earlier checkpoint`,
+        );
+      }
       fwd.destroy();
       for (const t of weights.values()) destroyTensor(gpu, t);
       return {

@@ -30,7 +30,7 @@ import type { Tokenizer } from "../tokenizers/mod.ts";
 import "./stages/mod.ts";
 import { maxLowRank } from "./stages/perturb.ts";
 import { fitnessBatching } from "./stages/fitness.ts";
-import type { DatasetImpl, ModelImpl, PerturbImpl } from "./stages/types.ts";
+import type { DatasetImpl, ModelImpl, PerturbImpl, UpdateImpl } from "./stages/types.ts";
 
 /** The embedded default pipeline that `deno task train` runs with no argument. */
 export const DEFAULT_PIPELINE_PATH: string = fileURLToPath(
@@ -64,6 +64,11 @@ export interface LoadedPipeline {
   text: string;
   /** "file:line:col" of the deepest node of the document that exists on `path`. */
   where(path: KeyPath): string;
+  /**
+   * Settings that load but are likely mistakes (a micro_batch larger than the samples it
+   * batches), each one line `file:line:col: key: what and the fix`; train prints them.
+   */
+  warnings: string[];
 }
 
 /** One fault found in a pipeline, before it is placed and formatted. */
@@ -76,6 +81,8 @@ export interface PipelineIssue {
   atKey?: boolean;
   /** Path to name in the prefix when it differs from `path` (a missing key names its parent). */
   at?: KeyPath;
+  /** A likely mistake rather than an error: reported, and the pipeline still runs. */
+  warning?: boolean;
 }
 
 /**
@@ -159,10 +166,14 @@ export function loadPipelineText(
   const spec = parsed.data as unknown as PipelineSpec;
 
   const semantic = crossFieldIssues(spec);
-  if (semantic.length > 0) fail(semantic);
+  const errors = semantic.filter((i) => !i.warning);
+  if (errors.length > 0) fail(errors);
+  const warnings = semantic.filter((i) => i.warning).map((i) =>
+    `${pos(locate(i.path, i.atKey))}: ${(i.at ?? i.path).join(".")}: ${i.message}`
+  );
 
   applyOverrides(spec, options.overrides ?? {}, schema);
-  return { spec, file, baseDir: dirname(resolvePath(file)), text, where };
+  return { spec, file, baseDir: dirname(resolvePath(file)), text, where, warnings };
 }
 
 /** " (+N more)" when there are other faults, so the user knows to run again after fixing one. */
@@ -507,7 +518,32 @@ interface CheckedStages {
   dataset: DatasetImpl;
   model: ModelImpl;
   perturb: PerturbImpl;
+  update: UpdateImpl;
   fitness: ReturnType<typeof fitnessBatching>;
+}
+
+/** The largest finite f32, 2^128 − 2^104: the kernels compute σ, α and θ in f32. */
+export const F32_MAX = 3.4028234663852886e38;
+/** The smallest positive f32 (a subnormal): below it a value rounds to 0 in the kernels. */
+export const F32_MIN_POSITIVE = 1.401298464324817e-45;
+
+/**
+ * σ or α outside what f32 kernels can hold: above F32_MAX it is Inf, below the smallest f32 it
+ * is 0, and (for σ) a scale whose noise σ·ε overflows f32 (ε reaches about ±6) is no better.
+ */
+function f32RangeIssue(path: KeyPath, v: number, o: { name: string; typical: string }) {
+  const max = path[0] === "perturb" ? F32_MAX / 8 : F32_MAX;
+  if (v <= max && Math.fround(v) >= F32_MIN_POSITIVE) return [];
+  return [{
+    path,
+    message: `${o.name} ${v} is outside the f32 range the kernels compute in (${
+      v > max
+        ? `above ${max.toPrecision(3)}, its ${
+          path[0] === "perturb" ? "noise" : "step"
+        } overflows to Inf`
+        : `below ${F32_MIN_POSITIVE.toPrecision(2)}, it rounds to 0`
+    }); use a value like ${o.typical}`,
+  }];
 }
 
 /**
@@ -526,6 +562,37 @@ interface CrossCheck {
  * Each issue names the key to edit, so the error points at its file:line:col.
  */
 const CROSS_CHECKS: CrossCheck[] = [
+  {
+    phase: "load",
+    check: ({ perturb, update }) => [
+      ...f32RangeIssue(["perturb", "sigma"], perturb.sigma, { name: "σ", typical: "1e-3" }),
+      ...(update !== undefined && typeof update.alpha === "number"
+        ? f32RangeIssue(["update", "alpha"], update.alpha, { name: "α", typical: "5e-4" })
+        : []),
+      ...(update?.nes && update.alpha / perturb.sigma > F32_MAX
+        ? [{
+          path: ["update", "alpha"],
+          message: `with nes: true the step is α/σ = ${
+            update.alpha / perturb.sigma
+          }, beyond f32; use a smaller alpha, a larger sigma, or nes: false`,
+        }]
+        : []),
+    ],
+  },
+  {
+    phase: "load",
+    check: ({ dataset, fitness }) =>
+      fitness.micro_batch > dataset.samplesPerIteration
+        ? [{
+          path: ["fitness", "micro_batch"],
+          warning: true,
+          message:
+            `${fitness.micro_batch} is more than the ${dataset.samplesPerIteration} samples per ` +
+            `iteration: every iteration is one micro-batch of ${dataset.samplesPerIteration}, and ` +
+            `the activations are sized for ${fitness.micro_batch}; use micro_batch ≤ ${dataset.samplesPerIteration}`,
+        }]
+        : [],
+  },
   {
     phase: "load",
     check: ({ perturb: p }) =>
@@ -646,6 +713,7 @@ export function crossFieldIssues(spec: PipelineSpec, facts?: ResolvedFacts): Pip
     dataset: createStage(spec, "dataset"),
     model: createStage(spec, "model"),
     perturb: createStage(spec, "perturb"),
+    update: createStage(spec, "update"),
     fitness: fitnessBatching(spec.fitness),
   };
   const phase = facts ? "resolve" : "load";

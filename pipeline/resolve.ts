@@ -37,6 +37,11 @@ export interface ResolvedPipeline {
   };
   /** output.dir, or runs/<name>; relative paths are relative to the working directory. */
   outDir: string;
+  /**
+   * Likely mistakes that still run (load.ts's and the stages': a micro_batch above the samples,
+   * a corpus with invalid UTF-8), one line each with the place and the fix.
+   */
+  warnings: string[];
 }
 
 /**
@@ -45,11 +50,13 @@ export interface ResolvedPipeline {
  */
 export async function resolvePipeline(loaded: LoadedPipeline): Promise<ResolvedPipeline> {
   const { spec } = loaded;
+  const warnings = [...(loaded.warnings ?? [])];
   const ctx: StageContext = {
     baseDir: loaded.baseDir,
     file: loaded.file,
     seed: spec.seed,
     where: loaded.where,
+    warn: (message) => warnings.push(message),
   };
 
   // Stages run in document order, so the first fault thrown is the first in the file.
@@ -59,7 +66,11 @@ export async function resolvePipeline(loaded: LoadedPipeline): Promise<ResolvedP
   const { config } = model;
 
   const issues = crossFieldIssues(spec, { texts, tokenizer, config });
-  if (issues.length > 0) throw issuesError(loaded, issues);
+  const errors = issues.filter((i) => !i.warning);
+  if (errors.length > 0) throw issuesError(loaded, errors);
+  for (const i of issues.filter((i) => i.warning)) {
+    warnings.push(`${loaded.where(i.path)}: ${(i.at ?? i.path).join(".")}: ${i.message}`);
+  }
 
   return {
     loaded,
@@ -69,6 +80,7 @@ export async function resolvePipeline(loaded: LoadedPipeline): Promise<ResolvedP
     texts,
     model: { source: model.source, tensors: model.tensors },
     outDir: spec.output.dir ?? join("runs", spec.name),
+    warnings,
   };
 }
 

@@ -4,17 +4,26 @@
  * Run state is one plain object ({@link RunState}) saved whole in each checkpoint's state.json.
  * Everything else a resumed run needs — the data subset of iteration t, σ_t and α_t, the noise —
  * is a pure function of (seed, t), so a run stopped after iteration k and resumed reaches the
- * same bytes at iteration K as one that never stopped.
+ * same bytes at iteration K as one that never stopped. The run dir's files, and the checks a
+ * resume makes before it continues (the pipeline, the data, θ's checksum, the backend), are in
+ * pipeline/run_dir.ts.
+ *
+ * Reliability, as the loop keeps it: a kill at any moment loses at most one checkpoint interval
+ * (checkpoints appear atomically; the next start cleans what a killed write left), and a run
+ * whose numbers turn non-finite stops with the last good checkpoint intact and no checkpoint of
+ * the bad θ.
  *
  * @module
  */
 import type { Qwen3Config } from "../model/config.ts";
 import type { TensorStream } from "../model/safetensors.ts";
 import { saveCheckpoint } from "../model/checkpoint.ts";
-import { openCheckpointTensors } from "../model/device_weights.ts";
+import { finiteTensors, NonFiniteWeights, openCheckpointTensors } from "../model/device_weights.ts";
+import { paramCount } from "../model/presets.ts";
 import type { Tokenizer } from "../tokenizers/mod.ts";
 import type { Device } from "../kernels/device.ts";
 import type { StorageDtype } from "../kernels/tensor.ts";
+import { WeightsChecksum } from "../kernels/checksum.ts";
 import { UserError } from "./errors.ts";
 import { createStage, type PipelineSpec } from "./spec.ts";
 import { specEngineOptions } from "./engine_options.ts";
@@ -32,6 +41,41 @@ import type { PackedBatches } from "./data.ts";
 import { type EsStrategy, type EsTell, strategyFromSpec } from "./strategy.ts";
 import { fitnessBatching } from "./stages/fitness.ts";
 import type { TokenBatch } from "../model/forward.ts";
+import { F32_MAX, F32_MIN_POSITIVE, type KeyPath } from "./load.ts";
+import type { Plan } from "./compile.ts";
+import { checkRunFits, formatBytes } from "./limits.ts";
+import { blockIteration, faultPoint } from "./faults.ts";
+import {
+  appendMetrics,
+  checkOutDir,
+  type CheckpointRef,
+  checkThetaChecksum,
+  cleanRunDir,
+  dataDigest,
+  exists,
+  holdsRun,
+  isDiskFull,
+  latestCheckpoint,
+  makeRunDir,
+  type MetricsLine,
+  pipelineDigest,
+  pipelineKey,
+  readManifest,
+  type ResumeTarget,
+  RUN_MANIFEST_FORMAT,
+  RUN_STATE_FORMAT,
+  runDirError,
+  type RunState,
+  sealState,
+  truncateMetrics,
+  verifyManifest,
+  verifyResume,
+  writeManifest,
+} from "./run_dir.ts";
+
+// The run dir's formats live in run_dir.ts; these names stay importable from here (mod.ts).
+export { exists, latestCheckpoint } from "./run_dir.ts";
+export type { MetricsLine, RunState } from "./run_dir.ts";
 
 /** What a run needs from a resolved pipeline. */
 export interface RunInputs {
@@ -41,35 +85,8 @@ export interface RunInputs {
   texts: string[];
   model: { tensors: () => TensorStream };
   outDir: string;
-}
-
-/**
- * One line of metrics.jsonl. The step's diagnostics come from the strategy's `tell`
- * (pipeline/strategy.ts StepDiagnostics has their formulas); they are absent from lines written
- * before they existed.
- */
-export interface MetricsLine {
-  iter: number;
-  fitness_mean: number;
-  fitness_max: number;
-  fitness_min: number;
-  /** Held-out mean negative log-likelihood per token of θ_t (before iteration t's update). */
-  eval_loss?: number;
-  sigma: number;
-  alpha: number;
-  seconds: number;
-  /** Population × scored tokens per second over the whole iteration. */
-  tokens_per_s: number;
-  /** Population standard deviation (1/N) of the raw fitness. */
-  fitness_std?: number;
-  /** fitness_max − fitness_min. */
-  fitness_spread?: number;
-  /** sqrt(E‖Δθ‖²) of the update over the noise: expected, not measured. */
-  update_norm_expected?: number;
-  /** update_norm_expected / ‖θ_t‖, when the engine provides ‖θ_t‖ (not yet). */
-  update_ratio_expected?: number;
-  /** Antithetic pairs (K ≥ 2): sqrt(Σ odd² / Σ even²) of the pairs' fitness. */
-  pair_snr?: number;
+  /** The pipeline file's places, for messages (a ResolvedPipeline has it). */
+  loaded?: { where(path: KeyPath): string };
 }
 
 /** The diagnostics of a step as metrics.jsonl fields. */
@@ -83,26 +100,6 @@ function diagnosticsFields(d: EsTell["diagnostics"]): Partial<MetricsLine> {
       : {}),
     ...(d.pairSnr !== undefined ? { pair_snr: d.pairSnr } : {}),
   };
-}
-
-/** The run state saved in state.json: enough, with the pipeline, to continue exactly. */
-export interface RunState {
-  format: "esflow-run-state/1";
-  /** Iterations completed: θ in this checkpoint is θ_iteration. */
-  iteration: number;
-  /** Total iterations the run was asked for when this was written. */
-  iterations: number;
-  seed: number;
-  /** σ and α of the next iteration (pure functions of the iteration; recorded for readers). */
-  sigma: number;
-  alpha: number;
-  /** The data state: the split sizes and the per-iteration subset size, all from the seed. */
-  data: { samples: number; train: number; holdout: number; samples_per_iteration: number };
-  /** The pipeline that produced it, minus the keys a resume may change. */
-  pipeline: Omit<PipelineSpec, "iterations" | "output" | "backend">;
-  /** The backend (webgpu, cpu) and device that ran it. */
-  backend?: string;
-  adapter: string;
 }
 
 /** Options of {@link runTraining}. */
@@ -125,6 +122,20 @@ export interface RunOptions {
   onCheckpoint?: (dir: string, iteration: number) => void;
   /** Stops after the current iteration (with a checkpoint) when it returns true. */
   shouldStop?: () => boolean;
+  /**
+   * Resume on another backend than the run's (`--allow-backend-change`): backends agree to
+   * ~1e-5, not bit for bit, so the trajectory changes. Default false: a resume refuses.
+   */
+  allowBackendChange?: boolean;
+  /** One-line notes for the user: leftovers of a killed write cleaned, another device. */
+  onNote?: (line: string) => void;
+  /**
+   * Called once every check has passed, right before the first iteration: from here on the run
+   * trains (train prints the status server's address here, so a refusal stays one line).
+   */
+  onStart?: (o: { iteration: number; total: number }) => void;
+  /** The plan {@link checkRunFits} made for this device, when the caller already checked. */
+  plan?: Plan | null;
 }
 
 /** What an evaluator is asked to score. */
@@ -149,6 +160,8 @@ export interface RunSummary {
   startedAt: number;
   lastLine?: MetricsLine;
   stopped: boolean;
+  /** A resume of a run whose final/ already holds every iteration asked for: nothing ran. */
+  alreadyDone?: boolean;
 }
 
 /** Rounds a micro-batch's length up to a multiple of 16 (≤ maxLen) so few distinct shapes compile. */
@@ -239,80 +252,25 @@ export function runSetup(
   };
 }
 
-/** The latest checkpoint of a run dir: final/ or checkpoints/iter-N with the most iterations. */
-export async function latestCheckpoint(
-  outDir: string,
-): Promise<{ dir: string; state: RunState } | null> {
-  const candidates: string[] = [`${outDir}/final`];
-  try {
-    for await (const e of Deno.readDir(`${outDir}/checkpoints`)) {
-      if (e.isDirectory && /^iter-\d+$/.test(e.name)) {
-        candidates.push(`${outDir}/checkpoints/${e.name}`);
-      }
-    }
-  } catch { /* no checkpoints yet */ }
-  let best: { dir: string; state: RunState } | null = null;
-  for (const dir of candidates) {
-    let state: RunState;
-    try {
-      state = JSON.parse(await Deno.readTextFile(`${dir}/state.json`));
-    } catch {
-      continue;
-    }
-    if (!best || state.iteration > best.state.iteration) best = { dir, state };
-  }
-  return best;
-}
-
-function stableJson(v: unknown): string {
-  return JSON.stringify(
-    v,
-    (_k, x) =>
-      x && typeof x === "object" && !Array.isArray(x)
-        ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => a.localeCompare(b)))
-        : x,
-  );
-}
-
-/** Appends lines to metrics.jsonl (fsynced: a crash loses at most the line being written). */
-async function appendMetrics(path: string, line: MetricsLine): Promise<void> {
-  const f = await Deno.open(path, { append: true, create: true });
-  try {
-    await f.write(new TextEncoder().encode(JSON.stringify(line) + "\n"));
-    await f.sync();
-  } finally {
-    f.close();
-  }
-}
-
-/** Keeps the metrics lines of iterations before `iteration` (a resume rewrites the rest). */
-async function truncateMetrics(path: string, iteration: number): Promise<void> {
-  let text: string;
-  try {
-    text = await Deno.readTextFile(path);
-  } catch {
-    return;
-  }
-  // A line cut short by a crash does not parse: it belongs to an iteration that is rerun.
-  const kept = text.split("\n").filter((l) => {
-    try {
-      return l.trim() !== "" && JSON.parse(l).iter < iteration;
-    } catch {
-      return false;
-    }
-  });
-  const tmp = `${path}.tmp`;
-  await Deno.writeTextFile(tmp, kept.map((l) => l + "\n").join(""));
-  const f = await Deno.open(tmp, { read: true, write: true });
-  await f.sync();
-  f.close();
-  await Deno.rename(tmp, path);
+/**
+ * A run stopped because its numbers left the f32 range: non-finite fitness, or a θ with NaN or
+ * ±Inf when it would be checkpointed. Nothing of the bad iteration is written; the message
+ * names the iteration, the likely cause and the last good checkpoint.
+ */
+export class NonFiniteRun extends UserError {
+  override name = "NonFiniteRun";
 }
 
 /**
  * Trains: the ES loop of EA4LLM from iteration 0 (or from the latest checkpoint with `resume`)
  * to spec.iterations, writing metrics.jsonl, checkpoints/iter-N every output.checkpoint_every
  * iterations, and final/.
+ *
+ * Before anything is allocated or written: the output dir is checked (not a file, not under a
+ * file), the plan is checked against the device ({@link checkRunFits}), and a resume verifies
+ * what it continues (pipeline/run_dir.ts verifyResume, then θ's checksum once θ is on the
+ * device). A resume with no checkpoint yet (killed before the first one completed) starts over
+ * from iteration 0 after checking run.json.
  */
 export async function runTraining(
   device: Device,
@@ -326,71 +284,166 @@ export async function runTraining(
   const N = strategy.population;
   const heldPacked = setup.heldOutPacked;
   const heldTokens = setup.heldOutTokens;
+  const note = options.onNote ?? (() => {});
+  const total = spec.iterations;
+
+  await checkOutDir(outDir);
+  if (options.plan === undefined) await checkRunFits(device, run);
+
+  // What this process would continue: compared with state.json (or run.json) on resume.
+  const key = pipelineKey(spec);
+  const data = {
+    samples: tokens.length,
+    train: split.train.length,
+    holdout: split.holdout.length,
+    samples_per_iteration: M,
+  };
+  const target: ResumeTarget = {
+    key,
+    pipelineDigest: await pipelineDigest(key),
+    dataDigest: await dataDigest(tokens),
+    data,
+    backend: device.backend,
+    adapter: device.name,
+    iterations: total,
+    allowBackendChange: options.allowBackendChange,
+    dataWhere: run.loaded
+      ? `${run.loaded.where(["dataset", "path"])}: dataset.path ${String(spec.dataset.path)}`
+      : undefined,
+  };
 
   // Where to start: fresh, or the latest checkpoint of this run dir.
   let start = 0;
   let tensors: TensorStream = run.model.tensors();
-  const pipelineKey = (() => {
-    const { iterations: _i, output: _o, backend: _b, ...rest } = spec;
-    return rest;
-  })();
+  let from: CheckpointRef | null = null;
+  const cleaned = async () => {
+    const c = await cleanRunDir(outDir);
+    for (const d of c.restored) {
+      note(`put back ${d}, which a killed checkpoint write had moved aside`);
+    }
+    if (c.removed.length > 0) {
+      note(`removed ${c.removed.length} leftover(s) of a killed write: ${c.removed.join(", ")}`);
+    }
+  };
   if (options.resume) {
-    const latest = await latestCheckpoint(outDir);
-    if (!latest) {
+    if (!(await holdsRun(outDir))) {
       throw new UserError(
-        `${outDir}: no checkpoint to resume from (no final/ or checkpoints/iter-N/)`,
+        `${outDir}: no checkpoint to resume from (no final/ or checkpoints/iter-N/, no run.json); ` +
+          `start it without --resume`,
       );
     }
-    if (stableJson(latest.state.pipeline) !== stableJson(pipelineKey)) {
-      throw new UserError(
-        `${latest.dir}/state.json: this run was made by a different pipeline (or seed); resume it with the same one`,
-      );
+    await cleaned();
+    from = await latestCheckpoint(outDir, { strict: true });
+    if (from) {
+      const v = await verifyResume(from, target);
+      if (v.note) note(v.note);
+      start = from.state.iteration;
+      tensors = await openCheckpointTensors(from.dir);
+    } else {
+      // Killed before its first checkpoint completed: nothing to continue but the start.
+      const manifest = await readManifest(outDir);
+      if (manifest) verifyManifest(outDir, manifest, target);
+      note(`${outDir} has no checkpoint yet: starting over from iteration 0`);
     }
-    start = latest.state.iteration;
-    tensors = await openCheckpointTensors(latest.dir);
-  } else if (
-    await exists(`${outDir}/metrics.jsonl`) || await exists(`${outDir}/checkpoints`) ||
-    await exists(`${outDir}/final`)
-  ) {
+  } else if (await holdsRun(outDir)) {
     throw new UserError(
       `${outDir} already holds a run; continue it with --resume or choose another --out`,
     );
+  } else {
+    await cleaned();
   }
 
   const engine = await EsEngine.create(device, setup.engineOptions(tensors));
+  const checksum = new WeightsChecksum(device, engine.names.map((n) => engine.theta.get(n)!));
+  if (from) checkThetaChecksum(from, await checksum.compute());
+  const finalDir = `${outDir}/final`;
+  const startedAt = performance.now();
+  if (from && start === total && from.dir === finalDir) {
+    // Resumed to the length it already has: final/ is the answer; rewrite nothing.
+    checksum.destroy();
+    engine.destroy();
+    return { outDir, finalDir, iterations: total, startedAt, stopped: false, alreadyDone: true };
+  }
   engine.setHeldOut(heldPacked);
 
-  await Deno.mkdir(outDir, { recursive: true });
   const metricsPath = `${outDir}/metrics.jsonl`;
-  if (options.resume) await truncateMetrics(metricsPath, start);
+  const writing = async (path: string, fn: () => Promise<void>) => {
+    try {
+      await fn();
+    } catch (e) {
+      throw runDirError(e, path) ?? e;
+    }
+  };
+  await makeRunDir(outDir);
+  if (!(await exists(`${outDir}/run.json`))) {
+    await writing(`${outDir}/run.json`, () =>
+      writeManifest(outDir, {
+        format: RUN_MANIFEST_FORMAT,
+        name: spec.name,
+        seed: spec.seed,
+        pipeline: key,
+        pipeline_digest: target.pipelineDigest,
+        data_digest: target.dataDigest,
+        backend: device.backend,
+        adapter: device.name,
+      }));
+    faultPoint("run.manifest");
+  }
+  if (options.resume) await writing(metricsPath, () => truncateMetrics(metricsPath, start));
+  options.onStart?.({ iteration: start, total });
 
-  const total = spec.iterations;
-  const state = (iteration: number): RunState => ({
-    format: "esflow-run-state/1",
-    iteration,
-    iterations: total,
-    seed: spec.seed,
-    sigma: strategy.sigma(iteration),
-    alpha: strategy.alpha(iteration),
-    data: {
-      samples: tokens.length,
-      train: split.train.length,
-      holdout: split.holdout.length,
-      samples_per_iteration: M,
-    },
-    pipeline: pipelineKey,
-    backend: device.backend,
-    adapter: device.name,
-  });
-  const save = async (dir: string, iteration: number) => {
-    await saveCheckpoint(dir, {
-      config,
-      tensors: engine.weights(),
-      // θ's own width: bf16 values are written exactly, and a resume reads them back as they were.
-      dtype: setup.storage === "bf16" ? "BF16" : "F32",
-      overwrite: true,
-      files: { "state.json": JSON.stringify(state(iteration), null, 2) + "\n" },
+  const state = (iteration: number, theta: string): Promise<RunState> =>
+    sealState({
+      format: RUN_STATE_FORMAT,
+      iteration,
+      iterations: total,
+      seed: spec.seed,
+      sigma: strategy.sigma(iteration),
+      alpha: strategy.alpha(iteration),
+      data: { ...data, digest: target.dataDigest },
+      pipeline: key,
+      pipeline_digest: target.pipelineDigest,
+      theta_checksum: theta,
+      backend: device.backend,
+      adapter: device.name,
     });
+  // What one checkpoint takes on disk: θ in its stored width, and small files.
+  const checkpointBytes = paramCount(config) * (setup.storage === "bf16" ? 2 : 4) + (64 << 10);
+  let lastGood: string | null = from?.dir ?? null;
+  const lastGoodWords = () =>
+    lastGood ? `the last good checkpoint ${lastGood} is intact` : "the run has no checkpoint yet";
+  const save = async (dir: string, iteration: number) => {
+    const theta = await checksum.compute();
+    try {
+      await saveCheckpoint(dir, {
+        config,
+        // θ is read back here, tensor by tensor: a NaN or ±Inf stops the write before the
+        // checkpoint exists (its temp dir is removed).
+        tensors: finiteTensors(engine.weights(), { source: dir }),
+        // θ's own width: bf16 values are written exactly, and a resume reads them back as they were.
+        dtype: setup.storage === "bf16" ? "BF16" : "F32",
+        overwrite: true,
+        files: { "state.json": JSON.stringify(await state(iteration, theta), null, 2) + "\n" },
+      });
+    } catch (e) {
+      if (e instanceof NonFiniteWeights) {
+        throw new NonFiniteRun(
+          `iteration ${iteration}: θ has ${e.count} non-finite values (NaN or ±Inf) in ${e.tensor} ` +
+            `after the update; likely cause: the step is too large for f32 (update.alpha ` +
+            `${strategy.alpha(Math.max(0, iteration - 1))}, perturb.sigma ` +
+            `${strategy.sigma(Math.max(0, iteration - 1))}): lower update.alpha; ` +
+            `no checkpoint of this θ was written, and ${lastGoodWords()}`,
+        );
+      }
+      if (isDiskFull(e)) {
+        throw new UserError(
+          `${dir}: the disk is full; a checkpoint needs about ${formatBytes(checkpointBytes)}, ` +
+            `none of this one was kept, and ${lastGoodWords()}: free space, then --resume ${outDir}`,
+        );
+      }
+      throw runDirError(e, dir) ?? e;
+    }
+    lastGood = dir;
     options.onCheckpoint?.(dir, iteration);
   };
 
@@ -399,9 +452,15 @@ export async function runTraining(
   let lastLine: MetricsLine | undefined;
   let t = start;
   let stopped = false;
-  const startedAt = performance.now();
   for (; t < total; t++) {
+    // Test-only: a long synchronous block, as a big model's native kernels are (faults.ts).
+    blockIteration();
     const t0 = performance.now();
+    checkSchedule(t, {
+      sigma: strategy.sigma(t),
+      alpha: strategy.alpha(t),
+      lastGood: lastGoodWords(),
+    });
     const ask = strategy.ask(t);
     const { indices, packed } = setup.iterationInputs(t);
     const wantEval = t % evalEvery === 0 || t === total - 1;
@@ -428,6 +487,13 @@ export async function runTraining(
       await save(dir, t);
       throw new RunInterrupted(`${e.message}; wrote ${dir}, continue with --resume ${outDir}`);
     }
+    await checkFinite(res, {
+      iteration: t,
+      sigma: ask.sigma,
+      alpha: strategy.alpha(t),
+      engine,
+      lastGood: lastGoodWords(),
+    });
     // TODO(issue 10): pass thetaNorm (‖θ_t‖) once the engine computes it on the device; then
     // the line gets update_ratio_expected.
     const told = strategy.tell(t, res.fitness);
@@ -448,7 +514,16 @@ export async function runTraining(
       tokens_per_s: (N * scored) / seconds,
       ...diagnosticsFields(told.diagnostics),
     };
-    await appendMetrics(metricsPath, line);
+    try {
+      await appendMetrics(metricsPath, line);
+    } catch (e) {
+      if (!isDiskFull(e)) throw runDirError(e, metricsPath) ?? e;
+      throw new UserError(
+        `${metricsPath}: the disk is full at iteration ${t}; ${lastGoodWords()}: free space ` +
+          `(a checkpoint needs about ${formatBytes(checkpointBytes)}), then --resume ${outDir}`,
+      );
+    }
+    faultPoint("iteration.metrics");
     lastLine = line;
     options.onIteration?.(line, { total });
     const done = t + 1;
@@ -456,15 +531,69 @@ export async function runTraining(
       await save(`${outDir}/checkpoints/iter-${done}`, done);
     }
     if (options.shouldStop?.() && done < total) {
-      await save(`${outDir}/checkpoints/iter-${done}`, done);
+      if (!(every > 0 && done % every === 0)) {
+        await save(`${outDir}/checkpoints/iter-${done}`, done);
+      }
       t = done;
       stopped = true;
       break;
     }
+    faultPoint("iteration.done");
   }
-  const finalDir = `${outDir}/final`;
   if (!stopped) await save(finalDir, total);
+  checksum.destroy();
   return { outDir, finalDir, iterations: stopped ? t : total, startedAt, lastLine, stopped };
+}
+
+/**
+ * Stops the run before iteration t when σ_t or α_t has left the f32 range the kernels compute
+ * in (a decay with γ > 1 grows them each step): the load checks σ and α themselves, the
+ * schedule only shows here.
+ */
+function checkSchedule(t: number, o: { sigma: number; alpha: number; lastGood: string }): void {
+  const bad = (["sigma", "alpha"] as const).find((k) => {
+    const v = o[k];
+    const max = k === "sigma" ? F32_MAX / 8 : F32_MAX;
+    return !(v <= max) || Math.fround(v) < F32_MIN_POSITIVE;
+  });
+  if (!bad) return;
+  const key = bad === "sigma" ? "perturb" : "update";
+  throw new NonFiniteRun(
+    `iteration ${t}: ${bad === "sigma" ? "σ" : "α"}_t = ${o[bad]} is outside the f32 range ` +
+      `the kernels compute in; likely cause: ${key}.decay.gamma grows ${key}.${bad} each step: ` +
+      `use gamma ≤ 1 or fewer iterations; nothing of this iteration was written, and ${o.lastGood}`,
+  );
+}
+
+/**
+ * Stops the run when an iteration's fitness (or held-out R) is not finite, saying which of σ
+ * and α is the likely cause: θ_t's own held-out R tells whether θ itself has gone bad (an update
+ * too large) or only its perturbations (σ too large for f32).
+ */
+async function checkFinite(
+  res: IterationResult,
+  o: { iteration: number; sigma: number; alpha: number; engine: EsEngine; lastGood: string },
+): Promise<void> {
+  const bad = res.fitness.filter((f) => !Number.isFinite(f)).length;
+  const heldBad = res.heldOut?.some((r) => !Number.isFinite(r)) ?? false;
+  if (bad === 0 && !heldBad) return;
+  let thetaBad = heldBad;
+  if (!res.heldOut) {
+    try {
+      thetaBad = (await o.engine.heldOut()).some((r) => !Number.isFinite(r));
+    } catch { /* no held-out set: assume the perturbations */ }
+  }
+  const cause = thetaBad
+    ? `θ's own held-out loss is not finite either: its weights overflow f32 (an update too large ` +
+      `for f32, update.alpha ${o.alpha}, or an init checkpoint with such weights); lower update.alpha`
+    : `θ is finite but its perturbations are not: perturb.sigma ${o.sigma} is too large for f32; lower perturb.sigma`;
+  const what = bad > 0
+    ? `the fitness of ${bad} of ${res.fitness.length} members is not finite (NaN or ±Inf)`
+    : "the held-out loss is not finite (NaN or ±Inf)";
+  throw new NonFiniteRun(
+    `iteration ${o.iteration}: ${what}; likely cause: ${cause}; nothing of this iteration was ` +
+      `written, and ${o.lastGood}`,
+  );
 }
 
 /** Held-out loss: mean negative log-likelihood per scored token, −Σ_b R_b·n_b / Σ_b n_b. */
@@ -475,14 +604,4 @@ export function heldOutLoss(r: readonly number[], tokens: readonly number[]): nu
     n += tokens[b];
   });
   return -s / n;
-}
-
-/** Whether anything exists at `path`. */
-export async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -7,7 +7,8 @@
  *
  * @module
  */
-import type { MetricsLine, RunOptions, RunSummary } from "../pipeline/run.ts";
+import type { RunOptions, RunSummary } from "../pipeline/run.ts";
+import type { MetricsLine } from "../pipeline/run_dir.ts";
 import { latestEval, type RunEvent, type RunSnapshot, type RunSource } from "./status.ts";
 import type { RunStateName } from "./status.ts";
 
@@ -21,12 +22,26 @@ export interface LiveRunInfo {
   plannedMemoryBytes?: number | null;
 }
 
+/**
+ * What the training loop feeds a status server through: a {@link LiveRun} in this process, or
+ * server/train_status.ts's handle on one served from a worker thread.
+ */
+export interface StatusHooks {
+  /** runTraining's onIteration. */
+  iteration(line: MetricsLine, o: { total: number }): void;
+  /** runTraining's onCheckpoint. */
+  checkpoint(dir: string, iteration: number): void;
+  /** Whether POST /api/stop asked the run to stop; read between iterations. */
+  readonly stopRequested: boolean;
+}
+
 /** Iterations the ETA averages over: recent enough to follow a changing pace. */
 const PACE_WINDOW = 20;
 
 /** A run in this process: a {@link RunSource} plus the hooks and end calls that feed it. */
-export class LiveRun implements RunSource {
+export class LiveRun implements RunSource, StatusHooks {
   #info: LiveRunInfo;
+  #onStop: (() => void) | undefined;
   #history: MetricsLine[] = [];
   #state: RunStateName = "running";
   #error: string | null = null;
@@ -37,9 +52,11 @@ export class LiveRun implements RunSource {
   /** performance.now() at each iteration's end, the last PACE_WINDOW + 1 of them. */
   #ends: number[] = [];
 
-  constructor(info: LiveRunInfo) {
+  /** `onStop` is called once when a stop is first requested (a worker passes it on). */
+  constructor(info: LiveRunInfo, o: { onStop?: () => void } = {}) {
     this.#info = info;
     this.#total = info.total;
+    this.#onStop = o.onStop;
   }
 
   /** Whether POST /api/stop (or {@link requestStop}) asked the run to stop. */
@@ -87,6 +104,7 @@ export class LiveRun implements RunSource {
 
   requestStop(): boolean {
     if (this.#state !== "running") return false;
+    if (!this.#stopRequested) this.#onStop?.();
     this.#stopRequested = true;
     return true;
   }
@@ -151,7 +169,10 @@ export class LiveRun implements RunSource {
  * Adds a live run's hooks to runTraining's options, keeping the caller's: each hook calls both,
  * and the run stops when either asks. With no live run, returns `options` as they are.
  */
-export function withStatusHooks(live: LiveRun | null | undefined, options: RunOptions): RunOptions {
+export function withStatusHooks(
+  live: StatusHooks | null | undefined,
+  options: RunOptions,
+): RunOptions {
   if (!live) return options;
   return {
     ...options,

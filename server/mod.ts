@@ -14,6 +14,12 @@
  * path, so an exposed server says nothing to a stranger but "authenticate". A read-only server
  * (a run dir) answers 405 to every other method. Errors are JSON `{"error": "..."}`.
  *
+ * Every answer carries Content-Security-Policy (only this server; frame-ancestors 'none') and
+ * X-Frame-Options: DENY as headers, so no other page can frame the dashboard. A served app
+ * checks the Host header against the address it is bound to (421 otherwise): a page on another
+ * origin whose name rebinds to 127.0.0.1 (DNS rebinding) sends its own name, so it cannot read
+ * /api/config, which holds absolute paths.
+ *
  * @module
  */
 import { Hono } from "hono";
@@ -45,7 +51,21 @@ export interface StatusAppOptions {
   maxQueued?: number;
   /** Aborting it ends every open event stream (a server cannot shut down under open streams). */
   signal?: AbortSignal;
+  /**
+   * Whether a request's Host header names this server; others get 421. Default: every Host
+   * ({@link startStatusServer} sets it from the address it binds).
+   */
+  hostAllowed?: (host: string) => boolean;
 }
+
+/**
+ * The dashboard's policy, as a header: scripts, styles and requests from this server only, no
+ * eval, and no framing by anyone (frame-ancestors is ignored in a <meta> tag, hence the header).
+ * vega-embed injects its own <style>, hence 'unsafe-inline' for styles only.
+ */
+export const CONTENT_SECURITY_POLICY = "default-src 'none'; script-src 'self'; " +
+  "style-src 'self' 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; " +
+  "font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /** The safe methods: they read and never need the token. */
 const SAFE = new Set(["GET", "HEAD"]);
@@ -82,8 +102,11 @@ export function createStatusApp(options: StatusAppOptions): Hono {
   const page = options.dashboardPage ?? DASHBOARD_HTML;
   let sseClients = 0;
   const app = new Hono();
-  const error = (c: Context, status: 400 | 401 | 403 | 404 | 405 | 409 | 500, message: string) =>
-    c.json({ error: message }, status);
+  const error = (
+    c: Context,
+    status: 400 | 401 | 403 | 404 | 405 | 409 | 421 | 500,
+    message: string,
+  ) => c.json({ error: message }, status);
 
   app.onError((e, c) => error(c, 500, e.message));
   app.notFound((c) => error(c, 404, `no such path: ${c.req.path}`));
@@ -91,6 +114,17 @@ export function createStatusApp(options: StatusAppOptions): Hono {
   // The method policy, before any route: the token guards everything that is not a read.
   app.use("*", async (c, next) => {
     c.header("X-Content-Type-Options", "nosniff");
+    c.header("Content-Security-Policy", CONTENT_SECURITY_POLICY);
+    c.header("X-Frame-Options", "DENY");
+    c.header("Referrer-Policy", "no-referrer");
+    const host = c.req.header("host");
+    if (host !== undefined && options.hostAllowed && !options.hostAllowed(host)) {
+      return error(
+        c,
+        421,
+        `Host ${JSON.stringify(host)} does not name this server; open it by its address`,
+      );
+    }
     const method = c.req.method;
     const allowed = ROUTES[c.req.path];
     if (SAFE.has(method)) {
@@ -218,6 +252,38 @@ export function createStatusApp(options: StatusAppOptions): Hono {
   return app;
 }
 
+/** Loopback names: a server bound to one of them answers to all of them. */
+const LOOPBACK = new Set(["127.0.0.1", "localhost", "::1", "[::1]"]);
+
+/**
+ * Whether a Host header (`name[:port]`) names a server bound to `bound`: the same port, and
+ * the bound name, or a loopback name when bound to loopback, or any IP literal, localhost or
+ * this machine's hostname when bound to every interface (0.0.0.0, ::). A DNS name that merely
+ * resolves here (a rebinding attacker's) is not one of them.
+ */
+export function hostNamesServer(header: string, bound: { host: string; port: number }): boolean {
+  const m = /^(\[[0-9a-fA-F:.]+\]|[^:\[\]]+)(?::(\d+))?$/.exec(header.trim());
+  if (!m) return false;
+  const name = m[1].toLowerCase().replace(/\.$/, "");
+  const port = m[2] === undefined ? 80 : Number(m[2]);
+  if (port !== bound.port) return false;
+  const host = bound.host.toLowerCase();
+  const literal = (h: string) => h.replace(/^\[|\]$/g, "");
+  if (literal(name) === literal(host)) return true;
+  if (LOOPBACK.has(host) || host.startsWith("127.")) return LOOPBACK.has(name);
+  if (host === "0.0.0.0" || host === "::" || host === "[::]") {
+    if (LOOPBACK.has(name) || /^\d{1,3}(\.\d{1,3}){3}$/.test(name) || name.startsWith("[")) {
+      return true;
+    }
+    try {
+      return name === Deno.hostname().toLowerCase();
+    } catch {
+      return false;
+    }
+  }
+  return false;
+}
+
 /** A random bearer token: 128 bits, hex. */
 export function generateToken(): string {
   const b = crypto.getRandomValues(new Uint8Array(16));
@@ -232,6 +298,13 @@ export interface StatusServerOptions extends Omit<StatusAppOptions, "signal"> {
   port: number;
   /** The flag that sets the port, for the message when it is taken. Default "--port". */
   portFlag?: string;
+  /**
+   * Where the port was set, when it came from a file ("file:line:col: output.status.port"):
+   * the message of a taken port starts with it.
+   */
+  portWhere?: string;
+  /** The fix a taken port's message ends with. Default: pick another with `portFlag`. */
+  portFix?: string;
 }
 
 /** A started status server. */
@@ -247,22 +320,32 @@ export interface StatusServer {
 export function startStatusServer(options: StatusServerOptions): StatusServer {
   const host = options.host ?? "127.0.0.1";
   const streams = new AbortController();
-  const app = createStatusApp({ ...options, signal: streams.signal });
+  let port = options.port;
+  const app = createStatusApp({
+    ...options,
+    signal: streams.signal,
+    hostAllowed: (h) => hostNamesServer(h, { host, port }),
+  });
   let server: Deno.HttpServer<Deno.NetAddr>;
   try {
     server = Deno.serve({ hostname: host, port: options.port, onListen: () => {} }, app.fetch);
   } catch (e) {
     const flag = options.portFlag ?? "--port";
+    const at = options.portWhere ? `${options.portWhere}: ` : "";
     if (e instanceof Deno.errors.AddrInUse) {
       throw new UserError(
-        `status server: port ${options.port} on ${host} is in use; pick another with ${flag} N (0 = any free port)`,
+        `${at}status server: port ${options.port} on ${host} is in use; ${
+          options.portFix ?? `pick another with ${flag} N (0 = any free port)`
+        }`,
       );
     }
     throw new UserError(
-      `status server: cannot listen on ${host}:${options.port}: ${(e as Error).message}`,
+      `${at}status server: cannot listen on ${host}:${options.port}: ${
+        (e as Error).message.split("\n")[0]
+      }`,
     );
   }
-  const port = server.addr.port;
+  port = server.addr.port;
   const shown = host.includes(":") ? `[${host}]` : host;
   return {
     url: `http://${shown}:${port}/`,

@@ -14,7 +14,13 @@
  * @module
  */
 import { basename } from "node:path";
-import { exists, latestCheckpoint, type MetricsLine, type RunState } from "../pipeline/run.ts";
+import {
+  exists,
+  latestCheckpoint,
+  type MetricsLine,
+  parseMetrics,
+  type RunState,
+} from "../pipeline/run_dir.ts";
 import { UserError } from "../pipeline/errors.ts";
 import { compile, DEFAULT_LIMITS } from "../pipeline/compile.ts";
 import type { PipelineSpec } from "../pipeline/spec.ts";
@@ -22,18 +28,8 @@ import { loadConfigFile } from "../model/config.ts";
 import "../pipeline/stages/mod.ts";
 import { latestEval, type RunEvent, type RunSnapshot, type RunSource } from "./status.ts";
 
-/** Parses metrics.jsonl; a torn last line (a crash mid-write) is skipped. */
-export function parseMetrics(text: string): MetricsLine[] {
-  const out: MetricsLine[] = [];
-  for (const raw of text.split("\n")) {
-    if (!raw.trim()) continue;
-    try {
-      const l = JSON.parse(raw);
-      if (typeof l?.iter === "number") out.push(l as MetricsLine);
-    } catch { /* an incomplete line */ }
-  }
-  return out;
-}
+// metrics.jsonl is read as pipeline/run_dir.ts reads it; still importable from here.
+export { parseMetrics };
 
 /** A read-only {@link RunSource} over a run dir. */
 export class RunDirSource implements RunSource {

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import type { MetricsLine } from "../pipeline/run.ts";
+import type { MetricsLine } from "../pipeline/run_dir.ts";
 
 /**
  * Where a run stands.

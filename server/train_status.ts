@@ -1,24 +1,42 @@
 /**
- * The status server of `deno task train`: a {@link LiveRun} for the resolved pipeline, served
- * on 127.0.0.1 (or `--status-host`) at output.status.port (or `--status-port`), with a bearer
- * token for POST /api/stop from ESFLOW_STATUS_TOKEN or freshly generated.
+ * The status server of `deno task train`: a {@link LiveRun} of the resolved pipeline served on
+ * 127.0.0.1 (or `--status-host`) at output.status.port (or `--status-port`), with a bearer token
+ * for POST /api/stop from ESFLOW_STATUS_TOKEN or freshly generated.
+ *
+ * The server runs in a worker thread (server/status_worker.ts) so that it answers while an
+ * iteration blocks this thread: on the CPU backend every kernel is a synchronous native call,
+ * and WebGPU readbacks wait too. This thread only posts messages (never waits on the server),
+ * and reads a stop request from a shared flag between iterations.
  *
  * @module
  */
 import { UserError } from "../pipeline/errors.ts";
 import { compile } from "../pipeline/compile.ts";
 import type { ResolvedPipeline } from "../pipeline/resolve.ts";
+import type { RunSummary } from "../pipeline/run.ts";
+import type { MetricsLine } from "../pipeline/run_dir.ts";
 import type { Device } from "../kernels/device.ts";
-import { LiveRun } from "./live.ts";
-import { generateToken, startStatusServer, type StatusServer } from "./mod.ts";
+import type { StatusHooks } from "./live.ts";
+import { generateToken } from "./mod.ts";
+import type { FromStatusWorker, ToStatusWorker } from "./status_worker.ts";
+
+/** The training loop's side of a status server in a worker: post events, read stop. */
+export interface LiveFeed extends StatusHooks {
+  /** The run returned: finished, or stopped early with a checkpoint. */
+  finish(summary: Pick<RunSummary, "stopped" | "iterations">): void;
+  /** The run threw. */
+  fail(error: unknown): void;
+}
 
 /** A training run's status server. */
 export interface TrainingStatus {
-  live: LiveRun;
-  server: StatusServer;
+  live: LiveFeed;
+  url: string;
+  port: number;
   token: string;
   /** The lines train prints at start: the URL and how to stop. */
   banner: string;
+  /** Stops the server (after the events posted so far are delivered) and its thread. */
   close(): Promise<void>;
 }
 
@@ -33,38 +51,120 @@ export function parseStatusPort(value: string): number {
   return n;
 }
 
+/** Options of {@link startTrainingStatus}. */
+export interface TrainingStatusOptions {
+  device: Device;
+  host?: string;
+  /** `--status-port` (a string: parsed here), or a number already parsed; default the YAML's. */
+  port?: string | number;
+  /** The compiled plan's bytes, when the caller has them; else compiled here. */
+  plannedMemoryBytes?: number | null;
+  /** Milliseconds between SSE heartbeats. Default 15000. */
+  heartbeatMs?: number;
+}
+
 /**
- * Starts the status server of a run about to train. A taken port is a one-line UserError naming
- * the port and the fix, thrown before anything trains.
+ * Starts the status server of a run about to train, in its worker thread. A taken port is a
+ * one-line UserError naming the port, where it was set (the flag, or the YAML's file:line:col)
+ * and the fix, thrown before anything trains.
  */
 export async function startTrainingStatus(
   resolved: ResolvedPipeline,
-  o: { device: Device; host?: string; port?: string },
+  o: TrainingStatusOptions,
 ): Promise<TrainingStatus> {
   const spec = resolved.spec;
-  const port = o.port === undefined ? spec.output.status.port : parseStatusPort(o.port);
+  const fromFlag = o.port !== undefined;
+  const port = o.port === undefined
+    ? spec.output.status.port
+    : typeof o.port === "number"
+    ? o.port
+    : parseStatusPort(o.port);
   const fromEnv = Deno.env.get("ESFLOW_STATUS_TOKEN");
   const token = fromEnv || generateToken();
-  const live = new LiveRun({
-    run: spec.name,
-    pipelineFile: resolved.loaded.file,
-    pipeline: spec as unknown as Record<string, unknown>,
-    adapter: o.device.name,
-    total: spec.iterations,
-    plannedMemoryBytes: await plannedBytes(resolved, o.device),
+  const planned = o.plannedMemoryBytes !== undefined
+    ? o.plannedMemoryBytes
+    : await plannedBytes(resolved, o.device);
+  const worker = new Worker(new URL("./status_worker.ts", import.meta.url).href, {
+    type: "module",
   });
-  const server = startStatusServer({
-    source: live,
+  // A failure inside the server thread must never take the training run down with it.
+  worker.onerror = (e) => {
+    e.preventDefault();
+    console.error(`esflow train: the status server failed: ${e.message}`);
+  };
+  const replies: ((m: FromStatusWorker) => void)[] = [];
+  worker.onmessage = (e: MessageEvent<FromStatusWorker>) => replies.shift()?.(e.data);
+  const next = () => new Promise<FromStatusWorker>((r) => replies.push(r));
+  const post = (m: ToStatusWorker) => worker.postMessage(m);
+
+  const stop = new SharedArrayBuffer(4);
+  const flag = new Int32Array(stop);
+  const started = next();
+  post({
+    type: "start",
+    info: {
+      run: spec.name,
+      pipelineFile: resolved.loaded.file,
+      pipeline: spec as unknown as Record<string, unknown>,
+      adapter: o.device.name,
+      total: spec.iterations,
+      plannedMemoryBytes: planned,
+    },
     token,
-    readOnly: false,
     host: o.host,
     port,
-    portFlag: "--status-port (or --no-status)",
+    portFlag: "--status-port",
+    portWhere: fromFlag ? undefined : resolved.loaded.where(["output", "status", "port"]) +
+      ": output.status.port",
+    portFix: fromFlag
+      ? "pick another with --status-port N (0 = any free port), or --no-status to run without it"
+      : "pick another there or with --status-port N (0 = any free port), or --no-status",
+    heartbeatMs: o.heartbeatMs,
+    stop,
   });
-  const banner = `status ${server.url} (stop: curl -X POST -H "Authorization: Bearer ${
+  const reply = await started;
+  if (reply.type !== "listening") {
+    worker.terminate();
+    const message = reply.type === "error" ? reply.message : "the status server did not start";
+    if (reply.type === "error" && reply.user) throw new UserError(message);
+    throw new Error(message);
+  }
+  const { url } = reply;
+  let closed = false;
+  const live: LiveFeed = {
+    iteration: (line: MetricsLine, p: { total: number }) =>
+      post({ type: "iteration", line, total: p.total }),
+    checkpoint: (dir: string, iteration: number) => post({ type: "checkpoint", dir, iteration }),
+    get stopRequested() {
+      return Atomics.load(flag, 0) === 1;
+    },
+    finish: (s) => post({ type: "finish", stopped: s.stopped, iterations: s.iterations }),
+    fail: (e) => {
+      const message = e instanceof Error ? e.message : String(e);
+      post({ type: "fail", error: message.split("\n")[0] });
+    },
+  };
+  const banner = `status ${url} (stop: curl -X POST -H "Authorization: Bearer ${
     fromEnv ? "$ESFLOW_STATUS_TOKEN" : token
-  }" ${server.url}api/stop)`;
-  return { live, server, token, banner, close: () => server.close() };
+  }" ${url}api/stop)`;
+  return {
+    live,
+    url,
+    port: reply.port,
+    token,
+    banner,
+    close: async () => {
+      if (closed) return;
+      closed = true;
+      const done = next();
+      post({ type: "close" });
+      // Bounded: a wedged server thread must not keep train from exiting.
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([done, new Promise((r) => timer = setTimeout(r, 5000))]);
+      clearTimeout(timer);
+      worker.terminate();
+    },
+  };
 }
 
 /** The plan's device memory on this adapter's limits; null if the pipeline cannot compile. */

@@ -68,6 +68,14 @@ const CASES: BadCase[] = [
   { file: "empty.yaml", at: "1:1", says: "the pipeline is empty" },
   // Numbers and types.
   { file: "negative_sigma.yaml", at: "18:10", says: "perturb.sigma: must be > 0, got -0.01" },
+  // The f32 range the kernels compute in (issue 13: sigma 1e300 trained with NaN, exit 0).
+  {
+    file: "sigma_beyond_f32.yaml",
+    at: "18:10",
+    says: "perturb.sigma: σ 1e+300 is outside the f32 range",
+  },
+  { file: "sigma_below_f32.yaml", at: "18:10", says: "perturb.sigma: σ 1e-50 is outside" },
+  { file: "alpha_beyond_f32.yaml", at: "27:10", says: "update.alpha: α 1e+39 is outside the f32" },
   { file: "zero_micro_batch.yaml", at: "21:16", says: "fitness.micro_batch: must be > 0, got 0" },
   { file: "zero_iterations.yaml", at: "4:13", says: "iterations: must be > 0, got 0" },
   { file: "zero_decay_gamma.yaml", at: "28:19", says: "update.decay.gamma: must be > 0, got 0" },

@@ -8,6 +8,7 @@ import { resolvePipeline } from "../pipeline/resolve.ts";
 import { type MetricsLine, runTraining } from "../pipeline/run.ts";
 import {
   createStatusApp,
+  hostNamesServer,
   LiveRun,
   RunDirSource,
   type RunEvent,
@@ -238,7 +239,9 @@ const TRAVERSALS = [
 async function rawGet(port: number, path: string): Promise<{ status: number; body: string }> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   await conn.write(
-    new TextEncoder().encode(`GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`),
+    new TextEncoder().encode(
+      `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nConnection: close\r\n\r\n`,
+    ),
   );
   let text = "";
   for await (const c of conn.readable.pipeThrough(new TextDecoderStream())) text += c;
@@ -780,4 +783,91 @@ Deno.test("a failed run: state failed with the error, and an end event carrying 
     }),
   );
   assertEquals(stop.status, 409);
+});
+
+// ---- headers and the Host check (issue 13, item 8) --------------------------------------------
+
+/** Raw HTTP/1.1 GET with a Host header of the test's choosing (fetch sets its own). */
+async function getWithHost(port: number, path: string, host: string) {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(
+    new TextEncoder().encode(`GET ${path} HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`),
+  );
+  let text = "";
+  for await (const c of conn.readable.pipeThrough(new TextDecoderStream())) text += c;
+  return { status: Number(text.split(" ")[1]), text };
+}
+
+Deno.test("every answer sends CSP (frame-ancestors 'none') and X-Frame-Options as headers", async () => {
+  const live = new LiveRun({
+    run: "r",
+    pipelineFile: "p.yaml",
+    pipeline: {},
+    adapter: "a",
+    total: 5,
+  });
+  const server = startStatusServer({ source: live, token: TOKEN, readOnly: false, port: 0 });
+  try {
+    for (const path of ["", "api/status", "api/config", "assets/dashboard.js", "nope"]) {
+      const r = await fetch(`${server.url}${path}`);
+      await r.body?.cancel();
+      const csp = r.headers.get("content-security-policy") ?? "";
+      assert(/(^|; )frame-ancestors 'none'(;|$)/.test(csp), `/${path}: CSP ${csp}`);
+      assert(/(^|; )default-src 'none'(;|$)/.test(csp) && /script-src 'self'/.test(csp), csp);
+      assertEquals(r.headers.get("x-frame-options"), "DENY", `/${path}`);
+    }
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("the Host header must name the server: a DNS-rebinding page cannot read /api/config", async () => {
+  const secret = "/home/someone/private/corpus.txt";
+  const live = new LiveRun({
+    run: "r",
+    pipelineFile: "/home/someone/p.yaml",
+    pipeline: { dataset: { path: secret } },
+    adapter: "a",
+    total: 5,
+  });
+  const server = startStatusServer({ source: live, token: TOKEN, readOnly: false, port: 0 });
+  const port = server.port;
+  try {
+    for (const host of [`127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`]) {
+      const r = await getWithHost(port, "/api/config", host);
+      assertEquals(r.status, 200, host);
+      assert(r.text.includes(secret), host);
+    }
+    for (
+      const host of [
+        `evil.example:${port}`,
+        "evil.example",
+        `127.0.0.1.evil.example:${port}`,
+        `localhost:${port + 1}`,
+        `127.0.0.1`,
+        "",
+      ]
+    ) {
+      for (const path of ["/api/config", "/api/status", "/api/events", "/"]) {
+        const r = await getWithHost(port, path, host);
+        assertEquals(r.status, 421, `Host ${JSON.stringify(host)} ${path}`);
+        assert(!r.text.includes(secret), `Host ${host} read the config`);
+      }
+    }
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("hostNamesServer: loopback names on loopback, IP literals and this host on 0.0.0.0", () => {
+  const lo = { host: "127.0.0.1", port: 8787 };
+  assert(hostNamesServer("127.0.0.1:8787", lo) && hostNamesServer("LOCALHOST:8787", lo));
+  assert(!hostNamesServer("127.0.0.1:8788", lo) && !hostNamesServer("evil.example:8787", lo));
+  assert(!hostNamesServer("127.0.0.1", lo), "no port is port 80");
+  const any = { host: "0.0.0.0", port: 80 };
+  assert(hostNamesServer("10.1.2.3", any) && hostNamesServer("[fe80::1]", any));
+  assert(hostNamesServer(Deno.hostname(), any), "this machine's own name");
+  assert(!hostNamesServer("rebind.evil.example", any));
+  const named = { host: "gpu-box.lan", port: 9000 };
+  assert(hostNamesServer("gpu-box.lan:9000", named) && !hostNamesServer("evil:9000", named));
 });

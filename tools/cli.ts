@@ -30,10 +30,24 @@ export function parseFlags<T extends NonNullable<ParseArgsConfig["options"]>>(
   options: T,
   usage: string,
 ) {
+  // node:util reads "--seed -3" as a flag missing its value ("argument is ambiguous"): a value
+  // that is a negative number belongs to its flag, so the flag's own check can name the fault.
+  const joined: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const name = /^--([^=]+)$/.exec(args[i])?.[1];
+    if (
+      name !== undefined && options[name]?.type === "string" && i + 1 < args.length &&
+      /^-(\d|\.\d|Infinity$)/.test(args[i + 1])
+    ) {
+      joined.push(`--${name}=${args[++i]}`);
+    } else {
+      joined.push(args[i]);
+    }
+  }
   let parsed;
   try {
     parsed = parseArgs({
-      args,
+      args: joined,
       options: { ...options, help: { type: "boolean", short: "h" } },
       allowPositionals: true,
       strict: true,

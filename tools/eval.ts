@@ -40,7 +40,21 @@ if (import.meta.main) {
     const maxLen = values["max-len"] === undefined
       ? undefined
       : intFlag(values["max-len"], "max-len", 0);
+    if (maxLen !== undefined && maxLen < 2) {
+      throw new UserError(
+        `--max-len must be at least 2 (a token and the next one it predicts), got ${maxLen}`,
+      );
+    }
     const batch = intFlag(values.batch, "batch", 16);
+    const shardBytes = values["shard-bytes"] === undefined
+      ? undefined
+      : intFlag(values["shard-bytes"], "shard-bytes", 0);
+    if (shardBytes !== undefined && shardBytes < 16) {
+      throw new UserError(
+        `--shard-bytes is the largest tensor shard in bytes and must be at least 16 ` +
+          `(one vec4 of f32), got ${shardBytes}`,
+      );
+    }
     const samples = values.tokens
       ? await readTokensFile(values.tokens)
       : await readTextSamples(values.text!, {
@@ -50,9 +64,7 @@ if (import.meta.main) {
     const result = await evaluate(values.model, samples, {
       batch,
       maxLen,
-      shardBytes: values["shard-bytes"]
-        ? intFlag(values["shard-bytes"], "shard-bytes", 0)
-        : undefined,
+      shardBytes,
       backend,
     });
     console.log(JSON.stringify(result));

@@ -2,11 +2,13 @@
  * `deno task train`: ES training from a pipeline YAML (the embedded default with no argument).
  *
  *   deno task train [PIPELINE] [--iterations N] [--out DIR] [--seed N] [--resume DIR] [--quiet]
+ *                   [--backend auto|webgpu|cpu] [--allow-backend-change]
  *                   [--status-port N] [--status-host H] [--no-status]
  *
  * `--iterations` is the total: `train --iterations 3 --out d` then `train --resume d
  * --iterations 6` ends where `train --iterations 6` ends. Bad input prints one line naming the
- * file:line:col and exits with code 2, before anything is written.
+ * file:line:col and exits with code 2, before anything is written. A resume that cannot continue
+ * the same trajectory (another pipeline, corpus, backend, damaged weights) refuses the same way.
  *
  * @module
  */
@@ -17,14 +19,15 @@ import { UserError } from "../pipeline/errors.ts";
 import { DEFAULT_PIPELINE_PATH, loadPipelineFile } from "../pipeline/load.ts";
 import { resolvePipeline } from "../pipeline/resolve.ts";
 import { type MetricsLine, runTraining } from "../pipeline/run.ts";
+import { checkRunFits } from "../pipeline/limits.ts";
 import { acquireDevice, parseBackend } from "../kernels/backend.ts";
 import { paramCount } from "../model/presets.ts";
-import { Coordinator } from "../pipeline/distributed.ts";
-import { startTrainingStatus, withStatusHooks } from "../server/train_status.ts";
+import type { Coordinator } from "../pipeline/distributed.ts";
+import { parseStatusPort, startTrainingStatus, withStatusHooks } from "../server/train_status.ts";
 
 const USAGE =
   "deno task train [PIPELINE.yaml] [--iterations N] [--out DIR] [--seed N] [--resume DIR] [--quiet] " +
-  "[--backend auto|webgpu|cpu] " +
+  "[--backend auto|webgpu|cpu] [--allow-backend-change] " +
   "[--status-port N] [--status-host H] [--no-status]";
 
 function fmtSeconds(s: number): string {
@@ -42,6 +45,8 @@ if (import.meta.main) {
       resume: { type: "string" },
       quiet: { type: "boolean" },
       backend: { type: "string" },
+      // Resume on another backend than the run's (its trajectory changes in the last bits).
+      "allow-backend-change": { type: "boolean" },
       // The status server (server/): port (0 = a free one), host, off.
       "status-port": { type: "string" },
       "status-host": { type: "string" },
@@ -58,20 +63,27 @@ if (import.meta.main) {
     if (seed !== undefined && (!Number.isSafeInteger(seed) || seed < 0)) {
       throw new UserError(`--seed must be a non-negative integer, got "${values.seed}"`);
     }
+    // Every flag is checked before any file is read or a device starts.
+    const statusPort = values["status-port"] === undefined
+      ? undefined
+      : parseStatusPort(values["status-port"]);
+    if (values["no-local-eval"] && !values.redis) {
+      throw new UserError("--no-local-eval needs --redis URL");
+    }
+    const backendFlag = values.backend === undefined ? undefined : parseBackend(values.backend);
+    const iterations = values.iterations === undefined
+      ? undefined
+      : intFlag(values.iterations, "iterations", 1);
     const file = positionals[0] ?? DEFAULT_PIPELINE_PATH;
     const loaded = await loadPipelineFile(file, {
-      overrides: {
-        iterations: values.iterations === undefined
-          ? undefined
-          : intFlag(values.iterations, "iterations", 1),
-        seed,
-        out: values.resume ?? values.out,
-        backend: values.backend === undefined ? undefined : parseBackend(values.backend),
-      },
+      overrides: { iterations, seed, out: values.resume ?? values.out, backend: backendFlag },
     });
     const resolved = await resolvePipeline(loaded);
+    for (const w of resolved.warnings) console.error(`esflow train: warning: ${w}`);
     const gpu = await acquireDevice({ backend: resolved.spec.backend });
     const spec = resolved.spec;
+    // Sizes against this device and machine, before anything is allocated.
+    const plan = await checkRunFits(gpu, resolved);
     const log = (s: string) => values.quiet ? undefined : console.log(s);
     log(
       `esflow train ${spec.name}: ${loaded.file}\n` +
@@ -84,17 +96,14 @@ if (import.meta.main) {
     const status = values["no-status"] ? null : await startTrainingStatus(resolved, {
       device: gpu,
       host: values["status-host"],
-      port: values["status-port"],
+      port: statusPort,
+      plannedMemoryBytes: plan?.bytes.total ?? null,
     });
-    // On stderr even with --quiet: with port 0 or a generated token it is the only way in.
-    if (status) console.error(`esflow train: ${status.banner}`);
 
     // Distributed ES (pipeline/distributed.ts): with --redis this process is the coordinator.
-    if (values["no-local-eval"] && !values.redis) {
-      throw new UserError("--no-local-eval needs --redis URL");
-    }
-    const coordinator = values.redis
-      ? await Coordinator.start(resolved, {
+    // Loaded only with --redis: the Redis client is most of train's start-up time.
+    const coordinator: Coordinator | null = values.redis
+      ? await (await import("../pipeline/distributed.ts")).Coordinator.start(resolved, {
         url: values.redis,
         localEval: !values["no-local-eval"],
         log,
@@ -130,6 +139,12 @@ if (import.meta.main) {
       resolved,
       withStatusHooks(status?.live, {
         resume: values.resume !== undefined,
+        allowBackendChange: values["allow-backend-change"],
+        plan,
+        onNote: (line) => console.error(`esflow train: note: ${line}`),
+        // On stderr even with --quiet: with port 0 or a generated token it is the only way in.
+        // Printed once the run passed its checks, so a refused resume is still one line.
+        onStart: () => status && console.error(`esflow train: ${status.banner}`),
         shouldStop: () => stop,
         ...coordinator?.runOptions(),
         onIteration: (line: MetricsLine, o) => {
@@ -155,8 +170,10 @@ if (import.meta.main) {
           if (!bar) log(`checkpoint ${dir}`);
         },
       }),
-    ).catch((e) => {
+    ).catch(async (e) => {
+      // The end event reaches the watching clients before the server (and train) goes.
       status?.live.fail(e);
+      await status?.close();
       throw e;
     });
     status?.live.finish(summary);
@@ -164,16 +181,22 @@ if (import.meta.main) {
     bar?.stop();
     Deno.removeSignalListener("SIGINT", onSignal);
     const l = summary.lastLine;
-    log(
-      `${summary.stopped ? "stopped" : "done"}: ${summary.iterations} iterations in ${
-        fmtSeconds((performance.now() - t0) / 1000)
-      }` + (l ? `, fitness ${l.fitness_mean.toFixed(4)}, held-out loss ${lastEval}` : "") +
-        `\n  ${
-          summary.stopped
-            ? `checkpoint in ${summary.outDir}/checkpoints`
-            : `model in ${summary.finalDir}`
-        }`,
-    );
+    if (summary.alreadyDone) {
+      log(
+        `nothing to train: ${summary.finalDir} already holds all ${summary.iterations} iterations`,
+      );
+    } else {
+      log(
+        `${summary.stopped ? "stopped" : "done"}: ${summary.iterations} iterations in ${
+          fmtSeconds((performance.now() - t0) / 1000)
+        }` + (l ? `, fitness ${l.fitness_mean.toFixed(4)}, held-out loss ${lastEval}` : "") +
+          `\n  ${
+            summary.stopped
+              ? `checkpoint in ${summary.outDir}/checkpoints`
+              : `model in ${summary.finalDir}`
+          }`,
+      );
+    }
     gpu.destroy();
     await status?.close();
   });

@@ -93,6 +93,46 @@ function isConnectionError(e: unknown): boolean {
   return !(e instanceof ErrorReply) && !(e instanceof UserError);
 }
 
+/**
+ * How long a connect (with its PING) or a command may wait for Redis to answer, beyond the
+ * time a blocking command asks for: a server that accepts TCP and never replies must not hang
+ * a process. ESFLOW_REDIS_TIMEOUT_MS, default 10 s.
+ */
+export function replyTimeoutMs(): number {
+  const v = Number(Deno.env.get("ESFLOW_REDIS_TIMEOUT_MS") ?? "10000");
+  return Number.isFinite(v) && v > 0 ? v : 10000;
+}
+
+/** A connect or a command that got no answer in time. */
+class NoReply extends Error {
+  override name = "NoReply";
+}
+
+/** `p`, or a {@link NoReply} after `ms`; the timer never outlives the race. */
+async function withinMs<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new NoReply(`no reply to ${what} within ${(ms / 1000).toFixed(1)} s`)),
+          ms,
+        );
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The milliseconds a command's own BLOCK argument asks to wait (0 when it has none). */
+function blockMs(argv: readonly string[]): number {
+  const i = argv.findIndex((a) => a.toUpperCase() === "BLOCK");
+  const v = i >= 0 ? Number(argv[i + 1]) : 0;
+  return Number.isFinite(v) && v > 0 ? v : 0;
+}
+
 /** How long a process keeps retrying a lost connection before it gives up. */
 export function graceMs(): number {
   const v = Number(Deno.env.get("ESFLOW_REDIS_GRACE_MS") ?? "5000");
@@ -104,29 +144,40 @@ export class RedisBus {
   readonly target: RedisTarget;
   #client: RedisClient;
   #grace: number;
+  #timeout: number;
   #lostSince: number | null = null;
   #closed = false;
   /** Set once a command gave up on the connection: later commands would only wait again. */
   gone = false;
 
-  private constructor(target: RedisTarget, client: RedisClient, grace: number) {
+  private constructor(
+    target: RedisTarget,
+    client: RedisClient,
+    o: { grace: number; timeout: number },
+  ) {
     this.target = target;
     this.#client = client;
-    this.#grace = grace;
+    this.#grace = o.grace;
+    this.#timeout = o.timeout;
   }
 
   /**
-   * Connects and checks the credentials with a PING. A refused connection or a wrong or missing
-   * password is a one-line UserError that names the URL (password hidden) and the fix.
+   * Connects and checks the credentials with a PING. A refused connection, a wrong or missing
+   * password, or a server that does not answer within {@link replyTimeoutMs} is a one-line
+   * UserError that names the URL (password hidden) and the fix.
    */
-  static async connect(url: string, o: { name: string; graceMs?: number }): Promise<RedisBus> {
+  static async connect(
+    url: string,
+    o: { name: string; graceMs?: number; timeoutMs?: number },
+  ): Promise<RedisBus> {
     const target = parseRedisUrl(url);
     const grace = o.graceMs ?? graceMs();
+    const timeout = o.timeoutMs ?? replyTimeoutMs();
     let lostAt = 0, connected = false;
     const client = createClient({
       socket: {
         ...target.socket,
-        connectTimeout: 5000,
+        connectTimeout: Math.min(5000, timeout),
         // Retry every 100 ms through a short outage; past the grace period the client closes
         // and every command fails at once (the caller turns that into RedisGone).
         reconnectStrategy: (retries: number, cause: Error) => {
@@ -147,14 +198,23 @@ export class RedisBus {
     // node-redis emits every socket error here; without a listener it would be thrown.
     client.on("error", () => {});
     try {
-      await client.connect();
-      await client.sendCommand(["PING"]);
+      // The handshake (CLIENT SETNAME, SELECT, AUTH) and the PING both wait for replies.
+      await withinMs(
+        (async () => {
+          await client.connect();
+          await client.sendCommand(["PING"]);
+        })(),
+        timeout,
+        "the connection handshake and PING",
+      );
       connected = true;
     } catch (e) {
-      client.destroy();
+      try {
+        client.destroy();
+      } catch { /* never connected */ }
       throw connectError(target, e);
     }
-    return new RedisBus(target, client, grace);
+    return new RedisBus(target, client, { grace, timeout });
   }
 
   /**
@@ -167,10 +227,23 @@ export class RedisBus {
     for (;;) {
       if (this.#closed) throw new RedisGone(`redis at ${this.target.display}: connection closed`);
       try {
-        const reply = await this.#client.sendCommand(argv);
+        const reply = await withinMs(
+          this.#client.sendCommand(argv),
+          this.#timeout + blockMs(argv),
+          argv[0],
+        );
         this.#lostSince = null;
         return reply;
       } catch (e) {
+        if (e instanceof NoReply) {
+          // Connected, but the server has stopped answering: retrying would wait as long again.
+          this.gone = true;
+          this.close();
+          throw new RedisGone(
+            `redis at ${this.target.display}: ${e.message}; the server accepts connections but ` +
+              `does not answer: check that it is a working redis-server and fix --redis`,
+          );
+        }
         if (!isConnectionError(e)) throw e;
         this.#lostSince ??= performance.now();
         if (this.gone || performance.now() - this.#lostSince > this.#grace) {
@@ -263,6 +336,12 @@ function connectError(target: RedisTarget, e: unknown): UserError {
     return new UserError(
       `redis at ${target.display}: authentication failed (${short}); put the password in the URL, ` +
         `redis://:PASSWORD@HOST:PORT or redis://USER:PASSWORD@HOST:PORT`,
+    );
+  }
+  if (e instanceof NoReply) {
+    return new UserError(
+      `redis at ${target.display}: ${why}; something accepts connections there but does not ` +
+        `answer as Redis: check that a redis-server listens there, or fix --redis`,
     );
   }
   return new UserError(

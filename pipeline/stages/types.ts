@@ -26,6 +26,8 @@ export interface StageContext {
   seed: number;
   /** Error location of a key path in the pipeline file ("file:line:col"), for semantic errors. */
   where(path: (string | number)[]): string;
+  /** Reports a likely mistake that still runs (one line, with the place and the fix). */
+  warn?(message: string): void;
 }
 
 /** dataset: the corpus and how much of it each iteration and the held-out split take. */
