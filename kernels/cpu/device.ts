@@ -67,6 +67,11 @@ export class CpuDevice implements Device {
   #live = 0;
   #peak = 0;
   #ledger = new Set<CpuBuffer>();
+  /**
+   * When set, every dispatch's wall milliseconds are added here by kernel (and variant): what
+   * `deno task bench` reports per kernel on the CPU.
+   */
+  profile: Map<string, number> | null = null;
   /** Each dispatch bound to its kernel: one closure per dispatch, made on its first run. */
   #bound = new WeakMap<Dispatch, () => void>();
 
@@ -136,7 +141,12 @@ export class CpuDevice implements Device {
             call = this.#bind(op);
             this.#bound.set(op, call);
           }
-          call();
+          if (this.profile) {
+            const t0 = performance.now();
+            call();
+            const key = op.kernel + (op.variant ? `.${op.variant}` : "");
+            this.profile.set(key, (this.profile.get(key) ?? 0) + performance.now() - t0);
+          } else call();
         } else if (op.op === "copy") {
           if (op.bytes === 0) continue;
           const src = this.bytes(op.src), dst = this.bytes(op.dst);

@@ -772,180 +772,127 @@ EXPORT void esf_swiglu(float* gate, const float* up, int64_t n) {
 // ---------------------------------------------------------------------------------------------
 // Attention (kernels/attention.wgsl, attention.ts).
 
-// Queries per task: each loaded key and value row serves this many queries.
+// Queries per block: each loaded key vector serves this many queries' scores.
 #define ATTN_QB 8
-// Keys per step: their 8 scores and exponentials are computed as vectors, and each query's
-// accumulator is loaded and stored once per step instead of once per key.
-#define ATTN_KB 8
 
-// attention.wgsl: causal grouped-query attention with key padding and an online softmax.
-// q is (B·T, NH, D), k and v are (B·T, NKV, D), mask is (B·T) u32 (1 = real token), out is
-// (B·T, NH, D). Query head h reads kv head h / (NH / NKV). For query t the keys are s ≤ t with
-// mask 1, in order, scores (q·scale)·k; the running maximum m starts at −3e38, and when a
-// score exceeds it the running sum and accumulator are first rescaled by e^(m − score); then
-// p = e^(score − m) is added to the sum and p·v to the accumulator. out = acc / sum, or 0 for a
-// query with no valid key. Padded query positions are computed like any other.
-// Measured on Zen 3, B = 4, T = 256, 16/8 heads, D = 128: 46 ms on 1 core, 25 on 2 (42 GFLOP/s).
+// attention.wgsl: causal grouped-query attention with key padding. q is (B·T, NH, D), k and v
+// are (B·T, NKV, D), mask is (B·T) u32 (1 = real token), out is (B·T, NH, D). Query head h
+// reads kv head h / (NH / NKV). Query t attends the keys s ≤ t with mask 1:
+//   score_s = (q_t·scale)·k_s,  p_s = e^(score_s − max_s score_s),  out_t = Σ_s p_s·v_s / Σ_s p_s
+// and a query with no valid key gets 0. The WGSL folds the keys in with an online softmax; here
+// each query's scores are computed first, eight keys at a time against the kv head's keys
+// transposed once per (b, h) (no horizontal sums), then one exponential pass and one weighted
+// sum of the values: the same softmax, rounded in a fixed order of its own (bit-identical run
+// to run and across thread counts; within f32 rounding of the WGSL). Padded query positions are
+// computed like any other. Parallel over (b, h).
+// Measured on Zen 3, 2 threads (others busy: load average 2): B = 32, T = 64, 4/2 heads,
+// D = 32 (the tiny preset) 1.9 ms, and B = 16, T = 256, 8/4 heads, D = 128 76–82 ms, where the
+// key-by-key online softmax took 5.3 and 128 ms.
 EXPORT void esf_attention(const float* q, const float* k, const float* v, const uint32_t* mask,
                           float* out, int64_t B, int64_t T, int64_t NH, int64_t NKV, int64_t D,
                           float scale) {
-  const int64_t group = NH / NKV, blocks = (T + ATTN_QB - 1) / ATTN_QB;
-  const int64_t tasks = B * NH * blocks;
+  const int64_t group = NH / NKV, tasks = B * NH;
+  const int64_t T8 = (T + 7) / 8 * 8;
 #pragma omp parallel if (tasks > 1 && B * NH * T * T * D > 65536)
   {
-    float* qs = alloc_floats((2 * ATTN_QB + 2 * ATTN_KB) * D);
-    float* acc = qs + ATTN_QB * D;
-    float* kv = acc + ATTN_QB * D;
+    // kT: the kv head's keys transposed, (D, T8), pad keys zero; sc: a block's scores
+    // (ATTN_QB, T8); qs: its scaled queries (D, ATTN_QB), d-major.
+    float* kT = alloc_floats(D * T8 + ATTN_QB * T8 + D * ATTN_QB);
+    float* sc = kT + D * T8;
+    float* qs = sc + ATTN_QB * T8;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < tasks; task++) {
-      // Late query blocks see the most keys; numbering them first balances the dynamic queue.
-      const int64_t tb = blocks - 1 - task % blocks, h = (task / blocks) % NH,
-                    b = task / (blocks * NH), g = h / group, t0 = tb * ATTN_QB;
-      const int64_t nq = T - t0 < ATTN_QB ? T - t0 : ATTN_QB;
-      float m[ATTN_QB], l[ATTN_QB];
-      for (int64_t i = 0; i < nq; i++) {
-        const float* qi = q + ((b * T + t0 + i) * NH + h) * D;
-        for (int64_t j = 0; j < D; j++) qs[i * D + j] = qi[j] * scale;
-        memset(acc + i * D, 0, (size_t)D * sizeof(float));
-        m[i] = -3.0e38f;
-        l[i] = 0.0f;
+      const int64_t h = task % NH, b = task / NH, g = h / group;
+      // Keys past the last valid one are never used: no query sees a valid key there.
+      int64_t keys = 0;
+      for (int64_t s = 0; s < T; s++) {
+        if (mask[b * T + s]) keys = s + 1;
       }
-      for (int64_t s0 = 0; s0 < t0 + nq; s0 += ATTN_KB) {
-        const int64_t nk = t0 + nq - s0 < ATTN_KB ? t0 + nq - s0 : ATTN_KB;
-        int live = 0;
-        for (int64_t s = 0; s < nk; s++) live |= (mask[b * T + s0 + s] != 0) << s;
-        if (!live) continue;
-        // The block's key and value rows, copied next to each other: in place they lie
-        // NKV·D floats apart, often a multiple of 4 KiB, so all of them fall in the same L1
-        // sets and evict one another between the queries that reuse them.
-        const float* kr[ATTN_KB];
-        const float* vr[ATTN_KB];
-        for (int64_t s = 0; s < ATTN_KB; s++) {
-          const int64_t row = b * T + s0 + (s < nk ? s : 0);
-          memcpy(kv + s * D, k + (row * NKV + g) * D, (size_t)D * sizeof(float));
-          memcpy(kv + (ATTN_KB + s) * D, v + (row * NKV + g) * D, (size_t)D * sizeof(float));
-          kr[s] = kv + s * D;
-          vr[s] = kv + (ATTN_KB + s) * D;
+      const int64_t K8 = (keys + 7) / 8 * 8;
+      for (int64_t d = 0; d < D; d++) {
+        float* row = kT + d * T8;
+        for (int64_t s = 0; s < keys; s++) row[s] = k[((b * T + s) * NKV + g) * D + d];
+        for (int64_t s = keys; s < K8; s++) row[s] = 0.0f;
+      }
+      const float* vb = v + (b * T * NKV + g) * D;
+      const int64_t vs = NKV * D;
+      for (int64_t t0 = 0; t0 < T; t0 += ATTN_QB) {
+        const int64_t nq = T - t0 < ATTN_QB ? T - t0 : ATTN_QB;
+        // The block's keys: those the block's last query may see.
+        const int64_t nb = t0 + nq < keys ? t0 + nq : keys, nb8 = (nb + 7) / 8 * 8;
+        for (int64_t d = 0; d < D; d++) {
+          for (int64_t i = 0; i < ATTN_QB; i++) {
+            qs[d * ATTN_QB + i] = i < nq ? q[((b * T + t0 + i) * NH + h) * D + d] * scale : 0.0f;
+          }
+        }
+        // Scores of the block's queries against keys 0 .. nb−1, eight keys at a time, each
+        // loaded key vector serving the ATTN_QB queries (independent chains), d in order.
+        for (int64_t s0 = 0; s0 < nb8; s0 += 8) {
+          v8f a[ATTN_QB];
+          for (int64_t i = 0; i < ATTN_QB; i++) a[i] = splat8(0.0f);
+          for (int64_t d = 0; d < D; d++) {
+            const v8f kd = load8(kT + d * T8 + s0);
+            const float* qd = qs + d * ATTN_QB;
+            for (int64_t i = 0; i < ATTN_QB; i++) a[i] = a[i] + qd[i] * kd;
+          }
+          for (int64_t i = 0; i < ATTN_QB; i++) store8(sc + i * T8 + s0, a[i]);
         }
         for (int64_t i = 0; i < nq; i++) {
-          // Keys this query takes from the block: valid and not after it.
-          const int64_t last = t0 + i - s0;  // keys s ≤ last are causal
-          if (last < 0) continue;
-          const int take = live & (last >= ATTN_KB - 1 ? 0xFF : (1 << (last + 1)) - 1);
-          if (!take) continue;
-          // The 8 scores: Σ_j q[j]·k[j] in lanes j mod 8, then the fixed tree.
-          const float* qi = qs + i * D;
-          v8f d8[ATTN_KB];
-          for (int s = 0; s < ATTN_KB; s++) d8[s] = splat8(0.0f);
+          const int64_t t = t0 + i;
+          float* o = out + ((b * T + t) * NH + h) * D;
+          float* p = sc + i * T8;
+          const int64_t n = t + 1 < keys ? t + 1 : keys;  // keys s < n are causal candidates
+          float m = -3.0e38f;
+          int any = 0;
+          for (int64_t s = 0; s < n; s++) {
+            if (!mask[b * T + s]) continue;
+            any = 1;
+            if (p[s] > m) m = p[s];
+          }
+          if (!any) {
+            memset(o, 0, (size_t)D * sizeof(float));
+            continue;
+          }
+          // p_s = e^(score − m), 0 for masked and later keys; the sum in order of s.
+          const int64_t n8 = (n + 7) / 8 * 8;
+          for (int64_t s0 = 0; s0 < n8; s0 += 8) store8(p + s0, exp8(load8(p + s0) - m));
+          float l = 0.0f;
+          for (int64_t s = 0; s < n; s++) {
+            if (!mask[b * T + s]) p[s] = 0.0f;
+            l += p[s];
+          }
+          const float inv = 1.0f / l;
+          // out = Σ_s p_s·v_s / l, s in order: 32 columns at a time in four chains, then 8.
           int64_t j = 0;
+          for (; j + 32 <= D; j += 32) {
+            v8f a0 = splat8(0.0f), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t s = 0; s < n; s++) {
+              const float* vr = vb + s * vs + j;
+              const float ps = p[s];
+              a0 = a0 + ps * load8(vr);
+              a1 = a1 + ps * load8(vr + 8);
+              a2 = a2 + ps * load8(vr + 16);
+              a3 = a3 + ps * load8(vr + 24);
+            }
+            store8(o + j, a0 * inv);
+            store8(o + j + 8, a1 * inv);
+            store8(o + j + 16, a2 * inv);
+            store8(o + j + 24, a3 * inv);
+          }
           for (; j + 8 <= D; j += 8) {
-            const v8f qv = load8(qi + j);
-            for (int s = 0; s < ATTN_KB; s++) d8[s] = d8[s] + qv * load8(kr[s] + j);
+            v8f acc = splat8(0.0f);
+            for (int64_t s = 0; s < n; s++) acc = acc + p[s] * load8(vb + s * vs + j);
+            store8(o + j, acc * inv);
           }
-          if (j < D) {
-            float lanes[8];
-            for (int s = 0; s < ATTN_KB; s++) {
-              store8(lanes, d8[s]);
-              for (int64_t jj = j, t = 0; jj < D; jj++, t++) {
-                lanes[t] = lanes[t] + qi[jj] * kr[s][jj];
-              }
-              d8[s] = load8(lanes);
-            }
-          }
-          float sc[ATTN_KB];
-          store8(sc, tree8_columns(d8));
-          // The running maximum key by key, as the sequential loop meets them; then every
-          // rescale factor e^(m_before − score) and weight e^(score − m_after) at once.
-          float before[ATTN_KB], after[ATTN_KB];
-          int grew = 0;
-          float mi = m[i];
-          for (int s = 0; s < ATTN_KB; s++) {
-            before[s] = mi;
-            if ((take >> s) & 1 && sc[s] > mi) {
-              grew |= 1 << s;
-              mi = sc[s];
-            }
-            after[s] = mi;
-          }
-          m[i] = mi;
-          float c[ATTN_KB], p[ATTN_KB];
-          store8(c, exp8(load8(before) - load8(sc)));
-          store8(p, exp8(load8(sc) - load8(after)));
-          float li = l[i];
-          for (int s = 0; s < ATTN_KB; s++) {
-            if (!((take >> s) & 1)) continue;
-            if ((grew >> s) & 1) li = li * c[s];
-            li = li + p[s];
-          }
-          l[i] = li;
-          float* a = acc + i * D;
-          if (take == 0xFF) {
-            // Every key of the block counts: no branches. Keys that did not raise the maximum
-            // scale by 1, which leaves the accumulator's bits as they are.
-            float cf[ATTN_KB];
-            for (int s = 0; s < ATTN_KB; s++) cf[s] = (grew >> s) & 1 ? c[s] : 1.0f;
-            // Four column chunks at a time: each chunk's sum over the keys is a chain of
-            // dependent adds, so four independent chains keep the adder busy.
-            for (j = 0; j + 32 <= D; j += 32) {
-              v8f a0 = load8(a + j), a1 = load8(a + j + 8);
-              v8f a2 = load8(a + j + 16), a3 = load8(a + j + 24);
-              for (int s = 0; s < ATTN_KB; s++) {
-                const float* vs = vr[s] + j;
-                if (grew) {
-                  a0 = a0 * cf[s];
-                  a1 = a1 * cf[s];
-                  a2 = a2 * cf[s];
-                  a3 = a3 * cf[s];
-                }
-                a0 = a0 + p[s] * load8(vs);
-                a1 = a1 + p[s] * load8(vs + 8);
-                a2 = a2 + p[s] * load8(vs + 16);
-                a3 = a3 + p[s] * load8(vs + 24);
-              }
-              store8(a + j, a0);
-              store8(a + j + 8, a1);
-              store8(a + j + 16, a2);
-              store8(a + j + 24, a3);
-            }
-            for (; j + 8 <= D; j += 8) {
-              v8f av = load8(a + j);
-              for (int s = 0; s < ATTN_KB; s++) av = av * cf[s] + p[s] * load8(vr[s] + j);
-              store8(a + j, av);
-            }
-            for (; j < D; j++) {
-              float av = a[j];
-              for (int s = 0; s < ATTN_KB; s++) av = av * cf[s] + p[s] * vr[s][j];
-              a[j] = av;
-            }
-          } else {
-            for (j = 0; j + 8 <= D; j += 8) {
-              v8f av = load8(a + j);
-              for (int s = 0; s < ATTN_KB; s++) {
-                if (!((take >> s) & 1)) continue;
-                if ((grew >> s) & 1) av = av * c[s];
-                av = av + p[s] * load8(vr[s] + j);
-              }
-              store8(a + j, av);
-            }
-            for (; j < D; j++) {
-              float av = a[j];
-              for (int s = 0; s < ATTN_KB; s++) {
-                if (!((take >> s) & 1)) continue;
-                if ((grew >> s) & 1) av = av * c[s];
-                av = av + p[s] * vr[s][j];
-              }
-              a[j] = av;
-            }
+          for (; j < D; j++) {
+            float acc = 0.0f;
+            for (int64_t s = 0; s < n; s++) acc += p[s] * vb[s * vs + j];
+            o[j] = acc * inv;
           }
         }
       }
-      for (int64_t i = 0; i < nq; i++) {
-        const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
-        float* o = out + ((b * T + t0 + i) * NH + h) * D;
-        for (int64_t j = 0; j < D; j++) o[j] = acc[i * D + j] * inv;
-      }
     }
-    free(qs);
+    free(kT);
   }
 }
 
