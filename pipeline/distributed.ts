@@ -51,6 +51,7 @@ import {
 } from "./run.ts";
 import { RedisBus, type StreamEntry } from "./distributed/bus.ts";
 import { checkRunFits } from "./limits.ts";
+import { refuseDistributedReward } from "./reward_run.ts";
 
 export { parseRedisUrl, RedisBus, RedisGone } from "./distributed/bus.ts";
 
@@ -368,6 +369,7 @@ export class Coordinator {
    * same spec.
    */
   static async start(run: ResolvedPipeline, o: CoordinatorOptions): Promise<Coordinator> {
+    refuseDistributedReward(run.spec, run.loaded.where);
     const bus = await RedisBus.connect(o.url, { name: consumerName("coordinator") });
     const c = new Coordinator(bus, run, o);
     const { keys } = c;
@@ -647,6 +649,7 @@ async function serveSession(
     overrides: { iterations: Number(meta.iterations), seed: Number(meta.seed), out: meta.out },
   });
   const run = await resolvePipeline(loaded);
+  refuseDistributedReward(run.spec, run.loaded.where);
   // Sizes against this worker's device, before anything is allocated.
   await checkRunFits(gpu, run);
   const setup = runSetup(run);

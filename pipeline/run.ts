@@ -45,6 +45,7 @@ import { F32_MAX, F32_MIN_POSITIVE, type KeyPath } from "./load.ts";
 import type { Plan } from "./compile.ts";
 import { checkRunFits, formatBytes } from "./limits.ts";
 import { blockIteration, faultPoint } from "./faults.ts";
+import { rewardRun } from "./reward_run.ts";
 import {
   appendMetrics,
   checkOutDir,
@@ -57,6 +58,7 @@ import {
   isDiskFull,
   latestCheckpoint,
   makeRunDir,
+  manifestPipeline,
   type MetricsLine,
   pipelineDigest,
   pipelineKey,
@@ -85,8 +87,11 @@ export interface RunInputs {
   texts: string[];
   model: { tensors: () => TensorStream };
   outDir: string;
-  /** The pipeline file's places, for messages (a ResolvedPipeline has it). */
-  loaded?: { where(path: KeyPath): string };
+  /**
+   * The pipeline file's places, for messages, and its path and text, which run.json records so
+   * that `--resume DIR` needs no pipeline argument (a ResolvedPipeline has them).
+   */
+  loaded?: { where(path: KeyPath): string; file?: string; text?: string };
 }
 
 /** The diagnostics of a step as metrics.jsonl fields. */
@@ -118,6 +123,12 @@ export interface RunOptions {
   ) => Promise<void> | void;
   /** Called after each iteration with its metrics line. */
   onIteration?: (line: MetricsLine, o: { total: number }) => void;
+  /**
+   * Progress within an iteration: `done` of `of` members scored (pipeline/engine.ts
+   * MemberProgress). Only the default evaluator reports it; setting it runs each iteration's
+   * program in pieces (the same ops, one run per member group).
+   */
+  onMembers?: (p: { iteration: number; done: number; of: number }) => void;
   /** Called with each checkpoint directory written. */
   onCheckpoint?: (dir: string, iteration: number) => void;
   /** Stops after the current iteration (with a checkpoint) when it returns true. */
@@ -280,6 +291,8 @@ export async function runTraining(
   const { spec, config } = run;
   const outDir = run.outDir.replace(/\/+$/, "");
   const setup = runSetup(run);
+  // fitness type reward: the members generate and a reward scores them (pipeline/reward_run.ts).
+  const reward = rewardRun(run, setup.split);
   const { strategy, M, tokens, split } = setup;
   const N = strategy.population;
   const heldPacked = setup.heldOutPacked;
@@ -386,6 +399,7 @@ export async function runTraining(
         data_digest: target.dataDigest,
         backend: device.backend,
         adapter: device.name,
+        ...manifestPipeline(run.loaded),
       }));
     faultPoint("run.manifest");
   }
@@ -423,6 +437,8 @@ export async function runTraining(
         // θ's own width: bf16 values are written exactly, and a resume reads them back as they were.
         dtype: setup.storage === "bf16" ? "BF16" : "F32",
         overwrite: true,
+        // The tokenizer beside config.json, as save_pretrained writes it: eval uses it.
+        tokenizer: run.tokenizer,
         files: { "state.json": JSON.stringify(await state(iteration, theta), null, 2) + "\n" },
       });
     } catch (e) {
@@ -475,11 +491,17 @@ export async function runTraining(
     };
     let res: IterationResult;
     try {
-      res = options.evaluator ? await options.evaluator(ctx) : await engine.evaluate(packed, {
-        iteration: t,
-        population: ask.members,
-        heldOut: wantEval,
-      });
+      const onMembers = options.onMembers;
+      res = options.evaluator
+        ? await options.evaluator(ctx)
+        : reward
+        ? await reward.evaluate(ctx)
+        : await engine.evaluate(packed, {
+          iteration: t,
+          population: ask.members,
+          heldOut: wantEval,
+          ...(onMembers ? { onProgress: (p) => onMembers({ iteration: t, ...p }) } : {}),
+        });
     } catch (e) {
       // θ_t is intact (evaluation never changes it): keep it, so --resume continues from here.
       if (!(e instanceof RunInterrupted)) throw e;
@@ -513,6 +535,8 @@ export async function runTraining(
       seconds,
       tokens_per_s: (N * scored) / seconds,
       ...diagnosticsFields(told.diagnostics),
+      // reward_mean/max/min, tokens generated per second, eval_reward and samples where evaluated.
+      ...(reward ? await reward.lineFields(ctx, res.fitness, seconds) : {}),
     };
     try {
       await appendMetrics(metricsPath, line);
@@ -542,6 +566,7 @@ export async function runTraining(
   }
   if (!stopped) await save(finalDir, total);
   checksum.destroy();
+  reward?.destroy();
   return { outDir, finalDir, iterations: stopped ? t : total, startedAt, lastLine, stopped };
 }
 

@@ -9,7 +9,13 @@
  */
 import type { RunOptions, RunSummary } from "../pipeline/run.ts";
 import type { MetricsLine } from "../pipeline/run_dir.ts";
-import { latestEval, type RunEvent, type RunSnapshot, type RunSource } from "./status.ts";
+import {
+  latestEval,
+  latestEvalReward,
+  type RunEvent,
+  type RunSnapshot,
+  type RunSource,
+} from "./status.ts";
 import type { RunStateName } from "./status.ts";
 
 /** What a live run knows before its first iteration. */
@@ -83,6 +89,7 @@ export class LiveRun implements RunSource, StatusHooks {
       total: this.#total,
       latest: this.#history.at(-1) ?? null,
       evalLoss: latestEval(this.#history),
+      evalReward: latestEvalReward(this.#history),
       secondsPerIteration: spi,
       etaSeconds: this.#state === "finished"
         ? 0

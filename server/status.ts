@@ -49,6 +49,8 @@ export interface RunSnapshot {
   latest: MetricsLine | null;
   /** The latest held-out loss and the iteration it was measured at (not every line has one). */
   evalLoss: { iter: number; value: number } | null;
+  /** A reward run's latest held-out reward and its iteration; absent or null otherwise. */
+  evalReward?: { iter: number; value: number } | null;
   /** Measured wall seconds per iteration (recent ones); null before the first. */
   secondsPerIteration: number | null;
   /** Seconds left at that pace; 0 once finished; null when not running. */
@@ -99,6 +101,16 @@ export interface StatusBody {
   update_norm_expected: number | null;
   update_ratio_expected: number | null;
   pair_snr: number | null;
+  /**
+   * A reward run (fitness type reward, pipeline/reward_run.ts): the latest line's mean, max and
+   * min over the members of their mean reward, and θ's latest held-out reward with its
+   * iteration. null otherwise.
+   */
+  reward_mean: number | null;
+  reward_max: number | null;
+  reward_min: number | null;
+  eval_reward: number | null;
+  eval_reward_iteration: number | null;
   seconds_per_iteration: number | null;
   eta_seconds: number | null;
   planned_memory_bytes: number | null;
@@ -133,6 +145,11 @@ export function statusBody(
     update_norm_expected: l?.update_norm_expected ?? null,
     update_ratio_expected: l?.update_ratio_expected ?? null,
     pair_snr: l?.pair_snr ?? null,
+    reward_mean: rewardOf(l)?.reward_mean ?? null,
+    reward_max: rewardOf(l)?.reward_max ?? null,
+    reward_min: rewardOf(l)?.reward_min ?? null,
+    eval_reward: s.evalReward?.value ?? null,
+    eval_reward_iteration: s.evalReward?.iter ?? null,
     seconds_per_iteration: s.secondsPerIteration,
     eta_seconds: s.etaSeconds,
     planned_memory_bytes: s.plannedMemoryBytes,
@@ -146,6 +163,30 @@ export function latestEval(lines: readonly MetricsLine[]): { iter: number; value
   for (let i = lines.length - 1; i >= 0; i--) {
     const v = lines[i].eval_loss;
     if (v !== undefined) return { iter: lines[i].iter, value: v };
+  }
+  return null;
+}
+
+/** The reward fields of a reward run's metrics line (pipeline/reward_run.ts RewardLineFields). */
+export interface RewardLine {
+  reward_mean?: number;
+  reward_max?: number;
+  reward_min?: number;
+  eval_reward?: number;
+}
+
+/** A line's reward fields, when it is a reward run's. */
+export function rewardOf(l: MetricsLine | null | undefined): RewardLine | null {
+  return l && typeof (l as RewardLine).reward_mean === "number" ? l as RewardLine : null;
+}
+
+/** The latest held-out reward in `lines` (eval_reward is only on evaluated iterations). */
+export function latestEvalReward(
+  lines: readonly MetricsLine[],
+): { iter: number; value: number } | null {
+  for (let i = lines.length - 1; i >= 0; i--) {
+    const v = (lines[i] as RewardLine).eval_reward;
+    if (typeof v === "number") return { iter: lines[i].iter, value: v };
   }
   return null;
 }

@@ -288,6 +288,8 @@ Deno.test("every shipped pipeline loads and resolves", async () => {
   assertEquals(files, [
     "micro-smoke.yaml",
     ...PAPER_SIZES.map((s) => `qwen3-${s}.yaml`).sort(),
+    "reward-tiny-pretrain.yaml",
+    "reward-tiny.yaml",
     "tiny-austen-lowrank.yaml",
     "tiny-austen.yaml",
   ]);

@@ -16,6 +16,8 @@
  *   a whole copy per member, with bf16 θ; low rank 4 (EGGROLL) at several member batches, up to
  *   one that puts every member's rows into one GEMM; and plain inference of the same batch.
  * - on the CPU backend, ES at 1 thread and at every core.
+ * - generation (tools/bench_generate.ts, JSON key `generation`): tokens/s with the KV cache, and
+ *   one reward-fitness iteration's seconds against one log-likelihood iteration's.
  * - the PyTorch peer (tools/torch_es.py, /usr/bin/python3 with Debian's python3-torch), full rank
  *   and low rank 4, the same N, M, T; skipped with a note when absent, or with --no-peer.
  *
@@ -55,6 +57,7 @@ import { EsEngine } from "../pipeline/engine.ts";
 import { packBatches } from "../pipeline/data.ts";
 import { memberRecords } from "../pipeline/es.ts";
 import { UserError } from "../pipeline/errors.ts";
+import { benchGeneration, printGeneration } from "./bench_generate.ts";
 
 const USAGE = "deno task bench [--backend auto|webgpu|cpu] [--quick] [--json] [--tune] " +
   "[--no-peer] [--threads N]";
@@ -929,7 +932,11 @@ if (import.meta.main) {
       reason: resolved.reason,
     });
     printReport(report, log);
-    if (values.json) console.log(JSON.stringify(report));
+    // Generation with the KV cache, and a reward iteration against a log-likelihood one
+    // (tools/bench_generate.ts): a section of its own, under the JSON key `generation`.
+    const generation = await benchGeneration(device, { quick: values.quick ?? false });
+    printGeneration(generation, log);
+    if (values.json) console.log(JSON.stringify({ ...report, generation }));
     device.destroy();
   });
 }

@@ -10,7 +10,7 @@
  *
  * @module
  */
-import { intFlag, parseFlags, runMain } from "./cli.ts";
+import { type CommandHelp, type DocumentedFlag, intFlag, parseFlags, runMain } from "./cli.ts";
 import { DEFAULT_PIPELINE_PATH, loadPipelineFile } from "../pipeline/load.ts";
 import {
   compile,
@@ -21,13 +21,16 @@ import {
 } from "../pipeline/compile.ts";
 import type { Program } from "../kernels/device.ts";
 import { parseBackend, planTarget } from "../kernels/backend.ts";
-import { getPreset } from "../model/presets.ts";
-import { loadConfigFile } from "../model/config.ts";
-import { resolvePath } from "../pipeline/stages/mod.ts";
+import { modelConfigOf, type Qwen3ModelSettings } from "../pipeline/stages/model.ts";
 import { UserError } from "../pipeline/errors.ts";
 import type { Qwen3Config } from "../model/config.ts";
-import { paramCount } from "../model/presets.ts";
+import { getPreset, paramCount } from "../model/presets.ts";
 import { memoryReport, type MemoryRow } from "../pipeline/memory.ts";
+import {
+  formatGenerationPlan,
+  generationPlan,
+  generationPlanJson,
+} from "../pipeline/reward_run.ts";
 
 /** Bytes in human units (binary). */
 export function formatBytes(n: number): string {
@@ -169,18 +172,44 @@ export function formatMemoryTable(rows: MemoryRow[]): string {
   return lines.join("\n");
 }
 
+/** plan's flags: the parser, the usage line and `--help` all come from this table. */
+export const PLAN_FLAGS = {
+  json: { type: "boolean", help: "print the plan (or the memory rows) as JSON" },
+  memory: { type: "boolean", help: "ES memory beside Adam's for this pipeline" },
+  "memory-table": {
+    type: "boolean",
+    help: "the memory table of the paper's six pipelines (ignores PIPELINE.yaml)",
+  },
+  "max-binding": {
+    type: "string",
+    value: "BYTES",
+    help: "plan for a device that binds this many bytes (a GPU binds far more than lavapipe)",
+    default: "the device's own limit",
+  },
+  backend: {
+    type: "string",
+    value: "auto|webgpu|cpu",
+    help: "plan for this backend's device; auto: what train would use here",
+    default: "the pipeline's backend, auto",
+  },
+} satisfies Record<string, DocumentedFlag>;
+
+/** What `deno task plan --help` says besides the flags. */
+export const PLAN_HELP: CommandHelp = {
+  command: "deno task plan",
+  args: "[PIPELINE.yaml]",
+  about: "The compiled kernel graph, buffers and device memory of a pipeline, before anything " +
+    "is allocated.",
+  positionals: [[
+    "PIPELINE.yaml",
+    "the pipeline to plan (default: configs/pipelines/tiny-austen.yaml)",
+  ]],
+  example: "deno task plan configs/pipelines/qwen3-4b.yaml --memory",
+};
+
 if (import.meta.main) {
   await runMain("plan", async () => {
-    const usage =
-      "deno task plan [PIPELINE.yaml] [--json] [--memory] [--memory-table] [--max-binding BYTES] " +
-      "[--backend auto|webgpu|cpu]";
-    const { values, positionals } = parseFlags(Deno.args, {
-      json: { type: "boolean" },
-      memory: { type: "boolean" },
-      "memory-table": { type: "boolean" },
-      "max-binding": { type: "string" },
-      backend: { type: "string" },
-    }, usage);
+    const { values, positionals } = parseFlags(Deno.args, PLAN_FLAGS, PLAN_HELP);
     const backend = values.backend === undefined ? undefined : parseBackend(values.backend);
     if (values["memory-table"]) {
       const rows = await memoryTable(
@@ -190,15 +219,15 @@ if (import.meta.main) {
       return;
     }
     if (positionals.length > 1) {
-      throw new UserError("one pipeline file at most; usage: deno task plan [PIPELINE.yaml]");
+      throw new UserError("one pipeline file at most; see deno task plan --help");
     }
     const file = positionals[0] ?? DEFAULT_PIPELINE_PATH;
     const loaded = await loadPipelineFile(file);
     // The plan needs the architecture only: no corpus, tokenizer or weights are read.
-    const m = loaded.spec.model as { preset?: string; config?: string };
-    const config = m.preset !== undefined
-      ? getPreset(m.preset)
-      : await loadConfigFile(resolvePath(m.config!, { baseDir: loaded.baseDir } as never));
+    const { config } = await modelConfigOf(
+      loaded.spec.model as Qwen3ModelSettings,
+      { baseDir: loaded.baseDir, where: loaded.where },
+    );
     // The device the run would use: --backend, else the pipeline's, resolved as train does.
     let target = await planTarget(backend ?? loaded.spec.backend);
     if (values["max-binding"] !== undefined) {
@@ -220,10 +249,19 @@ if (import.meta.main) {
       return;
     }
     const plan = await compile(loaded.spec, config, { target });
+    // A reward fitness generates: its decoder (the KV cache) is planned beside the iteration.
+    const generation = await generationPlan(loaded.spec, config, { target });
     console.log(
       values.json
-        ? JSON.stringify({ ...plan, iteration: programJson(plan.iteration) })
-        : formatPlan(plan, { file: loaded.file, config }),
+        ? JSON.stringify({
+          ...plan,
+          iteration: programJson(plan.iteration),
+          ...(generation ? { generation: generationPlanJson(generation) } : {}),
+        })
+        : formatPlan(plan, { file: loaded.file, config }) +
+          (generation
+            ? `\n\n${formatGenerationPlan(generation, { planBytes: plan.bytes.total })}`
+            : ""),
     );
   });
 }

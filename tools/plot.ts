@@ -1,5 +1,6 @@
 /**
- * `deno task plot`: held-out loss and mean fitness against iteration, one line per run.
+ * `deno task plot`: held-out loss and mean fitness against iteration, one line per run (for a
+ * reward run, the population's mean reward and θ's held-out reward: {@link rewardPlotSpec}).
  *
  *   deno task plot RUN_DIR [RUN_DIR…] [--out FILE.svg|FILE.png]
  *
@@ -122,6 +123,10 @@ export interface PlotSpecOptions {
  * fitness_mean} records in one inline dataset, so one run or twenty cost the same spec.
  */
 export function plotSpec(runs: PlottedRun[], options: PlotSpecOptions = {}): vegaLite.TopLevelSpec {
+  // A reward run (fitness type reward) draws its reward instead: see rewardPlotSpec.
+  if (runs.some((r) => r.lines.some((l) => typeof rewardFields(l).reward_mean === "number"))) {
+    return rewardPlotSpec(runs, options);
+  }
   const width = options.width ?? 420, height = options.height ?? 260;
   const values = runs.flatMap((r) =>
     r.lines.map((l) => ({
@@ -181,6 +186,96 @@ export function plotSpec(runs: PlottedRun[], options: PlotSpecOptions = {}): veg
         },
       },
     ],
+  };
+}
+
+/** The reward fields of a reward run's metrics line (pipeline/reward_run.ts RewardLineFields). */
+function rewardFields(l: MetricsLine): { reward_mean?: number; eval_reward?: number } {
+  return l as { reward_mean?: number; eval_reward?: number };
+}
+
+/**
+ * The spec of reward runs (fitness type reward): the population's mean reward against iteration
+ * (a line per run) with θ's held-out reward as points where it was evaluated, and the held-out
+ * loss beside it when a run measured one.
+ */
+export function rewardPlotSpec(
+  runs: PlottedRun[],
+  options: PlotSpecOptions = {},
+): vegaLite.TopLevelSpec {
+  const width = options.width ?? 420, height = options.height ?? 260;
+  const values = runs.flatMap((r) =>
+    r.lines.map((l) => ({
+      run: r.label,
+      iter: l.iter,
+      reward_mean: rewardFields(l).reward_mean ?? null,
+      eval_reward: rewardFields(l).eval_reward ?? null,
+      eval_loss: l.eval_loss ?? null,
+    }))
+  );
+  const x = {
+    field: "iter",
+    type: "quantitative" as const,
+    title: "iteration",
+    scale: { nice: false },
+    axis: { tickMinStep: 1, format: "d" },
+  };
+  const color = {
+    field: "run",
+    type: "nominal" as const,
+    title: "run",
+    sort: runs.map((r) => r.label),
+  };
+  const reward = {
+    width,
+    height,
+    title: "reward (line: population mean; points: θ's held-out reward)",
+    layer: [
+      {
+        transform: [{ filter: "isValid(datum.reward_mean)" }],
+        mark: { type: "line" as const, strokeWidth: 1.5 },
+        encoding: {
+          x,
+          y: {
+            field: "reward_mean",
+            type: "quantitative" as const,
+            title: "reward",
+            scale: { zero: false },
+          },
+          color,
+        },
+      },
+      {
+        transform: [{ filter: "isValid(datum.eval_reward)" }],
+        mark: { type: "point" as const, filled: true, size: 36 },
+        encoding: { x, y: { field: "eval_reward", type: "quantitative" as const }, color },
+      },
+    ],
+  };
+  const loss = {
+    width,
+    height,
+    title: "held-out loss (nats per token)",
+    transform: [{ filter: "isValid(datum.eval_loss)" }],
+    mark: { type: "line" as const, point: { size: 24 }, strokeWidth: 1.8 },
+    encoding: {
+      x,
+      y: {
+        field: "eval_loss",
+        type: "quantitative" as const,
+        title: "loss",
+        scale: { zero: false },
+      },
+      color,
+    },
+  };
+  const withLoss = values.some((v) => v.eval_loss !== null);
+  return {
+    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+    title: options.title ?? (runs.length === 1 ? runs[0].label : `${runs.length} runs`),
+    data: { values },
+    config: { font: "DejaVu Sans, Liberation Sans, Arial, sans-serif", background: "white" },
+    hconcat: withLoss ? [reward, loss] : [reward],
   };
 }
 

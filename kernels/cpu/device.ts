@@ -423,6 +423,58 @@ export class CpuDevice implements Device {
         };
         return () => n.lowrankEmbed(args);
       }
+      case "qk_norm_rope_at": {
+        const rows = num("R"), tn = num("TN");
+        const args = {
+          x: this.#f32(b[0]),
+          w: this.#f32(b[1]),
+          cos: this.#f32(b[2]),
+          sin: this.#f32(b[3]),
+          pos: this.#u32(b[4]),
+          sequences: rows / tn,
+          newTokens: tn,
+          heads: num("NH"),
+          headDim: num("D"),
+          positions: num("P"),
+          eps: num("EPS"),
+          rowsPerMember: num("RM"),
+          wMs: num("W_MS"),
+        };
+        return () => n.qkNormRopeAt(args);
+      }
+      case "kv_cache_write": {
+        const rows = num("R"), tn = num("TN");
+        const args = {
+          k: this.#f32(b[0]),
+          v: this.#f32(b[1]),
+          pos: this.#u32(b[2]),
+          kc: this.#f32(b[3]),
+          vc: this.#f32(b[4]),
+          sequences: rows / tn,
+          newTokens: tn,
+          slots: num("SLOTS"),
+          width: num("E4") * 4,
+        };
+        return () => n.kvCacheWrite(args);
+      }
+      case "attention_cache": {
+        const rows = num("R"), tn = num("TN");
+        const args = {
+          q: this.#f32(b[0]),
+          kc: this.#f32(b[1]),
+          vc: this.#f32(b[2]),
+          pos: this.#u32(b[3]),
+          out: this.#f32(b[4]),
+          sequences: rows / tn,
+          newTokens: tn,
+          heads: num("NH"),
+          kvHeads: num("NKV"),
+          headDim: num("D"),
+          slots: num("SLOTS"),
+          scale: Math.fround(num("SCALE")),
+        };
+        return () => n.attentionCache(args);
+      }
       case "checksum": {
         const args = {
           x: this.#u32(b[0]),

@@ -1237,3 +1237,98 @@ EXPORT void esf_checksum(const uint32_t* x, int64_t N, uint32_t base, uint32_t* 
   sums[0] += a;
   sums[1] += b;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Decoding with a KV cache (qk_norm_rope_at, kv_cache_write, attention_cache .wgsl,
+// kernels/kv_cache.ts). S = sequences, TN = new tokens per sequence, R = S·TN rows; row r is
+// token r % TN of sequence r / TN, at position pos[r / TN] + r % TN (also its cache slot).
+
+// qk_norm_rope_at.wgsl, in place: x is (R, NH, D); each head is RMS-normalised with w (D) (member
+// m's at m·w_ms, m = r / RM), then rotated by half-split RoPE at position
+// min(pos[r / TN] + r % TN, P − 1) with cos and sin (P, D/2), as esf_qk_norm_rope.
+EXPORT void esf_qk_norm_rope_at(float* x, const float* w, const float* cos_t, const float* sin_t,
+                                const uint32_t* pos, int64_t R, int64_t TN, int64_t NH,
+                                int64_t D, int64_t P, float eps, int64_t RM, int64_t w_ms) {
+  const int64_t half = D / 2;
+#pragma omp parallel for schedule(static) if (R * NH * D > 16384)
+  for (int64_t i = 0; i < R * NH; i++) {
+    const int64_t row = i / NH;
+    int64_t p = (int64_t)pos[row / TN] + row % TN;
+    if (p > P - 1) p = P - 1;
+    float* xh = x + i * D;
+    const float* wr = w + (row / RM) * w_ms;
+    const float* c = cos_t + p * half;
+    const float* s = sin_t + p * half;
+    const float inv = 1.0f / sqrtf(sumsq(xh, D) / (float)D + eps);
+    for (int64_t j = 0; j < half; j++) {
+      const float a = wr[j] * (xh[j] * inv);
+      const float b = wr[j + half] * (xh[j + half] * inv);
+      xh[j] = a * c[j] - b * s[j];
+      xh[j + half] = b * c[j] + a * s[j];
+    }
+  }
+}
+
+// kv_cache_write.wgsl: k and v are (R, W) with W = NKV·D; kc and vc are (S, SLOTS, W). Row r is
+// copied to slot pos[r / TN] + r % TN of sequence r / TN; a slot ≥ SLOTS is skipped.
+EXPORT void esf_kv_cache_write(const float* k, const float* v, const uint32_t* pos, float* kc,
+                               float* vc, int64_t R, int64_t TN, int64_t SLOTS, int64_t W) {
+  for (int64_t r = 0; r < R; r++) {
+    const int64_t seq = r / TN, slot = (int64_t)pos[seq] + r % TN;
+    if (slot >= SLOTS) continue;
+    memcpy(kc + (seq * SLOTS + slot) * W, k + r * W, (size_t)W * sizeof(float));
+    memcpy(vc + (seq * SLOTS + slot) * W, v + r * W, (size_t)W * sizeof(float));
+  }
+}
+
+// attention_cache.wgsl: q is (R, NH, D), kc and vc are (S, SLOTS, NKV, D), out is (R, NH, D).
+// Query (r, h) at position p reads kv head h / (NH / NKV) of its sequence over slots
+// 0..min(p, SLOTS − 1), in order, with the online softmax of esf_attention: scores (q·scale)·k
+// (Σ_j in lanes j mod 8, then the fixed tree), the running maximum from −3e38, the sum and the
+// accumulator rescaled by e^(m − score) when a score exceeds it, then p = e^(score − m) added.
+EXPORT void esf_attention_cache(const float* q, const float* kc, const float* vc,
+                                const uint32_t* pos, float* out, int64_t R, int64_t TN,
+                                int64_t NH, int64_t NKV, int64_t D, int64_t SLOTS, float scale) {
+  const int64_t group = NH / NKV;
+#pragma omp parallel if (R * NH > 1 && R * NH * SLOTS * D > 65536)
+  {
+    float* qs = alloc_floats(2 * D);
+    float* acc = qs + D;
+#pragma omp for schedule(dynamic, 4)
+    for (int64_t i = 0; i < R * NH; i++) {
+      const int64_t h = i % NH, row = i / NH, seq = row / TN, g = h / group;
+      int64_t last = (int64_t)pos[seq] + row % TN;
+      if (last > SLOTS - 1) last = SLOTS - 1;
+      const float* qi = q + i * D;
+      for (int64_t j = 0; j < D; j++) {
+        qs[j] = qi[j] * scale;
+        acc[j] = 0.0f;
+      }
+      float m = -3.0e38f, l = 0.0f;
+      for (int64_t s = 0; s <= last; s++) {
+        const float* kr = kc + ((seq * SLOTS + s) * NKV + g) * D;
+        const float* vr = vc + ((seq * SLOTS + s) * NKV + g) * D;
+        v8f d8 = splat8(0.0f);
+        int64_t j = 0;
+        for (; j + 8 <= D; j += 8) d8 = d8 + load8(qs + j) * load8(kr + j);
+        float lanes[8];
+        store8(lanes, d8);
+        for (int t = 0; j < D; j++, t++) lanes[t] = lanes[t] + qs[j] * kr[j];
+        const float sc = tree8(lanes);
+        if (sc > m) {
+          const float c = exp_f(m - sc);
+          l = l * c;
+          for (j = 0; j < D; j++) acc[j] = acc[j] * c;
+          m = sc;
+        }
+        const float p = exp_f(sc - m);
+        l = l + p;
+        for (j = 0; j < D; j++) acc[j] = acc[j] + p * vr[j];
+      }
+      const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+      float* o = out + i * D;
+      for (int64_t j = 0; j < D; j++) o[j] = acc[j] * inv;
+    }
+    free(qs);
+  }
+}

@@ -142,6 +142,18 @@ const SYMBOLS = {
   esf_normals: { parameters: [U32, U32, U32, U32, U32, I64, I64, P], result: "void" },
   // M, N, K, a, b, c
   esf_sgemm_nt: { parameters: [I64, I64, I64, P, P, P], result: "void" },
+  // x, w, cos, sin, pos, R, TN, NH, D, P, eps, RM, w_ms
+  esf_qk_norm_rope_at: {
+    parameters: [P, P, P, P, P, I64, I64, I64, I64, I64, F32, I64, I64],
+    result: "void",
+  },
+  // k, v, pos, kc, vc, R, TN, SLOTS, W
+  esf_kv_cache_write: { parameters: [P, P, P, P, P, I64, I64, I64, I64], result: "void" },
+  // q, kc, vc, pos, out, R, TN, NH, NKV, D, SLOTS, scale
+  esf_attention_cache: {
+    parameters: [P, P, P, P, P, I64, I64, I64, I64, I64, I64, F32],
+    result: "void",
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The raw entry points of libesflow, as Deno.dlopen types them (no checks). */
@@ -395,6 +407,14 @@ function memberCount(kernel: string, rows: number, rowsPerMember: number): numbe
   return rows === 0 ? 0 : Math.ceil(rows / rowsPerMember);
 }
 
+/** R = S·TN of a decode step, with pos holding every sequence's position. */
+function decodeRows(kernel: string, o: DecodeRows): number {
+  const s = size(kernel, "sequences", o.sequences), tn = size(kernel, "newTokens", o.newTokens);
+  if (s > 0 && tn < 1) throw new Error(`${kernel}: newTokens must be ≥ 1`);
+  holds(kernel, "pos", o.pos, s);
+  return s * tn;
+}
+
 function isBf16(kernel: string, theta: ThetaArray, bf16: boolean | undefined): boolean {
   const b = bf16 ?? !(theta instanceof Float32Array);
   if (!b && !(theta instanceof Float32Array)) {
@@ -629,6 +649,67 @@ export interface LowrankFactorsArgs {
   params: Uint32Array;
   mode: "member" | "update";
   out: Float32Array;
+}
+
+/** The rows of a KV-cache decode step: S sequences of TN new tokens, R = S·TN (kernels/kv_cache.ts). */
+export interface DecodeRows {
+  /** S: sequences. */
+  sequences: number;
+  /** TN: new tokens per sequence. */
+  newTokens: number;
+  /** (S) u32: the position (and cache slot) of each sequence's first new token. */
+  pos: Uint32Array;
+}
+
+/** Options of {@link Native.qkNormRopeAt}: per-head RMSNorm then RoPE at buffered positions. */
+export interface QkNormRopeAtArgs extends DecodeRows {
+  /** (R, heads, headDim), rewritten. */
+  x: Float32Array;
+  /** (headDim) per member. */
+  w: Float32Array;
+  /** (positions, headDim/2) each (kernels/qk_norm_rope.ts ropeTables). */
+  cos: Float32Array;
+  sin: Float32Array;
+  heads: number;
+  /** Even. */
+  headDim: number;
+  /** P: rows of the tables; a later position is clamped to P − 1. */
+  positions: number;
+  eps: number;
+  /** Rows per member. Default R. */
+  rowsPerMember?: number;
+  /** Elements between members' w. Default 0. */
+  wMs?: number;
+}
+
+/** Options of {@link Native.kvCacheWrite}: each new row into its sequence's cache slot. */
+export interface KvCacheWriteArgs extends DecodeRows {
+  /** (R, width) each. */
+  k: Float32Array;
+  v: Float32Array;
+  /** (S, slots, width) each. */
+  kc: Float32Array;
+  vc: Float32Array;
+  slots: number;
+  /** NKV·D. */
+  width: number;
+}
+
+/** Options of {@link Native.attentionCache}: new queries over the cache, attention_cache.wgsl. */
+export interface AttentionCacheArgs extends DecodeRows {
+  /** (R, heads, headDim). */
+  q: Float32Array;
+  /** (S, slots, kvHeads, headDim) each. */
+  kc: Float32Array;
+  vc: Float32Array;
+  /** (R, heads, headDim). */
+  out: Float32Array;
+  slots: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  /** Score scale. Default headDim^-0.5 rounded to f32. */
+  scale?: number;
 }
 
 /** Options of {@link Native.lowrankEmbed}: x[r] += a[ids[r]]·Bᵀ, lowrank_embed.wgsl. */
@@ -1117,6 +1198,94 @@ export class Native {
       out,
     );
     return out;
+  }
+
+  /** Per-head RMSNorm then RoPE at buffered positions, in place (esflow.c esf_qk_norm_rope_at). */
+  qkNormRopeAt(o: QkNormRopeAtArgs): void {
+    const K = "esf_qk_norm_rope_at";
+    const rows = decodeRows(K, o);
+    const heads = size(K, "heads", o.heads), headDim = size(K, "headDim", o.headDim);
+    const positions = size(K, "positions", o.positions);
+    const rm = size(K, "rowsPerMember", o.rowsPerMember ?? Math.max(rows, 1));
+    const wMs = size(K, "wMs", o.wMs ?? 0);
+    if (headDim % 2 !== 0) throw new Error(`${K}: headDim ${headDim} must be even`);
+    if (rows > 0 && positions < 1) throw new Error(`${K}: positions must be ≥ 1`);
+    holds(K, "x", o.x, rows * heads * headDim);
+    holds(K, "w", o.w, forMembers(headDim, wMs, memberCount(K, rows, rm)));
+    let most = 0;
+    for (let s = 0; s < o.sequences; s++) most = Math.max(most, o.pos[s] + o.newTokens - 1);
+    const used = rows > 0 ? Math.min(most, positions - 1) + 1 : 0;
+    holds(K, "cos", o.cos, (used * headDim) / 2);
+    holds(K, "sin", o.sin, (used * headDim) / 2);
+    this.symbols.esf_qk_norm_rope_at(
+      o.x,
+      o.w,
+      o.cos,
+      o.sin,
+      o.pos,
+      BigInt(rows),
+      BigInt(o.newTokens),
+      BigInt(heads),
+      BigInt(headDim),
+      BigInt(positions),
+      o.eps,
+      BigInt(rm),
+      BigInt(wMs),
+    );
+  }
+
+  /** Writes new key and value rows into their cache slots (esflow.c esf_kv_cache_write). */
+  kvCacheWrite(o: KvCacheWriteArgs): void {
+    const K = "esf_kv_cache_write";
+    const rows = decodeRows(K, o);
+    const slots = size(K, "slots", o.slots), width = size(K, "width", o.width);
+    holds(K, "k", o.k, rows * width);
+    holds(K, "v", o.v, rows * width);
+    holds(K, "kc", o.kc, o.sequences * slots * width);
+    holds(K, "vc", o.vc, o.sequences * slots * width);
+    this.symbols.esf_kv_cache_write(
+      o.k,
+      o.v,
+      o.pos,
+      o.kc,
+      o.vc,
+      BigInt(rows),
+      BigInt(o.newTokens),
+      BigInt(slots),
+      BigInt(width),
+    );
+  }
+
+  /** New queries over the KV cache, causal by position (esflow.c esf_attention_cache). */
+  attentionCache(o: AttentionCacheArgs): void {
+    const K = "esf_attention_cache";
+    const rows = decodeRows(K, o);
+    const slots = size(K, "slots", o.slots);
+    const heads = size(K, "heads", o.heads), kvHeads = size(K, "kvHeads", o.kvHeads);
+    const headDim = size(K, "headDim", o.headDim);
+    if (kvHeads < 1 || heads % kvHeads !== 0) {
+      throw new Error(`${K}: ${heads} heads are not a multiple of ${kvHeads} kv heads`);
+    }
+    if (rows > 0 && slots < 1) throw new Error(`${K}: slots must be ≥ 1`);
+    holds(K, "q", o.q, rows * heads * headDim);
+    holds(K, "out", o.out, rows * heads * headDim);
+    holds(K, "kc", o.kc, o.sequences * slots * kvHeads * headDim);
+    holds(K, "vc", o.vc, o.sequences * slots * kvHeads * headDim);
+    const scale = o.scale ?? Math.fround(1 / Math.sqrt(headDim));
+    this.symbols.esf_attention_cache(
+      o.q,
+      o.kc,
+      o.vc,
+      o.pos,
+      o.out,
+      BigInt(rows),
+      BigInt(o.newTokens),
+      BigInt(heads),
+      BigInt(kvHeads),
+      BigInt(headDim),
+      BigInt(slots),
+      scale,
+    );
   }
 
   /** c = a·bᵀ through the BLAS (esflow.c esf_sgemm_nt), for benchmarks. */

@@ -33,6 +33,9 @@ const common = {
   allow_special_file: z.boolean().optional(),
 };
 
+/** The settings every dataset type shares, for a dataset stage in another module. */
+export const datasetSettingsShape = common;
+
 /** The corpus size cap when dataset.max_bytes is absent: 1 GiB. */
 export const DEFAULT_MAX_BYTES = 2 ** 30;
 
@@ -46,7 +49,7 @@ const jsonlSchema = z.strictObject({
 });
 
 /** The settings every dataset type shares, validated. */
-type CommonSettings = Pick<
+export type CommonSettings = Pick<
   z.infer<typeof textLinesSchema>,
   "path" | "max_lines" | "samples_per_iteration" | "holdout" | "max_bytes" | "allow_special_file"
 >;
@@ -66,7 +69,7 @@ const CHUNK = 1 << 16;
  * allow_special_file; never more than max_bytes; a NUL byte (binary data) or mostly invalid
  * UTF-8 is an error, a little invalid UTF-8 a warning. Every fault is one line at dataset.path.
  */
-async function readCorpusLines(
+export async function readCorpusLines(
   settings: CommonSettings,
   ctx: StageContext,
   take: (line: string, lineNo: number) => boolean,

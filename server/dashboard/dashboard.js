@@ -18,6 +18,8 @@
   /** The newest line with a held-out loss. */
   let lastEval = null;
   let fitnessView = null, lossView = null;
+  /** The reward chart, embedded when the first line of a reward run arrives. */
+  let rewardView = null;
   /** Chart updates run one after another: vega views must not run two changesets at once. */
   let drawing = Promise.resolve();
   let events = null;
@@ -171,6 +173,51 @@
       text("eval-loss", num(line.eval_loss));
       text("eval-loss-iter", `at iteration ${line.iter}`);
     }
+    renderReward(line);
+  }
+
+  // ---- a reward run (fitness type reward) ---------------------------------------------------
+
+  /** Reward cards and the latest samples from a line of a reward run; others change nothing. */
+  function renderReward(line) {
+    if (typeof line.reward_mean !== "number") return;
+    $("reward-card").hidden = false;
+    $("reward-section").hidden = false;
+    // A reward run measures θ by its held-out reward: no held-out loss to wait for.
+    if (lastEval === null) {
+      $("eval-loss-card").hidden = true;
+      $("loss-figure").hidden = true;
+    }
+    text("reward", num(line.reward_mean, 3));
+    text("reward-range", `max ${num(line.reward_max, 3)} · min ${num(line.reward_min, 3)}`);
+    if (typeof line.eval_reward === "number") {
+      $("eval-reward-card").hidden = false;
+      text("eval-reward", num(line.eval_reward, 3));
+      text("eval-reward-iter", `at iteration ${line.iter}`);
+    }
+    if (Array.isArray(line.samples)) renderSamples(line.iter, line.samples);
+  }
+
+  /** The samples of one evaluation: prompt → completion (reward), as text, never HTML. */
+  function renderSamples(iter, samples) {
+    const list = $("samples");
+    list.replaceChildren();
+    for (const s of samples) {
+      if (!s || typeof s !== "object") continue;
+      const li = document.createElement("li");
+      const prompt = document.createElement("code");
+      prompt.className = "prompt";
+      prompt.textContent = String(s.prompt ?? "");
+      const completion = document.createElement("code");
+      completion.className = "completion";
+      completion.textContent = String(s.completion ?? "");
+      const reward = document.createElement("span");
+      reward.className = "reward";
+      reward.textContent = `(${num(s.reward, 3)})`;
+      li.append(prompt, " → ", completion, reward);
+      list.append(li);
+    }
+    text("samples-iter", String(iter));
   }
 
   /** Fetches and shows /api/status; returns the run's state, or null when unreachable. */
@@ -267,6 +314,33 @@
     },
   };
 
+  const rewardSpec = {
+    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+    width: "container",
+    height: 260,
+    autosize: { type: "fit-x", contains: "padding" },
+    data: { name: "metrics" },
+    encoding: { x },
+    layer: [
+      {
+        mark: { type: "area", opacity: 0.22, color: "#2e8b57" },
+        encoding: {
+          y: { field: "reward_min", type: "quantitative", title: "reward", scale: { zero: false } },
+          y2: { field: "reward_max" },
+        },
+      },
+      {
+        mark: { type: "line", color: "#1e6b40", strokeWidth: 1.8 },
+        encoding: { y: { field: "reward_mean", type: "quantitative" } },
+      },
+      {
+        transform: [{ filter: "isValid(datum.eval_reward)" }],
+        mark: { type: "point", filled: true, size: 40, color: "#c0392b" },
+        encoding: { y: { field: "eval_reward", type: "quantitative" } },
+      },
+    ],
+  };
+
   async function embed(id, spec) {
     // SVG, so the marks are elements a test can count; ast: vega's expression interpreter,
     // because the page's CSP forbids eval; no actions menu (it links to an online editor).
@@ -288,10 +362,19 @@
     lastIter = fresh[fresh.length - 1].iter;
     for (const l of fresh) renderLine(l);
     const evals = fresh.filter((l) => typeof l.eval_loss === "number");
+    const rewards = fresh.filter((l) => typeof l.reward_mean === "number");
     drawing = drawing.then(async () => {
       fitnessView.change("metrics", vega.changeset().insert(fresh));
       await fitnessView.runAsync();
       bump("fitness-chart", fresh.length);
+      if (rewards.length > 0) {
+        rewardView ??= await embed("reward-chart", rewardSpec);
+        // The chart draws the numbers only: samples stay in the list.
+        const points = rewards.map(({ samples: _, ...l }) => l);
+        rewardView.change("metrics", vega.changeset().insert(points));
+        await rewardView.runAsync();
+        bump("reward-chart", rewards.length);
+      }
       if (evals.length > 0) {
         lossView.change("metrics", vega.changeset().insert(evals));
         await lossView.runAsync();
