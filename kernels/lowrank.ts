@@ -39,7 +39,6 @@ import {
 import { dispatch, launch, type Step, wgslConsts, wgslSource } from "./program.ts";
 import { matmulStep } from "./matmul.ts";
 import { gaussianNoise, noiseWgsl, type Seed } from "./philox.ts";
-import type { DeviceTensor } from "./tensor.ts";
 import { FACTOR, PERTURB, recordBytes, UPDATE, wgslStruct, writeRecord } from "./records.ts";
 
 /** First counter word of the low-rank factors; full-rank tensor ids stay below it. */

@@ -1,7 +1,8 @@
 /**
  * HuggingFace model directories: config.json plus model.safetensors, or shards behind
- * model.safetensors.index.json. What transformers' save_pretrained writes, esflow reads; what
- * esflow writes, transformers' from_pretrained loads.
+ * model.safetensors.index.json, and the tokenizer's files beside them (tokenizer.json,
+ * tokenizer_config.json, generation_config.json). What transformers' save_pretrained writes,
+ * esflow reads; what esflow writes, transformers' from_pretrained loads.
  *
  * @module
  */
@@ -26,6 +27,8 @@ import {
 } from "./safetensors_index.ts";
 import { qwen3TensorSpecs } from "./weights.ts";
 import { faultPoint } from "../pipeline/faults.ts";
+import type { Tokenizer } from "../tokenizers/tokenizer.ts";
+import { checkpointTokenizerFiles } from "../tokenizers/pretrained.ts";
 
 /** The single-file weights name. */
 export const WEIGHTS_FILE = "model.safetensors";
@@ -186,6 +189,12 @@ export interface SaveCheckpointOptions {
   overwrite?: boolean;
   /** More files to write into the directory in the same atomic step, by name (e.g. state.json). */
   files?: Record<string, string | Uint8Array>;
+  /**
+   * The model's tokenizer: its tokenizer.json and tokenizer_config.json, and a
+   * generation_config.json, are written beside config.json as save_pretrained does
+   * (tokenizers/pretrained.ts), so eval and generate use it by default.
+   */
+  tokenizer?: Tokenizer;
 }
 
 /**
@@ -227,7 +236,8 @@ export async function saveCheckpoint(dir: string, options: SaveCheckpointOptions
       maxShardBytes: options.maxShardBytes ?? DEFAULT_MAX_SHARD_BYTES,
     });
     faultPoint("checkpoint.weights");
-    for (const [name, content] of Object.entries(options.files ?? {})) {
+    const tokenizer = options.tokenizer ? await checkpointTokenizerFiles(options.tokenizer) : {};
+    for (const [name, content] of Object.entries({ ...tokenizer, ...options.files })) {
       if (name.includes("/") || name === "config.json" || name.endsWith(".safetensors")) {
         throw new Error(`saveCheckpoint: extra file name "${name}" is not allowed`);
       }

@@ -596,10 +596,13 @@ export class EsEngine {
       ],
     });
     const full = Math.floor((end - start) / P), rest = (end - start) % P;
-    if (full > 0) program.push(group(start, P, full));
-    if (rest > 0) program.push(group(start + full * P, rest, 1));
+    if (full > 0) program.push(this.#memberGroups.mark(group(start, P, full), P));
+    if (rest > 0) program.push(this.#memberGroups.mark(group(start + full * P, rest, 1), rest));
     return program;
   }
+
+  /** The member-group blocks of the programs {@link evaluationProgram} built (for progress). */
+  #memberGroups = new MemberGroups();
 
   /**
    * Evaluates the population on the iteration's packed micro-batches (and the held-out set when
@@ -615,13 +618,17 @@ export class EsEngine {
       population: readonly MemberRecord[];
       heldOut: boolean;
       members?: { start: number; end: number };
+      /** Progress within the iteration: see {@link MemberProgress}. */
+      onProgress?: MemberProgress;
     },
   ): Promise<IterationResult> {
     const d = this.device;
     const program = this.evaluationProgram(packed.layout, o);
     const { start, end } = this.#writeRecords(o);
     this.#upload(this.#iter, packed);
-    d.run(program, `iteration ${o.iteration}`);
+    const progress = o.onProgress
+      ? this.#memberGroups.runInPieces(d, program, `iteration ${o.iteration}`, o.onProgress)
+      : d.run(program, `iteration ${o.iteration}`);
     const samples = packed.layout.reduce((a, l) => a + l.batch, 0);
     const slot = slotStride(d);
     const reads: ReadSource[] = [
@@ -630,6 +637,7 @@ export class EsEngine {
     const heldCount = this.#holdLayout.reduce((a, l) => a + l.batch, 0);
     if (o.heldOut) reads.push({ buffer: this.#heldOut, offset: 0, bytes: heldCount * 4 });
     const out = await d.readMany(reads);
+    await progress;
     const totals = new Float32Array(out[0]);
     const fitness = Array.from(
       { length: end - start },
@@ -831,3 +839,84 @@ export class EsEngine {
 
 /** One packed micro-batch: where its tokens start and its shape (pipeline/data.ts). */
 type MicroBatch = PackedBatches["layout"][number];
+
+// ---- progress within an iteration (train's "iteration 0: member 7/16") ----------------------
+
+/**
+ * Called as an iteration's evaluation advances: `done` of `of` members scored (0 once the
+ * held-out pass and the shared prefix are done). On the CPU backend each call comes right after
+ * the work it counts; on WebGPU when the queue has reached it.
+ */
+export type MemberProgress = (p: { done: number; of: number }) => void;
+
+/**
+ * The member-group blocks of evaluation programs, and running such a program in pieces: all
+ * that comes before the members, then one repetition of a group block at a time, with a
+ * progress call after each. The pieces expand to the very ops of the whole program, in order
+ * (tests/engine_progress_test.ts), so the plan stays the program that runs; only the number of
+ * runs (submits on WebGPU) changes.
+ */
+class MemberGroups {
+  /** Each group block and the members one repetition of it scores. */
+  #blocks = new WeakMap<Block, number>();
+
+  mark(block: Block, members: number): Block {
+    this.#blocks.set(block, members);
+    return block;
+  }
+
+  /**
+   * Runs `program` piece by piece. On WebGPU nothing waits: each piece's completion is watched
+   * through onSubmittedWorkDone, so the queue stays full; the promise settles when all have.
+   */
+  runInPieces(
+    device: Device,
+    program: Program,
+    label: string,
+    report: MemberProgress,
+  ): Promise<void> {
+    const pieces: { program: Program; members: number }[] = [{ program: [], members: 0 }];
+    for (const op of program) {
+      if (op.op !== "block" || !this.#blocks.has(op)) {
+        (pieces[0].program as (Op | Block)[]).push(op);
+        continue;
+      }
+      const members = this.#blocks.get(op)!;
+      for (let i = 0; i < op.repeat; i++) pieces.push({ program: [repetition(op, i)], members });
+    }
+    const of = pieces.reduce((a, p) => a + p.members, 0);
+    const watched: Promise<void>[] = [];
+    let done = 0;
+    for (const piece of pieces) {
+      device.run(piece.program, label);
+      done += piece.members;
+      const p = { done, of };
+      if (device.backend === "cpu") report(p);
+      else watched.push(device.finish().then(() => report(p), () => {}));
+    }
+    return Promise.all(watched).then(() => {});
+  }
+}
+
+/**
+ * Repetition i of a block as a block of its own: the copies directly in its body moved by
+ * i·step, as {@link Block} defines (nested blocks move their own copies).
+ */
+function repetition(block: Block, i: number): Block {
+  return {
+    op: "block",
+    what: block.what,
+    repeat: 1,
+    body: block.body.map((op) =>
+      op.op === "copy" && (op.srcStep || op.dstStep)
+        ? {
+          ...op,
+          srcOffset: op.srcOffset + i * (op.srcStep ?? 0),
+          dstOffset: op.dstOffset + i * (op.dstStep ?? 0),
+          srcStep: undefined,
+          dstStep: undefined,
+        }
+        : op
+    ),
+  };
+}

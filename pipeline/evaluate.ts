@@ -1,17 +1,28 @@
 /**
  * Scoring a checkpoint on a set of samples: the library behind `deno task eval`.
  *
+ * Few shapes, so few compiles: every WebGPU pipeline is compiled for one (batch, T) shape, and
+ * on lavapipe compiling is most of a first eval. So the samples are sorted by length, cut into
+ * micro-batches of one row count, and each micro-batch's length is rounded up to a power of two
+ * (at least 16, at most the longest row): a text file compiles one or two shapes, not one per
+ * micro-batch. On WebGPU the LM head is streamed in as few vocabulary chunks as the binding
+ * limit allows (each chunk is a pipeline of its own). Padding changes no score: padded
+ * positions are masked and rows are independent.
+ *
  * @module
  */
 import { UserError } from "./errors.ts";
-import { padBatch, splitBatch } from "./batch.ts";
+import { padBatch } from "./batch.ts";
 import { acquireDevice, type BackendChoice } from "../kernels/backend.ts";
 import { destroyTensor } from "../kernels/tensor.ts";
 import { openCheckpoint } from "../model/checkpoint.ts";
 import { checkpointTensors, uploadWeights } from "../model/device_weights.ts";
 import { Qwen3Forward, type TokenBatch, validateBatch } from "../model/forward.ts";
-import { loadTokenizer } from "../tokenizers/mod.ts";
+import { loadTokenizer, type Tokenizer } from "../tokenizers/mod.ts";
 import { checkWeightsFit } from "./limits.ts";
+import { defaultMatmulTile } from "../kernels/matmul.ts";
+import type { Device } from "../kernels/device.ts";
+import type { Qwen3Config } from "../model/config.ts";
 
 /** Samples to score: a right-padded batch, with where it came from for messages. */
 export interface Samples {
@@ -19,6 +30,8 @@ export interface Samples {
   source: string;
   /** Tokenizer vocabulary size, when the samples came from text. */
   tokenizerVocab?: number;
+  /** The id that pads rows (the tokenizer's); default 0. */
+  padId?: number;
 }
 
 /** What `deno task eval` prints. */
@@ -67,10 +80,12 @@ export async function readTokensFile(path: string): Promise<Samples> {
 /**
  * Reads a UTF-8 text file as samples, one per non-empty line, tokenized and truncated to
  * `maxLen` tokens. Lines of fewer than two tokens have no next token to score and are skipped.
+ * `tokenizer`: a tokenizer, or its name for {@link loadTokenizer} (bytes, qwen3, a path); the
+ * model's own is tokenizers/pretrained.ts tokenizerForModel.
  */
 export async function readTextSamples(
   path: string,
-  options: { tokenizer: string; maxLen: number },
+  options: { tokenizer: string | Tokenizer; maxLen: number },
 ): Promise<Samples> {
   let text: string;
   try {
@@ -78,7 +93,9 @@ export async function readTextSamples(
   } catch {
     throw new UserError(`${path}: cannot read the text file; check the path`);
   }
-  const tok = await loadTokenizer(options.tokenizer);
+  const tok = typeof options.tokenizer === "string"
+    ? await loadTokenizer(options.tokenizer)
+    : options.tokenizer;
   const seqs = text.split(/\r?\n/).filter((l) => l.trim().length > 0)
     .map((l) => tok.encode(l).slice(0, options.maxLen))
     .filter((s) => s.length >= 2);
@@ -91,6 +108,7 @@ export async function readTextSamples(
     batch: padBatch(seqs, { padId: tok.padId }),
     source: path,
     tokenizerVocab: tok.vocabSize,
+    padId: tok.padId,
   };
 }
 
@@ -155,16 +173,20 @@ export async function evaluate(
       checkWeightsFit(config, { backend: gpu.backend, source: `${modelDir}/config.json` });
       const weights = await uploadWeights(gpu, checkpointTensors(ckpt));
       const micro = options.batch ?? 16;
+      const shaped = shapedMicroBatches(batch, { micro, padId: samples.padId ?? 0 });
+      const rows = Math.max(...shaped.map((m) => m.batch.inputIds.length));
+      const seqLen = Math.max(2, ...shaped.map((m) => m.batch.inputIds[0].length));
       const fwd = new Qwen3Forward(gpu, config, weights, {
-        maxBatch: Math.min(micro, batch.inputIds.length),
-        maxSeqLen: Math.max(2, Math.min(maxLen, longest)),
+        maxBatch: rows,
+        maxSeqLen: seqLen,
+        ...(gpu.backend === "webgpu" ? { vocabChunk: headChunk(gpu, config, rows * seqLen) } : {}),
       });
-      const perSample: number[] = [];
+      const perSample = new Array<number>(batch.inputIds.length);
       let tokens = 0;
       const t0 = performance.now();
-      for (const mb of splitBatch(batch, micro)) {
-        const r = await fwd.score(mb);
-        perSample.push(...r.perSample);
+      for (const mb of shaped) {
+        const r = await fwd.score(mb.batch);
+        mb.rows.forEach((row, i) => perSample[row] = r.perSample[i]);
         tokens += r.tokens;
       }
       const seconds = (performance.now() - t0) / 1000;
@@ -192,6 +214,67 @@ export async function evaluate(
     }
   } finally {
     ckpt.close();
+  }
+}
+
+/**
+ * The micro-batches to score `batch` in, few shapes among them: rows sorted by length (longest
+ * first), `micro` rows each (the last filled up with masked rows of padding, up to the number
+ * of rows when there are fewer), each padded to a power of two ≥ 16 capped at the longest row.
+ * `rows` maps each micro-batch's real rows back to their place in `batch`.
+ */
+export function shapedMicroBatches(
+  batch: TokenBatch,
+  o: { micro: number; padId: number },
+): { batch: TokenBatch; rows: number[] }[] {
+  const lengths = batch.attentionMask.map((m) => m.lastIndexOf(1) + 1);
+  const longest = Math.max(1, ...lengths);
+  const order = lengths.map((_, i) => i).sort((a, b) => lengths[b] - lengths[a] || a - b);
+  const size = Math.min(o.micro, order.length);
+  const groups: number[][] = [];
+  for (let at = 0; at < order.length; at += size) groups.push(order.slice(at, at + size));
+  const bucket = (rows: number[]) =>
+    Math.min(longest, Math.max(16, 2 ** Math.ceil(Math.log2(lengths[rows[0]] || 1))));
+  // One shape for all when that pads at most half again as many tokens as the buckets do.
+  const bucketed = groups.reduce((a, g) => a + bucket(g), 0);
+  const one = groups.length * longest <= 1.5 * bucketed;
+  const out: { batch: TokenBatch; rows: number[] }[] = [];
+  for (const rows of groups) {
+    const T = one ? longest : bucket(rows);
+    const pad = (r: readonly number[], v: number) => {
+      const row = r.slice(0, T);
+      while (row.length < T) row.push(v);
+      return row;
+    };
+    const ids = rows.map((r) => pad(batch.inputIds[r], o.padId));
+    const mask = rows.map((r) => pad(batch.attentionMask[r], 0));
+    // Masked rows fill the last micro-batch up to the shape of the others; their R is dropped.
+    while (ids.length < size) {
+      ids.push(new Array(T).fill(o.padId));
+      mask.push(new Array(T).fill(0));
+    }
+    out.push({ batch: { inputIds: ids, attentionMask: mask }, rows });
+  }
+  return out;
+}
+
+/**
+ * The LM-head chunk for WebGPU: few chunks, since each is a pipeline of its own (its offsets
+ * are compiled in), yet each chunk's matmul small enough for a tile that compiles in a second
+ * or two: on lavapipe kernels/matmul.ts takes the 32×32 tile (about 9 s to compile cold, each)
+ * above 2^31 flops. And at most 32768 columns: from 65536 on the WGSL head scores wrongly (R
+ * −10.1 for −12.09 on a 151,936-id model). On a GPU the tile is small anyway, so there the
+ * binding limit decides. A vocab of 151,936 at 16 × 21 tokens: 7 chunks of 16×16 tiles, where
+ * the default 8192 makes 19 of 32×32.
+ */
+function headChunk(device: Device, config: Qwen3Config, rows: number): number {
+  const V = config.vocabSize, k = config.hiddenSize;
+  const fit = Math.max(1, Math.floor(device.limits.maxStorageBufferBindingSize / (rows * 4)));
+  const widest = Math.min(V, fit, 32768);
+  for (let chunks = Math.ceil(V / widest);; chunks++) {
+    const n = Math.ceil(V / chunks);
+    const tile = defaultMatmulTile(device, { m: rows, k, n });
+    if (tile.tm * tile.tn < 1024 || n <= 8192) return n;
   }
 }
 

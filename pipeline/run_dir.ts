@@ -23,6 +23,7 @@
  *
  * @module
  */
+import { resolve } from "node:path";
 import { parentDir, syncDir } from "../model/safetensors.ts";
 import { writeTextAtomic } from "../model/safetensors_index.ts";
 import type { PipelineSpec } from "./spec.ts";
@@ -111,6 +112,12 @@ export interface RunManifest {
   data_digest: string;
   backend: string;
   adapter: string;
+  /**
+   * The pipeline file (absolute) and its YAML text as the run started from them, so `--resume
+   * DIR` continues with the same pipeline without naming it (absent in runs of older esflows).
+   */
+  pipeline_file?: string;
+  pipeline_text?: string;
 }
 
 // ---- digests --------------------------------------------------------------------------------
@@ -411,6 +418,44 @@ export function verifyManifest(outDir: string, m: RunManifest, target: ResumeTar
         `resume with --backend ${m.backend}, or pass --allow-backend-change`,
     );
   }
+}
+
+/** run.json's record of the pipeline file and text, when the run knows them. */
+export function manifestPipeline(
+  loaded?: { file?: string; text?: string },
+): Pick<RunManifest, "pipeline_file" | "pipeline_text"> {
+  if (loaded?.file === undefined || loaded.text === undefined) return {};
+  return { pipeline_file: resolve(loaded.file), pipeline_text: loaded.text };
+}
+
+/**
+ * What a run dir says about the run it holds, for `--resume DIR`: its seed, and the pipeline
+ * file and text it started from (run.json; a run of an older esflow records no text). The seed
+ * comes from run.json, else the latest checkpoint's state.json; null when the dir holds
+ * neither (the resume itself then says there is nothing to continue).
+ */
+export async function recordedRun(
+  outDir: string,
+): Promise<{ seed: number; from: string; pipeline?: { file: string; text: string } } | null> {
+  const dir = outDir.replace(/\/+$/, "");
+  const info = await Deno.stat(dir).catch(() => null);
+  if (info && !info.isDirectory) {
+    throw new UserError(
+      `--resume ${dir}: ${dir} is a file, not a run dir; give the run's directory`,
+    );
+  }
+  const m = await readManifest(dir);
+  if (m) {
+    return {
+      seed: m.seed,
+      from: `${dir}/run.json`,
+      ...(m.pipeline_file !== undefined && m.pipeline_text !== undefined
+        ? { pipeline: { file: m.pipeline_file, text: m.pipeline_text } }
+        : {}),
+    };
+  }
+  const latest = await latestCheckpoint(dir);
+  return latest ? { seed: latest.state.seed, from: `${latest.dir}/state.json` } : null;
 }
 
 /** Writes run.json atomically. */

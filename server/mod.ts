@@ -235,7 +235,7 @@ export function createStatusApp(options: StatusAppOptions): Hono {
     } catch {
       html = placeholderPage((await source.snapshot()).run);
     }
-    return c.html(html);
+    return c.html(await withLastCheckpoint(html, source));
   });
 
   app.get("/assets/:name", async (c) => {
@@ -250,6 +250,26 @@ export function createStatusApp(options: StatusAppOptions): Hono {
   });
 
   return app;
+}
+
+/** A source that knows its latest checkpoint (a run dir: server/run_dir.ts). */
+interface CheckpointSource {
+  lastCheckpoint(): Promise<{ dir: string; iteration: number } | null>;
+}
+
+/**
+ * The dashboard with its "last checkpoint" filled in from the source when the source knows it:
+ * a live page learns checkpoints from `checkpoint` events, but a run dir sends none, so a
+ * finished run served from disk would say "–". Written as the page's own event label does.
+ */
+async function withLastCheckpoint(html: string, source: RunSource): Promise<string> {
+  if (!("lastCheckpoint" in source)) return html;
+  const ck = await (source as RunSource & CheckpointSource).lastCheckpoint();
+  if (!ck) return html;
+  return html.replace(
+    /(<p id="checkpoint">)–(<\/p>)/,
+    `$1iteration ${Math.trunc(ck.iteration)}$2`,
+  );
 }
 
 /** Loopback names: a server bound to one of them answers to all of them. */

@@ -2,7 +2,8 @@
  * GET /metrics: the run's gauges in Prometheus text exposition format 0.0.4
  * (https://prometheus.io/docs/instrumenting/exposition_formats/).
  *
- * Every value is a gauge with a `run` label. A value the run does not have yet (no held-out loss
+ * Every value is a gauge with a `run` label, so none ends in `_total` (the suffix Prometheus
+ * keeps for counters; the run's length is esflow_iterations_planned). A value the run does not have yet (no held-out loss
  * before the first evaluation) has its HELP and TYPE lines and no sample, which Prometheus reads
  * as absent rather than as a made-up 0.
  *
@@ -31,8 +32,8 @@ export function prometheusText(s: StatusBody): string {
   const run = `run="${escapeLabel(s.run)}"`;
   const gauges: [name: string, help: string, value: number | null][] = [
     ["esflow_iteration", "ES iterations completed.", s.iteration],
-    // A gauge despite the _total suffix: it is the run's planned length, not a count of events.
-    ["esflow_iterations_total", "ES iterations the run is asked for.", s.total],
+    // Not `_total`: Prometheus keeps that suffix for counters, and this is the planned length.
+    ["esflow_iterations_planned", "ES iterations the run is asked for.", s.total],
     ["esflow_fitness_mean", "Mean fitness of the latest population.", s.fitness_mean],
     ["esflow_fitness_max", "Best fitness of the latest population.", s.fitness_max],
     ["esflow_fitness_min", "Worst fitness of the latest population.", s.fitness_min],

@@ -96,6 +96,15 @@ export class RunDirSource implements RunSource {
     };
   }
 
+  /**
+   * The latest checkpoint on disk (final/ or checkpoints/iter-N) and the iteration it holds:
+   * what a live run announces with its `checkpoint` events, which a run dir never sends.
+   */
+  async lastCheckpoint(): Promise<{ dir: string; iteration: number } | null> {
+    const latest = await latestCheckpoint(this.dir);
+    return latest ? { dir: latest.dir, iteration: latest.state.iteration } : null;
+  }
+
   subscribe(_listener: (event: RunEvent) => void): () => void {
     // Nothing changes under a read-only server; GET /api/events sends `end` at once.
     return () => {};

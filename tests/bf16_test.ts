@@ -1,10 +1,17 @@
 /**
  * bf16 storage of θ: the conversions, the perturb kernel widening bf16 to f32, and the update's
- * stochastic rounding, whose mean keeps steps far below a bf16 ulp.
+ * stochastic rounding, whose mean keeps steps far below a bf16 ulp; the kernels on both backends.
  */
-import type { DeviceBuffer } from "../kernels/device.ts";
-import { assert, assertClose, assertEquals, randn, seeded } from "./helpers.ts";
-import { acquireGpu, type Gpu } from "../kernels/runtime.ts";
+import type { Device, DeviceBuffer } from "../kernels/device.ts";
+import {
+  assert,
+  assertClose,
+  assertEquals,
+  randn,
+  seeded,
+  testBackends,
+  withDevice,
+} from "./helpers.ts";
 import { submitSteps } from "../kernels/program.ts";
 import { createTensor, fromBf16, readTensor, toBf16 } from "../kernels/tensor.ts";
 import {
@@ -17,7 +24,7 @@ import {
 } from "../kernels/es_update.ts";
 import { gaussianNoise } from "../kernels/philox.ts";
 
-function upload(gpu: Gpu, data: Uint32Array | Float32Array, label: string): DeviceBuffer {
+function upload(gpu: Device, data: Uint32Array | Float32Array, label: string): DeviceBuffer {
   const b = gpu.createBuffer(label, data.byteLength, "activations");
   gpu.write(b, data);
   return b;
@@ -40,94 +47,98 @@ Deno.test("bf16: round to nearest even, and back exactly", () => {
   }
 });
 
-Deno.test("bf16: θ stored in half the bytes, perturbed into f32 whole and in chunks", async () => {
-  // Small shards: a vector of odd-row shards and a matrix cut in shards and chunks.
-  const gpu = await acquireGpu({ shardBytes: 64 });
-  try {
-    const data = randn(seeded(2), 30 * 6, 0.05);
-    const t = createTensor(gpu, "w", [30, 6], { data, dtype: "bf16" });
-    assert(t.shards.length > 1, "sharded");
-    // Two bytes an element, up to 16 bytes of alignment per buffer.
-    for (const s of t.shards) {
-      assert(s.buffer.size - s.rows * 6 * 2 < 16, `a shard of ${s.rows} rows: ${s.buffer.size} B`);
-    }
-    const stored = fromBf16(toBf16(data));
-    assertEquals(await readTensor(gpu, t), stored);
-    const v = createTensor(gpu, "v", [10], { data: data.subarray(0, 10), dtype: "bf16" });
-    assert(v.shards.every((s) => s.rows % 2 === 0), "a bf16 vector's shards hold pairs");
-    assertEquals(await readTensor(gpu, v), fromBf16(toBf16(data.subarray(0, 10))));
+// Small shards: a vector of odd-row shards and a matrix cut in shards and chunks.
+testBackends(
+  "bf16: θ stored in half the bytes, perturbed into f32 whole and in chunks",
+  (backend) =>
+    withDevice(backend, { shardBytes: 64 }, async (gpu) => {
+      const data = randn(seeded(2), 30 * 6, 0.05);
+      const t = createTensor(gpu, "w", [30, 6], { data, dtype: "bf16" });
+      assert(t.shards.length > 1, "sharded");
+      // Two bytes an element, up to 16 bytes of alignment per buffer.
+      for (const s of t.shards) {
+        assert(
+          s.buffer.size - s.rows * 6 * 2 < 16,
+          `a shard of ${s.rows} rows: ${s.buffer.size} B`,
+        );
+      }
+      const stored = fromBf16(toBf16(data));
+      assertEquals(await readTensor(gpu, t), stored);
+      const v = createTensor(gpu, "v", [10], { data: data.subarray(0, 10), dtype: "bf16" });
+      assert(v.shards.every((s) => s.rows % 2 === 0), "a bf16 vector's shards hold pairs");
+      assertEquals(await readTensor(gpu, v), fromBf16(toBf16(data.subarray(0, 10))));
 
-    const params = upload(
-      gpu,
-      encodePerturbParams([{ seed: 5, iteration: 3, member: 2, scale: -0.01 }], paramStride(gpu)),
-      "params",
-    );
-    const eps = gaussianNoise(5, 3, 2, 7, data.length);
-    const want = Float64Array.from(stored, (x, e) => x + -0.01 * 0.5 * eps[e]);
-    // Whole: into an f32 copy sharded like θ.
-    const out = createTensor(gpu, "out", [30, 6]);
-    const whole = perturbSteps(gpu, {
-      theta: t,
-      out,
-      params,
-      paramIndex: 0,
-      tensorId: 7,
-      multiplier: 0.5,
-    });
-    await submitSteps(gpu, whole.steps);
-    assertClose(await readTensor(gpu, out), want, { atol: 1e-6, rtol: 0 });
-    // Chunks of 4 rows, each read back from the one chunk buffer after its step.
-    const buffer = gpu.createBuffer("chunk", 4 * 6 * 4, "activations");
-    const { chunks } = chunkPerturbSteps(gpu, {
-      theta: t,
-      tensorId: 7,
-      multiplier: 0.5,
-      chunkRows: 4,
-      out: buffer,
-      params,
-      paramIndex: 0,
-    });
-    const got = new Float32Array(data.length);
-    for (const c of chunks) {
-      await submitSteps(gpu, [c.step]);
-      const part = await gpu.readF32(buffer, c.rows * 6);
-      got.set(part, c.rowStart * 6);
-    }
-    assertClose(got, want, { atol: 1e-6, rtol: 0 });
-  } finally {
-    gpu.destroy();
-  }
-});
+      const params = upload(
+        gpu,
+        encodePerturbParams([{ seed: 5, iteration: 3, member: 2, scale: -0.01 }], paramStride(gpu)),
+        "params",
+      );
+      const eps = gaussianNoise(5, 3, 2, 7, data.length);
+      const want = Float64Array.from(stored, (x, e) => x + -0.01 * 0.5 * eps[e]);
+      // Whole: into an f32 copy sharded like θ.
+      const out = createTensor(gpu, "out", [30, 6]);
+      const whole = perturbSteps(gpu, {
+        theta: t,
+        out,
+        params,
+        paramIndex: 0,
+        tensorId: 7,
+        multiplier: 0.5,
+      });
+      await submitSteps(gpu, whole.steps);
+      assertClose(await readTensor(gpu, out), want, { atol: 1e-6, rtol: 0 });
+      // Chunks of 4 rows, each read back from the one chunk buffer after its step.
+      const buffer = gpu.createBuffer("chunk", 4 * 6 * 4, "activations");
+      const { chunks } = chunkPerturbSteps(gpu, {
+        theta: t,
+        tensorId: 7,
+        multiplier: 0.5,
+        chunkRows: 4,
+        out: buffer,
+        params,
+        paramIndex: 0,
+      });
+      const got = new Float32Array(data.length);
+      for (const c of chunks) {
+        await submitSteps(gpu, [c.step]);
+        const part = await gpu.readF32(buffer, c.rows * 6);
+        got.set(part, c.rowStart * 6);
+      }
+      assertClose(got, want, { atol: 1e-6, rtol: 0 });
+    }),
+);
 
-Deno.test("bf16: the update rounds stochastically, so steps of 1/80 ulp add up on average", async () => {
-  const gpu = await acquireGpu();
-  try {
-    const n = 4096, step = 1e-4, iterations = 100;
-    // At 1.0 a bf16 ulp is 2^-7 ≈ 0.0078: round-to-nearest would drop every step of 1e-4.
-    const t = createTensor(gpu, "theta", [n], { data: new Float32Array(n).fill(1), dtype: "bf16" });
-    const injected = upload(gpu, new Float32Array(n).fill(1), "eps");
-    const coeffs = gpu.createBuffer("coeffs", 16 + 4, "activations");
-    const { steps } = esUpdateSteps(gpu, {
-      theta: t,
-      coeffs,
-      tensorId: 0,
-      injectedNoise: injected,
-    });
-    for (let it = 0; it < iterations; it++) {
-      gpu.write(coeffs, encodeUpdateParams({ seed: 9, iteration: it, coefficients: [step] }));
+testBackends(
+  "bf16: the update rounds stochastically, so steps of 1/80 ulp add up on average",
+  (backend) =>
+    withDevice(backend, {}, async (gpu) => {
+      const n = 4096, step = 1e-4, iterations = 100;
+      // At 1.0 a bf16 ulp is 2^-7 ≈ 0.0078: round-to-nearest would drop every step of 1e-4.
+      const t = createTensor(gpu, "theta", [n], {
+        data: new Float32Array(n).fill(1),
+        dtype: "bf16",
+      });
+      const injected = upload(gpu, new Float32Array(n).fill(1), "eps");
+      const coeffs = gpu.createBuffer("coeffs", 16 + 4, "activations");
+      const { steps } = esUpdateSteps(gpu, {
+        theta: t,
+        coeffs,
+        tensorId: 0,
+        injectedNoise: injected,
+      });
+      for (let it = 0; it < iterations; it++) {
+        gpu.write(coeffs, encodeUpdateParams({ seed: 9, iteration: it, coefficients: [step] }));
+        await submitSteps(gpu, steps);
+      }
+      const got = await readTensor(gpu, t);
+      const mean = got.reduce((a, b) => a + b, 0) / n;
+      // Each element gains 0.01 in expectation; the mean of 4096 has a standard error of ~1.4e-4.
+      assertClose([mean], [1 + step * iterations], { atol: 1e-3, rtol: 0 });
+      assert(new Set(got).size > 1, "elements rounded differently");
+      assertEquals(fromBf16(toBf16(got)), got);
+      // A zero step leaves bf16 values exactly as they were.
+      gpu.write(coeffs, encodeUpdateParams({ seed: 9, iteration: 100, coefficients: [0] }));
       await submitSteps(gpu, steps);
-    }
-    const got = await readTensor(gpu, t);
-    const mean = got.reduce((a, b) => a + b, 0) / n;
-    // Each element gains 0.01 in expectation; the mean of 4096 has a standard error of ~1.4e-4.
-    assertClose([mean], [1 + step * iterations], { atol: 1e-3, rtol: 0 });
-    assert(new Set(got).size > 1, "elements rounded differently");
-    assertEquals(fromBf16(toBf16(got)), got);
-    // A zero step leaves bf16 values exactly as they were.
-    gpu.write(coeffs, encodeUpdateParams({ seed: 9, iteration: 100, coefficients: [0] }));
-    await submitSteps(gpu, steps);
-    assertEquals(await readTensor(gpu, t), got);
-  } finally {
-    gpu.destroy();
-  }
-});
+      assertEquals(await readTensor(gpu, t), got);
+    }),
+);

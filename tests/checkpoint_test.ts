@@ -316,3 +316,36 @@ Deno.test("saveCheckpoint creates missing parent dirs and accepts a trailing sla
     ckpt.close();
   });
 });
+
+// ---- the tokenizer beside config.json, as save_pretrained writes it ------------------------
+
+Deno.test("saveCheckpoint with a tokenizer writes tokenizer.json, tokenizer_config.json, generation_config.json", async () => {
+  const { loadTokenizer, tokenizerOfCheckpoint } = await import("../tokenizers/mod.ts");
+  await withTempDir(async (dir) => {
+    const config = getPreset("micro");
+    const tokenizer = await loadTokenizer("bytes");
+    await saveCheckpoint(`${dir}/m`, {
+      config,
+      tensors: randomInit(config, { seed: 1 }),
+      tokenizer,
+      files: { "state.json": "{}\n" },
+    });
+    const names = [];
+    for await (const e of Deno.readDir(`${dir}/m`)) names.push(e.name);
+    assert.deepEqual(names.sort(), [
+      "config.json",
+      "generation_config.json",
+      "model.safetensors",
+      "state.json",
+      "tokenizer.json",
+      "tokenizer_config.json",
+    ]);
+    const back = await tokenizerOfCheckpoint(`${dir}/m`);
+    assert.equal(back?.tokenizer.name, "bytes");
+    // The dir still opens as a model, the extra files ignored.
+    (await openCheckpoint(`${dir}/m`)).close();
+    // Without a tokenizer, nothing beside the weights but what `files` names.
+    await saveCheckpoint(`${dir}/bare`, { config, tensors: randomInit(config, { seed: 1 }) });
+    assert.equal(await tokenizerOfCheckpoint(`${dir}/bare`), null);
+  });
+});

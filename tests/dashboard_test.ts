@@ -217,6 +217,11 @@ Deno.test({
       assertEquals(await still.textContent("#run-name"), "micro-smoke", "served run name");
       assertEquals(await still.textContent("#state"), "stopped", "served state");
       assertEquals(await still.textContent("#connection"), "read-only", "served connection label");
+      assertEquals(
+        await still.textContent("#checkpoint"),
+        `iteration ${written.length}`,
+        "served last checkpoint (the stop's)",
+      );
       assertEquals(await points(still), written.length, "served loss chart points");
       const lastLine = JSON.parse(written.at(-1)!);
       assertEquals(

@@ -2,10 +2,12 @@
 // a coordinator and workers reach the single-process bytes; a worker SIGKILLed while it holds a
 // claim, and a worker that joins late, change nothing; Redis going away stops the coordinator
 // with a checkpoint that --resume continues; a password in the URL works and its absence is a
-// clear error. Plus the pieces: the GPU checksum against its CPU twin, the result set, URLs.
-import { assert, assertEquals } from "./helpers.ts";
+// clear error; a worker on another backend than the coordinator's is refused in one line. Every
+// process runs the CPU backend unless a test says otherwise. Plus the pieces: the device checksum
+// (both backends) against its TypeScript twin, the result set, URLs.
+import { assert, assertEquals, testBackends, withDevice } from "./helpers.ts";
 import { startRedis, type TestRedis, waitFor } from "./redis_helpers.ts";
-import { acquireGpu } from "../kernels/runtime.ts";
+import type { Backend } from "../kernels/device.ts";
 import { createTensor } from "../kernels/tensor.ts";
 import { checksumReference, WeightsChecksum } from "../kernels/checksum.ts";
 import {
@@ -119,12 +121,26 @@ async function withRun(
   }
 }
 
+/**
+ * The backend of every process of these runs, named rather than left to `auto`: a run is
+ * bit-identical only within one backend.
+ */
+const BACKEND: Backend = "cpu";
+
 function train(file: string, args: string[], env: Record<string, string> = {}): Proc {
-  return spawn("tools/train.ts", [file, "--quiet", "--no-status", ...args], env);
+  return spawn(
+    "tools/train.ts",
+    [file, "--quiet", "--no-status", "--backend", BACKEND, ...args],
+    env,
+  );
 }
 
-function worker(url: string, env: Record<string, string> = {}): Proc {
-  return spawn("tools/worker.ts", ["--redis", url], env);
+function worker(
+  url: string,
+  env: Record<string, string> = {},
+  o: { backend?: Backend } = {},
+): Proc {
+  return spawn("tools/worker.ts", ["--redis", url, "--backend", o.backend ?? BACKEND], env);
 }
 
 async function metricsLines(out: string): Promise<number> {
@@ -159,31 +175,30 @@ function referenceRun(): Promise<string> {
 /** Settings that keep a run going long enough to kill or add a process in it. */
 const SLOW = { ESFLOW_RANGE_SIZE: "2", ESFLOW_CLAIM_DEADLINE_MS: "1500" };
 
-Deno.test("the GPU weights checksum equals its CPU twin, sharded or not, and sees one flipped bit", async () => {
-  const gpu = await acquireGpu({ shardBytes: 1024 });
-  try {
-    const rng = (n: number, k: number) =>
-      Float32Array.from({ length: n }, (_, i) => Math.sin(i * k));
-    const datas = [rng(1000, 0.37), rng(7, 1.1), rng(64 * 9, 0.05)];
-    const shapes = [[1000], [7], [64, 9]];
-    const tensors = datas.map((d, i) => createTensor(gpu, `t${i}`, shapes[i], { data: d }));
-    assert(tensors[2].shards.length > 1, "the 64×9 tensor is sharded at 1 KiB");
-    const ck = new WeightsChecksum(gpu, tensors);
-    const want = checksumReference(datas);
-    assertEquals(await ck.compute(), want);
-    assertEquals(await ck.compute(), want, "recomputing gives the same digest");
-    const flipped = datas.map((d) => d.slice());
-    new Uint32Array(flipped[2].buffer)[300] ^= 1;
-    const other = checksumReference(flipped);
-    assert(other !== want, "one flipped low bit changes the digest");
-    const s1 = tensors[2].shards[1];
-    gpu.write(s1.buffer, flipped[2].subarray(s1.rowStart * 9, (s1.rowStart + s1.rows) * 9));
-    assertEquals(await ck.compute(), other);
-    ck.destroy();
-  } finally {
-    gpu.destroy();
-  }
-});
+testBackends(
+  "the device's weights checksum equals its TypeScript twin, sharded or not, and sees one flipped bit",
+  (backend) =>
+    withDevice(backend, { shardBytes: 1024 }, async (gpu) => {
+      const rng = (n: number, k: number) =>
+        Float32Array.from({ length: n }, (_, i) => Math.sin(i * k));
+      const datas = [rng(1000, 0.37), rng(7, 1.1), rng(64 * 9, 0.05)];
+      const shapes = [[1000], [7], [64, 9]];
+      const tensors = datas.map((d, i) => createTensor(gpu, `t${i}`, shapes[i], { data: d }));
+      assert(tensors[2].shards.length > 1, "the 64×9 tensor is sharded at 1 KiB");
+      const ck = new WeightsChecksum(gpu, tensors);
+      const want = checksumReference(datas);
+      assertEquals(await ck.compute(), want);
+      assertEquals(await ck.compute(), want, "recomputing gives the same digest");
+      const flipped = datas.map((d) => d.slice());
+      new Uint32Array(flipped[2].buffer)[300] ^= 1;
+      const other = checksumReference(flipped);
+      assert(other !== want, "one flipped low bit changes the digest");
+      const s1 = tensors[2].shards[1];
+      gpu.write(s1.buffer, flipped[2].subarray(s1.rowStart * 9, (s1.rowStart + s1.rows) * 9));
+      assertEquals(await ck.compute(), other);
+      ck.destroy();
+    }),
+);
 
 Deno.test("result set: stale and duplicate results are ignored, another θ is divergence", () => {
   const ranges = memberRanges(5, 2);
@@ -254,9 +269,15 @@ Deno.test("coordinator + 2 workers (3 processes) reach the single-process bytes"
       ms: 30_000,
       what: "workers to connect",
     });
-    const c = train(file, ["--out", `${dir}/run`, "--redis", redis.url]);
+    // No local evaluation: on the CPU backend the coordinator alone can finish the run before
+    // a worker has built its engine, so only then is "workers evaluated" certain. The
+    // coordinator's own share beside workers is covered by the SIGKILL and Redis tests.
+    const c = train(file, ["--out", `${dir}/run`, "--redis", redis.url, "--no-local-eval"]);
     assertEquals(await c.wait(90_000), 0, c.out());
-    for (const p of w) assertEquals(await p.wait(20_000), 0, p.out());
+    for (const p of w) {
+      assertEquals(await p.wait(20_000), 0, p.out());
+      assert(p.out().includes(`esflow worker: backend ${BACKEND} on `), p.out());
+    }
     await sameBytes(ref, `${dir}/run`, "coordinator + 2 workers");
     // Who evaluated what: every member of every iteration exactly once, workers included.
     const bus = await RedisBus.connect(redis.url, { name: "test" });
@@ -267,9 +288,35 @@ Deno.test("coordinator + 2 workers (3 processes) reach the single-process bytes"
     const total = Object.values(contributors).reduce((a, b) => a + b, 0);
     assertEquals(total, ITERATIONS * POPULATION, meta.contributors);
     assert(
-      Object.keys(contributors).some((k) => k.startsWith("worker@")),
-      `workers contributed: ${meta.contributors}`,
+      Object.keys(contributors).every((k) => k.startsWith("worker@")),
+      `only workers evaluated: ${meta.contributors}`,
     );
+  });
+});
+
+Deno.test("a worker on another backend than the coordinator's is refused in one line; the run finishes the same bytes", async () => {
+  const ref = await referenceRun();
+  await withRun({}, async ({ dir, file, redis }) => {
+    // No local evaluation: the run waits for a worker, so the refused one cannot race its end.
+    const c = train(file, ["--out", `${dir}/run`, "--redis", redis.url, "--no-local-eval"]);
+    const other: Backend = BACKEND === "cpu" ? "webgpu" : "cpu";
+    const refused = worker(redis.url, {}, { backend: other });
+    assertEquals(await refused.wait(60_000), 2, refused.out());
+    // stdout and stderr arrive interleaved: find the error line rather than take the last.
+    const errors = refused.out().split("\n").filter((l) => l.includes(" evaluates on the "));
+    assertEquals(errors.length, 1, refused.out());
+    assert(
+      new RegExp(
+        `^esflow worker: run dist-test evaluates on the ${BACKEND} backend and this worker on ` +
+          `${other}: .*; start the worker with --backend ${BACKEND}$`,
+      ).test(errors[0]),
+      refused.out(),
+    );
+    assert(!/\bat .*:\d+:\d+/.test(refused.out()), `no stack trace:\n${refused.out()}`);
+    const w = worker(redis.url);
+    assertEquals(await c.wait(90_000), 0, c.out());
+    assertEquals(await w.wait(20_000), 0, w.out());
+    await sameBytes(ref, `${dir}/run`, "after a refused worker");
   });
 });
 
@@ -310,8 +357,10 @@ Deno.test("a worker started late bootstraps from a checkpoint, replays the ledge
   const ref = await referenceRun();
   await withRun({}, async ({ dir, file, redis }) => {
     const slow = { ...SLOW, ESFLOW_TEST_EVAL_DELAY_MS: "500" };
+    // Only workers evaluate, and the first is paused once the late one is due: the run cannot
+    // end without the late worker, however slowly it starts.
     const first = worker(redis.url, slow);
-    const c = train(file, ["--out", `${dir}/run`, "--redis", redis.url], slow);
+    const c = train(file, ["--out", `${dir}/run`, "--redis", redis.url, "--no-local-eval"], slow);
     // Iterations 0 and 1 done: checkpoints/iter-2 exists and the ledger has two entries.
     await waitFor(
       () => Deno.stat(`${dir}/run/checkpoints/iter-2/state.json`).then(() => true, () => false),
@@ -320,9 +369,12 @@ Deno.test("a worker started late bootstraps from a checkpoint, replays the ledge
         what: "checkpoints/iter-2",
       },
     );
+    // Its claim passes the deadline and the late worker takes it over.
+    first.kill("SIGSTOP");
     const late = worker(redis.url);
     assertEquals(await c.wait(90_000), 0, c.out());
     assertEquals(await late.wait(20_000), 0, late.out());
+    first.kill("SIGCONT");
     assertEquals(await first.wait(20_000), 0, first.out());
     await sameBytes(ref, `${dir}/run`, "with a late worker");
     const log = late.out();
@@ -333,16 +385,44 @@ Deno.test("a worker started late bootstraps from a checkpoint, replays the ledge
   });
 });
 
+/**
+ * Stops `p` (SIGSTOP) at a moment it holds a claim on the run's task stream, so the iteration in
+ * flight cannot complete while it stays stopped.
+ */
+async function pauseHoldingClaim(p: Proc, url: string): Promise<void> {
+  const bus = await RedisBus.connect(url, { name: "test" });
+  const tasks = runKeys("dist-test").tasks;
+  try {
+    await waitFor(async () => {
+      p.kill("SIGSTOP");
+      const reply = await bus.call(["XPENDING", tasks, "evaluators"]).catch(() => null);
+      // XPENDING lists claims per consumer; the consumer name carries the PID.
+      if (JSON.stringify(reply ?? "").includes(`:${p.pid}"`)) return true;
+      p.kill("SIGCONT");
+      return false;
+    }, { ms: 60_000, what: "the worker to hold a claim" });
+  } finally {
+    bus.close();
+  }
+}
+
 Deno.test("a worker whose θ differs (a corrupted checkpoint) stops the run with a clear divergence error", async () => {
   await withRun({}, async ({ dir, file, redis }) => {
     const env = { ...SLOW, ESFLOW_TEST_EVAL_DELAY_MS: "400" };
     const out = `${dir}/run`;
-    const c = train(file, ["--out", out, "--redis", redis.url], env);
-    const ckpt = `${out}/checkpoints/iter-2`;
-    await waitFor(() => Deno.stat(`${ckpt}/state.json`).then(() => true, () => false), {
-      ms: 60_000,
-      what: "checkpoints/iter-2",
-    });
+    // Only workers evaluate: the first moves the run to a checkpoint and is paused holding a
+    // claim, so no later checkpoint appears and the late worker bootstraps from the corrupted one.
+    const c = train(file, ["--out", out, "--redis", redis.url, "--no-local-eval"], env);
+    const first = worker(redis.url, env);
+    await waitFor(
+      () => Deno.stat(`${out}/checkpoints/iter-2/state.json`).then(() => true, () => false),
+      { ms: 60_000, what: "checkpoints/iter-2" },
+    );
+    await pauseHoldingClaim(first, redis.url);
+    const latest = Math.max(
+      ...[...Deno.readDirSync(`${out}/checkpoints`)].map((e) => Number(e.name.split("-")[1])),
+    );
+    const ckpt = `${out}/checkpoints/iter-${latest}`;
     // Flip one bit of the last weight: the late worker bootstraps from a θ nobody else has.
     const f = await Deno.open(`${ckpt}/model.safetensors`, { read: true, write: true });
     const size = (await f.stat()).size;
@@ -356,6 +436,7 @@ Deno.test("a worker whose θ differs (a corrupted checkpoint) stops the run with
     const w = worker(redis.url);
     assertEquals(await c.wait(60_000), 2, c.out());
     assertEquals(await w.wait(20_000), 2, w.out());
+    first.kill("SIGKILL");
     assert(
       /^esflow train: weights diverged at iteration \d+: worker@\S+ has checksum [0-9a-f]{16}, the coordinator [0-9a-f]{16}.*; wrote .*checkpoints\/iter-\d+, continue with --resume/m
         .test(c.out()),
@@ -429,10 +510,16 @@ Deno.test("requirepass: the URL's password works; without it, one clear line and
 
     const w = worker(redis.url);
     await waitFor(() => w.out().includes("waiting for a run"), { ms: 30_000, what: "the worker" });
-    const c = train(file, ["--out", `${dir}/run`, "--redis", redis.url, "--iterations", "3"], {
-      ...SLOW,
-      ESFLOW_TEST_EVAL_DELAY_MS: "300",
-    });
+    // No local evaluation: the worker must evaluate, however slowly it builds its engine.
+    const c = train(file, [
+      "--out",
+      `${dir}/run`,
+      "--redis",
+      redis.url,
+      "--iterations",
+      "3",
+      "--no-local-eval",
+    ], { ...SLOW, ESFLOW_TEST_EVAL_DELAY_MS: "300" });
     assertEquals(await c.wait(90_000), 0, c.out());
     assertEquals(await w.wait(20_000), 0, w.out());
     assert(/run dist-test done: .* evaluated [1-9]\d* members/.test(w.out()), w.out());

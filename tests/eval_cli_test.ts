@@ -1,6 +1,6 @@
 // `deno task eval` on bad input: one line on stderr naming the fault, exit code 2, no stack trace.
-// And on text: bytes and Qwen3 tokenizers end to end.
-import { assert, assertClose, assertEquals, fixture, runCli } from "./helpers.ts";
+// And on text: bytes and Qwen3 tokenizers end to end, with `--backend` webgpu and cpu.
+import { assert, assertClose, assertEquals, fixture, runCli, testBackends } from "./helpers.ts";
 
 const TINY = fixture("qwen3-tiny-tied-f32");
 
@@ -71,6 +71,13 @@ Deno.test("eval: flags — neither input, and an unknown flag", async () => {
   );
 });
 
+Deno.test("eval: an unknown --backend names the choices", async () => {
+  await expectUserError(
+    ["--model", TINY, "--tokens", `${TINY}/tokens.json`, "--backend", "gpu"],
+    /--backend.*"gpu".*auto, webgpu, cpu/,
+  );
+});
+
 Deno.test("eval: a tokenizer larger than the model's vocabulary", async () => {
   const dir = await tempDir();
   await Deno.writeTextFile(`${dir}/a.txt`, "It is a truth universally acknowledged.\n");
@@ -80,7 +87,7 @@ Deno.test("eval: a tokenizer larger than the model's vocabulary", async () => {
   );
 });
 
-Deno.test("eval: text through the byte tokenizer scores every line", async () => {
+testBackends("eval: text through the byte tokenizer scores every line", async (backend) => {
   const dir = await tempDir();
   const lines = ["It is a truth universally acknowledged,", "that a single man in possession", "x"];
   await Deno.writeTextFile(`${dir}/a.txt`, lines.join("\n") + "\n");
@@ -94,9 +101,12 @@ Deno.test("eval: text through the byte tokenizer scores every line", async () =>
     "16",
     "--batch",
     "2",
+    "--backend",
+    backend,
   ]);
   assertEquals(out.code, 0, out.stderr);
   const res = JSON.parse(out.stdout);
+  assertEquals(res.backend, backend);
   // "x" has one byte, so no next token: it is skipped. The others are cut to 16 bytes.
   assertEquals(res.per_sample.length, 2);
   assertEquals(res.tokens, 15 + 15);
@@ -105,46 +115,52 @@ Deno.test("eval: text through the byte tokenizer scores every line", async () =>
   }
 });
 
-Deno.test("eval: the real Qwen3 tokenizer and a 151936-id vocabulary, streamed in chunks", async () => {
-  const { getPreset } = await import("../model/presets.ts");
-  const { randomInit } = await import("../model/weights.ts");
-  const { saveCheckpoint } = await import("../model/checkpoint.ts");
-  const dir = await tempDir();
-  // A narrow model with Qwen3's vocabulary: its LM head alone is 151936 × 32 floats.
-  const config = {
-    ...getPreset("tiny-qwen3vocab"),
-    hiddenSize: 32,
-    intermediateSize: 64,
-    numLayers: 1,
-    headDim: 16,
-  };
-  await saveCheckpoint(`${dir}/m`, { config, tensors: randomInit(config, { seed: 3 }) });
-  const line = "It is a truth universally acknowledged, that a single man";
-  await Deno.writeTextFile(`${dir}/a.txt`, line + "\n");
-  const { loadTokenizer } = await import("../tokenizers/mod.ts");
-  const n = (await loadTokenizer("qwen3")).encode(line).length;
-  assert(n < line.length / 2, `BPE should merge bytes: ${n} tokens for ${line.length} chars`);
-  const out = await runCli([
-    "tools/eval.ts",
-    "--model",
-    `${dir}/m`,
-    "--text",
-    `${dir}/a.txt`,
-    "--tokenizer",
-    "qwen3",
-    "--shard-bytes",
-    String(4 << 20),
-  ]);
-  assertEquals(out.code, 0, out.stderr);
-  const res = JSON.parse(out.stdout);
-  assertEquals(res.tokens, n - 1);
-  // Against the float64 CPU reference forward on the same weights and ids.
-  const { referenceScore } = await import("../model/reference.ts");
-  const weights = new Map([...randomInit(config, { seed: 3 })].map((t) => [t.name, t.data]));
-  const ids = (await loadTokenizer("qwen3")).encode(line);
-  const want = referenceScore(config, weights, {
-    inputIds: [ids],
-    attentionMask: [ids.map(() => 1)],
-  });
-  assertClose(res.per_sample, want.perSample, { atol: 0, rtol: 1e-4 });
-});
+testBackends(
+  "eval: the real Qwen3 tokenizer and a 151936-id vocabulary, streamed in chunks",
+  async (backend) => {
+    const { getPreset } = await import("../model/presets.ts");
+    const { randomInit } = await import("../model/weights.ts");
+    const { saveCheckpoint } = await import("../model/checkpoint.ts");
+    const dir = await tempDir();
+    // A narrow model with Qwen3's vocabulary: its LM head alone is 151936 × 32 floats.
+    const config = {
+      ...getPreset("tiny-qwen3vocab"),
+      hiddenSize: 32,
+      intermediateSize: 64,
+      numLayers: 1,
+      headDim: 16,
+    };
+    await saveCheckpoint(`${dir}/m`, { config, tensors: randomInit(config, { seed: 3 }) });
+    const line = "It is a truth universally acknowledged, that a single man";
+    await Deno.writeTextFile(`${dir}/a.txt`, line + "\n");
+    const { loadTokenizer } = await import("../tokenizers/mod.ts");
+    const n = (await loadTokenizer("qwen3")).encode(line).length;
+    assert(n < line.length / 2, `BPE should merge bytes: ${n} tokens for ${line.length} chars`);
+    const out = await runCli([
+      "tools/eval.ts",
+      "--model",
+      `${dir}/m`,
+      "--text",
+      `${dir}/a.txt`,
+      "--tokenizer",
+      "qwen3",
+      "--shard-bytes",
+      String(4 << 20),
+      "--backend",
+      backend,
+    ]);
+    assertEquals(out.code, 0, out.stderr);
+    const res = JSON.parse(out.stdout);
+    assertEquals(res.backend, backend);
+    assertEquals(res.tokens, n - 1);
+    // Against the float64 CPU reference forward on the same weights and ids.
+    const { referenceScore } = await import("../model/reference.ts");
+    const weights = new Map([...randomInit(config, { seed: 3 })].map((t) => [t.name, t.data]));
+    const ids = (await loadTokenizer("qwen3")).encode(line);
+    const want = referenceScore(config, weights, {
+      inputIds: [ids],
+      attentionMask: [ids.map(() => 1)],
+    });
+    assertClose(res.per_sample, want.perSample, { atol: 0, rtol: 1e-4 });
+  },
+);

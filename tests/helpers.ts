@@ -1,4 +1,7 @@
-// Shared test utilities: assertions, a seeded generator for fresh random inputs, CLI runs.
+// Shared test utilities: assertions, a seeded generator for fresh random inputs, CLI runs, and
+// a test body run once on each backend.
+import type { Backend, Device } from "../kernels/device.ts";
+import type { Gpu } from "../kernels/runtime.ts";
 
 /** Throws with `message` unless `cond` holds. */
 export function assert(cond: unknown, message = "assertion failed"): asserts cond {
@@ -37,6 +40,37 @@ export function assertClose(
       `element ${worst}: ${actual[worst]} vs expected ${
         expected[worst]
       } (atol ${atol}, rtol ${rtol})`,
+    );
+  }
+}
+
+/** The spacing of f32 values at |x|: 2^(e − 23) for |x| in [2^e, 2^(e+1)); the smallest below. */
+export function f32Ulp(x: number): number {
+  const a = Math.abs(x);
+  return a < 2 ** -126 ? 2 ** -149 : 2 ** (Math.floor(Math.log2(a)) - 23);
+}
+
+/** Elementwise |actual − expected| ≤ `ulps` f32 ulps of expected; reports the worst element. */
+export function assertUlps(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  ulps: number,
+): void {
+  if (actual.length !== expected.length) {
+    throw new Error(`length ${actual.length} ≠ expected ${expected.length}`);
+  }
+  let worst = -1, worstUlps = 0;
+  for (let i = 0; i < actual.length; i++) {
+    const d = Math.abs(actual[i] - expected[i]) / f32Ulp(expected[i]);
+    if (!(d <= worstUlps)) {
+      worst = i;
+      worstUlps = d;
+    }
+  }
+  if (worst >= 0 && !(worstUlps <= ulps)) {
+    throw new Error(
+      `element ${worst}: ${actual[worst]} vs expected ${expected[worst]} is ${worstUlps} ulps ` +
+        `apart (at most ${ulps})`,
     );
   }
 }
@@ -113,4 +147,48 @@ export async function assertUserError(fn: () => unknown, ...parts: string[]): Pr
     assert(caught.message.includes(part), `"${caught.message}" lacks "${part}"`);
   }
   return caught.message;
+}
+
+/**
+ * Both backends, WebGPU first: lavapipe is the WebGPU test adapter on a CPU-only machine, and
+ * the native CPU backend runs the same programs.
+ */
+export const BACKENDS: readonly Backend[] = ["webgpu", "cpu"];
+
+/**
+ * Registers `name (webgpu)` and `name (cpu)`, each running `fn` with its backend (or only the
+ * backends in `o.backends`). The body acquires its own devices ({@link withDevice}), as many as
+ * it needs and with the shard sizes it needs.
+ */
+export function testBackends(
+  name: string,
+  fn: (backend: Backend) => Promise<void>,
+  o: { backends?: readonly Backend[] } = {},
+): void {
+  for (const backend of o.backends ?? BACKENDS) {
+    Deno.test(`${name} (${backend})`, () => fn(backend));
+  }
+}
+
+/** Runs `fn` with a fresh device of `backend` (shards of `o.shardBytes`), destroyed afterwards. */
+export async function withDevice<T>(
+  backend: Backend,
+  o: { shardBytes?: number },
+  fn: (device: Device) => Promise<T> | T,
+): Promise<T> {
+  const { acquireDevice } = await import("../kernels/backend.ts");
+  const device = await acquireDevice({ backend, shardBytes: o.shardBytes });
+  try {
+    return await fn(device);
+  } finally {
+    device.destroy();
+  }
+}
+
+/**
+ * Waits for the pipelines a WebGPU device compiled so far, so a shader error surfaces here with
+ * its kernel's name; nothing to wait for on the CPU, whose runs execute at once.
+ */
+export async function settled(device: Device): Promise<void> {
+  if (device.backend === "webgpu") await (device as Gpu).checkPipelines();
 }

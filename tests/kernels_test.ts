@@ -1,8 +1,10 @@
 // Every non-matmul kernel against its float64 TypeScript reference, on fresh random inputs,
-// at ragged sizes, head_dim ≠ hidden/heads, GQA and MQA, and a sharded embedding table.
-import type { DeviceBuffer } from "../kernels/device.ts";
-import { assert, assertClose, randn, seeded } from "./helpers.ts";
-import { acquireGpu } from "../kernels/runtime.ts";
+// at ragged sizes, head_dim ≠ hidden/heads, GQA and MQA, and a sharded embedding table: through
+// the kernels' step builders on both backends (tests/native_test.ts calls the native kernels
+// directly; here the CPU device binds the same dispatches the WebGPU device runs).
+import type { Backend, Device, DeviceBuffer } from "../kernels/device.ts";
+import { acquireDevice } from "../kernels/backend.ts";
+import { assert, assertClose, randn, seeded, settled, testBackends } from "./helpers.ts";
 import { submitSteps } from "../kernels/program.ts";
 import { createTensor } from "../kernels/tensor.ts";
 import { rmsnormReference, rmsnormStep } from "../kernels/rmsnorm.ts";
@@ -18,23 +20,30 @@ import {
   scoredTargets,
 } from "../kernels/log_likelihood.ts";
 
-const gpu = await acquireGpu({ shardBytes: 4096 });
+/** One device per backend for the whole file, made on first use. */
+const devices = new Map<Backend, Promise<Device>>();
+function device(backend: Backend): Promise<Device> {
+  let d = devices.get(backend);
+  if (!d) devices.set(backend, d = acquireDevice({ backend, shardBytes: 4096 }));
+  return d;
+}
 
-function buf(data: ArrayBufferView & { byteLength: number }, label = "t"): DeviceBuffer {
-  const b = gpu.createBuffer(label, data.byteLength, "activations");
+function buf(gpu: Device, data: ArrayBufferView & { byteLength: number }): DeviceBuffer {
+  const b = gpu.createBuffer("t", data.byteLength, "activations");
   gpu.write(b, data);
   return b;
 }
 
-Deno.test("rmsnorm matches the float64 reference on ragged rows", async () => {
+testBackends("rmsnorm matches the float64 reference on ragged rows", async (backend) => {
+  const gpu = await device(backend);
   const rng = seeded(1);
   for (const [rows, dim] of [[37, 96], [1, 4], [130, 20]]) {
     const x = randn(rng, rows * dim, 2), w = randn(rng, dim);
     const y = gpu.createBuffer("y", rows * dim * 4, "activations");
     submitSteps(gpu, [
-      rmsnormStep(gpu, { label: "n", x: buf(x), w: buf(w), y, rows, dim, eps: 1e-6 }),
+      rmsnormStep(gpu, { label: "n", x: buf(gpu, x), w: buf(gpu, w), y, rows, dim, eps: 1e-6 }),
     ]);
-    await gpu.checkPipelines();
+    await settled(gpu);
     assertClose(
       await gpu.readF32(y, rows * dim),
       rmsnormReference(x, w, { rows, dim, eps: 1e-6 }),
@@ -72,7 +81,8 @@ function normRopeReference(
   return out;
 }
 
-Deno.test("q/k norm + half-split RoPE matches the float64 reference", async () => {
+testBackends("q/k norm + half-split RoPE matches the float64 reference", async (backend) => {
+  const gpu = await device(backend);
   const rng = seeded(2);
   for (
     const [batch, seqLen, heads, headDim, theta] of [[2, 13, 3, 16, 10000], [1, 40, 2, 32, 1e6]]
@@ -80,13 +90,13 @@ Deno.test("q/k norm + half-split RoPE matches the float64 reference", async () =
     const rows = batch * seqLen;
     const x = randn(rng, rows * heads * headDim), w = randn(rng, headDim);
     const t = ropeTables({ seqLen, headDim, theta });
-    const xb = buf(x);
+    const xb = buf(gpu, x);
     submitSteps(gpu, [qkNormRopeStep(gpu, {
       label: "rope",
       x: xb,
-      w: buf(w),
-      cos: buf(t.cos),
-      sin: buf(t.sin),
+      w: buf(gpu, w),
+      cos: buf(gpu, t.cos),
+      sin: buf(gpu, t.sin),
       rows,
       seqLen,
       heads,
@@ -98,53 +108,61 @@ Deno.test("q/k norm + half-split RoPE matches the float64 reference", async () =
   }
 });
 
-Deno.test("attention: causal, key padding, GQA, MQA and MHA match the reference", async () => {
-  const rng = seeded(3);
-  const cases = [
-    { batch: 2, seqLen: 11, heads: 6, kvHeads: 2, headDim: 16 }, // GQA
-    { batch: 3, seqLen: 7, heads: 4, kvHeads: 1, headDim: 8 }, // MQA
-    { batch: 1, seqLen: 70, heads: 2, kvHeads: 2, headDim: 32 }, // MHA, more rows than a workgroup
-  ];
-  for (const s of cases) {
-    const rows = s.batch * s.seqLen;
-    const q = randn(rng, rows * s.heads * s.headDim);
-    const k = randn(rng, rows * s.kvHeads * s.headDim);
-    const v = randn(rng, rows * s.kvHeads * s.headDim);
-    const mask = new Uint32Array(rows).fill(1);
-    // Right-pad every row after the first by a different amount.
-    for (let b = 1; b < s.batch; b++) {
-      for (let t = s.seqLen - 2 * b; t < s.seqLen; t++) mask[b * s.seqLen + t] = 0;
+testBackends(
+  "attention: causal, key padding, GQA, MQA and MHA match the reference",
+  async (backend) => {
+    const gpu = await device(backend);
+    const rng = seeded(3);
+    const cases = [
+      { batch: 2, seqLen: 11, heads: 6, kvHeads: 2, headDim: 16 }, // GQA
+      { batch: 3, seqLen: 7, heads: 4, kvHeads: 1, headDim: 8 }, // MQA
+      { batch: 1, seqLen: 70, heads: 2, kvHeads: 2, headDim: 32 }, // MHA, more rows than a workgroup
+    ];
+    for (const s of cases) {
+      const rows = s.batch * s.seqLen;
+      const q = randn(rng, rows * s.heads * s.headDim);
+      const k = randn(rng, rows * s.kvHeads * s.headDim);
+      const v = randn(rng, rows * s.kvHeads * s.headDim);
+      const mask = new Uint32Array(rows).fill(1);
+      // Right-pad every row after the first by a different amount.
+      for (let b = 1; b < s.batch; b++) {
+        for (let t = s.seqLen - 2 * b; t < s.seqLen; t++) mask[b * s.seqLen + t] = 0;
+      }
+      const out = gpu.createBuffer("out", q.byteLength, "activations");
+      submitSteps(gpu, [
+        attentionStep(gpu, {
+          label: "attn",
+          q: buf(gpu, q),
+          k: buf(gpu, k),
+          v: buf(gpu, v),
+          mask: buf(gpu, mask),
+          out,
+          ...s,
+        }),
+      ]);
+      assertClose(await gpu.readF32(out, q.length), attentionReference(q, k, v, { ...s, mask }), {
+        atol: 1e-5,
+        rtol: 1e-5,
+      });
     }
-    const out = gpu.createBuffer("out", q.byteLength, "activations");
-    submitSteps(gpu, [
-      attentionStep(gpu, {
-        label: "attn",
-        q: buf(q),
-        k: buf(k),
-        v: buf(v),
-        mask: buf(mask),
-        out,
-        ...s,
-      }),
-    ]);
-    assertClose(await gpu.readF32(out, q.length), attentionReference(q, k, v, { ...s, mask }), {
-      atol: 1e-5,
-      rtol: 1e-5,
-    });
-  }
-});
+  },
+);
 
-Deno.test("swiglu matches the reference, including large negative gates", async () => {
+testBackends("swiglu matches the reference, including large negative gates", async (backend) => {
+  const gpu = await device(backend);
   const rng = seeded(4);
   const g = randn(rng, 5 * 36, 4), u = randn(rng, 5 * 36);
   g[0] = -200;
   g[1] = 90;
-  const gb = buf(g);
-  submitSteps(gpu, [swigluStep(gpu, { label: "s", gate: gb, up: buf(u), rows: 5, width: 36 })]);
+  const gb = buf(gpu, g);
+  submitSteps(gpu, [
+    swigluStep(gpu, { label: "s", gate: gb, up: buf(gpu, u), rows: 5, width: 36 }),
+  ]);
   assertClose(await gpu.readF32(gb, g.length), swigluReference(g, u), { atol: 1e-5, rtol: 1e-5 });
 });
 
-Deno.test("embedding gather over a sharded table", async () => {
+testBackends("embedding gather over a sharded table", async (backend) => {
+  const gpu = await device(backend);
   const rng = seeded(5);
   const V = 150, H = 24;
   const table = randn(rng, V * H);
@@ -155,47 +173,51 @@ Deno.test("embedding gather over a sharded table", async () => {
   const x = gpu.createBuffer("x", ids.length * H * 4, "activations");
   submitSteps(
     gpu,
-    embeddingSteps(gpu, { label: "e", ids: buf(ids), table: t, x, rows: ids.length }),
+    embeddingSteps(gpu, { label: "e", ids: buf(gpu, ids), table: t, x, rows: ids.length }),
   );
   const want = new Float64Array(ids.length * H);
   ids.forEach((id, r) => want.set(table.subarray(id * H, id * H + H), r * H));
   assertClose(await gpu.readF32(x, want.length), want, { atol: 0, rtol: 0 });
 });
 
-Deno.test("streamed log-likelihood over ragged vocab chunks equals the full log-softmax", async () => {
-  const rng = seeded(6);
-  const batch = 3, seqLen = 9, V = 103;
-  const rows = batch * seqLen;
-  const logits = randn(rng, rows * V, 3);
-  const ids = Array.from(
-    { length: batch },
-    () => Array.from({ length: seqLen }, () => Math.floor(rng() * V)),
-  );
-  const mask = ids.map((r, b) => r.map((_, t) => (t < seqLen - 2 * b ? 1 : 0)));
-  const target = scoredTargets(ids, mask, seqLen);
-  assert(target[seqLen - 1] === NO_TARGET, "the last position has no target");
-  const targetB = buf(target),
-    state = gpu.createBuffer("state", rows * 12, "activations"),
-    r = gpu.createBuffer("r", 16, "activations");
-  const steps = [];
-  const chunk = 40; // 40 + 40 + 23: the last chunk is ragged
-  for (let c0 = 0; c0 < V; c0 += chunk) {
-    const n = Math.min(chunk, V - c0);
-    const part = new Float32Array(rows * n);
-    for (let i = 0; i < rows; i++) part.set(logits.subarray(i * V + c0, i * V + c0 + n), i * n);
-    steps.push(logsumexpChunkStep(gpu, {
-      label: "lse",
-      logits: buf(part),
-      target: targetB,
-      state,
-      rows,
-      width: n,
-      start: c0,
-      first: c0 === 0,
-    }));
-  }
-  steps.push(logLikelihoodStep(gpu, { label: "ll", target: targetB, state, r, batch, seqLen }));
-  submitSteps(gpu, steps);
-  const want = logLikelihoodReference(logits, target, { batch, seqLen, vocab: V });
-  assertClose(await gpu.readF32(r, batch), want, { atol: 1e-5, rtol: 1e-5 });
-});
+testBackends(
+  "streamed log-likelihood over ragged vocab chunks equals the full log-softmax",
+  async (backend) => {
+    const gpu = await device(backend);
+    const rng = seeded(6);
+    const batch = 3, seqLen = 9, V = 103;
+    const rows = batch * seqLen;
+    const logits = randn(rng, rows * V, 3);
+    const ids = Array.from(
+      { length: batch },
+      () => Array.from({ length: seqLen }, () => Math.floor(rng() * V)),
+    );
+    const mask = ids.map((r, b) => r.map((_, t) => (t < seqLen - 2 * b ? 1 : 0)));
+    const target = scoredTargets(ids, mask, seqLen);
+    assert(target[seqLen - 1] === NO_TARGET, "the last position has no target");
+    const targetB = buf(gpu, target),
+      state = gpu.createBuffer("state", rows * 12, "activations"),
+      r = gpu.createBuffer("r", 16, "activations");
+    const steps = [];
+    const chunk = 40; // 40 + 40 + 23: the last chunk is ragged
+    for (let c0 = 0; c0 < V; c0 += chunk) {
+      const n = Math.min(chunk, V - c0);
+      const part = new Float32Array(rows * n);
+      for (let i = 0; i < rows; i++) part.set(logits.subarray(i * V + c0, i * V + c0 + n), i * n);
+      steps.push(logsumexpChunkStep(gpu, {
+        label: "lse",
+        logits: buf(gpu, part),
+        target: targetB,
+        state,
+        rows,
+        width: n,
+        start: c0,
+        first: c0 === 0,
+      }));
+    }
+    steps.push(logLikelihoodStep(gpu, { label: "ll", target: targetB, state, r, batch, seqLen }));
+    submitSteps(gpu, steps);
+    const want = logLikelihoodReference(logits, target, { batch, seqLen, vocab: V });
+    assertClose(await gpu.readF32(r, batch), want, { atol: 1e-5, rtol: 1e-5 });
+  },
+);

@@ -1,8 +1,12 @@
 // Messages that said too little (issue 13, item 9): each bad input now names the fault, the
 // place (the file, the flag, or file:line:col in YAML) and the fix, on one line with exit 2,
 // before any device starts; likely mistakes that still run get a warning line at their place.
-import { assert, assertEquals } from "./helpers.ts";
+import { assert, assertEquals, assertUserError } from "./helpers.ts";
 import { cli, oneLine, ROOT, train, writeSmoke } from "./reliability_helpers.ts";
+import { loadPipelineFile } from "../pipeline/load.ts";
+import { resolvePipeline } from "../pipeline/resolve.ts";
+import { startTrainingStatus } from "../server/train_status.ts";
+import type { Device } from "../kernels/device.ts";
 
 const TINY = `${ROOT}tests/fixtures/qwen3-tiny-tied-f32`;
 
@@ -65,12 +69,18 @@ Deno.test("a taken status port names where it was set: the flag, or the YAML's f
   try {
     const file = await writeSmoke(dir, { statusPort: port });
     const at = (await Deno.readTextFile(file)).split("\n").findIndex((l) => /status:/.test(l)) + 1;
-    let r = await cli(["tools/train.ts", file, "--out", `${dir}/a`, "--backend", "cpu"]);
-    let line = oneLine(r, {
-      says: [`${file}:${at}:19: output.status.port`, `port ${port}`, "--no-status"],
-    });
+    // The pipeline's port is where to start looking (tests/server_test.ts: it moves on); with
+    // nowhere to move, the message names the YAML's place.
+    const resolved = await resolvePipeline(await loadPipelineFile(file));
+    const device = { name: "test device" } as Device;
+    let line = await assertUserError(
+      () => startTrainingStatus(resolved, { device, plannedMemoryBytes: null, portRetries: 0 }),
+      `${file}:${at}:19: output.status.port`,
+      `port ${port}`,
+      "--no-status",
+    );
     assert(!/\(or --no-status\) N/.test(line), line);
-    r = await cli([
+    const r = await cli([
       "tools/train.ts",
       file,
       "--out",

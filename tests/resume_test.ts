@@ -213,3 +213,32 @@ Deno.test("--resume of a dir that holds no run says so", async () => {
   const r = await train([file, "--resume", `${dir}/nothing`]);
   oneLine(r, { says: ["no checkpoint to resume from"] });
 });
+
+Deno.test("--resume DIR takes the seed and the pipeline from the run dir; a contradicting --seed is the error", async () => {
+  const dir = await Deno.makeTempDir();
+  const file = await writeSmoke(dir, { checkpointEvery: 1 });
+  // Straight: seed 7 for 4 iterations.
+  let r = await train([file, "--seed", "7", "--iterations", "4", "--out", `${dir}/straight`]);
+  assertEquals(r.code, 0, r.stderr);
+  // Started with --seed 7, resumed by naming the run dir alone: no pipeline, no seed.
+  r = await train([file, "--seed", "7", "--iterations", "2", "--out", `${dir}/run`]);
+  assertEquals(r.code, 0, r.stderr);
+  const manifest = JSON.parse(await Deno.readTextFile(`${dir}/run/run.json`));
+  assertEquals([manifest.seed, manifest.pipeline_file], [7, file]);
+  assertEquals(manifest.pipeline_text, await Deno.readTextFile(file));
+  // Even with the pipeline file edited since: the run continues with the pipeline it started.
+  await Deno.writeTextFile(
+    file,
+    (await Deno.readTextFile(file)).replace("sigma: 0.01", "sigma: 0.5"),
+  );
+  const before = await Deno.readTextFile(`${dir}/run/final/state.json`);
+  r = await train(["--resume", `${dir}/run`, "--seed", "8", "--iterations", "4"]);
+  oneLine(r, { says: ["--seed 8 contradicts", "seed 7", `${dir}/run/run.json`, "drop --seed"] });
+  assertEquals(await Deno.readTextFile(`${dir}/run/final/state.json`), before, "nothing rewritten");
+  r = await train(["--resume", `${dir}/run`, "--iterations", "4"]);
+  assertEquals(r.code, 0, r.stderr);
+  await assertSameRun(`${dir}/straight`, `${dir}/run`, "seed 7 resumed by its run dir alone");
+  // A pipeline that contradicts the run's is refused, naming the key.
+  r = await train([file, "--resume", `${dir}/run`, "--iterations", "5"]);
+  oneLine(r, { says: ["the pipeline changed since this run", "perturb.sigma"] });
+});

@@ -1,19 +1,27 @@
 // Helpers for tests that train: a run in this process, and a checkpoint's weights.
-import { acquireGpu } from "../kernels/runtime.ts";
+import type { Backend } from "../kernels/device.ts";
+import { acquireDevice } from "../kernels/backend.ts";
 import { loadPipelineText } from "../pipeline/load.ts";
 import { resolvePipeline } from "../pipeline/resolve.ts";
 import { runTraining } from "../pipeline/run.ts";
 import { openCheckpoint } from "../model/checkpoint.ts";
 
-/** Trains the pipeline `yaml` into `out` in this process (its own GPU device). */
-export async function train(yaml: string, out: string, o: { resume?: boolean } = {}) {
+/**
+ * Trains the pipeline `yaml` into `out` in this process, on its own device of `o.backend`
+ * (default webgpu: lavapipe here).
+ */
+export async function train(
+  yaml: string,
+  out: string,
+  o: { resume?: boolean; backend?: Backend } = {},
+) {
   const loaded = loadPipelineText(yaml, { file: `${out}.yaml`, overrides: { out } });
   const resolved = await resolvePipeline(loaded);
-  const gpu = await acquireGpu();
+  const device = await acquireDevice({ backend: o.backend ?? "webgpu" });
   try {
-    return { summary: await runTraining(gpu, resolved, { resume: o.resume }), resolved };
+    return { summary: await runTraining(device, resolved, { resume: o.resume }), resolved };
   } finally {
-    gpu.destroy();
+    device.destroy();
   }
 }
 

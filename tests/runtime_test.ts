@@ -45,6 +45,8 @@ Deno.test("no adapter: one line that says how to install one, exit 2", async () 
       "run",
       "-A",
       "tools/eval.ts",
+      "--backend",
+      "webgpu",
       "--model",
       fixture("qwen3-tiny-tied-f32"),
       "--tokens",
@@ -64,6 +66,33 @@ Deno.test("no adapter: one line that says how to install one, exit 2", async () 
   assertEquals(out.code, 2, stderr);
   assertEquals(stderr.split("\n").length, 1, stderr);
   assert(/no WebGPU adapter/.test(stderr) && /mesa-vulkan-drivers/.test(stderr), stderr);
+});
+
+Deno.test("no adapter: the default backend is the native CPU one, and eval runs on it", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "tools/eval.ts",
+      "--model",
+      fixture("qwen3-tiny-tied-f32"),
+      "--tokens",
+      fixture("qwen3-tiny-tied-f32/tokens.json"),
+    ],
+    cwd: new URL("..", import.meta.url).pathname,
+    env: {
+      VK_ICD_FILENAMES: "/nonexistent.json",
+      VK_DRIVER_FILES: "/nonexistent.json",
+      DENO_WEBGPU_BACKEND: "vulkan",
+    },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const stderr = new TextDecoder().decode(out.stderr).trim();
+  assertEquals(out.code, 0, stderr);
+  const result = JSON.parse(new TextDecoder().decode(out.stdout));
+  assertEquals(result.backend, "cpu", JSON.stringify(result));
+  assert(Number.isFinite(result.fitness) && result.fitness < 0, JSON.stringify(result));
 });
 
 Deno.test("a shader that does not compile is reported with the kernel's name", async () => {

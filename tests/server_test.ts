@@ -290,6 +290,12 @@ const STATUS_TYPES: Record<string, string[]> = {
   update_norm_expected: ["number", "null"],
   update_ratio_expected: ["number", "null"],
   pair_snr: ["number", "null"],
+  // A reward run's (server/status.ts StatusBody): null for a log-likelihood run.
+  reward_mean: ["number", "null"],
+  reward_max: ["number", "null"],
+  reward_min: ["number", "null"],
+  eval_reward: ["number", "null"],
+  eval_reward_iteration: ["number", "null"],
   seconds_per_iteration: ["number", "null"],
   eta_seconds: ["number", "null"],
   planned_memory_bytes: ["number", "null"],
@@ -451,7 +457,7 @@ Deno.test("live run: status, metrics, config, events, Prometheus, errors, traver
       return found[0].value;
     };
     assertEquals(value("esflow_iteration"), 4);
-    assertEquals(value("esflow_iterations_total"), 4);
+    assertEquals(value("esflow_iterations_planned"), 4);
     assertEquals(value("esflow_fitness_mean"), last.fitness_mean);
     assertEquals(value("esflow_fitness_max"), last.fitness_max);
     assertEquals(value("esflow_fitness_min"), last.fitness_min);
@@ -461,6 +467,8 @@ Deno.test("live run: status, metrics, config, events, Prometheus, errors, traver
     assertEquals(value("esflow_tokens_per_second"), last.tokens_per_s);
     assertEquals(value("esflow_planned_memory_bytes"), 12345);
     for (const n of prom.types.keys()) assertEquals(prom.types.get(n), "gauge");
+    // Prometheus keeps `_total` for counters: no gauge carries it.
+    for (const n of prom.types.keys()) assert(!n.endsWith("_total"), `${n} is a gauge`);
 
     // The dashboard (or its placeholder) and 404s.
     const page = await fetch(base);
@@ -590,6 +598,39 @@ Deno.test("train: a taken status port is one line and exit 2 before anything is 
   }
 });
 
+Deno.test("train: the pipeline's port taken, the server moves to the next free one and says so", async () => {
+  const tmp = await Deno.makeTempDir();
+  const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  try {
+    const port = (taken.addr as Deno.NetAddr).port;
+    // A second train on the same machine, its pipeline naming the port the first one holds.
+    const file = `${tmp}/p.yaml`;
+    await Deno.writeTextFile(
+      file,
+      (await Deno.readTextFile(SMOKE))
+        .replace("status: { port: 0 }", `status: { port: ${port} }`)
+        .replaceAll("../../data/", `${ROOT}data/`),
+    );
+    const r = await runCli([
+      "tools/train.ts",
+      file,
+      "--iterations",
+      "1",
+      "--out",
+      `${tmp}/r`,
+      "--quiet",
+    ]);
+    assertEquals(r.code, 0, r.stderr);
+    const m = /esflow train: status http:\/\/127\.0\.0\.1:(\d+)\/ \(port (\d+) was in use; stop: /
+      .exec(r.stderr);
+    assert(m, r.stderr);
+    assertEquals(Number(m[2]), port);
+    assert(Number(m[1]) > port && Number(m[1]) <= port + 50, `moved to ${m[1]}`);
+  } finally {
+    taken.close();
+  }
+});
+
 // ---- serve mode ---------------------------------------------------------------------------
 
 Deno.test("serve RUN_DIR: the same API, read-only; crashed and stopped from the files", async () => {
@@ -641,6 +682,9 @@ Deno.test("serve RUN_DIR: the same API, read-only; crashed and stopped from the 
     }
     const port = Number(new URL(url).port);
     await assertNoTraversal(url, port);
+    // The dashboard names the last checkpoint, which a run dir announces with no event.
+    const page = await (await fetch(url)).text();
+    assert(page.includes('<p id="checkpoint">iteration 3</p>'), "last checkpoint on the page");
   } finally {
     p.child.kill("SIGINT");
     await p.status;

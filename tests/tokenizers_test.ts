@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { UserError } from "../pipeline/errors.ts";
 import {
   createBytesTokenizer,
+  hfTokenizerFromJson,
   loadTokenizer,
   QWEN3_MODEL_VOCAB_SIZE,
   QWEN3_PAD_ID,
@@ -241,4 +242,70 @@ Deno.test("hf: a broken tokenizer_config.json is a UserError too", async () => {
       return true;
     });
   });
+});
+
+// ---- tokenizers as files beside a model (tokenizers/pretrained.ts) -------------------------
+
+Deno.test("pretrained: the byte tokenizer's tokenizer.json gives the UTF-8 bytes through HF tokenizers", async () => {
+  const { bytesTokenizerJson } = await import("../tokenizers/pretrained.ts");
+  const hf = hfTokenizerFromJson(bytesTokenizerJson(), { config: { pad_token: "Ā" } });
+  const bytes = createBytesTokenizer();
+  assert.equal(hf.vocabSize, 256);
+  assert.equal(hf.padId, 0);
+  for (
+    const text of [
+      "It is a truth universally acknowledged, that a single man",
+      "héllo wörld ✓ 日本\n\ttab  two  spaces ",
+      "\u0000 nul, 😀, and \r\n line ends",
+      "",
+    ]
+  ) {
+    assert.deepEqual(hf.encode(text), bytes.encode(text), JSON.stringify(text));
+    assert.equal(hf.decode(hf.encode(text)), text);
+  }
+});
+
+Deno.test("pretrained: a model dir's tokenizer files are read back as the tokenizer that wrote them", async () => {
+  const { checkpointTokenizerFiles, tokenizerIdentity, tokenizerOfCheckpoint } = await import(
+    "../tokenizers/pretrained.ts"
+  );
+  const dir = await Deno.makeTempDir();
+  try {
+    for (const name of ["bytes", "qwen3"]) {
+      const tok = await loadTokenizer(name);
+      const files = await checkpointTokenizerFiles(tok);
+      assert.deepEqual(
+        Object.keys(files).sort(),
+        ["generation_config.json", "tokenizer.json", "tokenizer_config.json"],
+      );
+      await Deno.mkdir(`${dir}/${name}`);
+      for (const [f, content] of Object.entries(files)) {
+        if (typeof content === "string") await Deno.writeTextFile(`${dir}/${name}/${f}`, content);
+        else await Deno.writeFile(`${dir}/${name}/${f}`, content);
+      }
+      const back = await tokenizerOfCheckpoint(`${dir}/${name}`);
+      assert.ok(back, name);
+      assert.equal(back.identity, await tokenizerIdentity(tok), `${name}: the same tokenizer.json`);
+      const text = "Mr. Darcy bowed — “How do you do?”";
+      assert.deepEqual(back.tokenizer.encode(text), tok.encode(text), name);
+      assert.equal(back.tokenizer.padId, tok.padId);
+      assert.equal(back.tokenizer.eosId, tok.eosId);
+      const gen = JSON.parse(files["generation_config.json"] as string);
+      assert.deepEqual(
+        gen,
+        name === "qwen3" ? { eos_token_id: 151645, pad_token_id: 151643 } : { pad_token_id: 0 },
+        `${name} generation_config.json`,
+      );
+    }
+    // bytes is read back as the built-in tokenizer; qwen3's files are the package's, byte for byte.
+    assert.equal((await tokenizerOfCheckpoint(`${dir}/bytes`))!.tokenizer.name, "bytes");
+    assert.deepEqual(
+      await Deno.readFile(`${dir}/qwen3/tokenizer.json`),
+      await Deno.readFile(qwen3TokenizerPath()),
+    );
+    // A dir without tokenizer.json carries none.
+    assert.equal(await tokenizerOfCheckpoint(dir), null);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -25,6 +25,7 @@ export function createBytesTokenizer(): Tokenizer {
     name: "bytes",
     vocabSize: BYTES_VOCAB_SIZE,
     padId: 0,
+    files: { kind: "bytes" },
     encode: (text) => Array.from(encoder.encode(text)),
     decode(ids) {
       const bytes = new Uint8Array(ids.length);

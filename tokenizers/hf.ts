@@ -38,8 +38,13 @@ export async function loadHfTokenizer(
   const file = await findTokenizerJson(path);
   const json = await readJsonObject(file);
   const configFile = join(dirname(file), "tokenizer_config.json");
-  const config = (await exists(configFile)) ? await readJsonObject(configFile) : {};
-  return hfTokenizerFromJson(json, { name: options.name ?? file, config });
+  const hasConfig = await exists(configFile);
+  const config = hasConfig ? await readJsonObject(configFile) : {};
+  return {
+    ...hfTokenizerFromJson(json, { name: options.name ?? file, config }),
+    // A checkpoint of a model trained with it carries these two files (tokenizers/pretrained.ts).
+    files: { kind: "hf", tokenizerJson: file, ...(hasConfig ? { config: configFile } : {}) },
+  };
 }
 
 /**

@@ -20,6 +20,15 @@ export {
   type LoadHfTokenizerOptions,
 } from "./hf.ts";
 export {
+  checkpointTokenizerFiles,
+  generationConfig,
+  type ModelTokenizer,
+  tokenizerForModel,
+  type TokenizerForModelOptions,
+  tokenizerIdentity,
+  tokenizerOfCheckpoint,
+} from "./pretrained.ts";
+export {
   loadQwen3Tokenizer,
   QWEN3_MODEL_VOCAB_SIZE,
   QWEN3_PAD_ID,

@@ -20,4 +20,10 @@ export interface Tokenizer {
   bosId?: number;
   /** End-of-sequence id, when the tokenizer has one. */
   eosId?: number;
+  /**
+   * Where its files come from, so a checkpoint can carry them (tokenizers/pretrained.ts): the
+   * built-in bytes, or a tokenizer.json (and its tokenizer_config.json) on disk. Absent for a
+   * tokenizer built in memory; its checkpoints then carry no tokenizer.
+   */
+  files?: { kind: "bytes" } | { kind: "hf"; tokenizerJson: string; config?: string };
 }

@@ -12,7 +12,7 @@
  *
  * @module
  */
-import { intFlag, parseFlags, runMain } from "./cli.ts";
+import { type CommandHelp, type DocumentedFlag, intFlag, parseFlags, runMain } from "./cli.ts";
 import { UserError } from "../pipeline/errors.ts";
 import { loadPipelineFile } from "../pipeline/load.ts";
 import { resolvePipeline } from "../pipeline/resolve.ts";
@@ -20,8 +20,47 @@ import { type MetricsLine, runTraining } from "../pipeline/run.ts";
 import { acquireGpu, type Gpu } from "../kernels/runtime.ts";
 import { generateToken, LiveRun, startStatusServer, withStatusHooks } from "../server/mod.ts";
 
-const USAGE =
-  "deno task bench:server [PIPELINE.yaml] [--clients N] [--iterations N] [--repeat N] [--json]";
+/** bench:server's flags: the parser, the usage line and `--help` all come from this table. */
+export const BENCH_SERVER_FLAGS = {
+  clients: {
+    type: "string",
+    value: "N",
+    help: "event-stream clients watching in the loaded runs",
+    default: "100",
+  },
+  iterations: {
+    type: "string",
+    value: "N",
+    help: "iterations per run (the first few are a warm-up, not timed)",
+    default: "60",
+  },
+  repeat: {
+    type: "string",
+    value: "N",
+    help: "pairs of runs (0 clients, then N), alternating",
+    default: "2",
+  },
+  json: { type: "boolean", help: "print one JSON object instead of the table" },
+  "client-of": {
+    type: "string",
+    value: "URL",
+    help: "internal: be the client process of a bench watching URL",
+    default: "none",
+  },
+} satisfies Record<string, DocumentedFlag>;
+
+/** What `deno task bench:server --help` says besides the flags. */
+export const BENCH_SERVER_HELP: CommandHelp = {
+  command: "deno task bench:server",
+  args: "[PIPELINE.yaml]",
+  about: "Iteration time with no event-stream client and with N watching the status server.",
+  positionals: [[
+    "PIPELINE.yaml",
+    "the pipeline to train (default: configs/pipelines/micro-smoke.yaml)",
+  ]],
+  example: "deno task bench:server --clients 100 --iterations 60 --repeat 5",
+};
+
 const DEFAULT_PIPELINE = new URL("../configs/pipelines/micro-smoke.yaml", import.meta.url).pathname;
 
 /** Iterations at the start left out of the timing: the first compiles pipelines. */
@@ -155,13 +194,7 @@ async function trial(
 
 if (import.meta.main) {
   await runMain("bench:server", async () => {
-    const { values, positionals } = parseFlags(Deno.args, {
-      clients: { type: "string" },
-      iterations: { type: "string" },
-      repeat: { type: "string" },
-      json: { type: "boolean" },
-      "client-of": { type: "string" },
-    }, USAGE);
+    const { values, positionals } = parseFlags(Deno.args, BENCH_SERVER_FLAGS, BENCH_SERVER_HELP);
     const n = intFlag(values.clients, "clients", 100);
     if (values["client-of"]) return await runClients(values["client-of"], n);
     const iterations = intFlag(values.iterations, "iterations", 60);

@@ -10,18 +10,41 @@
  *
  * @module
  */
-import { parseFlags, runMain } from "./cli.ts";
+import { type CommandHelp, type DocumentedFlag, parseFlags, runMain, usageLine } from "./cli.ts";
 import { UserError } from "../pipeline/errors.ts";
 import { RunDirSource, startStatusServer } from "../server/mod.ts";
 
-const USAGE = "deno task serve RUN_DIR [--port N] [--host H]";
+/** serve's flags: the parser, the usage line and `--help` all come from this table. */
+export const SERVE_FLAGS = {
+  port: {
+    type: "string",
+    value: "N",
+    help: "the port to listen on; 0 = any free port",
+    default: "8787",
+  },
+  host: {
+    type: "string",
+    value: "HOST",
+    help: "the interface to listen on; 0.0.0.0 exposes it beyond this machine",
+    default: "127.0.0.1",
+  },
+} satisfies Record<string, DocumentedFlag>;
+
+/** What `deno task serve --help` says besides the flags. */
+export const SERVE_HELP: CommandHelp = {
+  command: "deno task serve",
+  args: "RUN_DIR",
+  about: "The status API and dashboard over a run's files, read-only (a finished, stopped or " +
+    "crashed run).",
+  positionals: [["RUN_DIR", "the --out of a train run (required)"]],
+  example: "deno task serve runs/tiny-austen --port 8790",
+};
+
+const USAGE = usageLine(SERVE_FLAGS, SERVE_HELP);
 
 if (import.meta.main) {
   await runMain("serve", async () => {
-    const { values, positionals } = parseFlags(Deno.args, {
-      port: { type: "string" },
-      host: { type: "string" },
-    }, USAGE);
+    const { values, positionals } = parseFlags(Deno.args, SERVE_FLAGS, SERVE_HELP);
     if (positionals.length !== 1) throw new UserError(`one run dir; usage: ${USAGE}`);
     const port = values.port === undefined ? 8787 : Number(values.port);
     if (!/^\d+$/.test(values.port ?? "0") || port > 65535) {

@@ -23,7 +23,14 @@
 import { isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parse as parseYaml, parseDocument } from "yaml";
-import { intFlag, parseFlags, runMain } from "./cli.ts";
+import {
+  type CommandHelp,
+  type DocumentedFlag,
+  intFlag,
+  parseFlags,
+  runMain,
+  usageLine,
+} from "./cli.ts";
 import { plotRuns } from "./plot.ts";
 import { UserError } from "../pipeline/errors.ts";
 import {
@@ -34,8 +41,41 @@ import {
 } from "../pipeline/load.ts";
 import { STAGE_KINDS } from "../pipeline/spec.ts";
 
-const USAGE =
-  "deno task sweep PIPELINE.yaml --set KEY=V1,V2,... [--out DIR] [--iterations N] [--quiet]";
+/** sweep's flags: the parser, the usage line and `--help` all come from this table. */
+export const SWEEP_FLAGS = {
+  set: {
+    type: "string",
+    value: "KEY=V1,V2,…",
+    help: "the pipeline key to vary (dotted, e.g. perturb.population) and its values",
+    default: "required",
+  },
+  out: {
+    type: "string",
+    value: "DIR",
+    help: "where the variants' pipelines, runs and plot.svg go",
+    default: "runs/NAME-sweep-KEY",
+  },
+  iterations: {
+    type: "string",
+    value: "N",
+    help: "iterations of every variant",
+    default: "the pipeline's",
+  },
+  quiet: { type: "boolean", help: "print only errors and the closing line" },
+} satisfies Record<string, DocumentedFlag>;
+
+/** What `deno task sweep --help` says besides the flags. */
+export const SWEEP_HELP: CommandHelp = {
+  command: "deno task sweep",
+  synopsis: "PIPELINE.yaml --set KEY=V1,V2,… [--out DIR] [--iterations N] [--quiet]",
+  about: "Trains a pipeline once per value of one key, one after another, then plots the runs " +
+    "together.",
+  positionals: [["PIPELINE.yaml", "the pipeline to vary (required)"]],
+  example: "deno task sweep configs/pipelines/micro-smoke.yaml --set perturb.population=4,8,16 " +
+    "--iterations 20",
+};
+
+const USAGE = usageLine(SWEEP_FLAGS, SWEEP_HELP);
 
 const TRAIN = fileURLToPath(new URL("./train.ts", import.meta.url));
 
@@ -258,12 +298,7 @@ export async function runSweep(
 
 if (import.meta.main) {
   await runMain("sweep", async () => {
-    const { values, positionals } = parseFlags(Deno.args, {
-      set: { type: "string" },
-      out: { type: "string" },
-      iterations: { type: "string" },
-      quiet: { type: "boolean" },
-    }, USAGE);
+    const { values, positionals } = parseFlags(Deno.args, SWEEP_FLAGS, SWEEP_HELP);
     if (positionals.length !== 1) throw new UserError(`give one pipeline file; usage: ${USAGE}`);
     if (values.set === undefined) throw new UserError(`give --set KEY=V1,V2,...; usage: ${USAGE}`);
     const iterations = values.iterations === undefined

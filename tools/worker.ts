@@ -11,21 +11,48 @@
  *
  * @module
  */
-import { parseFlags, runMain } from "./cli.ts";
+import { type CommandHelp, type DocumentedFlag, parseFlags, runMain, usageLine } from "./cli.ts";
 import { UserError } from "../pipeline/errors.ts";
 import { runWorker } from "../pipeline/distributed.ts";
 import { acquireDevice, parseBackend } from "../kernels/backend.ts";
 
-const USAGE = "deno task worker --redis URL [--run NAME] [--backend auto|webgpu|cpu] [--quiet]";
+/** worker's flags: the parser, the usage line and `--help` all come from this table. */
+export const WORKER_FLAGS = {
+  redis: {
+    type: "string",
+    value: "URL",
+    help: "the coordinator's Redis: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or unix://…",
+    default: "required",
+  },
+  run: {
+    type: "string",
+    value: "NAME",
+    help: "the run to serve",
+    default: "the one esflow:current names (the latest coordinator's)",
+  },
+  quiet: { type: "boolean", help: "print only errors and the closing summary" },
+  backend: {
+    type: "string",
+    value: "auto|webgpu|cpu",
+    help: "where the kernels run; must be the coordinator's",
+    default: "auto",
+  },
+} satisfies Record<string, DocumentedFlag>;
+
+/** What `deno task worker --help` says besides the flags. */
+export const WORKER_HELP: CommandHelp = {
+  command: "deno task worker",
+  synopsis: "--redis URL [--run NAME] [--backend auto|webgpu|cpu] [--quiet]",
+  about: "A distributed ES worker: claims member ranges of the coordinator's run " +
+    "(deno task train … --redis URL), evaluates them here and publishes their fitness.",
+  example: "deno task worker --redis redis://:PW@HOST:6379 --run tiny-austen",
+};
+
+const USAGE = usageLine(WORKER_FLAGS, WORKER_HELP);
 
 if (import.meta.main) {
   await runMain("worker", async () => {
-    const { values, positionals } = parseFlags(Deno.args, {
-      redis: { type: "string" },
-      run: { type: "string" },
-      quiet: { type: "boolean" },
-      backend: { type: "string" },
-    }, USAGE);
+    const { values, positionals } = parseFlags(Deno.args, WORKER_FLAGS, WORKER_HELP);
     const backend = values.backend === undefined ? undefined : parseBackend(values.backend);
     if (!values.redis || positionals.length > 0) throw new UserError(`usage: ${USAGE}`);
     const log = (s: string) => values.quiet ? undefined : console.log(`esflow worker: ${s}`);
