@@ -1,150 +1,139 @@
 /**
- * esflow: Evolution Strategies for Qwen3-style language models on WebGPU (EA4LLM).
+ * esflow: Evolution Strategies for Qwen3-style language models on WebGPU and the CPU (EA4LLM).
  *
- * The pieces a user composes:
- * - the GPU runtime ({@link acquireGpu}) and sharded device tensors;
- * - Qwen3 configs, presets, safetensors checkpoints and random init;
- * - the Qwen3 forward with the paper's log-likelihood fitness ({@link Qwen3Forward});
- * - tokenizers (built-in bytes, HF tokenizer.json, the real Qwen3 tokenizer);
- * - scoring a checkpoint on samples ({@link evaluate}), the library behind `deno task eval`;
- * - pipelines: {@link loadPipelineFile} (YAML + strict schemas, errors at file:line:col),
- *   {@link resolvePipeline}, {@link compile} to a {@link Plan}, {@link runTraining};
- * - the stage registry ({@link registerStage}): add a stage type from TypeScript, name it in YAML;
- * - the ES engine ({@link EsEngine}): members perturbed in row chunks where the forward reads
- *   them, optionally several members per dispatch, θ in f32 or bf16 with stochastic rounding;
- * - the memory report against Adam ({@link memoryReport});
- * - the pure ES functions of EA4LLM: shaping, coefficients, schedules, and the data subset.
+ * The pieces a user composes, and nothing deeper (the modules under kernels/, model/, pipeline/
+ * and server/ hold the rest, each with its own doc):
+ * - a pipeline: {@link loadPipelineFile} (YAML, strict schemas, errors at file:line:col),
+ *   {@link resolvePipeline}, {@link runTraining};
+ * - a device: {@link acquireDevice} (WebGPU or the native CPU backend);
+ * - a model: {@link getPreset}, {@link randomInit}, {@link openCheckpoint},
+ *   {@link saveCheckpoint}, {@link loadTokenizer};
+ * - the data: {@link textCorpus}, a tokenized corpus with its held-out split and each
+ *   iteration's batch;
+ * - the ES strategy ({@link esStrategy}, {@link createStrategy}): `ask(t)` for the population,
+ *   `tell(t, fitness)` for the update's coefficients and the step's diagnostics;
+ * - the engine ({@link EsEngine}) that evaluates a population and applies an update on a device;
+ * - stage types of one's own ({@link registerStage}, with zod's {@link z} for the schema);
+ * - the status server ({@link startStatusServer}) over a run directory ({@link RunDirSource}).
  *
  * @example Train from a pipeline file
  * ```ts
- * import { acquireGpu, loadPipelineFile, resolvePipeline, runTraining } from "./mod.ts";
- * const loaded = await loadPipelineFile("configs/pipelines/micro-smoke.yaml", { overrides: { out: "runs/smoke" } });
- * const gpu = await acquireGpu();
- * const summary = await runTraining(gpu, await resolvePipeline(loaded));
+ * import { acquireDevice, loadPipelineFile, resolvePipeline, runTraining } from "./mod.ts";
+ * const loaded = await loadPipelineFile("configs/pipelines/micro-smoke.yaml", {
+ *   overrides: { out: "runs/smoke" },
+ * });
+ * const device = await acquireDevice();
+ * const summary = await runTraining(device, await resolvePipeline(loaded));
  * console.log(summary.finalDir);
  * ```
  *
- * @example Score a batch of token ids with a checkpoint
+ * @example Compose a run in code (examples/compose.ts is the whole of it)
  * ```ts
- * import { acquireGpu, checkpointTensors, openCheckpoint, Qwen3Forward, uploadWeights } from "./mod.ts";
- * const gpu = await acquireGpu();
- * const ckpt = await openCheckpoint("tests/fixtures/qwen3-tiny-tied-f32");
- * const weights = await uploadWeights(gpu, checkpointTensors(ckpt));
- * const fwd = new Qwen3Forward(gpu, ckpt.config, weights, { maxBatch: 1, maxSeqLen: 4 });
- * const { perSample } = await fwd.score({ inputIds: [[1, 2, 3, 4]], attentionMask: [[1, 1, 1, 1]] });
- * console.log(perSample[0], gpu.adapterName);
+ * import { acquireDevice, EsEngine, esStrategy, getPreset, randomInit } from "./mod.ts";
+ * const device = await acquireDevice(), config = getPreset("tiny");
+ * const strategy = esStrategy(config, { perturb: { population: 16, sigma: 0.01 } });
+ * const engine = await EsEngine.create(device, {
+ *   config,
+ *   tensors: randomInit(config, { seed: 1 }),
+ *   seed: 1,
+ *   strategy,
+ *   maxSamples: 64,
+ *   microBatch: 16,
+ *   maxLen: 64,
+ * });
+ * console.log(engine.options.population);
  * ```
  *
  * @module
  */
 
-export { acquireGpu, adapterLimits, Gpu, GpuError } from "./kernels/runtime.ts";
-export { acquireDevice, parseBackend, resolveBackend } from "./kernels/backend.ts";
-export type { BackendChoice } from "./kernels/backend.ts";
-export { planDevice } from "./kernels/device.ts";
-export type { Backend, Device, DeviceBuffer, Program } from "./kernels/device.ts";
-export type { AcquireOptions, GpuFeatures, GpuLimits } from "./kernels/runtime.ts";
-export {
-  createTensor,
-  destroyTensor,
-  fromBf16,
-  readShards,
-  readTensor,
-  toBf16,
-  writeTensor,
-} from "./kernels/tensor.ts";
-export type { DeviceTensor, FilledTensor, Shard, StorageDtype } from "./kernels/tensor.ts";
-export { linearSteps, matmulStep, matmulSwigluStep, swigluLinearSteps } from "./kernels/matmul.ts";
-export type {
-  LinearMembers,
-  MatmulMembers,
-  MatmulOptions,
-  MatmulSwigluOptions,
-  MatmulTile,
-} from "./kernels/matmul.ts";
-export { dispatch, launch, profileSteps, submitSteps, wgslConsts } from "./kernels/program.ts";
-export type { Step, StepTimes } from "./kernels/program.ts";
+import { z as zod } from "zod";
 
-export type { Qwen3Config } from "./model/config.ts";
-export { loadConfigFile, parseQwen3Config, qwen3ConfigToJson } from "./model/config.ts";
-export { getPreset, paramCount, PRESET_NAMES } from "./model/presets.ts";
-export { initTensor, qwen3TensorSpecs, randomInit } from "./model/weights.ts";
-export { openSafetensors, writeSafetensors } from "./model/safetensors.ts";
-export { openCheckpoint, saveCheckpoint } from "./model/checkpoint.ts";
-export type { Checkpoint } from "./model/checkpoint.ts";
-export { checkpointTensors, downloadWeights, uploadWeights } from "./model/device_weights.ts";
-export type { DeviceWeights } from "./model/device_weights.ts";
-export { Qwen3Forward, validateBatch } from "./model/forward.ts";
-export type { ForwardOptions, ScoreResult, TokenBatch } from "./model/forward.ts";
-
-export { loadTokenizer } from "./tokenizers/mod.ts";
-export type { Tokenizer } from "./tokenizers/mod.ts";
-
-export { evaluate, readTextSamples, readTokensFile } from "./pipeline/evaluate.ts";
-export type { EvalResult, Samples } from "./pipeline/evaluate.ts";
-export { microBatches, padBatch, splitBatch } from "./pipeline/batch.ts";
+/**
+ * zod, for the schema of a stage of one's own ({@link registerStage}): the same instance
+ * esflow's schemas are built with. The value holds every schema builder (`z.strictObject`,
+ * `z.number`, …); of zod's types only `z.infer` comes along (import zod itself for the rest).
+ */
+export const z: typeof zod = zod;
+/** zod's type helpers that come with {@link z}. */
+export declare namespace z {
+  /** The parsed type of a schema, `z.infer<typeof schema>`. */
+  export type infer<T> = ZodOutput<T>;
+}
+/**
+ * zod's `z.infer`, named here because deno doc cannot link into node_modules.
+ * @internal
+ */
+type ZodOutput<T> = zod.infer<T>;
 export { UserError } from "./pipeline/errors.ts";
 
 export { loadPipelineFile, loadPipelineText } from "./pipeline/load.ts";
-export type { LoadedPipeline, PipelineOverrides } from "./pipeline/load.ts";
+export type { KeyPath, LoadedPipeline, PipelineOverrides } from "./pipeline/load.ts";
+export type { PipelineSpec } from "./pipeline/spec.ts";
 export { resolvePipeline } from "./pipeline/resolve.ts";
 export type { ResolvedPipeline } from "./pipeline/resolve.ts";
-export { compile, countDispatches } from "./pipeline/compile.ts";
-export type { Plan, PlanBuffer } from "./pipeline/compile.ts";
-export { heldOutLoss, latestCheckpoint, runTraining } from "./pipeline/run.ts";
-export type { MetricsLine, RunOptions, RunState, RunSummary } from "./pipeline/run.ts";
-export { autoMemberBatch, EsEngine } from "./pipeline/engine.ts";
-export type { EsEngineOptions, IterationResult } from "./pipeline/engine.ts";
-export { adamBytes, memoryReport, memoryRow } from "./pipeline/memory.ts";
-export type { MemoryRow } from "./pipeline/memory.ts";
-export {
-  createStage,
-  pipelineSchema,
-  registerStage,
-  STAGE_KINDS,
-  stageType,
-  stageTypes,
-} from "./pipeline/spec.ts";
+export { runTraining } from "./pipeline/run.ts";
+export type { MetricsLine, RunInputs, RunOptions, RunSummary } from "./pipeline/run.ts";
+
+export { acquireDevice } from "./kernels/backend.ts";
+export type { BackendChoice, DeviceOptions } from "./kernels/backend.ts";
+export type { Backend, Device, DeviceLimits, MemoryUse } from "./kernels/device.ts";
+export type { StorageDtype } from "./kernels/tensor.ts";
+export type { Seed } from "./kernels/philox.ts";
+
+export type { Qwen3Config } from "./model/config.ts";
+export { getPreset } from "./model/presets.ts";
+export { randomInit } from "./model/weights.ts";
 export type {
-  PipelineSpec,
-  StageDefinition,
-  StageImpls,
-  StageKind,
-  StageSchema,
-  StageType,
-} from "./pipeline/spec.ts";
-export { createStrategy, pairSnr, stepDiagnostics, strategyFromSpec } from "./pipeline/strategy.ts";
+  SafetensorsDtype,
+  TensorData,
+  TensorEntry,
+  TensorLayout,
+  TensorStream,
+} from "./model/safetensors.ts";
+export { openCheckpoint, saveCheckpoint } from "./model/checkpoint.ts";
+export type { Checkpoint, SaveCheckpointOptions } from "./model/checkpoint.ts";
+export { loadTokenizer } from "./tokenizers/mod.ts";
+export type { Tokenizer } from "./tokenizers/mod.ts";
+
+export { textCorpus } from "./pipeline/corpus.ts";
+export type { CorpusOptions, TextCorpus } from "./pipeline/corpus.ts";
+export type { PackedBatches, PackedLayout } from "./pipeline/data.ts";
+
+export { createStrategy, esStrategy } from "./pipeline/strategy.ts";
 export type {
   EsAsk,
   EsStrategy,
   EsStrategyOptions,
   EsTell,
+  StageSettings,
   StepDiagnostics,
   StrategyTensor,
   TellOptions,
 } from "./pipeline/strategy.ts";
+export type { MemberRecord } from "./pipeline/es.ts";
+
+export { EsEngine } from "./pipeline/engine.ts";
+export type {
+  EsEngineOptions,
+  IterationResult,
+  MemberProgress,
+  StrategyEngineOptions,
+} from "./pipeline/engine.ts";
+
+export { rankShape } from "./pipeline/es.ts";
+export { registerStage, STAGE_KINDS } from "./pipeline/spec.ts";
+export type { StageDefinition, StageImpls, StageKind, StageSchema } from "./pipeline/spec.ts";
 import "./pipeline/stages/mod.ts";
 export type * from "./pipeline/stages/types.ts";
-export {
-  decayed,
-  esGradient,
-  esUpdateReference,
-  noiseCoefficients,
-  noiseMember,
-  rankShape,
-  updateCoefficients,
-  zscoreShape,
-} from "./pipeline/es.ts";
-export { gaussianNoise, philox4x32_10 } from "./kernels/philox.ts";
-export {
-  heldOutBatches,
-  iterationBatches,
-  packBatches,
-  splitHoldout,
-  subsetIndices,
-  subsetSamples,
-  tokenizeSamples,
-} from "./pipeline/data.ts";
-export { heldOutLoss as corpusHeldOutLoss, textCorpus } from "./pipeline/corpus.ts";
-export type { CorpusOptions, TextCorpus } from "./pipeline/corpus.ts";
-export { esStrategy } from "./pipeline/strategy.ts";
+
+export { RunDirSource, startStatusServer } from "./server/mod.ts";
+export type {
+  RunEvent,
+  RunSnapshot,
+  RunSource,
+  RunStateName,
+  StatusAppOptions,
+  StatusServer,
+  StatusServerOptions,
+} from "./server/mod.ts";

@@ -10,8 +10,7 @@
 // completion's reward is the share of its characters that are the vowel.
 //
 // tests/reward_test.ts trains with it.
-import { z } from "zod";
-import { registerStage } from "../mod.ts";
+import { registerStage, z } from "../mod.ts";
 import { rewardFitness, type RewardSettings, rewardSettingsShape } from "../pipeline/stages/mod.ts";
 
 /** The fitness type this example registers. */

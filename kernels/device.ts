@@ -43,12 +43,19 @@ export type Stage = "dataset" | "perturb" | "model" | "fitness" | "update";
 
 /** A device's limits that builders plan with (bytes unless named otherwise). */
 export interface DeviceLimits {
+  /** Bytes one storage binding may span. */
   maxStorageBufferBindingSize: number;
+  /** Bytes of one buffer. */
   maxBufferSize: number;
+  /** Workgroups along one dimension of a launch grid. */
   maxComputeWorkgroupsPerDimension: number;
+  /** Invocations of one workgroup. */
   maxComputeInvocationsPerWorkgroup: number;
+  /** Bytes of a workgroup's shared memory. */
   maxComputeWorkgroupStorageSize: number;
+  /** Storage buffers one kernel may bind. */
   maxStorageBuffersPerShaderStage: number;
+  /** Alignment in bytes of a binding's offset. */
   minStorageBufferOffsetAlignment: number;
 }
 
@@ -151,7 +158,9 @@ export interface ReadSource {
 
 /** Where a device stands on memory: bytes alive now and the most alive at once. */
 export interface MemoryUse {
+  /** Bytes alive now. */
   live: number;
+  /** The most bytes alive at once. */
   peak: number;
 }
 
@@ -164,35 +173,69 @@ export class DeviceError extends Error {
  * Where ops run. Builders call {@link createBuffer} and read {@link limits}; a run then writes
  * inputs, {@link run}s programs and reads results back. On WebGPU `run` queues work and a read
  * waits for it; on the CPU `run` executes at once.
+ *
+ * A user gets one from acquireDevice (kernels/backend.ts) and hands it to the engine; the
+ * members marked internal are the executor side that the kernel builders and the engine call
+ * (documented here, left out of the public API's docs).
  */
 export interface Device {
+  /** Which executor this is: "webgpu" or "cpu". */
   readonly backend: Backend;
   /** The adapter's name, or the CPU model with its thread count and BLAS. */
   readonly name: string;
+  /** The limits builders plan with. */
   readonly limits: DeviceLimits;
   /** Largest bytes of one tensor shard. */
   readonly shardBytes: number;
   /** Whether {@link run} executes (false for a planning device). */
   readonly executes: boolean;
+  /**
+   * Allocates a buffer of `bytes` (a multiple of 16) that holds `purpose`.
+   * @internal
+   */
   createBuffer(label: string, bytes: number, purpose: BufferPurpose): DeviceBuffer;
+  /**
+   * Frees a buffer made by {@link createBuffer}.
+   * @internal
+   */
   destroyBuffer(buffer: DeviceBuffer): void;
-  /** Writes `data` into `buffer` at byte `offset`, ordered before later runs. */
+  /**
+   * Writes `data` into `buffer` at byte `offset`, ordered before later runs.
+   * @internal
+   */
   write(buffer: DeviceBuffer, data: ArrayBufferView, offset?: number): void;
-  /** Runs a program (queued on WebGPU; at once on the CPU). */
+  /**
+   * Runs a program (queued on WebGPU; at once on the CPU).
+   * @internal
+   */
   run(program: Program, label?: string): void;
-  /** Reads byte ranges back once all queued work is done: one round trip. */
+  /**
+   * Reads byte ranges back once all queued work is done: one round trip.
+   * @internal
+   */
   readMany(sources: readonly ReadSource[]): Promise<ArrayBuffer[]>;
-  /** Reads `count` f32 of one buffer from byte `offset`. */
+  /**
+   * Reads `count` f32 of one buffer from byte `offset`.
+   * @internal
+   */
   readF32(buffer: DeviceBuffer, count: number, offset?: number): Promise<Float32Array>;
   /** Waits until queued work is done. */
   finish(): Promise<void>;
-  /** Runs `fn`, turning device errors it causes into one {@link DeviceError} naming `context`. */
+  /**
+   * Runs `fn`, turning device errors it causes into one {@link DeviceError} naming `context`.
+   * @internal
+   */
   scoped<T>(context: string, fn: () => T | Promise<T>): Promise<T>;
+  /** Bytes of buffers alive now, and the most alive at once since the last {@link resetPeak}. */
   readonly memory: MemoryUse;
   /** Starts a new peak measurement from the bytes alive now. */
   resetPeak(): void;
-  /** Every live buffer made by {@link createBuffer}, in allocation order. */
+  /**
+   * Every live buffer made by {@link createBuffer}, in allocation order.
+   * @internal
+   */
   allocations(): { label: string; bytes: number; purpose: BufferPurpose }[];
+  /** Frees every buffer and the device itself. */
   destroy(): void;
 }
 

@@ -33,8 +33,9 @@ export interface Qwen3Config {
   attentionBias: boolean;
   /** initializer_range: std of the normal init of linear and embedding weights. */
   initializerRange: number;
-  /** bos_token_id, eos_token_id, when given. */
+  /** bos_token_id, when given. */
   bosTokenId?: number;
+  /** eos_token_id, when given. */
   eosTokenId?: number;
   /** torch_dtype / dtype of the stored weights: "float32", "bfloat16" or "float16". */
   torchDtype: string;

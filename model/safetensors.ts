@@ -27,7 +27,9 @@ export const MAX_HEADER_BYTES = 100_000_000;
 
 /** A tensor as the header describes it. */
 export interface TensorEntry {
+  /** How its elements are stored. */
   dtype: SafetensorsDtype;
+  /** Its dimensions, outermost first. */
   shape: number[];
 }
 
@@ -53,12 +55,15 @@ export interface TensorSource {
 
 /** A tensor's name and shape, without data: what a writer plans its header from. */
 export interface TensorLayout {
+  /** Its HF name, e.g. "model.layers.0.mlp.up_proj.weight". */
   name: string;
+  /** Its dimensions, outermost first. */
   shape: readonly number[];
 }
 
 /** A tensor with its f32 data, row-major. */
 export interface TensorData extends TensorLayout {
+  /** The elements, row-major. */
   data: Float32Array;
 }
 

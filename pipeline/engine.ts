@@ -86,16 +86,23 @@ export type StrategyEngineOptions =
 
 /** Options of {@link EsEngine.create}. */
 export interface EsEngineOptions {
+  /** The model's architecture. */
   config: Qwen3Config;
   /** The initial θ, one tensor at a time; absent when only planning (θ is allocated, not filled). */
   tensors?: TensorStream;
+  /** The run seed: every member's noise derives from it and the iteration. */
   seed: number;
+  /** N: members per iteration. */
   population: number;
+  /** Mirrored pairs ±ε (pipeline/es.ts noiseMember). */
   antithetic: boolean;
   /** Most samples per iteration (M) and per held-out pass. */
   maxSamples: number;
+  /** Samples per forward pass. */
   microBatch: number;
+  /** Tokens per sample at most. */
   maxLen: number;
+  /** The fitness stage's implementation (pipeline/stages/types.ts). */
   fitness: FitnessImpl;
   /** σ and α multipliers of each tensor (group multipliers). */
   multipliers: (tensor: string) => { sigma: number; alpha: number };
@@ -202,16 +209,29 @@ interface PackedInputs {
 
 /** The ES engine: θ, the members' scratch, the forward, and the per-iteration GPU work. */
 export class EsEngine {
+  /** Where θ lives and the programs run. */
   readonly device: Device;
+  /** The model's architecture. */
   readonly config: Qwen3Config;
+  /** The options it was made with (a strategy's decisions filled in). */
   readonly options: EsEngineOptions;
+  /** θ's tensor names in HF order. */
   readonly names: string[];
+  /**
+   * θ on the device, by name.
+   * @internal
+   */
   readonly theta: Map<string, DeviceTensor>;
   /**
    * The member's tensors formed whole, by θ's name: all of θ with scratch "copy", the vectors
    * otherwise (matrices are formed in chunks where read, or corrected by low-rank factors).
+   * @internal
    */
   readonly scratch: Map<string, DeviceTensor>;
+  /**
+   * The forward whose buffers every program reads and writes.
+   * @internal
+   */
   readonly forward: Qwen3Forward;
   #params: DeviceBuffer;
   /** The record of the member being evaluated, copied from #params: what chunk fills read. */
@@ -468,6 +488,7 @@ export class EsEngine {
   /**
    * The held-out pass: per held-out micro-batch the forward over θ and the fitness, each
    * sample's R copied out in turn.
+   * @internal
    */
   heldOutProgram(): Program {
     let at = 0;
@@ -511,6 +532,7 @@ export class EsEngine {
    * of {@link memberBatch} (a block that repeats one group's ops, each group's records copied in
    * first), each group's forward and fitness per micro-batch, its totals accumulated. `members`
    * limits it to the slots [start, end): a distributed worker's share.
+   * @internal
    */
   evaluationProgram(
     layout: readonly MicroBatch[],
@@ -679,6 +701,7 @@ export class EsEngine {
    * reading the group's weights through `weights` (model/forward.ts WeightLookup; member z of the
    * group in block z of batched activations) and returns one fitness per member of the group.
    * `members` limits it to the slots [start, end), as in {@link evaluate}.
+   * @internal
    */
   async evaluateWith(
     o: {
@@ -715,7 +738,10 @@ export class EsEngine {
     return { fitness };
   }
 
-  /** How the unperturbed forward reads θ (the generation of θ itself). */
+  /**
+   * How the unperturbed forward reads θ (the generation of θ itself).
+   * @internal
+   */
   get thetaWeights(): WeightLookup {
     return this.#scratch.theta;
   }
@@ -724,6 +750,7 @@ export class EsEngine {
    * The steps of a group of `count` members (count ≤ memberBatch) on one micro-batch: their
    * forward over θ_j in the same dispatches, fitness, and each one's total += Σ R into the slot
    * its record names.
+   * @internal
    */
   memberSteps(l: { batch: number; seqLen: number }, count = 1): Step[] {
     return [
@@ -738,7 +765,10 @@ export class EsEngine {
     ];
   }
 
-  /** The shared prefix on one micro-batch: embedding and layers [0, prefixLayers) over θ. */
+  /**
+   * The shared prefix on one micro-batch: embedding and layers [0, prefixLayers) over θ.
+   * @internal
+   */
   prefixSteps(l: { batch: number; seqLen: number }): Step[] {
     const key = `prefix:${l.batch}x${l.seqLen}`;
     let steps = this.#scoreCache.get(key);
@@ -756,6 +786,7 @@ export class EsEngine {
    * The steps that perturb a group of `count` members' whole tensors into their scratch (all of
    * θ in "copy" mode, the vectors otherwise, plus low-rank factors), reading the group's records
    * from the current-members buffer. Matrices in "chunks" mode are perturbed inside memberSteps.
+   * @internal
    */
   perturbSteps(count = 1): Step[] {
     let s = this.#perturbFor.get(count);
@@ -766,7 +797,10 @@ export class EsEngine {
     return s;
   }
 
-  /** The steps of the update, one pass over θ. */
+  /**
+   * The steps of the update, one pass over θ.
+   * @internal
+   */
   updateSteps(): Step[] {
     return staged("update", this.#scratch.update);
   }

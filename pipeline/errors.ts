@@ -7,6 +7,7 @@
 
 /** Bad input from the user. The message is one line: the file, the place, the fault, the fix. */
 export class UserError extends Error {
+  /** "UserError", for messages and `instanceof`-free checks. */
   override name = "UserError";
 }
 

@@ -105,6 +105,7 @@ export interface MemberRecord {
   slot: number;
   /** The noise it draws, ε_noise ({@link noiseMember}). */
   noise: number;
+  /** +1 for ε_noise, −1 for its mirror −ε_noise. */
   sign: 1 | -1;
   /** sign·σ_t: the perturbation's scale before each tensor's group multiplier. */
   scale: number;

@@ -21,14 +21,17 @@ import "./stages/mod.ts";
 
 /** A pipeline with its data, tokenizer and model in hand, ready to compile. */
 export interface ResolvedPipeline {
+  /** The validated pipeline it was resolved from. */
   loaded: LoadedPipeline;
   /** Same object as loaded.spec. */
   spec: PipelineSpec;
   /** The model's architecture. */
   config: Qwen3Config;
+  /** The tokenizer stage's tokenizer. */
   tokenizer: Tokenizer;
   /** Every sample of the corpus (after max_lines), held-out ones included, in file order. */
   texts: string[];
+  /** The initial weights. */
   model: {
     /** Where the initial weights come from, in words ("random init (seed 1234)" or a directory). */
     source: string;

@@ -81,11 +81,17 @@ export type { MetricsLine, RunState } from "./run_dir.ts";
 
 /** What a run needs from a resolved pipeline. */
 export interface RunInputs {
+  /** The validated pipeline. */
   spec: PipelineSpec;
+  /** The model's architecture. */
   config: Qwen3Config;
+  /** Text → token ids. */
   tokenizer: Tokenizer;
+  /** Every sample of the corpus, held-out ones included. */
   texts: string[];
+  /** The initial weights, a fresh stream per call. */
   model: { tensors: () => TensorStream };
+  /** Where the run writes (metrics.jsonl, checkpoints/, final/). */
   outDir: string;
   /**
    * The pipeline file's places, for messages, and its path and text, which run.json records so
@@ -115,9 +121,13 @@ export interface RunOptions {
    * Scores the population of one iteration. Default: every member on this process's engine.
    * A distributed coordinator replaces it to share members out (pipeline/distributed.ts); it
    * must return every member's fitness, in member order.
+   * @internal
    */
   evaluator?: (ctx: EvaluateContext) => Promise<IterationResult>;
-  /** Called after each iteration's update is queued, with the fitness and per-noise coefficients. */
+  /**
+   * Called after each iteration's update is queued, with the fitness and per-noise coefficients.
+   * @internal
+   */
   onUpdate?: (
     ctx: EvaluateContext & { fitness: number[]; coefficients: Float64Array },
   ) => Promise<void> | void;
@@ -145,7 +155,10 @@ export interface RunOptions {
    * trains (train prints the status server's address here, so a refusal stays one line).
    */
   onStart?: (o: { iteration: number; total: number }) => void;
-  /** The plan {@link checkRunFits} made for this device, when the caller already checked. */
+  /**
+   * The plan {@link checkRunFits} made for this device, when the caller already checked.
+   * @internal
+   */
   plan?: Plan | null;
 }
 
@@ -165,11 +178,17 @@ export interface EvaluateContext {
 
 /** The outcome of a run. */
 export interface RunSummary {
+  /** The run directory. */
   outDir: string;
+  /** Its final/ checkpoint. */
   finalDir: string;
+  /** Iterations completed. */
   iterations: number;
+  /** performance.now() when the run started, in ms. */
   startedAt: number;
+  /** The last metrics.jsonl line written. */
   lastLine?: MetricsLine;
+  /** Whether it was asked to stop before the last iteration. */
   stopped: boolean;
   /** A resume of a run whose final/ already holds every iteration asked for: nothing ran. */
   alreadyDone?: boolean;

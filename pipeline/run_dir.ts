@@ -40,14 +40,21 @@ export const RUN_MANIFEST_FORMAT = "esflow-run/1";
  * before they existed.
  */
 export interface MetricsLine {
+  /** t, from 0. */
   iter: number;
+  /** Mean of the members' fitness F_j. */
   fitness_mean: number;
+  /** Largest F_j. */
   fitness_max: number;
+  /** Smallest F_j. */
   fitness_min: number;
   /** Held-out mean negative log-likelihood per token of θ_t (before iteration t's update). */
   eval_loss?: number;
+  /** σ_t. */
   sigma: number;
+  /** α_t. */
   alpha: number;
+  /** Wall seconds of the iteration. */
   seconds: number;
   /** Population × scored tokens per second over the whole iteration. */
   tokens_per_s: number;

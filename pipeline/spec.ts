@@ -35,18 +35,37 @@ export type StageKind = typeof STAGE_KINDS[number];
 
 /** The typed implementation each stage kind's `create` returns (pipeline/stages/types.ts). */
 export interface StageImpls {
+  /** The corpus and the per-iteration subset size. */
   dataset: DatasetImpl;
+  /** Text → token ids. */
   tokenizer: TokenizerImpl;
+  /** The architecture, θ's storage and initial weights. */
   model: ModelImpl;
+  /** N, pairing, σ, the group multipliers, the noise's form. */
   perturb: PerturbImpl;
+  /** Each sample's R, the fitness of a member. */
   fitness: FitnessImpl;
+  /** Fitness → weights. */
   shape: ShapeImpl;
+  /** α, its decay, NES scaling. */
   update: UpdateImpl;
 }
 
 /** A stage type's settings schema: a strict zod object with `type: z.literal(name)`. */
+export type StageSchema = ZodObjectSchema;
+
+/**
+ * zod's object schema, named here because deno doc does not link into node_modules.
+ * @internal
+ */
 // deno-lint-ignore no-explicit-any
-export type StageSchema = z.ZodObject<any>;
+type ZodObjectSchema = z.ZodObject<any>;
+
+/**
+ * The settings a schema parses to, zod's `z.infer`, named here for the same reason.
+ * @internal
+ */
+type SchemaOutput<S extends StageSchema> = z.infer<S>;
 
 /**
  * A registered stage type: its settings schema and the factory of its implementation over the
@@ -61,7 +80,7 @@ export interface StageType<K extends StageKind = StageKind, S extends StageSchem
   /** One line for `deno task plan` and docs. */
   description: string;
   /** The implementation of validated settings (see pipeline/stages/types.ts). */
-  create(settings: z.infer<S>): StageImpls[K];
+  create(settings: SchemaOutput<S>): StageImpls[K];
   /** The implementation, when it was registered as one value that reads no settings. */
   impl?: StageImpls[K];
 }
@@ -73,7 +92,7 @@ export interface StageType<K extends StageKind = StageKind, S extends StageSchem
 export type StageDefinition<K extends StageKind, S extends StageSchema> =
   & { kind: K; type: string; schema: S; description: string }
   & (
-    | { create(settings: z.infer<S>): StageImpls[K]; impl?: undefined }
+    | { create(settings: SchemaOutput<S>): StageImpls[K]; impl?: undefined }
     | { impl: StageImpls[K]; create?: undefined }
   );
 
@@ -85,8 +104,7 @@ const registry = new Map<StageKind, Map<string, StageType>>(STAGE_KINDS.map((k) 
  *
  * @example A custom shape stage
  * ```ts
- * import { z } from "zod";
- * import { rankShape, registerStage } from "../mod.ts";
+ * import { rankShape, registerStage, z } from "../mod.ts";
  * registerStage({
  *   kind: "shape",
  *   type: "centered_rank",
@@ -202,21 +220,37 @@ export function pipelineSchema(): z.ZodObject<any> {
 
 /** A validated pipeline: every key present (defaults filled), stage settings by kind. */
 export interface PipelineSpec {
+  /** Run name: the default output dir and the status page title. */
   name: string;
+  /** Run seed: noise, data subsets, held-out split and random init derive from it. */
   seed: number;
+  /** Total ES iterations. */
   iterations: number;
+  /** Where the kernels run. */
   backend: "auto" | "webgpu" | "cpu";
+  /** The dataset stage's settings. */
   dataset: { type: string } & Record<string, unknown>;
+  /** The tokenizer stage's settings. */
   tokenizer: { type: string } & Record<string, unknown>;
+  /** The model stage's settings. */
   model: { type: string } & Record<string, unknown>;
+  /** The perturb stage's settings. */
   perturb: { type: string } & Record<string, unknown>;
+  /** The fitness stage's settings. */
   fitness: { type: string } & Record<string, unknown>;
+  /** The shape stage's settings. */
   shape: { type: string } & Record<string, unknown>;
+  /** The update stage's settings. */
   update: { type: string } & Record<string, unknown>;
+  /** Where the run writes, how often it checkpoints and evaluates, its status port. */
   output: {
+    /** Run directory; absent: runs/<name>. */
     dir?: string;
+    /** Iterations between checkpoints; 0 only at the end. */
     checkpoint_every: number;
+    /** Iterations between held-out evaluations. */
     eval_every: number;
+    /** The status server's port on 127.0.0.1; 0 picks a free one. */
     status: { port: number };
   };
 }

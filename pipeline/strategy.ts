@@ -48,14 +48,19 @@ import type { GroupMultiplier, PerturbImpl, ShapeImpl, UpdateImpl } from "./stag
 
 /** One of θ's tensors, as the strategy needs it: its HF name and its element count. */
 export interface StrategyTensor {
+  /** Its HF name, which decides its parameter group. */
   name: string;
+  /** Its element count. */
   numel: number;
 }
 
 /** What a strategy is made of: the three ES stages, and θ's tensors. */
 export interface EsStrategyOptions {
+  /** N, pairing, σ and its decay, the group multipliers, the rank. */
   perturb: PerturbImpl;
+  /** Fitness → weights. */
   shape: ShapeImpl;
+  /** α and its decay, NES scaling. */
   update: UpdateImpl;
   /** θ's tensors, for their group multipliers and the expected update norm. */
   tensors: readonly StrategyTensor[];
@@ -63,6 +68,7 @@ export interface EsStrategyOptions {
 
 /** What `ask(t)` gives: the population the engine evaluates at iteration t. */
 export interface EsAsk {
+  /** t. */
   iteration: number;
   /** σ_t. */
   sigma: number;
@@ -97,23 +103,31 @@ export interface EsAsk {
  *   ε and −ε are equally likely, so that ratio only measures 1/√K.)
  */
 export interface StepDiagnostics {
+  /** sqrt((1/N)·Σ_j (F_j − F̄)²). */
   fitnessStd: number;
+  /** max_j F_j − min_j F_j. */
   fitnessSpread: number;
+  /** sqrt(E‖Δθ‖²) over the noise, for these coefficients. */
   updateNormExpected: number;
+  /** updateNormExpected / ‖θ_t‖, when `tell` was given ‖θ_t‖. */
   updateRatioExpected?: number;
+  /** sqrt(Σ_i a_i² / Σ_i b_i²) of the pairs' odd and even parts, with K ≥ 2 antithetic pairs. */
   pairSnr?: number;
 }
 
 /** What `tell(t, F)` gives: the update of iteration t and its diagnostics. */
 export interface EsTell {
+  /** t. */
   iteration: number;
-  /** σ_t and α_t. */
+  /** σ_t. */
   sigma: number;
+  /** α_t. */
   alpha: number;
   /** w_j = shape(F)_j, member order. */
   weights: readonly number[];
   /** d_i, one per distinct noise (n of them): what `EsEngine.update` takes. */
   coefficients: Float64Array;
+  /** What the step says about σ, α and N; they change no weight. */
   diagnostics: StepDiagnostics;
 }
 
@@ -130,6 +144,7 @@ export interface TellOptions {
 export interface EsStrategy {
   /** N. */
   readonly population: number;
+  /** Mirrored pairs ±ε. */
   readonly antithetic: boolean;
   /** n: distinct noises per iteration, N/2 with antithetic pairs, else N. */
   readonly noises: number;

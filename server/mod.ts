@@ -36,12 +36,16 @@ export { RunDirSource } from "./run_dir.ts";
 
 /** Options of {@link createStatusApp}. */
 export interface StatusAppOptions {
+  /** The run it shows: a {@link RunDirSource}, or a live run. */
   source: RunSource;
   /** The bearer token for POST /api/stop; required unless read-only. */
   token?: string;
   /** Serve a run's files: no stop, every non-GET method is 405. */
   readOnly: boolean;
-  /** Files GET /assets/NAME may serve. Default {@link DASHBOARD_ASSETS}. */
+  /**
+   * Files GET /assets/NAME may serve. Default {@link DASHBOARD_ASSETS}.
+   * @internal
+   */
   assets?: AssetMap;
   /** The dashboard page. Default server/dashboard/index.html. */
   dashboardPage?: string | URL;
@@ -331,6 +335,7 @@ export interface StatusServerOptions extends Omit<StatusAppOptions, "signal"> {
 export interface StatusServer {
   /** http://HOST:PORT/ */
   url: string;
+  /** The port it listens on (the one picked, when asked for 0). */
   port: number;
   /** Ends the event streams and stops listening. */
   close(): Promise<void>;

@@ -33,6 +33,7 @@ export { parseMetrics };
 
 /** A read-only {@link RunSource} over a run dir. */
 export class RunDirSource implements RunSource {
+  /** The run dir, without a trailing slash. */
   readonly dir: string;
   #planned: Promise<number | null> | null = null;
 
@@ -59,6 +60,7 @@ export class RunDirSource implements RunSource {
     return src;
   }
 
+  /** Every line of metrics.jsonl ([] when there is none yet). */
   async metrics(): Promise<MetricsLine[]> {
     try {
       return parseMetrics(await Deno.readTextFile(`${this.dir}/metrics.jsonl`));
@@ -67,6 +69,7 @@ export class RunDirSource implements RunSource {
     }
   }
 
+  /** The run as its files show it: finished, stopped or crashed. */
   async snapshot(): Promise<RunSnapshot> {
     const [lines, latest] = await Promise.all([this.metrics(), latestCheckpoint(this.dir)]);
     const final = latest !== null && latest.dir === `${this.dir}/final`;
@@ -105,6 +108,7 @@ export class RunDirSource implements RunSource {
     return latest ? { dir: latest.dir, iteration: latest.state.iteration } : null;
   }
 
+  /** Never calls `listener`: nothing changes under a read-only server. */
   subscribe(_listener: (event: RunEvent) => void): () => void {
     // Nothing changes under a read-only server; GET /api/events sends `end` at once.
     return () => {};

@@ -37,7 +37,9 @@ export interface RunSnapshot {
   pipelineFile: string | null;
   /** The resolved pipeline (every key, defaults filled); null when no state.json exists yet. */
   pipeline: Record<string, unknown> | null;
+  /** The device the run trains on, in words; null when unknown. */
   adapter: string | null;
+  /** Where it stands. */
   state: RunStateName;
   /** Why the run failed (state "failed"); null otherwise. */
   error: string | null;
@@ -61,6 +63,7 @@ export interface RunSnapshot {
 
 /** A run the server can show. Every method is cheap: it is called per request. */
 export interface RunSource {
+  /** Where the run stands now. */
   snapshot(): Promise<RunSnapshot>;
   /** Every metrics line so far, in iteration order. */
   metrics(): Promise<MetricsLine[]>;

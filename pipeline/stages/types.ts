@@ -42,6 +42,7 @@ export interface DatasetImpl {
 
 /** tokenizer: builds the tokenizer. */
 export interface TokenizerImpl {
+  /** The tokenizer the pipeline names. */
   create(ctx: StageContext): Promise<Tokenizer>;
 }
 
@@ -49,6 +50,7 @@ export interface TokenizerImpl {
 export interface ModelImpl {
   /** θ's storage on the device. */
   storage: StorageDtype;
+  /** The architecture, a fresh stream of the initial weights per call, and their source in words. */
   resolve(
     ctx: StageContext,
   ): Promise<{ config: Qwen3Config; tensors: () => TensorStream; source: string }>;
@@ -66,6 +68,11 @@ export interface ModelImpl {
  * the engine batches every fitness alike.
  */
 export interface FitnessImpl {
+  /**
+   * The fitness's device steps over the forward's buffers (model/forward.ts, kernels/program.ts),
+   * below the public API: a fitness of one's own is usually a reward (pipeline/stages/reward.ts).
+   * @internal
+   */
   steps(
     fwd: Qwen3Forward,
     o: { batch: number; seqLen: number; weights: WeightLookup; members?: number },
@@ -76,11 +83,13 @@ export interface FitnessImpl {
 
 /** shape: fitness values → weights w_j (pure). */
 export interface ShapeImpl {
+  /** w = shape(F), one weight per member, member order. */
   shape(r: readonly number[]): number[];
 }
 
 /** Step decay of a schedule: the value is multiplied by `gamma` every `every` iterations. */
 export interface Decay {
+  /** γ: the factor of each step. */
   gamma: number;
   /** 0: never. */
   every: number;
@@ -88,16 +97,23 @@ export interface Decay {
 
 /** σ and α multipliers of one parameter group. */
 export interface GroupMultiplier {
+  /** Multiplies σ_t for the group's tensors (0: not perturbed). */
   sigma: number;
+  /** Multiplies α_t for the group's tensors (0: not updated). */
   alpha: number;
 }
 
 /** Parameter groups by role and by layer range; a tensor's multiplier is the product. */
 export interface PerturbGroups {
+  /** model.embed_tokens (and the tied head, which is the same tensor). */
   embeddings: GroupMultiplier;
+  /** The q, k, v and o projections and their biases. */
   attention: GroupMultiplier;
+  /** The gate, up and down projections. */
   mlp: GroupMultiplier;
+  /** Every RMSNorm weight: input, post-attention, q_norm, k_norm, final. */
   norms: GroupMultiplier;
+  /** lm_head, when the model has its own (untied). */
   lm_head: GroupMultiplier;
   /** Inclusive layer ranges [from, to], applied on top of the role multipliers. */
   layers: ({ from: number; to: number } & GroupMultiplier)[];
@@ -110,6 +126,7 @@ export interface PerturbGroups {
 export interface UpdateImpl {
   /** α before decay. */
   alpha: number;
+  /** α's step decay. */
   decay: Decay;
   /** θ ← θ + (α_t/σ_t)·ĝ instead of θ + α_t·ĝ. */
   nes: boolean;
@@ -126,6 +143,7 @@ export interface PerturbImpl {
   antithetic: boolean;
   /** σ before decay. */
   sigma: number;
+  /** σ's step decay. */
   decay: Decay;
   /** The σ and α multipliers by parameter group. */
   groups: PerturbGroups;
