@@ -65,7 +65,7 @@ export declare namespace z {
  * @internal
  */
 type ZodOutput<T> = zod.infer<T>;
-export { UserError } from "./pipeline/errors.ts";
+export { UserError } from "./errors.ts";
 
 export { loadPipelineFile, loadPipelineText } from "./pipeline/load.ts";
 export type { KeyPath, LoadedPipeline, PipelineOverrides } from "./pipeline/load.ts";

@@ -11,9 +11,9 @@
  *
  * @module
  */
-import type { Backend, Device, DeviceLimits } from "./device.ts";
+import { type Backend, DEFAULT_LIMITS, type Device, type DeviceLimits } from "./device.ts";
 import { acquireGpu, adapterLimits } from "./runtime.ts";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 
 /** A backend as a user names it. */
 export type BackendChoice = "auto" | Backend;
@@ -86,7 +86,6 @@ export async function planTarget(
   }
   const adapter = await adapterLimits();
   if (!adapter) {
-    const { DEFAULT_LIMITS } = await import("../pipeline/compile.ts");
     return { backend, name: "no adapter: WebGPU default limits", limits: DEFAULT_LIMITS };
   }
   return { backend, name: adapter.adapterName, limits: adapter.limits };

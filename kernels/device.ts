@@ -59,6 +59,17 @@ export interface DeviceLimits {
   minStorageBufferOffsetAlignment: number;
 }
 
+/** WebGPU's default limits, for planning with no adapter at hand. */
+export const DEFAULT_LIMITS: DeviceLimits = {
+  maxStorageBufferBindingSize: 128 << 20,
+  maxBufferSize: 256 << 20,
+  maxComputeWorkgroupsPerDimension: 65535,
+  maxComputeInvocationsPerWorkgroup: 256,
+  maxComputeWorkgroupStorageSize: 16384,
+  maxStorageBuffersPerShaderStage: 8,
+  minStorageBufferOffsetAlignment: 256,
+};
+
 /** A buffer on a device: its bytes (a multiple of 16) and what it holds. */
 export interface DeviceBuffer {
   readonly label: string;

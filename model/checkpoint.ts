@@ -6,7 +6,7 @@
  *
  * @module
  */
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import { formatQwen3Config, loadConfigFile, type Qwen3Config } from "./config.ts";
 import {
   openSafetensors,
@@ -26,7 +26,7 @@ import {
   writeTextAtomic,
 } from "./safetensors_index.ts";
 import { qwen3TensorSpecs } from "./weights.ts";
-import { faultPoint } from "../pipeline/faults.ts";
+import { faultPoint } from "../faults.ts";
 import type { Tokenizer } from "../tokenizers/tokenizer.ts";
 import { checkpointTokenizerFiles } from "../tokenizers/pretrained.ts";
 

@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 
 /** A Qwen3 architecture, in esflow's own camelCase names (HF's snake_case keys in comments). */
 export interface Qwen3Config {

@@ -52,7 +52,7 @@ import type { Step } from "../kernels/program.ts";
 import { rmsnormStep } from "../kernels/rmsnorm.ts";
 import { ropeTables } from "../kernels/qk_norm_rope.ts";
 import { attentionCacheStep, kvCacheWriteStep, qkNormRopeAtStep } from "../kernels/kv_cache.ts";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import type { DeviceWeights } from "./device_weights.ts";
 import { type TensorLookup, tensorReads, type WeightLookup } from "./forward.ts";
 import {

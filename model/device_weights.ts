@@ -13,7 +13,7 @@ import {
 } from "../kernels/tensor.ts";
 import type { TensorData, TensorStream } from "./safetensors.ts";
 import { type Checkpoint, openCheckpoint } from "./checkpoint.ts";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 
 /** Weights on the device by HF tensor name. */
 export type DeviceWeights = Map<string, DeviceTensor>;

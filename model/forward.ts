@@ -30,7 +30,7 @@ import { qkNormRopeStep, ropeTables } from "../kernels/qk_norm_rope.ts";
 import { attentionStep } from "../kernels/attention.ts";
 import { embeddingSteps } from "../kernels/embedding.ts";
 import { logLikelihoodStep, logsumexpChunkStep, scoredTargets } from "../kernels/log_likelihood.ts";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import type { DeviceWeights } from "./device_weights.ts";
 
 /** Sets `name` as the role of each op that has none (fills keep their own: "form chunk"). */

@@ -10,7 +10,7 @@
  *
  * @module
  */
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import type { Qwen3Config } from "./config.ts";
 import { qwen3TensorSpecs } from "./weights.ts";
 

@@ -14,7 +14,7 @@
  *
  * @module
  */
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 
 /** Element types esflow reads and writes. */
 export type SafetensorsDtype = "F32" | "BF16" | "F16";

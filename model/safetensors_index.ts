@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import {
   collectTensors,
   openSafetensors,

@@ -14,6 +14,7 @@
  */
 import {
   type Backend,
+  DEFAULT_LIMITS,
   type Device,
   type DeviceLimits,
   type Dispatch,
@@ -27,6 +28,9 @@ import { qwen3TensorSpecs } from "../model/weights.ts";
 import { EsEngine } from "./engine.ts";
 import { specEngineOptions } from "./engine_options.ts";
 import { createStage, type PipelineSpec } from "./spec.ts";
+
+// Planning callers name the limits from here (they moved to kernels/device.ts).
+export { DEFAULT_LIMITS };
 
 /** A device buffer of the plan. */
 export interface PlanBuffer {
@@ -179,14 +183,3 @@ export function programJson(program: Program): unknown {
     return v;
   }));
 }
-
-/** WebGPU's default limits, for planning with no adapter at hand. */
-export const DEFAULT_LIMITS: DeviceLimits = {
-  maxStorageBufferBindingSize: 128 << 20,
-  maxBufferSize: 256 << 20,
-  maxComputeWorkgroupsPerDimension: 65535,
-  maxComputeInvocationsPerWorkgroup: 256,
-  maxComputeWorkgroupStorageSize: 16384,
-  maxStorageBuffersPerShaderStage: 8,
-  minStorageBufferOffsetAlignment: 256,
-};

@@ -18,7 +18,7 @@ import {
   subsetSamples,
   tokenizeSamples,
 } from "./data.ts";
-import { UserError } from "./errors.ts";
+import { UserError } from "../errors.ts";
 
 /** Options of {@link textCorpus}. */
 export interface CorpusOptions {

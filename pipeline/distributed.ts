@@ -38,7 +38,7 @@ import { WeightsChecksum } from "../kernels/checksum.ts";
 import { openCheckpointTensors } from "../model/device_weights.ts";
 import type { TensorStream } from "../model/safetensors.ts";
 import { EsEngine, type IterationResult } from "./engine.ts";
-import { UserError } from "./errors.ts";
+import { UserError } from "../errors.ts";
 import { loadPipelineText } from "./load.ts";
 import { type ResolvedPipeline, resolvePipeline } from "./resolve.ts";
 import {

@@ -66,7 +66,7 @@ import {
   type ScratchMode,
   storedBytes,
 } from "./scratch.ts";
-import { UserError } from "./errors.ts";
+import { UserError } from "../errors.ts";
 import { stageType } from "./spec.ts";
 import "./stages/mod.ts";
 import type { EsStrategy } from "./strategy.ts";

@@ -1,17 +1,7 @@
 /**
- * User-facing errors. A {@link UserError} is bad input (a file, a flag, a config): the CLI prints
- * its one-line message and exits with code 2, with no stack trace.
+ * {@link UserError}, from its home in the root errors.ts; kept so that imports of
+ * pipeline/errors.ts still resolve.
  *
  * @module
  */
-
-/** Bad input from the user. The message is one line: the file, the place, the fault, the fix. */
-export class UserError extends Error {
-  /** "UserError", for messages and `instanceof`-free checks. */
-  override name = "UserError";
-}
-
-/** Throws a {@link UserError} with `message` unless `cond` holds. */
-export function expect(cond: unknown, message: string): asserts cond {
-  if (!cond) throw new UserError(message);
-}
+export { UserError } from "../errors.ts";

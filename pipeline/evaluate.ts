@@ -11,7 +11,7 @@
  *
  * @module
  */
-import { UserError } from "./errors.ts";
+import { UserError } from "../errors.ts";
 import { padBatch } from "./batch.ts";
 import { acquireDevice, type BackendChoice } from "../kernels/backend.ts";
 import { destroyTensor } from "../kernels/tensor.ts";

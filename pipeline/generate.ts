@@ -13,7 +13,7 @@
  * @module
  */
 import { dirname, join } from "node:path";
-import { UserError } from "./errors.ts";
+import { UserError } from "../errors.ts";
 import { acquireDevice, type BackendChoice } from "../kernels/backend.ts";
 import { destroyTensor } from "../kernels/tensor.ts";
 import { openCheckpoint } from "../model/checkpoint.ts";

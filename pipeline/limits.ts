@@ -13,7 +13,7 @@ import { paramCount } from "../model/presets.ts";
 import { compile, type Plan } from "./compile.ts";
 import type { KeyPath } from "./load.ts";
 import type { PipelineSpec } from "./spec.ts";
-import { UserError } from "./errors.ts";
+import { UserError } from "../errors.ts";
 
 /** Bytes as a person reads them: 1.5 GiB, 340 MiB, 12 KiB. */
 export function formatBytes(n: number): string {

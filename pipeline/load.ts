@@ -24,7 +24,7 @@ import {
   type StageKind,
   stageTypes,
 } from "./spec.ts";
-import { UserError } from "./errors.ts";
+import { UserError } from "../errors.ts";
 import type { Qwen3Config } from "../model/config.ts";
 import type { Tokenizer } from "../tokenizers/mod.ts";
 import "./stages/mod.ts";

@@ -14,7 +14,7 @@ import type { Qwen3Config } from "../model/config.ts";
 import type { TensorStream } from "../model/safetensors.ts";
 import type { Tokenizer } from "../tokenizers/mod.ts";
 import { createStage, type PipelineSpec, type StageImpls, type StageKind } from "./spec.ts";
-import { UserError } from "./errors.ts";
+import { UserError } from "../errors.ts";
 import { crossFieldIssues, type KeyPath, type LoadedPipeline, type PipelineIssue } from "./load.ts";
 import type { StageContext } from "./stages/types.ts";
 import "./stages/mod.ts";

@@ -35,7 +35,7 @@ import { type Device, expand, planDevice, type Program } from "../kernels/device
 import { EsEngine, type IterationResult } from "./engine.ts";
 import type { MemberRecord } from "./es.ts";
 import { tokenizeSamples } from "./data.ts";
-import { UserError } from "./errors.ts";
+import { UserError } from "../errors.ts";
 import { createStage, type PipelineSpec } from "./spec.ts";
 import { isRewardFitness, type RewardFitnessImpl } from "./stages/reward.ts";
 import { parsePromptSample, type PromptSample } from "./stages/prompts.ts";

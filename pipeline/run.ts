@@ -24,7 +24,7 @@ import type { Tokenizer } from "../tokenizers/mod.ts";
 import type { Device } from "../kernels/device.ts";
 import type { StorageDtype } from "../kernels/tensor.ts";
 import { WeightsChecksum } from "../kernels/checksum.ts";
-import { UserError } from "./errors.ts";
+import { UserError } from "../errors.ts";
 import { createStage, type PipelineSpec } from "./spec.ts";
 import { specEngineOptions } from "./engine_options.ts";
 import {
@@ -44,7 +44,7 @@ import type { TokenBatch } from "../model/forward.ts";
 import { F32_MAX, F32_MIN_POSITIVE, type KeyPath } from "./load.ts";
 import type { Plan } from "./compile.ts";
 import { checkRunFits, formatBytes } from "./limits.ts";
-import { blockIteration, faultPoint } from "./faults.ts";
+import { blockIteration, faultPoint } from "../faults.ts";
 import { rewardRun } from "./reward_run.ts";
 import {
   appendMetrics,

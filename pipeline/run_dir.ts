@@ -27,7 +27,7 @@ import { resolve } from "node:path";
 import { parentDir, syncDir } from "../model/safetensors.ts";
 import { writeTextAtomic } from "../model/safetensors_index.ts";
 import type { PipelineSpec } from "./spec.ts";
-import { UserError } from "./errors.ts";
+import { UserError } from "../errors.ts";
 
 /** The state.json format this esflow writes. */
 export const RUN_STATE_FORMAT = "esflow-run-state/2";

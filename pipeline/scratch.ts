@@ -53,7 +53,7 @@ import type { Qwen3Config } from "../model/config.ts";
 import { type TensorLookup, tensorReads, type WeightLookup } from "../model/forward.ts";
 import { noiseCount } from "./es.ts";
 import { PERTURB, recordBytes } from "../kernels/records.ts";
-import { UserError } from "./errors.ts";
+import { UserError } from "../errors.ts";
 
 /**
  * In "chunks" scratch mode, a chunk of a matrix is at most 1/CHUNK_FRACTION of θ's bytes (and at

@@ -24,7 +24,7 @@
  */
 import { Hono } from "hono";
 import type { Context } from "hono";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import { type AssetMap, DASHBOARD_ASSETS, DASHBOARD_HTML, placeholderPage } from "./assets.ts";
 import { PROMETHEUS_CONTENT_TYPE, prometheusText } from "./prometheus.ts";
 import { eventStream } from "./sse.ts";

@@ -21,7 +21,7 @@ import {
   parseMetrics,
   type RunState,
 } from "../pipeline/run_dir.ts";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import { compile, DEFAULT_LIMITS } from "../pipeline/compile.ts";
 import type { PipelineSpec } from "../pipeline/spec.ts";
 import { loadConfigFile } from "../model/config.ts";

@@ -16,7 +16,7 @@
 import { LiveRun, type LiveRunInfo } from "./live.ts";
 import { startStatusServer, type StatusServer } from "./mod.ts";
 import type { MetricsLine } from "../pipeline/run_dir.ts";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 
 /** The first message: what to serve and where. */
 export interface StartMessage {

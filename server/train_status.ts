@@ -10,7 +10,7 @@
  *
  * @module
  */
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import { compile } from "../pipeline/compile.ts";
 import type { ResolvedPipeline } from "../pipeline/resolve.ts";
 import type { RunSummary } from "../pipeline/run.ts";

@@ -5,7 +5,7 @@
 // reported place.
 import { loadPipelineFile } from "../pipeline/load.ts";
 import { resolvePipeline } from "../pipeline/resolve.ts";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import { assert, assertEquals, runCli } from "./helpers.ts";
 
 const BAD_DIR = "tests/pipelines/bad";

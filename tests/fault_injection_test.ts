@@ -15,7 +15,7 @@ import {
   writeSmoke,
 } from "./reliability_helpers.ts";
 
-/** Where a checkpoint write or the loop can be killed (pipeline/faults.ts), with how often. */
+/** Where a checkpoint write or the loop can be killed (faults.ts), with how often. */
 const POINTS: { point: string; upTo: number }[] = [
   { point: "run.manifest", upTo: 1 },
   { point: "iteration.metrics", upTo: 2 },

@@ -134,7 +134,7 @@ export async function withTempDir(fn: (dir: string) => Promise<void>): Promise<v
  * `parts`; returns the message.
  */
 export async function assertUserError(fn: () => unknown, ...parts: string[]): Promise<string> {
-  const { UserError } = await import("../pipeline/errors.ts");
+  const { UserError } = await import("../errors.ts");
   let caught: unknown;
   try {
     await fn();

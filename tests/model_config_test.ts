@@ -3,7 +3,7 @@
  * canonical tensor list and HF's random initialisation.
  */
 import assert from "node:assert/strict";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import {
   formatQwen3Config,
   loadConfigFile,

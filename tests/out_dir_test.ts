@@ -2,7 +2,7 @@
 // line and exit 2 with nothing written, never a stack trace; a full disk stops the run with the
 // last good checkpoint intact, says how much the next checkpoint needs, and --resume goes on
 // once there is space. The disk is a small tmpfs when this machine lets the test mount one,
-// else a full disk injected at the same place (pipeline/faults.ts).
+// else a full disk injected at the same place (faults.ts).
 import { assert, assertEquals } from "./helpers.ts";
 import {
   assertSameRun,

@@ -9,7 +9,7 @@ import {
 } from "../pipeline/load.ts";
 import { resolvePipeline } from "../pipeline/resolve.ts";
 import { registerStage } from "../pipeline/spec.ts";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import type { ShapeImpl } from "../pipeline/stages/types.ts";
 import { assert, assertEquals } from "./helpers.ts";
 

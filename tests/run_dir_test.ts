@@ -11,7 +11,7 @@ import {
   sealState,
   truncateMetrics,
 } from "../pipeline/run_dir.ts";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import { listTree } from "./reliability_helpers.ts";
 
 Deno.test("cleanRunDir: an old checkpoint whose replacement never arrived comes back; temps go", async () => {

@@ -14,7 +14,7 @@ import { createStage, stageType } from "../pipeline/spec.ts";
 import { crossFieldIssues, loadPipelineText } from "../pipeline/load.ts";
 import { resolvePipeline } from "../pipeline/resolve.ts";
 import { specEngineOptions } from "../pipeline/engine_options.ts";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import { fitnessBatching, maxLowRank } from "../pipeline/stages/mod.ts";
 import type { PerturbImpl, ShapeImpl, UpdateImpl } from "../pipeline/stages/types.ts";
 import { gaussianNoise } from "../kernels/philox.ts";

@@ -1,7 +1,7 @@
 // Tokenizers: the byte tokenizer, the real Qwen3 vocabulary, and hand-written tokenizer.json files.
 // node:assert, not jsr:@std/assert: the build machine reaches only the npm registry.
 import assert from "node:assert/strict";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import {
   createBytesTokenizer,
   hfTokenizerFromJson,

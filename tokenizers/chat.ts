@@ -12,7 +12,7 @@
  *
  * @module
  */
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 
 /** Qwen3's turn markers. */

@@ -9,7 +9,7 @@
 
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { dirname, join } from "node:path";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 
 /** Options for {@link loadHfTokenizer}. */

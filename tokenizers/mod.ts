@@ -6,11 +6,7 @@
  * @module
  */
 
-import { createBytesTokenizer } from "./bytes.ts";
-import type { Tokenizer } from "./tokenizer.ts";
-import { loadHfTokenizer } from "./hf.ts";
-import { loadQwen3Tokenizer } from "./qwen3.ts";
-
+export { loadTokenizer } from "./load.ts";
 export type { Tokenizer } from "./tokenizer.ts";
 export { BYTES_VOCAB_SIZE, createBytesTokenizer } from "./bytes.ts";
 export {
@@ -35,13 +31,3 @@ export {
   QWEN3_TOKEN_COUNT,
   qwen3TokenizerPath,
 } from "./qwen3.ts";
-
-/**
- * Loads the tokenizer that `spec` names: "bytes", "qwen3", or a path to a tokenizer.json or to a
- * directory holding one. A missing or invalid file is a UserError.
- */
-export async function loadTokenizer(spec: "bytes" | "qwen3" | string): Promise<Tokenizer> {
-  if (spec === "bytes") return createBytesTokenizer();
-  if (spec === "qwen3") return await loadQwen3Tokenizer();
-  return await loadHfTokenizer(spec);
-}

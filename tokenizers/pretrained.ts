@@ -16,10 +16,10 @@
  *
  * @module
  */
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import { BYTES_VOCAB_SIZE, createBytesTokenizer } from "./bytes.ts";
 import { loadHfTokenizer } from "./hf.ts";
-import { loadTokenizer } from "./mod.ts";
+import { loadTokenizer } from "./load.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 
 /** The files of a tokenizer, by name, as a model directory holds them. */

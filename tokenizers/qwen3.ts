@@ -6,7 +6,7 @@
  * @module
  */
 
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import { loadHfTokenizer } from "./hf.ts";
 import type { Tokenizer } from "./tokenizer.ts";
 

@@ -9,7 +9,7 @@
  * @module
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import { GpuError } from "../kernels/runtime.ts";
 
 /** Runs `main`; a UserError or GpuError prints `esflow: message` and exits 2. */

@@ -13,7 +13,7 @@
  * @module
  */
 import { type CommandHelp, type DocumentedFlag, intFlag, parseFlags, runMain } from "./cli.ts";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import { parseBackend } from "../kernels/backend.ts";
 import { evaluate, readTextSamples, readTokensFile } from "../pipeline/evaluate.ts";
 import { openCheckpoint } from "../model/checkpoint.ts";

@@ -17,7 +17,7 @@
  * @module
  */
 import { intFlag, parseFlags, runMain } from "./cli.ts";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import { parseBackend } from "../kernels/backend.ts";
 import {
   generateWithCheckpoint,

@@ -22,7 +22,7 @@ import {
 import type { Program } from "../kernels/device.ts";
 import { parseBackend, planTarget } from "../kernels/backend.ts";
 import { modelConfigOf, type Qwen3ModelSettings } from "../pipeline/stages/model.ts";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import type { Qwen3Config } from "../model/config.ts";
 import { getPreset, paramCount } from "../model/presets.ts";
 import { memoryReport, type MemoryRow } from "../pipeline/memory.ts";

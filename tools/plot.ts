@@ -19,7 +19,7 @@ import * as vegaLite from "vega-lite";
 import { Resvg } from "@resvg/resvg-js";
 import { basename, dirname, extname, join, relative, resolve } from "node:path";
 import { parseFlags, runMain } from "./cli.ts";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import type { MetricsLine } from "../pipeline/run.ts";
 
 const USAGE = "deno task plot RUN_DIR [RUN_DIR…] [--out FILE.svg|FILE.png]";

@@ -11,7 +11,7 @@
  * @module
  */
 import { type CommandHelp, type DocumentedFlag, parseFlags, runMain, usageLine } from "./cli.ts";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import { RunDirSource, startStatusServer } from "../server/mod.ts";
 
 /** serve's flags: the parser, the usage line and `--help` all come from this table. */

@@ -32,7 +32,7 @@ import {
   usageLine,
 } from "./cli.ts";
 import { plotRuns } from "./plot.ts";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import {
   closest,
   type LoadedPipeline,

@@ -20,7 +20,7 @@
  */
 import { type CommandHelp, type DocumentedFlag, intFlag, parseFlags, runMain } from "./cli.ts";
 import { formatDuration, formatEval, stdoutSink, TrainProgress } from "./progress.ts";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import {
   DEFAULT_PIPELINE_PATH,
   type LoadedPipeline,

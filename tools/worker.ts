@@ -12,7 +12,7 @@
  * @module
  */
 import { type CommandHelp, type DocumentedFlag, parseFlags, runMain, usageLine } from "./cli.ts";
-import { UserError } from "../pipeline/errors.ts";
+import { UserError } from "../errors.ts";
 import { runWorker } from "../pipeline/distributed.ts";
 import { acquireDevice, parseBackend } from "../kernels/backend.ts";
 

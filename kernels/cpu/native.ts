@@ -33,7 +33,7 @@
  *
  * @module
  */
-import { UserError } from "../../pipeline/errors.ts";
+import { UserError } from "../../errors.ts";
 import { type Seed, seedKey } from "../philox.ts";
 import { cDefines } from "../records.ts";
 

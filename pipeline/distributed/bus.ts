@@ -9,7 +9,7 @@
  * @module
  */
 import { createClient, ErrorReply } from "redis";
-import { UserError } from "../errors.ts";
+import { UserError } from "../../errors.ts";
 import { RunInterrupted } from "../run.ts";
 
 /** Where to connect, parsed from a URL. */

@@ -6,7 +6,7 @@
  */
 import { z } from "zod";
 import { posInt, registerStage } from "../spec.ts";
-import { UserError } from "../errors.ts";
+import { UserError } from "../../errors.ts";
 import type { DatasetImpl, StageContext } from "./types.ts";
 
 /** Settings every dataset type shares. */

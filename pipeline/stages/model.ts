@@ -6,7 +6,7 @@
  */
 import { z } from "zod";
 import { registerStage } from "../spec.ts";
-import { UserError } from "../errors.ts";
+import { UserError } from "../../errors.ts";
 import { getPreset, PRESET_NAMES } from "../../model/presets.ts";
 import { loadConfigFile } from "../../model/config.ts";
 import { randomInit } from "../../model/weights.ts";

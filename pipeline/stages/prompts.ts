@@ -16,7 +16,7 @@
  */
 import { z } from "zod";
 import { registerStage } from "../spec.ts";
-import { UserError } from "../errors.ts";
+import { UserError } from "../../errors.ts";
 import { datasetSettingsShape, readCorpusLines, resolvePath } from "./dataset.ts";
 import type { DatasetImpl } from "./types.ts";
 

@@ -17,6 +17,9 @@
  * (run.json written), iteration.metrics (a metrics line appended, before its checkpoint),
  * iteration.done (after the checkpoint).
  *
+ * It lives at the root because model/checkpoint.ts and the run loop (pipeline/run.ts) both reach
+ * its points, and model/ imports nothing from pipeline/.
+ *
  * @module
  */
 
