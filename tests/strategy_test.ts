@@ -385,3 +385,25 @@ Deno.test("cross-field checks: one table, each error at the file:line:col of its
   assert(message.startsWith("s.yaml:6:40: perturb.population: antithetic pairs"), message);
   assert(message.endsWith("(+1 more)"), message);
 });
+
+Deno.test("σ_t, α_t, the member records and the fold are computed only in the strategy", () => {
+  // Every module outside pipeline/es.ts (the pure functions) and pipeline/strategy.ts (their one
+  // composition) reaches them through the strategy; a second caller could drift from it. The
+  // benches time kernels at a fixed σ with no strategy, so they may build records themselves.
+  const calls = /\b(decayed|updateCoefficients|noiseCoefficients|memberRecords)\(/;
+  const own = new Set(["pipeline/es.ts", "pipeline/strategy.ts"]);
+  const found: string[] = [];
+  const walk = (dir: string) => {
+    for (const e of Deno.readDirSync(REPO + dir)) {
+      const path = `${dir}/${e.name}`;
+      if (e.isDirectory) walk(path);
+      else if (e.name.endsWith(".ts") && !own.has(path) && !/^tools\/bench/.test(path)) {
+        Deno.readTextFileSync(REPO + path).split("\n").forEach((line, i) => {
+          if (!/^\s*(\*|\/\/)/.test(line) && calls.test(line)) found.push(`${path}:${i + 1}`);
+        });
+      }
+    }
+  };
+  for (const dir of ["kernels", "model", "pipeline", "server", "tools", "examples"]) walk(dir);
+  assertEquals(found, []);
+});
