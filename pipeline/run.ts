@@ -24,6 +24,7 @@ import type { Tokenizer } from "../tokenizers/mod.ts";
 import type { Device } from "../kernels/device.ts";
 import type { StorageDtype } from "../kernels/tensor.ts";
 import { WeightsChecksum } from "../kernels/checksum.ts";
+import { WeightsNorm } from "../kernels/sum_squares.ts";
 import { UserError } from "../errors.ts";
 import { createStage, type PipelineSpec } from "./spec.ts";
 import { specEngineOptions } from "./engine_options.ts";
@@ -388,11 +389,14 @@ export async function runTraining(
   const engine = await EsEngine.create(device, setup.engineOptions(tensors));
   const checksum = new WeightsChecksum(device, engine.names.map((n) => engine.theta.get(n)!));
   if (from) checkThetaChecksum(from, await checksum.compute());
+  // ‖θ_t‖ for the step's diagnostics (update_ratio_expected): one pass over θ, one small read.
+  const norm = new WeightsNorm(device, engine.names.map((n) => engine.theta.get(n)!));
   const finalDir = `${outDir}/final`;
   const startedAt = performance.now();
   if (from && start === total && from.dir === finalDir) {
     // Resumed to the length it already has: final/ is the answer; rewrite nothing.
     checksum.destroy();
+    norm.destroy();
     engine.destroy();
     return { outDir, finalDir, iterations: total, startedAt, stopped: false, alreadyDone: true };
   }
@@ -535,9 +539,11 @@ export async function runTraining(
       engine,
       lastGood: lastGoodWords(),
     });
-    // TODO(issue 10): pass thetaNorm (‖θ_t‖) once the engine computes it on the device; then
-    // the line gets update_ratio_expected.
-    const told = strategy.tell(t, res.fitness);
+    // ‖θ_t‖, before the update; a sum of squares past f32 range says nothing, so it is left out.
+    const thetaNorm = await norm.compute();
+    const told = strategy.tell(t, res.fitness, {
+      thetaNorm: Number.isFinite(thetaNorm) ? thetaNorm : undefined,
+    });
     const d = told.coefficients;
     engine.update({ iteration: t, coefficients: d });
     await options.onUpdate?.({ ...ctx, fitness: res.fitness, coefficients: d });
@@ -585,6 +591,7 @@ export async function runTraining(
   }
   if (!stopped) await save(finalDir, total);
   checksum.destroy();
+  norm.destroy();
   reward?.destroy();
   return { outDir, finalDir, iterations: stopped ? t : total, startedAt, lastLine, stopped };
 }

@@ -64,7 +64,7 @@ export interface MetricsLine {
   fitness_spread?: number;
   /** sqrt(E‖Δθ‖²) of the update over the noise: expected, not measured. */
   update_norm_expected?: number;
-  /** update_norm_expected / ‖θ_t‖, when the engine provides ‖θ_t‖ (not yet). */
+  /** update_norm_expected / ‖θ_t‖ (‖θ_t‖ measured on the device, kernels/sum_squares.ts). */
   update_ratio_expected?: number;
   /** Antithetic pairs (K ≥ 2): sqrt(Σ odd² / Σ even²) of the pairs' fitness. */
   pair_snr?: number;

@@ -134,8 +134,8 @@ export interface EsTell {
 /** Options of {@link EsStrategy.tell}. */
 export interface TellOptions {
   /**
-   * ‖θ_t‖, the L2 norm of the weights before the update, when the engine can provide it: then
-   * the diagnostics include updateRatioExpected. The engine offers no device-side norm yet.
+   * ‖θ_t‖, the L2 norm of the weights before the update (a run measures it on the device,
+   * kernels/sum_squares.ts WeightsNorm): then the diagnostics include updateRatioExpected.
    */
   thetaNorm?: number;
 }

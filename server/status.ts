@@ -96,7 +96,7 @@ export interface StatusBody {
   /**
    * The latest step's diagnostics from the strategy's tell (pipeline/strategy.ts): the
    * population std and range of the raw fitness, sqrt(E‖Δθ‖²) (expected over the noise, not
-   * measured), that over ‖θ_t‖ when the engine provides it, and the antithetic pairs'
+   * measured), that over ‖θ_t‖ (measured on the device), and the antithetic pairs'
    * odd-to-even ratio. null when the line has none.
    */
   fitness_std: number | null;

@@ -174,14 +174,15 @@ Deno.test({
       assert(fitnessPoints >= later, `fitness chart holds ${fitnessPoints} lines, < ${later}`);
       assert((await page.textContent("#adapter"))!.length > 1, "adapter shown");
       assert((await page.textContent("#config"))!.includes('"population": 4'), "config shown");
-      // The step's diagnostics from tell: numbers for the spread and the expected ‖Δθ‖, and no
-      // pair SNR (micro-smoke has no antithetic pairs) nor ‖θ‖ ratio (no ‖θ‖ yet).
+      // The step's diagnostics from tell: numbers for the spread, the expected ‖Δθ‖ and its
+      // ratio to ‖θ‖, and no pair SNR (micro-smoke has no antithetic pairs).
       for (const id of ["#fitness-std", "#update-norm"]) {
         const shown = Number(await page.textContent(id));
         assert(Number.isFinite(shown) && shown > 0, `${id} shows ${shown}`);
       }
       assert((await page.textContent("#fitness-spread"))!.startsWith("max − min "), "spread");
-      assertEquals(await page.textContent("#update-ratio"), "‖θ‖ not measured", "ratio note");
+      const ratio = /^\/ ‖θ‖ = (\S+)$/.exec((await page.textContent("#update-ratio"))!);
+      assert(ratio && Number(ratio[1]) > 0 && Number(ratio[1]) < 1, `ratio shown: ${ratio}`);
       assertEquals(await page.textContent("#pair-snr"), "–", "no pairs, no SNR");
       const shot = `${tmp}/dashboard.png`;
       await page.screenshot({ path: shot, fullPage: true });
@@ -228,6 +229,11 @@ Deno.test({
         Number(await still.textContent("#update-norm")),
         Number(lastLine.update_norm_expected.toPrecision(3)),
         "served expected ‖Δθ‖ of the last line",
+      );
+      assertEquals(
+        await still.textContent("#update-ratio"),
+        `/ ‖θ‖ = ${lastLine.update_ratio_expected.toPrecision(3)}`,
+        "served ‖Δθ‖/‖θ‖ of the last line",
       );
       assertEquals(
         Number(await still.getAttribute("#fitness-chart", "data-points")),

@@ -398,14 +398,21 @@ Deno.test("live run: status, metrics, config, events, Prometheus, errors, traver
     ]);
     assertEquals([s.eval_loss, s.eval_iteration], [last.eval_loss, 3]);
     assertEquals([s.sigma, s.alpha, s.tokens_per_s], [last.sigma, last.alpha, last.tokens_per_s]);
-    // The step's diagnostics from tell: micro-smoke has no antithetic pairs and no ‖θ‖ yet.
-    assertEquals([s.fitness_std, s.fitness_spread, s.update_norm_expected], [
-      last.fitness_std,
-      last.fitness_spread,
-      last.update_norm_expected,
-    ]);
+    // The step's diagnostics from tell: the spread, the expected ‖Δθ‖ and its ratio to the
+    // measured ‖θ_t‖; no pair SNR, as micro-smoke has no antithetic pairs.
+    assertEquals(
+      [s.fitness_std, s.fitness_spread, s.update_norm_expected, s.update_ratio_expected],
+      [
+        last.fitness_std,
+        last.fitness_spread,
+        last.update_norm_expected,
+        last.update_ratio_expected,
+      ],
+    );
     assert((s.fitness_std as number) > 0 && (s.update_norm_expected as number) > 0);
-    assertEquals([s.update_ratio_expected, s.pair_snr], [null, null]);
+    const ratio = s.update_ratio_expected as number;
+    assert(ratio > 0 && ratio < 1, `update_ratio_expected ${ratio}: ‖Δθ‖ a small part of ‖θ‖`);
+    assertEquals(s.pair_snr, null);
     assertEquals([s.eta_seconds, s.planned_memory_bytes, s.read_only], [0, 12345, false]);
     assert((s.seconds_per_iteration as number) > 0);
 

@@ -20,6 +20,7 @@ import { pairSnr } from "../pipeline/strategy.ts";
 import { z } from "zod";
 import { dispatch, wgslConsts } from "../kernels/program.ts";
 import { fromBf16, toBf16 } from "../kernels/tensor.ts";
+import { sumSquaresReference } from "../kernels/sum_squares.ts";
 import { openCheckpoint } from "../model/checkpoint.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
@@ -134,7 +135,11 @@ for (
       if (antithetic) {
         assertClose([lines[0].pair_snr], [pairSnr(F)!], { atol: 0, rtol: 5e-2 });
       } else assertEquals(lines[0].pair_snr, undefined);
-      assertEquals(lines[0].update_ratio_expected, undefined, "no ‖θ‖ from the engine yet");
+      // ‖θ_0‖ measured on the device (kernels/sum_squares.ts), θ_0 as stored (bf16 rounded).
+      const thetaNorm = Math.sqrt(sumSquaresReference([...theta0.values()]));
+      assertClose([lines[0].update_ratio_expected], [
+        lines[0].update_norm_expected! / thetaNorm,
+      ], { atol: 0, rtol: 1e-5 });
       const got = await readWeights(`${out}/run/final`);
       for (const [id, n] of names.entries()) {
         const want = Float64Array.from(theta0.get(n)!);
