@@ -415,11 +415,28 @@ function outBinding(
   out: DeviceBuffer,
   col: number,
 ): { binding: Binding; col: number } {
-  const bytes = col * 4;
-  if (col === 0 || bytes % device.limits.minStorageBufferOffsetAlignment !== 0) {
-    return { binding: out, col };
+  const at = offsetBinding(device, out, col);
+  return { binding: at.binding, col: at.elements };
+}
+
+/**
+ * `buffer` bound from f32 element `elements` on when that byte offset meets the device's
+ * binding alignment (the kernel then indexes from 0), else bound whole with the offset left to
+ * the kernel. Offsets moved into the binding keep them out of the kernel's constants, so
+ * dispatches that differ only there share one pipeline: the LM head's vocab chunks, for one,
+ * compile once instead of once per chunk (each compile of the 32×16 matmul takes lavapipe
+ * seconds on a cold shader cache).
+ */
+function offsetBinding(
+  device: Device,
+  buffer: DeviceBuffer,
+  elements: number,
+): { binding: Binding; elements: number } {
+  const bytes = elements * 4;
+  if (elements === 0 || bytes % device.limits.minStorageBufferOffsetAlignment !== 0) {
+    return { binding: buffer, elements };
   }
-  return { binding: { buffer: out, offset: bytes, size: out.size - bytes }, col: 0 };
+  return { binding: { buffer, offset: bytes, size: buffer.size - bytes }, elements: 0 };
 }
 
 /** The grid constants of matmul.wgsl for this tile and grid. */
@@ -437,7 +454,9 @@ function gridConsts(tile: MatmulTile, g: MatmulGrid): Record<string, number> {
 
 /**
  * One dispatch of out[m, outColOffset + n] (+)= Σ_k x[m, k] · w[wRowOffset + n, k] (+ bias).
- * Every size and offset is compiled into the kernel, so the pipeline is cached per shape.
+ * Every size is compiled into the kernel, so the pipeline is cached per shape; the offsets are
+ * too, unless they fit the binding alignment and move into the bindings
+ * ({@link offsetBinding}).
  */
 export function matmulStep(device: Device, o: MatmulOptions): Step {
   const where = `matmul ${o.label}`;
@@ -456,6 +475,7 @@ export function matmulStep(device: Device, o: MatmulOptions): Step {
   ]);
 
   const outAt = outBinding(device, o.out, outColOffset);
+  const wAt = offsetBinding(device, o.w, wRowOffset * k);
   const tile = o.tile ?? defaultMatmulTile(device, { m, k, n });
   checkTile(where, tile);
   const g = matmulGrid(device, { m, n }, tile);
@@ -463,7 +483,7 @@ export function matmulStep(device: Device, o: MatmulOptions): Step {
     M: m,
     N: n,
     K4: k / 4,
-    W_ROW: wRowOffset,
+    W_ROW: wAt.elements / k,
     BIAS_OFF: biasOffset,
     OUT_STRIDE: outStride,
     OUT_COL: outAt.col,
@@ -479,7 +499,7 @@ export function matmulStep(device: Device, o: MatmulOptions): Step {
     consts,
     // Without a bias the kernel never reads binding 2, but the layout still has it; x stands in
     // (two read-only bindings of one buffer are allowed) so no dummy buffer is needed.
-    bindings: [o.x, o.w, o.bias ?? o.x, outAt.binding],
+    bindings: [o.x, wAt.binding, o.bias ?? o.x, outAt.binding],
     workgroups: [g.gridX, g.gridY, mb?.count ?? 1],
     wgsl: {
       label: `matmul ${tileKey(tile)} ${m}x${k}x${n}`,
