@@ -507,7 +507,7 @@ export async function runBench(device: Device, o: BenchOptions): Promise<BenchRe
     }
   }
   progress(`numpy sgemm 1024³ (${PYTHON}, OPENBLAS_NUM_THREADS=${threads})`);
-  const numpy = await python(
+  let numpy = await python(
     ["-c", NUMPY_SGEMM, String(big.m), String(big.k), String(big.n), String(sgemmRepeats)],
     {
       env: { OPENBLAS_NUM_THREADS: String(threads) },
@@ -530,6 +530,29 @@ export async function runBench(device: Device, o: BenchOptions): Promise<BenchRe
   const matmulShapes = quick && !cpu ? shapes.slice(0, 3) : shapes;
   progress(`esflow matmul, ${matmulShapes.length} shapes`);
   const matmul = await benchMatmul(device, matmulShapes, { repeats: quick ? 3 : 10 });
+  // The 1024³ ratio's three sides (esflow, the BLAS, numpy) again in turn, each keeping its
+  // best: on a 2-core VM the load moves by 1.5× within a minute, and timing the sides minutes
+  // apart made the ratio swing by as much.
+  const rounds = quick ? 1 : 2;
+  for (let i = 0; i < rounds; i++) {
+    progress(`1024³ again: esflow, the BLAS and numpy in turn (round ${i + 2})`);
+    const again = (await benchMatmul(device, [big], { repeats: quick ? 3 : 10 }))[0];
+    if (again.gflops > matmul[0].gflops) matmul[0] = again;
+    if (native && blasGflops !== null) {
+      blasGflops = Math.max(blasGflops, benchSgemm(native, big, sgemmRepeats));
+    }
+    const n2 = await python(
+      ["-c", NUMPY_SGEMM, String(big.m), String(big.k), String(big.n), String(sgemmRepeats)],
+      {
+        env: { OPENBLAS_NUM_THREADS: String(threads) },
+        missing: "numpy is not installed (apt-get install python3-numpy)",
+        what: "numpy sgemm",
+      },
+    );
+    if (!("note" in n2) && !("note" in numpy) && num(n2, "gflops")! > num(numpy, "gflops")!) {
+      numpy = n2;
+    }
+  }
   // The BLAS on the same shapes, on the CPU: what the device's tiling costs on top of it.
   const matmulBlas = matmulShapes.map((s) =>
     !cpu || !native ? null : s === big ? blasGflops : benchSgemm(native, s, sgemmRepeats)
