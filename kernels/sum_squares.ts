@@ -4,10 +4,12 @@
  *
  * Per shard, kernels/sum_squares.wgsl writes one f32 partial sum of squares per workgroup of
  * PER·WG elements; one readback brings every partial, which the host adds in float64. bf16
- * storage is widened to the f32 it stands for. On the CPU device the same partials come from a
- * TypeScript twin over the shard's bytes. {@link sumSquaresReference} is the float64 reference.
+ * storage is widened to the f32 it stands for. On the CPU device the same partials come from
+ * esflow.c's esf_sum_squares, each summed in double. {@link sumSquaresReference} is the float64
+ * reference.
  *
- * Tests: tests/sum_squares_test.ts (both backends, f32 and bf16, ragged sizes and shards).
+ * Tests: tests/sum_squares_test.ts (both backends, f32 and bf16, ragged sizes and shards),
+ * tests/native_test.ts (the C kernel against the float64 reference).
  *
  * @module
  */
@@ -67,7 +69,7 @@ export class WeightsNorm {
     this.#steps = shards.map(({ t, s, n, invocations }, k) => {
       const bf16 = t.dtype === "bf16";
       const region = this.#regions[k];
-      const step = launch(device, {
+      return launch(device, {
         label: `norm ${t.name}`,
         kernel: "sum_squares",
         consts: { N: n, PER, BF16: bf16 },
@@ -79,30 +81,6 @@ export class WeightsNorm {
         invocations,
         workgroupSize: WG,
       });
-      // The CPU device's twin: the same partials, each summed in float64 and stored as f32.
-      step.cpu = ([x, partials]) => {
-        const E = PER * WG;
-        const f32 = bf16 ? null : new Float32Array(x.buffer, x.byteOffset, n);
-        const words = new Uint32Array(x.buffer, x.byteOffset, bf16 ? n / 2 : n);
-        const wide = new Float32Array(2), wideBits = new Uint32Array(wide.buffer);
-        for (let g = 0; g < region.count; g++) {
-          let sum = 0;
-          const end = Math.min(n, (g + 1) * E);
-          if (f32) {
-            for (let i = g * E; i < end; i++) sum += f32[i] * f32[i];
-          } else {
-            // E is even, so a group starts on a word: element 2k low half, 2k+1 high half.
-            for (let i = g * E; i < end; i += 2) {
-              const w = words[i >> 1];
-              wideBits[0] = w << 16;
-              wideBits[1] = w & 0xffff0000;
-              sum += wide[0] * wide[0] + wide[1] * wide[1];
-            }
-          }
-          partials.setFloat32(g * 4, sum, true);
-        }
-      };
-      return step;
     });
   }
 

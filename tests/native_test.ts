@@ -552,6 +552,38 @@ Deno.test("native: checksum shards add up to tensorSums of the whole tensor", ()
   assertEquals([...sums], tensorSums(data));
 });
 
+Deno.test("native: sum of squares partials equal float64 sums of each run, f32 and bf16", () => {
+  const rng = seeded(19);
+  const n = 100003, per = 1000, groups = Math.ceil(n / per);
+  const data = randn(rng, n, 3);
+  const partials = new Float32Array(groups + 1).fill(-1);
+  native.sumSquares({ x: new Uint32Array(data.buffer), n, per, bf16: false, partials });
+  for (let g = 0; g < groups; g++) {
+    let want = 0;
+    for (let i = g * per; i < Math.min(n, (g + 1) * per); i++) want += data[i] * data[i];
+    assertEquals(partials[g], Math.fround(want), `f32 partial ${g}`);
+  }
+  assertEquals(partials[groups], -1, "nothing past the partials");
+  // bf16 pairs: element 2k in word k's low half; an odd count leaves the last high half unread
+  // (random bits there would change the last partial if it were).
+  const m = 4001, words = new Uint32Array(Math.ceil(m / 2));
+  for (let k = 0; k < words.length; k++) words[k] = (rng() * 0x100000000) >>> 0 & 0x3fff3fff;
+  const wide = (i: number) => {
+    const w = words[i >> 1];
+    return new Float32Array(new Uint32Array([i & 1 ? w & 0xffff0000 : w << 16]).buffer)[0];
+  };
+  const bp = new Float32Array(Math.ceil(m / 200));
+  native.sumSquares({ x: words, n: m, per: 200, bf16: true, partials: bp });
+  for (let g = 0; g < bp.length; g++) {
+    let want = 0;
+    const end = Math.min(m, (g + 1) * 200);
+    for (let i = g * 200; i < end; i += 2) {
+      want += i + 1 < end ? wide(i) * wide(i) + wide(i + 1) * wide(i + 1) : wide(i) * wide(i);
+    }
+    assertEquals(bp[g], Math.fround(want), `bf16 partial ${g}`);
+  }
+});
+
 /** A perturb case: θ [37, 13] shard of 3 rows starting at row 2 (element 26), 3 members. */
 function perturbFixture(bf16: boolean) {
   const rng = seeded(bf16 ? 18 : 17);

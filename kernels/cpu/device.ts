@@ -484,6 +484,16 @@ export class CpuDevice implements Device {
         };
         return () => n.checksum(args);
       }
+      case "sum_squares": {
+        const args = {
+          x: this.#u32(b[0]),
+          n: num("N"),
+          per: num("PER") * num("WG"),
+          bf16: flag("BF16"),
+          partials: this.#f32(b[1]),
+        };
+        return () => n.sumSquares(args);
+      }
     }
     if (d.cpu) {
       const views = d.bindings.map((x) => {

@@ -1239,6 +1239,35 @@ EXPORT void esf_checksum(const uint32_t* x, int64_t N, uint32_t base, uint32_t* 
 }
 
 // ---------------------------------------------------------------------------------------------
+// Σ x² of one shard (sum_squares.wgsl, kernels/sum_squares.ts): partials[g] = Σ x[i]² over
+// i in [g·E, min(N, (g+1)·E)), each summed in double in index order (as the TypeScript twin does:
+// the same bits) and stored as f32. BF16: x holds N/2 words of bf16 pairs, element 2k in the low
+// half of word k, and E is even (an odd N's last word holds one element).
+EXPORT void esf_sum_squares(const uint32_t* x, int64_t N, int64_t E, int32_t bf16,
+                            float* partials, int64_t groups) {
+#pragma omp parallel for schedule(static) if (N > 65536)
+  for (int64_t g = 0; g < groups; g++) {
+    const int64_t end = (g + 1) * E < N ? (g + 1) * E : N;
+    double sum = 0.0;
+    if (bf16) {
+      for (int64_t i = g * E; i < end; i += 2) {
+        const uint32_t w = x[i >> 1];
+        const double lo = (double)bits_f(w << 16), hi = (double)bits_f(w & 0xFFFF0000u);
+        // An odd N ends on a low half; the high half past it is not an element.
+        sum += i + 1 < end ? lo * lo + hi * hi : lo * lo;
+      }
+    } else {
+      const float* f = (const float*)x;
+      for (int64_t i = g * E; i < end; i++) {
+        const double v = (double)f[i];
+        sum += v * v;
+      }
+    }
+    partials[g] = (float)sum;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Decoding with a KV cache (qk_norm_rope_at, kv_cache_write, attention_cache .wgsl,
 // kernels/kv_cache.ts). S = sequences, TN = new tokens per sequence, R = S·TN rows; row r is
 // token r % TN of sequence r / TN, at position pos[r / TN] + r % TN (also its cache slot).

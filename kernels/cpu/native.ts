@@ -136,6 +136,7 @@ const SYMBOLS = {
   },
   // x, N, base, sums
   esf_checksum: { parameters: [P, I64, U32, P], result: "void" },
+  esf_sum_squares: { parameters: [P, I64, I64, I32, P, I64], result: "void" },
   // counter4, key2, out4
   esf_philox: { parameters: [P, P, P], result: "void" },
   // seed_lo, seed_hi, iteration, member, tensor, start, count, out
@@ -732,6 +733,20 @@ export interface LowrankEmbedArgs {
   bMs?: number;
 }
 
+/** Options of {@link Native.sumSquares}: partials of Σ x² as sum_squares.wgsl writes them. */
+export interface SumSquaresArgs {
+  /** Bit patterns of one shard: n f32, or n/2 words of bf16 pairs. */
+  x: Uint32Array;
+  /** Elements (not words). */
+  n: number;
+  /** Elements per partial; even for bf16. */
+  per: number;
+  /** Whether x holds bf16 pairs. */
+  bf16: boolean;
+  /** ceil(n / per) f32 partial sums, written. */
+  partials: Float32Array;
+}
+
 /** Options of {@link Native.checksum}: sums += the two hashes of checksum.wgsl. */
 export interface ChecksumArgs {
   /** Bit patterns of one shard (f32 or bf16 pairs as u32 words). */
@@ -1162,6 +1177,24 @@ export class Native {
     holds(K, "x", o.x, n);
     holds(K, "sums", o.sums, 2);
     this.symbols.esf_checksum(o.x, BigInt(n), base, o.sums);
+  }
+
+  /** Writes the partial sums of squares of x (esflow.c esf_sum_squares). */
+  sumSquares(o: SumSquaresArgs): void {
+    const K = "esf_sum_squares";
+    const n = size(K, "n", o.n), per = size(K, "per", o.per);
+    if (per === 0 || (o.bf16 && per % 2 !== 0)) throw new Error(`${K}: per ${per} must be even`);
+    const groups = Math.ceil(n / per);
+    holds(K, "x", o.x, o.bf16 ? Math.ceil(n / 2) : n);
+    holds(K, "partials", o.partials, groups);
+    this.symbols.esf_sum_squares(
+      o.x,
+      BigInt(n),
+      BigInt(per),
+      o.bf16 ? 1 : 0,
+      o.partials,
+      BigInt(groups),
+    );
   }
 
   /** Philox4x32-10 of one counter (4 words) under a key (2 words). */
