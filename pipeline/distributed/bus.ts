@@ -8,7 +8,8 @@
  *
  * @module
  */
-import { createClient, ErrorReply } from "redis";
+import { Buffer } from "node:buffer";
+import { createClient, ErrorReply, RESP_TYPES } from "redis";
 import { UserError } from "../../errors.ts";
 import { RunInterrupted } from "../run.ts";
 
@@ -84,7 +85,7 @@ export interface StreamEntry {
 
 /** The two client methods the bus uses (node-redis's generic client type is not needed). */
 interface RedisClient {
-  sendCommand(args: string[]): Promise<unknown>;
+  sendCommand(args: (string | Buffer)[], options?: { typeMapping?: object }): Promise<unknown>;
   destroy(): void;
 }
 
@@ -222,15 +223,32 @@ export class RedisBus {
    * passed since the connection was lost, then become {@link RedisGone}; error replies from the
    * server are thrown as they are.
    */
-  async call(args: (string | number)[]): Promise<unknown> {
-    const argv = args.map(String);
+  async call(args: (string | number | Uint8Array)[]): Promise<unknown> {
+    return await this.#send(args, false);
+  }
+
+  /**
+   * Like {@link call}, for a command whose reply is one binary string (GET of a blob chunk):
+   * the bytes as they are, not decoded as UTF-8; null for a missing key.
+   */
+  async callBytes(args: (string | number)[]): Promise<Uint8Array | null> {
+    const reply = await this.#send(args, true);
+    return reply === null || reply === undefined ? null : new Uint8Array(reply as Buffer);
+  }
+
+  async #send(args: (string | number | Uint8Array)[], bytes: boolean): Promise<unknown> {
+    const argv = args.map((a) =>
+      a instanceof Uint8Array ? Buffer.from(a.buffer, a.byteOffset, a.byteLength) : String(a)
+    );
+    const names = argv.map((a) => typeof a === "string" ? a : "");
+    const options = bytes ? { typeMapping: { [RESP_TYPES.BLOB_STRING]: Buffer } } : undefined;
     for (;;) {
       if (this.#closed) throw new RedisGone(`redis at ${this.target.display}: connection closed`);
       try {
         const reply = await withinMs(
-          this.#client.sendCommand(argv),
-          this.#timeout + blockMs(argv),
-          argv[0],
+          this.#client.sendCommand(argv, options),
+          this.#timeout + blockMs(names),
+          names[0],
         );
         this.#lostSince = null;
         return reply;
