@@ -141,20 +141,28 @@ export async function putBlob(
   return { digest, size, sent: true };
 }
 
-/** Publishes the files `names` of `dir` as a tree; returns the tree's digest. */
+/**
+ * Publishes `files` (name → path) as a tree; returns the tree's digest and the bytes sent.
+ * `digests` collects every blob it uses.
+ */
 export async function putTree(
   bus: RedisBus,
   run: string,
   files: Record<string, string>,
-  o: { chunkBytes?: number } = {},
-): Promise<BlobRef> {
+  o: { chunkBytes?: number; digests?: Set<string> } = {},
+): Promise<BlobRef & { sent: number }> {
   const refs: Record<string, string> = {};
+  let sent = 0;
   for (const [name, path] of Object.entries(files)) {
-    refs[name] = (await putBlob(bus, run, { path }, o)).digest;
+    const b = await putBlob(bus, run, { path }, o);
+    refs[name] = b.digest;
+    o.digests?.add(b.digest);
+    if (b.sent) sent += b.size;
   }
   const tree = new TextEncoder().encode(JSON.stringify({ files: refs }));
   const { digest, size } = await putBlob(bus, run, tree, o);
-  return { digest, size };
+  o.digests?.add(digest);
+  return { digest, size, sent };
 }
 
 /**
@@ -227,14 +235,30 @@ export async function fetchBlob(
   o: { cache: string },
 ): Promise<FetchedBlob> {
   if (!HEX64.test(digest)) throw new UserError(`run ${run}: "${digest}" is not a SHA-256 digest`);
-  const dir = `${o.cache}/blobs`;
-  const path = `${dir}/${digest}`;
-  const have = await fileSha256(path);
-  if (have === digest) {
-    const size = (await Deno.stat(path)).size;
-    return { path, size, fetched: 0, resumed: 0, chunks: 0, refetched: 0 };
+  const path = `${o.cache}/blobs/${digest}`;
+  for (let attempt = 0;; attempt++) {
+    const have = await fileSha256(path);
+    if (have === digest) {
+      const size = (await Deno.stat(path)).size;
+      return { path, size, fetched: 0, resumed: 0, chunks: 0, refetched: 0 };
+    }
+    if (have !== null) await Deno.remove(path).catch(() => {});
+    try {
+      return await download(bus, run, digest, path);
+    } catch (e) {
+      // Two workers sharing one cache: the other finished this blob and removed its chunks
+      // under this one. The loop finds its copy (or, once, downloads again).
+      if (!(e instanceof Deno.errors.NotFound) || attempt > 0) throw e;
+    }
   }
-  if (have !== null) await Deno.remove(path).catch(() => {});
+}
+
+async function download(
+  bus: RedisBus,
+  run: string,
+  digest: string,
+  path: string,
+): Promise<FetchedBlob> {
 
   const keys = blobKeys(run, digest);
   const m = await bus.hash(keys.manifest);

@@ -7,8 +7,9 @@
  * Keys of run R (P = `esflow:R:`):
  *
  *   esflow:current   STRING  the run a worker without --run serves
- *   P meta           HASH    session, pipeline (YAML text), file, out (run dir), iterations,
- *                            seed, population, deadline_ms, ledger_from, status, error,
+ *   P meta           HASH    session, pipeline (YAML text), file and out (the coordinator's,
+ *                            for messages only), iterations, seed, population, deadline_ms,
+ *                            ledger_from, bundle, data_digest, checkpoint, status, error,
  *                            contributors
  *   P tasks          STREAM  one entry per member range per iteration, consumer group
  *                            "evaluators": {session, iter, seed, sigma, start, end, checksum}
@@ -16,6 +17,12 @@
  *                            consumer} or {session, iter, consumer, error}
  *   P ledger         STREAM  {session, iter, fitness, coefficients}: the result set and the
  *                            per-noise update coefficients of every iteration since ledger_from
+ *   P blob:D …       blobs   the samples, the tokenizer and model files, a resumed session's
+ *                            checkpoint (pipeline/blobs.ts, pipeline/distributed_bootstrap.ts)
+ *
+ * A worker needs no path of the coordinator's: it rebuilds the pipeline from the published text
+ * and blobs in its own cache, starts from the initial weights (or a resumed session's published
+ * checkpoint) and replays the ledger from ledger_from, so a late joiner costs no θ bytes.
  *
  * Iteration t, coordinator: checksum θ_t on the GPU; XADD the ranges to tasks; evaluate claimed
  * ranges itself (unless --no-local-eval); XREAD results until every range has a fitness vector
@@ -39,8 +46,17 @@ import { openCheckpointTensors } from "../model/device_weights.ts";
 import type { TensorStream } from "../model/safetensors.ts";
 import { EsEngine, type IterationResult } from "./engine.ts";
 import { UserError } from "../errors.ts";
-import { loadPipelineText } from "./load.ts";
-import { type ResolvedPipeline, resolvePipeline } from "./resolve.ts";
+import type { ResolvedPipeline } from "./resolve.ts";
+import { dataDigest } from "./run_dir.ts";
+import { dropBlobsExcept } from "./blobs.ts";
+import {
+  type BootstrapCost,
+  bootstrapPipeline,
+  defaultWorkerCache,
+  fetchCheckpoint,
+  publishBundle,
+  publishCheckpoint,
+} from "./distributed_bootstrap.ts";
 import {
   type EvaluateContext,
   latestCheckpoint,
@@ -346,6 +362,9 @@ export class Coordinator {
   #pending: unknown = null;
   #setup: RunSetup;
   #seed: number;
+  #outDir: string;
+  /** Bytes of blobs this session sent to Redis for workers' bootstraps. */
+  bootstrapBytes = 0;
 
   private constructor(bus: RedisBus, run: ResolvedPipeline, o: CoordinatorOptions) {
     this.bus = bus;
@@ -355,6 +374,7 @@ export class Coordinator {
     this.consumer = consumerName("coordinator");
     this.#setup = runSetup(run);
     this.#seed = run.spec.seed;
+    this.#outDir = run.outDir;
     const N = this.#setup.strategy.population;
     const settings = distributedSettings(N);
     this.ranges = memberRanges(N, settings.rangeSize);
@@ -365,8 +385,9 @@ export class Coordinator {
 
   /**
    * Connects, clears what an earlier session of this run left in Redis, and publishes the run:
-   * the pipeline text and path, the run dir and the overrides a worker needs to rebuild the
-   * same spec.
+   * the pipeline text, the overrides a worker needs to rebuild the same spec, and the samples
+   * and files it reads (as blobs; those of an earlier session that this one does not use are
+   * dropped).
    */
   static async start(run: ResolvedPipeline, o: CoordinatorOptions): Promise<Coordinator> {
     refuseDistributedReward(run.spec, run.loaded.where);
@@ -375,6 +396,9 @@ export class Coordinator {
     const { keys } = c;
     await bus.call(["DEL", keys.meta, keys.tasks, keys.results, keys.ledger]);
     await bus.call(["XGROUP", "CREATE", keys.tasks, GROUP, "$", "MKSTREAM"]);
+    const { bundle, digests, sent } = await publishBundle(bus, run.spec.name, run);
+    c.bootstrapBytes += sent;
+    await dropBlobsExcept(bus, run.spec.name, digests);
     const meta: Record<string, string | number> = {
       name: run.spec.name,
       session: c.session,
@@ -387,6 +411,8 @@ export class Coordinator {
       deadline_ms: c.deadlineMs,
       coordinator: c.consumer,
       backend: o.backend ?? "webgpu",
+      bundle: JSON.stringify(bundle),
+      data_digest: await dataDigest(c.#setup.tokens),
       status: "running",
     };
     await bus.call(["HSET", keys.meta, ...Object.entries(meta).flat().map(String)]);
@@ -436,7 +462,20 @@ export class Coordinator {
     const checksum = await this.#checksum.compute();
     if (this.#ledgerFrom === null) {
       this.#ledgerFrom = t;
-      await bus.call(["HSET", keys.meta, "ledger_from", t]);
+      // A resumed session's ledger starts at t: a worker needs θ_t, the checkpoint resumed from.
+      const fields: (string | number)[] = ["ledger_from", t];
+      if (t > 0) {
+        const ck = await latestCheckpoint(this.#outDir);
+        if (!ck || ck.state.iteration !== t) {
+          throw new Error(
+            `${this.#outDir}: no checkpoint of iteration ${t} to publish for workers`,
+          );
+        }
+        const published = await publishCheckpoint(bus, this.run, { dir: ck.dir, iteration: t });
+        this.bootstrapBytes += published.sent;
+        fields.push("checkpoint", JSON.stringify({ iteration: t, tree: published.tree }));
+      }
+      await bus.call(["HSET", keys.meta, ...fields]);
     }
     const sigma = ctx.sigma;
     let first: string | null = null;
@@ -552,6 +591,8 @@ export interface WorkerOptions {
   run?: string;
   /** Progress lines. */
   log?: (line: string) => void;
+  /** The worker's own scratch dir for the run's blobs; default {@link defaultWorkerCache}. */
+  cache?: string;
 }
 
 /** What a worker did, for its last line. */
@@ -566,6 +607,8 @@ export interface WorkerSummary {
   /** The iteration its θ had reached when the run ended. */
   iteration: number;
   status: string;
+  /** What its bootstraps fetched (every session's). */
+  bootstrap: BootstrapCost;
 }
 
 /** Polls, every 200 ms, until `fn` returns a value. */
@@ -596,7 +639,9 @@ export async function runWorker(gpu: Device, o: WorkerOptions): Promise<WorkerSu
     updates: 0,
     iteration: 0,
     status: "",
+    bootstrap: { bytes: 0, fetched: 0, resumed: 0, refetched: 0, chunks: 0 },
   };
+  const cache = o.cache ?? defaultWorkerCache();
   let announced = false;
   try {
     for (;;) {
@@ -616,7 +661,7 @@ export async function runWorker(gpu: Device, o: WorkerOptions): Promise<WorkerSu
         summary.status = meta.status;
         return summary;
       }
-      const outcome = await serveSession(gpu, bus, meta, { consumer, log, summary });
+      const outcome = await serveSession(gpu, bus, meta, { consumer, log, summary, cache });
       if (outcome !== "new-session") {
         summary.status = outcome;
         return summary;
@@ -633,7 +678,7 @@ async function serveSession(
   gpu: Device,
   bus: RedisBus,
   meta: Record<string, string>,
-  o: { consumer: string; log: (line: string) => void; summary: WorkerSummary },
+  o: { consumer: string; log: (line: string) => void; summary: WorkerSummary; cache: string },
 ): Promise<string> {
   const keys = runKeys(meta.name);
   const session = meta.session;
@@ -644,35 +689,48 @@ async function serveSession(
         `start the worker with --backend ${meta.backend}`,
     );
   }
-  const loaded = loadPipelineText(meta.pipeline, {
-    file: meta.file,
-    overrides: { iterations: Number(meta.iterations), seed: Number(meta.seed), out: meta.out },
-  });
-  const run = await resolvePipeline(loaded);
+  const cost = o.summary.bootstrap;
+  const before = { ...cost };
+  const run = await bootstrapPipeline(bus, meta, { cache: o.cache, cost });
   refuseDistributedReward(run.spec, run.loaded.where);
   // Sizes against this worker's device, before anything is allocated.
   await checkRunFits(gpu, run);
   const setup = runSetup(run);
+  if (meta.data_digest && (await dataDigest(setup.tokens)) !== meta.data_digest) {
+    throw new UserError(
+      `run ${meta.name}: this worker tokenizes the published samples to other tokens than the ` +
+        `coordinator; every process must run the same esflow on the same pipeline`,
+    );
+  }
   const ledgerFrom = Number(meta.ledger_from);
 
-  // Bootstrap: the latest checkpoint the ledger reaches from, else the initial weights.
-  const latest = await latestCheckpoint(meta.out);
+  // θ: a resumed session's checkpoint (from Redis), else the initial weights; then the ledger.
+  const ck = ledgerFrom > 0 ? await fetchCheckpoint(bus, meta, { cache: o.cache, cost }) : null;
   let iteration: number;
   let tensors: TensorStream;
-  if (latest && latest.state.iteration >= ledgerFrom) {
-    iteration = latest.state.iteration;
-    tensors = await openCheckpointTensors(latest.dir);
-    o.log(`${meta.name}: θ from ${latest.dir} (iteration ${iteration})`);
+  if (ck) {
+    iteration = ck.iteration;
+    tensors = await openCheckpointTensors(ck.dir);
   } else if (ledgerFrom === 0) {
     iteration = 0;
     tensors = run.model.tensors();
-    o.log(`${meta.name}: θ from ${run.model.source}`);
   } else {
     throw new UserError(
-      `${meta.out}: the ledger in Redis starts at iteration ${ledgerFrom} and there is no checkpoint ` +
-        `from there on; this worker needs the run dir on a shared filesystem`,
+      `run ${meta.name}: the ledger in Redis starts at iteration ${ledgerFrom} and the coordinator ` +
+        `published no checkpoint there; run the same esflow everywhere`,
     );
   }
+  const fetched = cost.fetched - before.fetched;
+  o.log(
+    `${meta.name}: bootstrap ${cost.bytes - before.bytes} bytes of blobs, ${fetched} chunks ` +
+      `fetched from Redis, ${cost.resumed - before.resumed} resumed from the cache, ` +
+      `${cost.refetched - before.refetched} refetched`,
+  );
+  o.log(
+    `${meta.name}: θ from ${
+      ck ? `the checkpoint of iteration ${ck.iteration} in Redis` : run.model.source
+    } (iteration ${iteration})`,
+  );
   const engine = await EsEngine.create(gpu, setup.engineOptions(tensors));
   const checksum = new WeightsChecksum(gpu, engine.names.map((n) => engine.theta.get(n)!));
   o.summary.iteration = iteration;

@@ -49,9 +49,13 @@ export interface ResolvedPipeline {
 
 /**
  * Runs the stages' load/create/resolve and the cross-stage checks. Throws a one-line
- * {@link UserError} at the first fault.
+ * {@link UserError} at the first fault. `texts` are the samples already in hand (a distributed
+ * worker's, from Redis: pipeline/distributed_bootstrap.ts); the dataset stage is then not run.
  */
-export async function resolvePipeline(loaded: LoadedPipeline): Promise<ResolvedPipeline> {
+export async function resolvePipeline(
+  loaded: LoadedPipeline,
+  o: { texts?: string[] } = {},
+): Promise<ResolvedPipeline> {
   const { spec } = loaded;
   const warnings = [...(loaded.warnings ?? [])];
   const ctx: StageContext = {
@@ -63,7 +67,7 @@ export async function resolvePipeline(loaded: LoadedPipeline): Promise<ResolvedP
   };
 
   // Stages run in document order, so the first fault thrown is the first in the file.
-  const texts = await runStage(loaded, "dataset", (dataset) => dataset.load(ctx));
+  const texts = o.texts ?? await runStage(loaded, "dataset", (dataset) => dataset.load(ctx));
   const tokenizer = await runStage(loaded, "tokenizer", (t) => t.create(ctx));
   const model = await runStage(loaded, "model", (m) => m.resolve(ctx));
   const { config } = model;

@@ -18,6 +18,7 @@ import {
   ResultSet,
   runKeys,
 } from "../pipeline/distributed.ts";
+import { fetchTree, putTree } from "../pipeline/blobs.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const ITERATIONS = 6;
@@ -116,6 +117,7 @@ async function withRun(
       await p.wait(10_000).catch(() => {});
     }
     await redis.stop();
+    for (const c of caches.splice(0)) await Deno.remove(c, { recursive: true }).catch(() => {});
     await Deno.remove(dir, { recursive: true }).catch(() => {});
     await Deno.remove(redis.dir, { recursive: true }).catch(() => {});
   }
@@ -135,12 +137,21 @@ function train(file: string, args: string[], env: Record<string, string> = {}): 
   );
 }
 
+/** Every worker's own cache dir (a fresh one unless a test shares one), removed by withRun. */
+const caches: string[] = [];
+
 function worker(
   url: string,
   env: Record<string, string> = {},
-  o: { backend?: Backend } = {},
+  o: { backend?: Backend; cache?: string } = {},
 ): Proc {
-  return spawn("tools/worker.ts", ["--redis", url, "--backend", o.backend ?? BACKEND], env);
+  const cache = o.cache ?? Deno.makeTempDirSync({ prefix: "esflow_worker_cache_" });
+  caches.push(cache);
+  return spawn(
+    "tools/worker.ts",
+    ["--redis", url, "--backend", o.backend ?? BACKEND, "--cache", cache],
+    env,
+  );
 }
 
 async function metricsLines(out: string): Promise<number> {
@@ -353,7 +364,7 @@ Deno.test("a worker SIGKILLed while it holds a claim: the run completes with the
   });
 });
 
-Deno.test("a worker started late bootstraps from a checkpoint, replays the ledger, contributes", async () => {
+Deno.test("a worker started late bootstraps from Redis, replays the ledger from the initial weights, contributes", async () => {
   const ref = await referenceRun();
   await withRun({}, async ({ dir, file, redis }) => {
     const slow = { ...SLOW, ESFLOW_TEST_EVAL_DELAY_MS: "500" };
@@ -378,65 +389,67 @@ Deno.test("a worker started late bootstraps from a checkpoint, replays the ledge
     assertEquals(await first.wait(20_000), 0, first.out());
     await sameBytes(ref, `${dir}/run`, "with a late worker");
     const log = late.out();
-    assert(/θ from .*checkpoints\/iter-\d+ \(iteration [1-9]/.test(log), log);
+    // No checkpoint crosses for a late joiner: θ_0 from the seed, then the ledger's updates.
+    assert(/θ from random init \(seed \d+\) \(iteration 0\)/.test(log), log);
     const m = /evaluated (\d+) members in \d+ ranges, applied (\d+) updates/.exec(log);
     assert(m && Number(m[1]) > 0, `the late worker evaluated members:\n${log}`);
-    assert(Number(m[2]) >= 1, `it applied ledger updates:\n${log}`);
+    assert(Number(m[2]) >= 2, `it replayed the two iterations before it joined:\n${log}`);
   });
 });
 
-/**
- * Stops `p` (SIGSTOP) at a moment it holds a claim on the run's task stream, so the iteration in
- * flight cannot complete while it stays stopped.
- */
-async function pauseHoldingClaim(p: Proc, url: string): Promise<void> {
-  const bus = await RedisBus.connect(url, { name: "test" });
-  const tasks = runKeys("dist-test").tasks;
-  try {
-    await waitFor(async () => {
-      p.kill("SIGSTOP");
-      const reply = await bus.call(["XPENDING", tasks, "evaluators"]).catch(() => null);
-      // XPENDING lists claims per consumer; the consumer name carries the PID.
-      if (JSON.stringify(reply ?? "").includes(`:${p.pid}"`)) return true;
-      p.kill("SIGCONT");
-      return false;
-    }, { ms: 60_000, what: "the worker to hold a claim" });
-  } finally {
-    bus.close();
-  }
-}
-
-Deno.test("a worker whose θ differs (a corrupted checkpoint) stops the run with a clear divergence error", async () => {
+Deno.test("a worker whose θ differs (a tampered checkpoint in Redis) stops the run with a clear divergence error", async () => {
   await withRun({}, async ({ dir, file, redis }) => {
-    const env = { ...SLOW, ESFLOW_TEST_EVAL_DELAY_MS: "400" };
     const out = `${dir}/run`;
-    // Only workers evaluate: the first moves the run to a checkpoint and is paused holding a
-    // claim, so no later checkpoint appears and the late worker bootstraps from the corrupted one.
-    const c = train(file, ["--out", out, "--redis", redis.url, "--no-local-eval"], env);
-    const first = worker(redis.url, env);
-    await waitFor(
-      () => Deno.stat(`${out}/checkpoints/iter-2/state.json`).then(() => true, () => false),
-      { ms: 60_000, what: "checkpoints/iter-2" },
-    );
-    await pauseHoldingClaim(first, redis.url);
-    const latest = Math.max(
-      ...[...Deno.readDirSync(`${out}/checkpoints`)].map((e) => Number(e.name.split("-")[1])),
-    );
-    const ckpt = `${out}/checkpoints/iter-${latest}`;
-    // Flip one bit of the last weight: the late worker bootstraps from a θ nobody else has.
-    const f = await Deno.open(`${ckpt}/model.safetensors`, { read: true, write: true });
-    const size = (await f.stat()).size;
-    const b = new Uint8Array(1);
-    await f.seek(size - 2, Deno.SeekMode.Start);
-    await f.read(b);
-    b[0] ^= 1;
-    await f.seek(size - 2, Deno.SeekMode.Start);
-    await f.write(b);
-    f.close();
+    // Two iterations alone, then a resumed session with Redis: its ledger starts at 2, so a
+    // worker bootstraps from the checkpoint the coordinator publishes in Redis.
+    const first = train(file, ["--out", out, "--iterations", "2"]);
+    assertEquals(await first.wait(60_000), 0, first.out());
+    // Only workers evaluate: the run waits for the one that joins.
+    const c = train(file, [
+      "--resume",
+      out,
+      "--iterations",
+      String(ITERATIONS),
+      "--redis",
+      redis.url,
+      "--no-local-eval",
+    ]);
+    const bus = await RedisBus.connect(redis.url, { name: "test" });
+    const scratch = await Deno.makeTempDir({ prefix: "esflow_tamper_" });
+    try {
+      const keys = runKeys("dist-test");
+      let meta: Record<string, string> = {};
+      await waitFor(async () => {
+        meta = await bus.hash(keys.meta);
+        return meta.checkpoint !== undefined;
+      }, { ms: 60_000, what: "the published checkpoint" });
+      const ck = JSON.parse(meta.checkpoint) as { iteration: number; tree: string };
+      assertEquals(ck.iteration, 2);
+      // Flip one bit of the last weight in a copy, publish it, and point the run at it: the
+      // worker bootstraps from a θ nobody else has.
+      const tree = await fetchTree(bus, "dist-test", ck.tree, { cache: `${scratch}/cache` });
+      const files: Record<string, string> = {};
+      for (const e of Deno.readDirSync(tree.dir)) {
+        const bytes = await Deno.readFile(`${tree.dir}/${e.name}`);
+        if (e.name === "model.safetensors") bytes[bytes.length - 2] ^= 1;
+        await Deno.writeFile(`${scratch}/${e.name}`, bytes);
+        files[e.name] = `${scratch}/${e.name}`;
+      }
+      const tampered = await putTree(bus, "dist-test", files);
+      await bus.call([
+        "HSET",
+        keys.meta,
+        "checkpoint",
+        JSON.stringify({ iteration: 2, tree: tampered.digest }),
+      ]);
+    } finally {
+      bus.close();
+      await Deno.remove(scratch, { recursive: true });
+    }
     const w = worker(redis.url);
     assertEquals(await c.wait(60_000), 2, c.out());
     assertEquals(await w.wait(20_000), 2, w.out());
-    first.kill("SIGKILL");
+    assert(/θ from the checkpoint of iteration 2 in Redis/.test(w.out()), w.out());
     assert(
       /^esflow train: weights diverged at iteration \d+: worker@\S+ has checksum [0-9a-f]{16}, the coordinator [0-9a-f]{16}.*; wrote .*checkpoints\/iter-\d+, continue with --resume/m
         .test(c.out()),
@@ -481,6 +494,7 @@ Deno.test("Redis goes away: the coordinator exits 2 with one line and a checkpoi
       });
       assertEquals(await r.wait(90_000), 0, r.out());
       assertEquals(await w.wait(20_000), 0, w.out());
+      assert(new RegExp(`θ from the checkpoint of iteration ${k} in Redis`).test(w.out()), w.out());
     } finally {
       await again.stop();
       await Deno.remove(again.dir, { recursive: true }).catch(() => {});

@@ -2,9 +2,10 @@
  * `deno task worker`: a distributed ES worker. It serves the run a coordinator
  * (`deno task train PIPELINE --redis URL`) announces in Redis: claims member ranges, evaluates
  * them on this machine's WebGPU adapter, and publishes their fitness. Start any number, on any
- * machine that sees the run dir (for the bootstrap checkpoint) and the pipeline's files.
+ * machine with the esflow checkout and a route to Redis: the pipeline, its samples and files,
+ * and a resumed run's checkpoint come through Redis into the worker's own cache dir.
  *
- *   deno task worker --redis URL [--run NAME] [--quiet]
+ *   deno task worker --redis URL [--run NAME] [--cache DIR] [--quiet]
  *
  * URL: redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] or unix://[[USER]:PASSWORD@]/PATH.sock[?db=N].
  * It exits 0 when the run is done; 2 with one line when Redis is gone or its weights diverge.
@@ -30,6 +31,12 @@ export const WORKER_FLAGS = {
     help: "the run to serve",
     default: "the one esflow:current names (the latest coordinator's)",
   },
+  cache: {
+    type: "string",
+    value: "DIR",
+    help: "this worker's scratch dir for the run's samples, files and checkpoint",
+    default: "$XDG_CACHE_HOME/esflow/worker, else ~/.cache/esflow/worker",
+  },
   quiet: { type: "boolean", help: "print only errors and the closing summary" },
   backend: {
     type: "string",
@@ -42,7 +49,7 @@ export const WORKER_FLAGS = {
 /** What `deno task worker --help` says besides the flags. */
 export const WORKER_HELP: CommandHelp = {
   command: "deno task worker",
-  synopsis: "--redis URL [--run NAME] [--backend auto|webgpu|cpu] [--quiet]",
+  synopsis: "--redis URL [--run NAME] [--cache DIR] [--backend auto|webgpu|cpu] [--quiet]",
   about: "A distributed ES worker: claims member ranges of the coordinator's run " +
     "(deno task train … --redis URL), evaluates them here and publishes their fitness.",
   example: "deno task worker --redis redis://:PW@HOST:6379 --run tiny-austen",
@@ -58,11 +65,18 @@ if (import.meta.main) {
     const log = (s: string) => values.quiet ? undefined : console.log(`esflow worker: ${s}`);
     const gpu = await acquireDevice({ backend });
     log(`backend ${gpu.backend} on ${gpu.name}`);
-    const s = await runWorker(gpu, { url: values.redis, run: values.run, log });
+    if (values.cache === "") throw new UserError(`--cache needs a directory; ${USAGE}`);
+    const s = await runWorker(gpu, {
+      url: values.redis,
+      run: values.run,
+      log,
+      cache: values.cache,
+    });
     // Always printed: tests and operators read who did what from this line.
     console.log(
       `esflow worker: run ${s.run} ${s.status}: ${s.consumer} evaluated ${s.members} members in ` +
-        `${s.ranges} ranges, applied ${s.updates} updates, θ at iteration ${s.iteration}`,
+        `${s.ranges} ranges, applied ${s.updates} updates, θ at iteration ${s.iteration}; ` +
+        `bootstrap fetched ${s.bootstrap.fetched} chunks from Redis (${s.bootstrap.bytes} bytes of blobs)`,
     );
     gpu.destroy();
   });
