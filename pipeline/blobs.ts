@@ -259,7 +259,6 @@ async function download(
   digest: string,
   path: string,
 ): Promise<FetchedBlob> {
-
   const keys = blobKeys(run, digest);
   const m = await bus.hash(keys.manifest);
   if (m.sha256 !== digest) {
