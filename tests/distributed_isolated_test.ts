@@ -1,6 +1,6 @@
-// Distributed ES as separate machines would run it, with nothing shared but Redis (TCP, with a
-// password): the coordinator in its own working dir with the pipeline, the corpus, an HF
-// tokenizer and an init checkpoint; each worker in its own working dir and its own mount
+// Distributed ES as separate machines would run it, with nothing shared but Redis (TCP, an ACL
+// user with a password, limited to esflow:* keys and no dangerous command): the coordinator in
+// its own working dir with the pipeline, the corpus, an HF tokenizer and an init checkpoint; each worker in its own working dir and its own mount
 // namespace, where a tmpfs hides the coordinator's dir (run dir, corpus, tokenizer, weights) and
 // the checkout's data/. A resumed session (its ledger starts at a checkpoint, which crosses as a
 // blob), a worker killed mid-download and restarted (it resumes from its chunks), a worker
@@ -167,12 +167,30 @@ Deno.test(
     const coord = await pipelineDir("esflow_iso_coord_");
     const workers = await Deno.makeTempDir({ prefix: "esflow_iso_workers_" });
     const redis = await startRedis({ tcp: true, password: "iso pw" });
+    // Every esflow process connects as an ACL user that may touch only esflow:* keys and no
+    // dangerous command: what a shared Redis would grant a run.
+    const admin = await RedisBus.connect(redis.url, { name: "test" });
+    await admin.call([
+      "ACL",
+      "SETUSER",
+      "esflow",
+      "on",
+      ">run s3cret",
+      "~esflow:*",
+      "+@all",
+      "-@dangerous",
+    ]);
+    admin.close();
+    const url = redis.urlNoPassword.replace(
+      "redis://",
+      `redis://esflow:${encodeURIComponent("run s3cret")}@`,
+    );
     const hide = [coord, ref, `${ROOT}/data`];
     const worker = (name: string, env: Record<string, string> = {}, cache = name) => {
       Deno.mkdirSync(`${workers}/${name}`, { recursive: true });
       return spawn("tools/worker.ts", [
         "--redis",
-        redis.url,
+        url,
         "--backend",
         "cpu",
         "--cache",
@@ -231,7 +249,7 @@ Deno.test(
           "--iterations",
           String(ITERATIONS),
           "--redis",
-          redis.url,
+          url,
           "--no-local-eval",
           ...TRAIN,
         ],
