@@ -1,7 +1,8 @@
 // Distributed ES over Redis Streams, end to end with real processes and a real redis-server:
 // a coordinator and workers reach the single-process bytes; a worker SIGKILLed while it holds a
 // claim, and a worker that joins late, change nothing; Redis going away stops the coordinator
-// with a checkpoint that --resume continues; a password in the URL works and its absence is a
+// with a checkpoint that --resume continues; a coordinator SIGKILLed and resumed keeps its
+// workers; a password in the URL works and its absence is a
 // clear error; a worker on another backend than the coordinator's is refused in one line. Every
 // process runs the CPU backend unless a test says otherwise. Plus the pieces: the device checksum
 // (both backends) against its TypeScript twin, the result set, URLs.
@@ -504,6 +505,38 @@ Deno.test("Redis goes away: the coordinator exits 2 with one line and a checkpoi
       JSON.parse(l).iter
     );
     assertEquals(iters, Array.from({ length: ITERATIONS }, (_, i) => i));
+  });
+});
+
+Deno.test("a coordinator SIGKILLed and restarted with --resume is picked up by the same worker, which fetches only the new checkpoint; the same bytes", async () => {
+  const ref = await referenceRun();
+  await withRun({}, async ({ dir, file, redis }) => {
+    const env = { ...SLOW, ESFLOW_TEST_EVAL_DELAY_MS: "300" };
+    const out = `${dir}/run`;
+    const w = worker(redis.url, env);
+    // Only the worker evaluates, so the run waits for it across the restart.
+    const c = train(file, ["--out", out, "--redis", redis.url, "--no-local-eval"], env);
+    await waitFor(
+      () => Deno.stat(`${out}/checkpoints/iter-2/state.json`).then(() => true, () => false),
+      { ms: 60_000, what: "checkpoints/iter-2" },
+    );
+    c.kill("SIGKILL");
+    await c.wait(10_000).catch(() => {});
+    const again = train(file, ["--resume", out, "--redis", redis.url, "--no-local-eval"], env);
+    assertEquals(await again.wait(90_000), 0, again.out());
+    assertEquals(await w.wait(20_000), 0, w.out());
+    await sameBytes(ref, out, "a coordinator restarted under a running worker");
+    const log = w.out();
+    assert(log.includes("the coordinator of dist-test restarted; bootstrapping again"), log);
+    const boots = [...log.matchAll(/bootstrap (\d+) bytes of blobs, (\d+) chunks fetched/g)];
+    assertEquals(boots.length, 2, log);
+    const k = /θ from the checkpoint of iteration (\d+) in Redis/.exec(log)?.[1];
+    assert(k !== undefined && Number(k) >= 2, log);
+    // The second time the samples are cached: only the checkpoint crosses, one chunk per file
+    // (all under 4 MiB) and one for the tree that lists them.
+    const files = [...Deno.readDirSync(`${out}/checkpoints/iter-${k}`)].length;
+    assertEquals(Number(boots[0][2]), 1, `first bootstrap: the samples only\n${log}`);
+    assertEquals(Number(boots[1][2]), files + 1, log);
   });
 });
 
