@@ -576,6 +576,8 @@ export class Coordinator {
         "contributors",
         JSON.stringify(Object.fromEntries(this.contributors)),
       ]);
+      // A finished run's blobs serve no one (a later --resume publishes what it needs).
+      if (!o.error && !o.stopped) await dropBlobsExcept(this.bus, this.run, new Set());
     } catch { /* Redis is gone: workers find out by themselves */ }
     this.#checksum?.destroy();
     this.#checksum = null;
@@ -661,7 +663,8 @@ export async function runWorker(gpu: Device, o: WorkerOptions): Promise<WorkerSu
         summary.status = meta.status;
         return summary;
       }
-      const outcome = await serveSession(gpu, bus, meta, { consumer, log, summary, cache });
+      const outcome = await serveSession(gpu, bus, meta, { consumer, log, summary, cache })
+        .catch((e) => e instanceof RunMoved ? e.outcome : Promise.reject(e));
       if (outcome !== "new-session") {
         summary.status = outcome;
         return summary;
@@ -670,6 +673,38 @@ export async function runWorker(gpu: Device, o: WorkerOptions): Promise<WorkerSu
     }
   } finally {
     bus.close();
+  }
+}
+
+/** The run ended, or its coordinator restarted, while this worker fetched its blobs. */
+class RunMoved extends Error {
+  constructor(readonly outcome: string) {
+    super(outcome);
+  }
+}
+
+/**
+ * `fetch`, whose one-line fault (a blob gone from Redis) is no fault when the session it
+ * belongs to has ended or been replaced meanwhile: then {@link RunMoved}.
+ */
+async function whileSession<T>(
+  bus: RedisBus,
+  meta: Record<string, string>,
+  fetch: () => Promise<T>,
+): Promise<T> {
+  try {
+    return await fetch();
+  } catch (e) {
+    if (!(e instanceof UserError)) throw e;
+    const [now, status] = await bus.call([
+      "HMGET",
+      runKeys(meta.name).meta,
+      "session",
+      "status",
+    ]) as (string | null)[];
+    if (now !== meta.session) throw new RunMoved("new-session");
+    if (status !== "running") throw new RunMoved(String(status));
+    throw e;
   }
 }
 
@@ -691,7 +726,11 @@ async function serveSession(
   }
   const cost = o.summary.bootstrap;
   const before = { ...cost };
-  const run = await bootstrapPipeline(bus, meta, { cache: o.cache, cost });
+  const run = await whileSession(
+    bus,
+    meta,
+    () => bootstrapPipeline(bus, meta, { cache: o.cache, cost }),
+  );
   refuseDistributedReward(run.spec, run.loaded.where);
   // Sizes against this worker's device, before anything is allocated.
   await checkRunFits(gpu, run);
@@ -705,7 +744,9 @@ async function serveSession(
   const ledgerFrom = Number(meta.ledger_from);
 
   // θ: a resumed session's checkpoint (from Redis), else the initial weights; then the ledger.
-  const ck = ledgerFrom > 0 ? await fetchCheckpoint(bus, meta, { cache: o.cache, cost }) : null;
+  const ck = ledgerFrom > 0
+    ? await whileSession(bus, meta, () => fetchCheckpoint(bus, meta, { cache: o.cache, cost }))
+    : null;
   let iteration: number;
   let tensors: TensorStream;
   if (ck) {

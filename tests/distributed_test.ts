@@ -2,7 +2,7 @@
 // a coordinator and workers reach the single-process bytes; a worker SIGKILLed while it holds a
 // claim, and a worker that joins late, change nothing; Redis going away stops the coordinator
 // with a checkpoint that --resume continues; a coordinator SIGKILLed and resumed keeps its
-// workers; a password in the URL works and its absence is a
+// workers; a worker whose tokens differ is refused; a password in the URL works and its absence is a
 // clear error; a worker on another backend than the coordinator's is refused in one line. Every
 // process runs the CPU backend unless a test says otherwise. Plus the pieces: the device checksum
 // (both backends) against its TypeScript twin, the result set, URLs.
@@ -523,7 +523,10 @@ Deno.test("a coordinator SIGKILLed and restarted with --resume is picked up by t
     c.kill("SIGKILL");
     await c.wait(10_000).catch(() => {});
     const again = train(file, ["--resume", out, "--redis", redis.url, "--no-local-eval"], env);
-    assertEquals(await again.wait(90_000), 0, again.out());
+    const code = await again.wait(90_000).catch((e) => {
+      throw new Error(`${(e as Error).message}\nthe worker:\n${w.out()}`);
+    });
+    assertEquals(code, 0, again.out());
     assertEquals(await w.wait(20_000), 0, w.out());
     await sameBytes(ref, out, "a coordinator restarted under a running worker");
     const log = w.out();
@@ -537,6 +540,42 @@ Deno.test("a coordinator SIGKILLed and restarted with --resume is picked up by t
     const files = [...Deno.readDirSync(`${out}/checkpoints/iter-${k}`)].length;
     assertEquals(Number(boots[0][2]), 1, `first bootstrap: the samples only\n${log}`);
     assertEquals(Number(boots[1][2]), files + 1, log);
+  });
+});
+
+Deno.test("a worker whose tokens differ from the coordinator's is refused in one line before it evaluates; the run finishes the same bytes", async () => {
+  const ref = await referenceRun();
+  await withRun({}, async ({ dir, file, redis }) => {
+    // No local evaluation: the run waits for a worker, so nothing ends before the refusal.
+    const c = train(file, ["--out", `${dir}/run`, "--redis", redis.url, "--no-local-eval"]);
+    const bus = await RedisBus.connect(redis.url, { name: "test" });
+    const keys = runKeys("dist-test");
+    let digest = "";
+    try {
+      await waitFor(async () => {
+        digest = (await bus.hash(keys.meta)).data_digest ?? "";
+        return digest !== "";
+      }, { ms: 60_000, what: "the published data digest" });
+      // As if this worker's tokenizer (another esflow) turned the same samples into other ids.
+      await bus.call(["HSET", keys.meta, "data_digest", "0".repeat(64)]);
+      const refused = worker(redis.url);
+      assertEquals(await refused.wait(60_000), 2, refused.out());
+      const errors = refused.out().split("\n").filter((l) => l.includes("other tokens"));
+      assertEquals(errors.length, 1, refused.out());
+      assert(
+        /^esflow worker: run dist-test: this worker tokenizes the published samples to other tokens than the coordinator; .*same pipeline$/
+          .test(errors[0]),
+        refused.out(),
+      );
+      assert(/evaluated 0 members/.test(refused.out()) || !/evaluated/.test(refused.out()));
+      await bus.call(["HSET", keys.meta, "data_digest", digest]);
+    } finally {
+      bus.close();
+    }
+    const w = worker(redis.url);
+    assertEquals(await c.wait(90_000), 0, c.out());
+    assertEquals(await w.wait(20_000), 0, w.out());
+    await sameBytes(ref, `${dir}/run`, "after a refused worker");
   });
 });
 
