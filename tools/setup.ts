@@ -1,6 +1,6 @@
 /**
- * `deno run -A tools/setup.ts train|test`: what `deno task train` and `deno task test` run first,
- * so the README's two commands are the whole set-up on a fresh Debian machine.
+ * `deno run -A tools/setup.ts train|test|npm`: what every `deno task` runs first, so the README's
+ * two commands are the whole set-up on a fresh Debian machine.
  *
  * It checks the system packages a command needs, installs the missing ones with apt-get when
  * it runs as root (otherwise prints the one line to run and exits 2), resolves the npm packages
@@ -8,6 +8,7 @@
  * command that follows starts with everything in place. When all is present it costs a few
  * dpkg queries.
  *
+ *   npm:   nothing of the system's (plot, serve)
  *   train: libopenblas0-pthread (the CPU backend's BLAS), build-essential (its C compiler)
  *   test:  the same, plus mesa-vulkan-drivers (lavapipe: the WebGPU test adapter), redis-server
  *          (the distributed tests start their own), chromium (the dashboard's browser test)
@@ -19,6 +20,8 @@
 
 /** The Debian packages each command needs, and what for. */
 const NEEDS: Record<string, [string, string][]> = {
+  // Tasks that only read files (plot, serve): the npm packages and nothing of the system's.
+  npm: [],
   train: [
     ["libopenblas0-pthread", "the CPU backend's BLAS"],
     ["build-essential", "the C compiler that builds the CPU backend's kernels"],
@@ -59,7 +62,7 @@ function fail(message: string): never {
 
 if (import.meta.main) {
   const what = Deno.args[0];
-  if (!(what in NEEDS)) fail(`usage: deno run -A tools/setup.ts train|test`);
+  if (!(what in NEEDS)) fail(`usage: deno run -A tools/setup.ts train|test|npm`);
   if (Deno.env.get("ESFLOW_SKIP_SETUP") !== "1" && Deno.build.os === "linux") {
     const hasDpkg = (await run("dpkg-query", ["--version"])).ok;
     if (hasDpkg) {
@@ -86,6 +89,17 @@ if (import.meta.main) {
   }
   // The npm packages the tools import, resolved now rather than as "Download …" lines in the
   // middle of the first command's output.
+  // deno.json's nodeModulesDir is "manual" so that `deno task` does not fetch them itself, ~110
+  // "Download …" lines before anything of esflow's.
+  const fresh = await Deno.stat(new URL("../node_modules/.deno", import.meta.url)).then(
+    () => false,
+    () => true,
+  );
+  if (fresh) {
+    console.error(
+      "esflow setup: fetching the npm packages (once: yaml, zod, hono, the tokenizers…)",
+    );
+  }
   const install = await run(Deno.execPath(), ["install", "-q"]);
   if (!install.ok) {
     fail(`deno install failed: ${install.stderr.trim().split("\n").pop() ?? ""}`);
