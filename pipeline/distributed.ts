@@ -851,8 +851,9 @@ async function serveSession(
       try {
         task = await claimTask(ev, { blockMs: 200, reclaim });
       } catch (e) {
-        // The coordinator deleted the streams to start a new session.
-        if (String((e as Error).message).startsWith("NOGROUP")) {
+        // The coordinator deleted the streams to start a new session: NOGROUP when it did so
+        // between two reads, UNBLOCKED when this worker was blocked in one.
+        if (/^(NOGROUP|UNBLOCKED)/.test(String((e as Error).message))) {
           lastMeta = 0;
           await new Promise((r) => setTimeout(r, 100));
           continue;

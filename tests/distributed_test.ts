@@ -522,6 +522,18 @@ Deno.test("a coordinator SIGKILLed and restarted with --resume is picked up by t
     );
     c.kill("SIGKILL");
     await c.wait(10_000).catch(() => {});
+    // The worker finishes what it claimed and idles, blocked in XREADGROUP on the tasks stream
+    // that the new session deletes: the case that must not end it.
+    const bus = await RedisBus.connect(redis.url, { name: "test" });
+    try {
+      await waitFor(async () => {
+        const reply = await bus.call(["XPENDING", runKeys("dist-test").tasks, "evaluators"]);
+        return Array.isArray(reply) && Number(reply[0]) === 0;
+      }, { ms: 30_000, what: "the worker to finish its claims" });
+    } finally {
+      bus.close();
+    }
+    await new Promise((r) => setTimeout(r, 500));
     const again = train(file, ["--resume", out, "--redis", redis.url, "--no-local-eval"], env);
     const code = await again.wait(90_000).catch((e) => {
       throw new Error(`${(e as Error).message}\nthe worker:\n${w.out()}`);
