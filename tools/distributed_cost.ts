@@ -8,13 +8,14 @@
  *   serves (the coordinator publishing the samples and files, each worker fetching them);
  * - bytes per iteration: the counters from then to the run's end, over the iterations in it
  *   (fitness, coefficients, the ledger, task claims and the polls that wait for them);
- * - seconds per iteration: metrics.jsonl's, over the iterations every process served.
+ * - seconds per iteration: metrics.jsonl's, over the iterations every process served; and the
+ *   same run in one process without Redis (`--processes 0`), the baseline.
  *
  * Bytes are INFO stats total_net_input_bytes + total_net_output_bytes, so they count what Redis
  * received and sent, every command and reply included. With every process on one machine the
  * seconds show the protocol's overhead, not a cluster's speed-up: P processes share its cores.
  *
- *   deno run -A tools/distributed_cost.ts [PIPELINE] [--iterations N] [--processes 1,2,3]
+ *   deno run -A tools/distributed_cost.ts [PIPELINE] [--iterations N] [--processes 0,1,2,3]
  *     [--backend auto|webgpu|cpu] [--json]
  *
  * Default: configs/pipelines/tiny-austen.yaml, 8 iterations, the cpu backend.
@@ -37,8 +38,8 @@ export const COST_FLAGS = {
   processes: {
     type: "string",
     value: "LIST",
-    help: "process counts to measure, comma-separated",
-    default: "1,2,3",
+    help: "process counts to measure, comma-separated; 0 is one process without Redis",
+    default: "0,1,2,3",
   },
   backend: {
     type: "string",
@@ -54,15 +55,17 @@ const HELP: CommandHelp = {
   args: "[PIPELINE]",
   about: "Bytes through Redis (bootstrap, per iteration) and seconds per iteration of a " +
     "distributed run with 1, 2 and 3 processes on this machine.",
-  example: "deno run -A tools/distributed_cost.ts --iterations 8 --processes 1,2,3",
+  example: "deno run -A tools/distributed_cost.ts --iterations 8 --processes 0,1,2,3",
 };
 
 /** One measured run. */
 export interface CostRow {
+  /** Processes in the run; 0: the baseline, one process without Redis. */
   processes: number;
   bootstrap_bytes: number;
   bytes_per_iteration: number;
-  seconds_per_iteration: number;
+  /** null when no iteration ran with every process (workers joined after the last). */
+  seconds_per_iteration: number | null;
   /** Iterations the per-iteration numbers are over (those after every worker served). */
   iterations_measured: number;
 }
@@ -136,11 +139,40 @@ async function metrics(out: string): Promise<{ iter: number; seconds: number }[]
   }
 }
 
+function meanSeconds(lines: { seconds: number }[]): number | null {
+  return lines.length === 0 ? null : lines.reduce((a, l) => a + l.seconds, 0) / lines.length;
+}
+
 /** Measures one run of `processes` processes. */
 async function measure(
   o: { file: string; iterations: number; processes: number; backend: string; tmp: string },
 ): Promise<CostRow> {
   const dir = await Deno.makeTempDir({ dir: o.tmp });
+  if (o.processes === 0) {
+    // The baseline: the same run in one process, no Redis.
+    const p = spawn([
+      "tools/train.ts",
+      o.file,
+      "--iterations",
+      String(o.iterations),
+      "--out",
+      `${dir}/run`,
+      "--backend",
+      o.backend,
+      "--quiet",
+      "--no-status",
+    ]);
+    const code = await p.done;
+    if (code !== 0) throw new Error(`single process exited ${code}:\n${p.out()}`);
+    const timed = (await metrics(`${dir}/run`)).filter((l) => l.iter > 0);
+    return {
+      processes: 0,
+      bootstrap_bytes: 0,
+      bytes_per_iteration: 0,
+      seconds_per_iteration: meanSeconds(timed),
+      iterations_measured: timed.length,
+    };
+  }
   const redis = await redisServer(dir);
   const bus = await RedisBus.connect(redis.url, { name: "cost" });
   try {
@@ -176,11 +208,14 @@ async function measure(
     ]);
     // Bootstrap ends when the last worker serves (the coordinator publishes before its first
     // iteration, so with no worker it ends at the first metrics line).
+    let ended = false;
+    c.done.then(() => ended = true);
     await until(
       async () =>
-        o.processes > 1
+        ended ||
+        (o.processes > 1
           ? workers.every((w) => w.out().includes("serving as"))
-          : (await metrics(out)).length > 0,
+          : (await metrics(out)).length > 0),
       "every worker to serve",
     );
     const served = await bus.netBytes();
@@ -200,7 +235,7 @@ async function measure(
       processes: o.processes,
       bootstrap_bytes: sum(served) - sum(start),
       bytes_per_iteration: Math.round((sum(end) - sum(served)) / n),
-      seconds_per_iteration: timed.reduce((a, l) => a + l.seconds, 0) / Math.max(1, timed.length),
+      seconds_per_iteration: meanSeconds(timed),
       iterations_measured: timed.length,
     };
   } finally {
@@ -219,9 +254,9 @@ if (import.meta.main) {
         `--iterations must be an integer of at least 2, got "${values.iterations}"`,
       );
     }
-    const processes = (values.processes ?? "1,2,3").split(",").map(Number);
-    if (processes.some((p) => !Number.isInteger(p) || p < 1 || p > 16)) {
-      throw new UserError(`--processes must list integers from 1 to 16, got "${values.processes}"`);
+    const processes = (values.processes ?? "0,1,2,3").split(",").map(Number);
+    if (processes.some((p) => !Number.isInteger(p) || p < 0 || p > 16)) {
+      throw new UserError(`--processes must list integers from 0 to 16, got "${values.processes}"`);
     }
     const backend = parseBackend(values.backend ?? "cpu");
     const file = positionals[0] ?? DEFAULT_PIPELINE_PATH;
@@ -261,9 +296,9 @@ if (import.meta.main) {
     console.log("| --- | --- | --- | --- | --- | --- |");
     for (const r of rows) {
       console.log(
-        `| ${r.processes} | ${r.bootstrap_bytes} | ${r.bytes_per_iteration} | ${
+        `| ${r.processes || "1, no Redis"} | ${r.bootstrap_bytes} | ${r.bytes_per_iteration} | ${
           ((100 * r.bytes_per_iteration) / thetaBytes).toFixed(3)
-        }% | ${r.seconds_per_iteration.toFixed(3)} | ${r.iterations_measured} |`,
+        }% | ${r.seconds_per_iteration?.toFixed(3) ?? "-"} | ${r.iterations_measured} |`,
       );
     }
   });
