@@ -221,7 +221,10 @@ if (import.meta.main) {
         })
         : null;
       if (coordinator) {
-        log(`  coordinating run ${coordinator.run} at ${coordinator.bus.target.display}`);
+        log(
+          `  coordinating run ${coordinator.run} at ${coordinator.bus.target.display} ` +
+            `(samples and files published for workers: ${coordinator.bootstrapBytes} bytes sent)`,
+        );
       }
 
       let stop = false;
