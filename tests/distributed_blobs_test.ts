@@ -1,6 +1,6 @@
 // Blobs in Redis (pipeline/blobs.ts), against a real redis-server: a download in chunks checked
 // whole; a cache with the same digest fetches nothing; a download cut short resumes from the
-// chunks it has; a damaged cached chunk or cached blob is fetched again; a chunk damaged in
+// chunks it has; a damaged cached chunk or cached blob is fetched again; a chunk damaged in The worker's --cache faults.
 // Redis, or a blob Redis does not hold, is one clear line; trees; a new session drops old blobs.
 import { assert, assertEquals } from "./helpers.ts";
 import { startRedis } from "./redis_helpers.ts";
@@ -136,4 +136,36 @@ Deno.test("blobs: a tree of files lands as a directory; a new session drops the 
       await Deno.remove(src, { recursive: true });
     }
   });
+});
+
+Deno.test("worker: an empty --cache or one that cannot be created is one line and exit 2", async () => {
+  const root = new URL("..", import.meta.url).pathname;
+  for (
+    const [cache, re] of [
+      ["", /^esflow worker: --cache needs a directory; deno task worker --redis URL/],
+      [
+        "/etc/passwd/x",
+        /^esflow worker: --cache \/etc\/passwd\/x: cannot create the worker's cache there \(.*\); give a writable directory$/,
+      ],
+    ] as const
+  ) {
+    const r = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        "tools/worker.ts",
+        "--redis",
+        "unix:///nonexistent.sock",
+        "--cache",
+        cache,
+      ],
+      cwd: root,
+      stdin: "null",
+      env: { NO_COLOR: "1" },
+    }).output();
+    const err = new TextDecoder().decode(r.stderr).trim();
+    assertEquals(r.code, 2, err);
+    assertEquals(err.split("\n").length, 1, err);
+    assert(re.test(err), err);
+  }
 });

@@ -15,6 +15,7 @@
 import { type CommandHelp, type DocumentedFlag, parseFlags, runMain, usageLine } from "./cli.ts";
 import { UserError } from "../errors.ts";
 import { runWorker } from "../pipeline/distributed.ts";
+import { defaultWorkerCache } from "../pipeline/distributed_bootstrap.ts";
 import { acquireDevice, parseBackend } from "../kernels/backend.ts";
 
 /** worker's flags: the parser, the usage line and `--help` all come from this table. */
@@ -63,9 +64,19 @@ if (import.meta.main) {
     const backend = values.backend === undefined ? undefined : parseBackend(values.backend);
     if (!values.redis || positionals.length > 0) throw new UserError(`usage: ${USAGE}`);
     const log = (s: string) => values.quiet ? undefined : console.log(`esflow worker: ${s}`);
+    if (values.cache === "") throw new UserError(`--cache needs a directory; ${USAGE}`);
+    const cache = values.cache ?? defaultWorkerCache();
+    try {
+      await Deno.mkdir(`${cache}/blobs`, { recursive: true });
+    } catch (e) {
+      throw new UserError(
+        `--cache ${cache}: cannot create the worker's cache there (${
+          (e as Error).message.split("\n")[0]
+        }); give a writable directory`,
+      );
+    }
     const gpu = await acquireDevice({ backend });
     log(`backend ${gpu.backend} on ${gpu.name}`);
-    if (values.cache === "") throw new UserError(`--cache needs a directory; ${USAGE}`);
     const s = await runWorker(gpu, {
       url: values.redis,
       run: values.run,
