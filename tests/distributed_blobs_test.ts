@@ -1,7 +1,8 @@
 // Blobs in Redis (pipeline/blobs.ts), against a real redis-server: a download in chunks checked
 // whole; a cache with the same digest fetches nothing; a download cut short resumes from the
-// chunks it has; a damaged cached chunk or cached blob is fetched again; a chunk damaged in The worker's --cache faults.
-// Redis, or a blob Redis does not hold, is one clear line; trees; a new session drops old blobs.
+// chunks it has; a damaged cached chunk or cached blob is fetched again; a chunk damaged in
+// Redis, or a blob Redis does not hold, is one clear line; trees; a new session drops old blobs;
+// a worker's --cache that cannot be made.
 import { assert, assertEquals } from "./helpers.ts";
 import { startRedis } from "./redis_helpers.ts";
 import { RedisBus } from "../pipeline/distributed.ts";
