@@ -1,6 +1,6 @@
 /**
  * Content-addressed blobs in Redis: how a distributed run hands a worker on another machine its
- * data, its tokenizer files, its initial weights and its resume checkpoint, with nothing shared
+ * data, its tokenizer files, its initial weights and its latest checkpoint, with nothing shared
  * but Redis (no path, no HTTP, so no second credential: Redis's password or ACL user is the
  * only one).
  *

@@ -17,12 +17,20 @@
  *                            consumer} or {session, iter, consumer, error}
  *   P ledger         STREAM  {session, iter, fitness, coefficients}: the result set and the
  *                            per-noise update coefficients of every iteration since ledger_from
- *   P blob:D …       blobs   the samples, the tokenizer and model files, a resumed session's
+ *   P blob:D …       blobs   the samples, the tokenizer and model files, the session's latest
  *                            checkpoint (pipeline/blobs.ts, pipeline/distributed_bootstrap.ts)
  *
  * A worker needs no path of the coordinator's: it rebuilds the pipeline from the published text
- * and blobs in its own cache, starts from the initial weights (or a resumed session's published
- * checkpoint) and replays the ledger from ledger_from, so a late joiner costs no θ bytes.
+ * and blobs in its own cache, starts from the published checkpoint at ledger_from (or, at 0,
+ * from the initial weights) and replays the ledger from there. The coordinator publishes every
+ * checkpoint it writes (a resumed session's first one too): meta's `checkpoint` and
+ * `ledger_from` move to it in one HSET, then the previous checkpoint's blobs are dropped, and
+ * the ledger is trimmed to start at its iteration once that entry is written. A joiner that read
+ * the meta just before (its checkpoint's blobs gone under its download, or the ledger trimmed
+ * past its θ), or a worker that fell more than a checkpoint behind (paused, cut off), bootstraps
+ * again from the new one; one that finds the run ended meanwhile just ends. With
+ * `--no-publish-checkpoints` only a resumed session's first checkpoint crosses, and a late
+ * joiner replays the whole session's ledger.
  *
  * Iteration t, coordinator: checksum θ_t on the GPU; XADD the ranges to tasks; evaluate claimed
  * ranges itself (unless --no-local-eval); XREAD results until every range has a fitness vector
@@ -335,6 +343,11 @@ export interface CoordinatorOptions {
    * backends agree to ~1e-5, not bit for bit, and a run is bit-identical only within one.
    */
   backend?: Backend;
+  /**
+   * Publish each checkpoint written for workers that join late (default true;
+   * `--no-publish-checkpoints` keeps θ out of Redis but for a resumed session's first one).
+   */
+  publishCheckpoints?: boolean;
 }
 
 /**
@@ -363,6 +376,13 @@ export class Coordinator {
   #setup: RunSetup;
   #seed: number;
   #outDir: string;
+  #iterations: number;
+  #publishCheckpoints: boolean;
+  /** The bundle's blobs: every checkpoint published keeps them. */
+  #bundleDigests = new Set<string>();
+  /** The iteration whose ledger entry the ledger is trimmed to once written (a checkpoint's). */
+  #trimAt: number | null = null;
+  #finished = false;
   /** Bytes of blobs this session sent to Redis for workers' bootstraps. */
   bootstrapBytes = 0;
 
@@ -375,6 +395,8 @@ export class Coordinator {
     this.#setup = runSetup(run);
     this.#seed = run.spec.seed;
     this.#outDir = run.outDir;
+    this.#iterations = run.spec.iterations;
+    this.#publishCheckpoints = o.publishCheckpoints ?? true;
     const N = this.#setup.strategy.population;
     const settings = distributedSettings(N);
     this.ranges = memberRanges(N, settings.rangeSize);
@@ -398,6 +420,7 @@ export class Coordinator {
     await bus.call(["XGROUP", "CREATE", keys.tasks, GROUP, "$", "MKSTREAM"]);
     const { bundle, digests, sent } = await publishBundle(bus, run.spec.name, run);
     c.bootstrapBytes += sent;
+    c.#bundleDigests = digests;
     await dropBlobsExcept(bus, run.spec.name, digests);
     const meta: Record<string, string | number> = {
       name: run.spec.name,
@@ -421,23 +444,63 @@ export class Coordinator {
   }
 
   /** The hooks runTraining takes. */
-  runOptions(): Pick<RunOptions, "evaluator" | "onUpdate"> {
+  runOptions(): Pick<RunOptions, "evaluator" | "onUpdate" | "onCheckpoint"> {
     return {
       evaluator: (ctx) => this.#guard(() => this.#evaluate(ctx)),
       onUpdate: async (ctx) => {
         try {
-          await this.bus.add(this.keys.ledger, {
+          const id = await this.bus.add(this.keys.ledger, {
             session: this.session,
             iter: ctx.iteration,
             fitness: JSON.stringify(ctx.fitness),
             coefficients: JSON.stringify(Array.from(ctx.coefficients)),
           });
+          if (ctx.iteration === this.#trimAt) {
+            // A joiner starts from the published checkpoint: what comes before it serves no one.
+            await this.bus.call(["XTRIM", this.keys.ledger, "MINID", id]);
+            this.#trimAt = null;
+          }
         } catch (e) {
           // θ_{t+1} is already queued: let the metrics line be written, then stop at t+1.
           this.#pending = e;
         }
       },
+      onCheckpoint: async (dir, iteration) => {
+        // The final weights serve no joiner; a run that stopped or failed publishes nothing more.
+        if (!this.#publishCheckpoints || iteration >= this.#iterations) return;
+        if (this.#pending || this.#finished || this.bus.gone) return;
+        try {
+          await this.#publish(dir, iteration);
+        } catch (e) {
+          // As a ledger write that failed: the next evaluation raises it.
+          this.#pending = e;
+        }
+      },
     };
+  }
+
+  /**
+   * Publishes checkpoint `dir` (θ at `iteration`) as the session's latest: meta points to it
+   * (checkpoint and ledger_from together, one HSET), then the previous one's blobs go, and the
+   * ledger is trimmed to `iteration` once that entry is in.
+   */
+  async #publish(dir: string, iteration: number): Promise<void> {
+    const published = await publishCheckpoint(this.bus, this.run, { dir, iteration });
+    await this.bus.call([
+      "HSET",
+      this.keys.meta,
+      "checkpoint",
+      JSON.stringify({ iteration, tree: published.tree }),
+      "ledger_from",
+      iteration,
+    ]);
+    // A blob both bundle and checkpoint use (a tokenizer file saved beside the weights) stays.
+    await dropBlobsExcept(
+      this.bus,
+      this.run,
+      new Set([...this.#bundleDigests, ...published.digests]),
+    );
+    this.#trimAt = iteration;
   }
 
   async #guard<T>(fn: () => Promise<T>): Promise<T> {
@@ -564,6 +627,7 @@ export class Coordinator {
    * members, and closes the connection. Never throws when Redis is already gone.
    */
   async finish(o: { error?: string; stopped?: boolean } = {}): Promise<void> {
+    this.#finished = true;
     try {
       if (this.bus.gone) throw new Error("redis is gone");
       await this.bus.call([
@@ -606,6 +670,9 @@ export interface WorkerSummary {
   ranges: number;
   /** Ledger entries it applied (its updates, the catch-up replay included). */
   updates: number;
+  /** Of those, the catch-up replay of its last bootstrap, and the iteration it started from. */
+  replayed: number;
+  startedAt: number;
   /** The iteration its θ had reached when the run ended. */
   iteration: number;
   status: string;
@@ -639,6 +706,8 @@ export async function runWorker(gpu: Device, o: WorkerOptions): Promise<WorkerSu
     members: 0,
     ranges: 0,
     updates: 0,
+    replayed: 0,
+    startedAt: 0,
     iteration: 0,
     status: "",
     bootstrap: { bytes: 0, fetched: 0, resumed: 0, refetched: 0, chunks: 0 },
@@ -665,6 +734,10 @@ export async function runWorker(gpu: Device, o: WorkerOptions): Promise<WorkerSu
       }
       const outcome = await serveSession(gpu, bus, meta, { consumer, log, summary, cache })
         .catch((e) => e instanceof RunMoved ? e.outcome : Promise.reject(e));
+      if (outcome === "new-checkpoint") {
+        log(`${meta.name} published a newer checkpoint than this worker's θ; bootstrapping again`);
+        continue;
+      }
       if (outcome !== "new-session") {
         summary.status = outcome;
         return summary;
@@ -676,7 +749,10 @@ export async function runWorker(gpu: Device, o: WorkerOptions): Promise<WorkerSu
   }
 }
 
-/** The run ended, or its coordinator restarted, while this worker fetched its blobs. */
+/**
+ * The run ended, its coordinator restarted, or it published a newer checkpoint (and dropped the
+ * one this worker read of, or trimmed the ledger past this worker's θ).
+ */
 class RunMoved extends Error {
   constructor(readonly outcome: string) {
     super(outcome);
@@ -684,8 +760,28 @@ class RunMoved extends Error {
 }
 
 /**
+ * Why the session `meta` was read of no longer holds: it ended ({@link RunMoved} with its
+ * status), a new one began ("new-session"), or a newer checkpoint replaced the one `meta` names
+ * ("new-checkpoint"); null when it still holds.
+ */
+async function sessionMoved(bus: RedisBus, meta: Record<string, string>): Promise<RunMoved | null> {
+  const [now, status, checkpoint] = await bus.call([
+    "HMGET",
+    runKeys(meta.name).meta,
+    "session",
+    "status",
+    "checkpoint",
+  ]) as (string | null)[];
+  if (now !== meta.session) return new RunMoved("new-session");
+  if (status !== "running") return new RunMoved(String(status));
+  if ((checkpoint ?? undefined) !== meta.checkpoint) return new RunMoved("new-checkpoint");
+  return null;
+}
+
+/**
  * `fetch`, whose one-line fault (a blob gone from Redis) is no fault when the session it
- * belongs to has ended or been replaced meanwhile: then {@link RunMoved}.
+ * belongs to has ended or been replaced meanwhile, or its checkpoint replaced by a newer one:
+ * then {@link RunMoved}.
  */
 async function whileSession<T>(
   bus: RedisBus,
@@ -696,15 +792,7 @@ async function whileSession<T>(
     return await fetch();
   } catch (e) {
     if (!(e instanceof UserError)) throw e;
-    const [now, status] = await bus.call([
-      "HMGET",
-      runKeys(meta.name).meta,
-      "session",
-      "status",
-    ]) as (string | null)[];
-    if (now !== meta.session) throw new RunMoved("new-session");
-    if (status !== "running") throw new RunMoved(String(status));
-    throw e;
+    throw (await sessionMoved(bus, meta)) ?? e;
   }
 }
 
@@ -743,7 +831,7 @@ async function serveSession(
   }
   const ledgerFrom = Number(meta.ledger_from);
 
-  // θ: a resumed session's checkpoint (from Redis), else the initial weights; then the ledger.
+  // θ: the session's published checkpoint (from Redis), else the initial weights; then the ledger.
   const ck = ledgerFrom > 0
     ? await whileSession(bus, meta, () => fetchCheckpoint(bus, meta, { cache: o.cache, cost }))
     : null;
@@ -775,6 +863,8 @@ async function serveSession(
   const engine = await EsEngine.create(gpu, setup.engineOptions(tensors));
   const checksum = new WeightsChecksum(gpu, engine.names.map((n) => engine.theta.get(n)!));
   o.summary.iteration = iteration;
+  o.summary.startedAt = iteration;
+  o.summary.replayed = 0;
   const spec = run.spec;
   let known: { iteration: number; value: string } | null = null;
   const ev: Evaluator = {
@@ -803,6 +893,10 @@ async function serveSession(
       const t = Number(f.iter);
       if (f.session !== session || t < iteration) continue;
       if (t > iteration) {
+        // Trimmed past this θ: a newer checkpoint came out after the meta this worker read, or
+        // while this worker lagged (paused, cut off) more than a checkpoint behind.
+        const moved = await sessionMoved(bus, meta);
+        if (moved) throw moved;
         throw new Error(`ledger of ${meta.name} skips from iteration ${iteration} to ${t}`);
       }
       const fitness = JSON.parse(f.fitness) as number[];
@@ -826,7 +920,11 @@ async function serveSession(
 
   try {
     await replay();
-    o.log(`${meta.name}: at iteration ${iteration}, serving as ${o.consumer}`);
+    o.summary.replayed = iteration - o.summary.startedAt;
+    o.log(
+      `${meta.name}: replayed ${o.summary.replayed} ledger entries from iteration ` +
+        `${o.summary.startedAt}; at iteration ${iteration}, serving as ${o.consumer}`,
+    );
     let lastMeta = performance.now(), lastReclaim = 0;
     for (;;) {
       if (performance.now() - lastMeta > 500) {

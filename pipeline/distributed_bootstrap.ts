@@ -8,11 +8,14 @@
  * The worker rebuilds the same pipeline from the published text with every file setting pointed
  * at its own cache, resolves it with the published samples instead of the dataset stage, and
  * checks the tokenized data against the coordinator's digest, so a worker can only train on the
- * coordinator's data. A worker that joins a fresh run late starts from the initial weights and
- * replays the ledger (one update per iteration, no forward): no checkpoint crosses for it.
+ * coordinator's data. A worker that joins late starts from the latest checkpoint the coordinator
+ * published (each one it writes, unless `--no-publish-checkpoints`; only the latest stays in
+ * Redis) and replays the ledger after it (one update per iteration, no forward); with none
+ * published it starts from the initial weights and replays the whole ledger.
  *
  * Meta fields (P meta, pipeline/distributed.ts): `bundle` (JSON {@link RunBundle}),
- * `data_digest`, and `checkpoint` (JSON {iteration, tree}) once a resumed session has one.
+ * `data_digest`, and `checkpoint` (JSON {iteration, tree}) once the session has published one
+ * (a resumed session's first, then each it writes).
  *
  * @module
  */
@@ -42,7 +45,7 @@ export interface RunBundle {
   files: PublishedFile[];
 }
 
-/** A resumed session's starting checkpoint, in Redis. */
+/** The latest checkpoint of the session in Redis: θ at `iteration`, the ledger's start. */
 export interface PublishedCheckpoint {
   iteration: number;
   tree: string;
@@ -122,14 +125,19 @@ export async function publishBundle(
   return { bundle: { texts: { digest: texts.digest, size: texts.size }, files }, digests, sent };
 }
 
-/** Publishes checkpoint dir `dir` (θ at `iteration`) for workers of a resumed session. */
+/**
+ * Publishes checkpoint dir `dir` (θ at `iteration`) for workers that join: a resumed session's
+ * first checkpoint, and each one the coordinator writes after. Returns the digests it uses, so
+ * the next one can drop them ({@link dropBlobsExcept}).
+ */
 export async function publishCheckpoint(
   bus: RedisBus,
   name: string,
   o: { dir: string; iteration: number },
-): Promise<PublishedCheckpoint & { sent: number }> {
-  const tree = await putTree(bus, name, await dirFiles(o.dir));
-  return { iteration: o.iteration, tree: tree.digest, sent: tree.sent };
+): Promise<PublishedCheckpoint & { sent: number; digests: Set<string> }> {
+  const digests = new Set<string>();
+  const tree = await putTree(bus, name, await dirFiles(o.dir), { digests });
+  return { iteration: o.iteration, tree: tree.digest, sent: tree.sent, digests };
 }
 
 /** Bytes and chunks a worker's bootstrap moved. */
@@ -185,7 +193,7 @@ export async function bootstrapPipeline(
   return await resolvePipeline(loaded, { texts });
 }
 
-/** The resumed session's checkpoint as a directory of the cache. */
+/** The session's published checkpoint (meta `checkpoint`) as a directory of the cache. */
 export async function fetchCheckpoint(
   bus: RedisBus,
   meta: Record<string, string>,

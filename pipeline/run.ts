@@ -140,8 +140,11 @@ export interface RunOptions {
    * program in pieces (the same ops, one run per member group).
    */
   onMembers?: (p: { iteration: number; done: number; of: number }) => void;
-  /** Called with each checkpoint directory written. */
-  onCheckpoint?: (dir: string, iteration: number) => void;
+  /**
+   * Called with each checkpoint directory written, and awaited: a distributed coordinator
+   * publishes it for workers that join late before the run goes on.
+   */
+  onCheckpoint?: (dir: string, iteration: number) => Promise<void> | void;
   /** Stops after the current iteration (with a checkpoint) when it returns true. */
   shouldStop?: () => boolean;
   /**
@@ -483,7 +486,7 @@ export async function runTraining(
       throw runDirError(e, dir) ?? e;
     }
     lastGood = dir;
-    options.onCheckpoint?.(dir, iteration);
+    await options.onCheckpoint?.(dir, iteration);
   };
 
   const every = spec.output.checkpoint_every;

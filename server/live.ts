@@ -189,7 +189,7 @@ export function withStatusHooks(
     },
     onCheckpoint: (dir, iteration) => {
       live.checkpoint(dir, iteration);
-      options.onCheckpoint?.(dir, iteration);
+      return options.onCheckpoint?.(dir, iteration);
     },
     shouldStop: () => live.stopRequested || (options.shouldStop?.() ?? false),
   };

@@ -4,8 +4,9 @@
 // namespace, where a tmpfs hides the coordinator's dir (run dir, corpus, tokenizer, weights) and
 // the checkout's data/. A resumed session (its ledger starts at a checkpoint, which crosses as a
 // blob), a worker killed mid-download and restarted (it resumes from its chunks), a worker
-// SIGKILLed while it holds a claim, and one that joins late with a warm cache (it fetches
-// nothing): the run ends with the single-process run's bytes.
+// SIGKILLed while it holds a claim, and one that joins late with a warm cache (it fetches only
+// the checkpoint the coordinator published since, and replays the ledger after it): the run ends
+// with the single-process run's bytes.
 import { assert, assertEquals } from "./helpers.ts";
 import { startRedis, waitFor } from "./redis_helpers.ts";
 import { RedisBus, runKeys } from "../pipeline/distributed.ts";
@@ -282,11 +283,21 @@ Deno.test(
       victim.kill("SIGKILL");
       await victim.wait(10_000).catch(() => {});
 
-      // Iterations 2 and 3 done: a worker joins late, with the victim's (complete) cache.
+      // Iterations 2 and 3 done and checkpoints/iter-4 published: a worker joins late, with the
+      // victim's (complete) cache.
       await waitFor(async () => (await lines(`${coord}/run/metrics.jsonl`)) >= 4, {
         ms: 90_000,
         what: "iteration 3",
       });
+      const watch = await RedisBus.connect(redis.url, { name: "test" });
+      try {
+        await waitFor(async () => {
+          const ck = (await watch.hash(runKeys("dist-isolated").meta)).checkpoint;
+          return ck !== undefined && JSON.parse(ck).iteration === 4;
+        }, { ms: 60_000, what: "the checkpoint of iteration 4 in Redis" });
+      } finally {
+        watch.close();
+      }
       const late = worker("late", {}, "victim");
       // The other is paused until the late one serves, so the run waits for it.
       resumed.kill("SIGSTOP");
@@ -305,7 +316,8 @@ Deno.test(
         await sha256(`${ref}/run/final/model.safetensors`),
         "the distributed run ends with the single-process bytes",
       );
-      // The restarted download kept the chunks it had; the warm cache fetched nothing.
+      // The restarted download kept the chunks it had; the warm cache fetched only iter-4, whose
+      // files crossed in 64 KiB chunks, plus the tree that lists them.
       const r = /bootstrap (\d+) bytes of blobs, (\d+) chunks fetched from Redis, (\d+) resumed/
         .exec(resumed.out());
       assert(
@@ -313,13 +325,25 @@ Deno.test(
         `the restarted worker resumed its download:\n${resumed.out()}`,
       );
       assert(/θ from the checkpoint of iteration 2 in Redis/.test(resumed.out()), resumed.out());
+      assert(/θ from the checkpoint of iteration 4 in Redis/.test(late.out()), late.out());
+      let chunks = 1;
+      for (const e of Deno.readDirSync(`${coord}/run/checkpoints/iter-4`)) {
+        const size = Deno.statSync(`${coord}/run/checkpoints/iter-4/${e.name}`).size;
+        chunks += Math.max(1, Math.ceil(size / 65536));
+      }
       const l = /bootstrap (\d+) bytes of blobs, (\d+) chunks fetched/.exec(late.out());
       assert(
-        l && Number(l[1]) > 400_000 && l[2] === "0",
-        `the late worker fetched nothing:\n${late.out()}`,
+        l && Number(l[1]) > 400_000 && Number(l[2]) > 0 && Number(l[2]) <= chunks,
+        `the late worker fetched the new checkpoint only (${chunks} chunks):\n${late.out()}`,
+      );
+      const replayed = /replayed (\d+) ledger entries from iteration 4; at iteration (\d+)/
+        .exec(late.out());
+      assert(
+        replayed && Number(replayed[1]) <= 1 && Number(replayed[2]) === 4 + Number(replayed[1]),
+        late.out(),
       );
       const m = /applied (\d+) updates, θ at iteration (\d+)/.exec(late.out());
-      assert(m && Number(m[1]) >= 2 && m[2] === String(ITERATIONS), late.out());
+      assert(m && Number(m[1]) === ITERATIONS - 4 && m[2] === String(ITERATIONS), late.out());
     } finally {
       for (const p of [...live]) {
         p.kill("SIGCONT");

@@ -1,6 +1,7 @@
 // Distributed ES over Redis Streams, end to end with real processes and a real redis-server:
 // a coordinator and workers reach the single-process bytes; a worker SIGKILLed while it holds a
-// claim, and a worker that joins late, change nothing; Redis going away stops the coordinator
+// claim, and a worker that joins late (from the latest checkpoint the coordinator published, or
+// with --no-publish-checkpoints from θ_0), change nothing; Redis going away stops the coordinator
 // with a checkpoint that --resume continues; a coordinator SIGKILLed and resumed keeps its
 // workers; a worker whose tokens differ is refused; a password in the URL works and its absence is a
 // clear error; a worker on another backend than the coordinator's is refused in one line. Every
@@ -365,7 +366,15 @@ Deno.test("a worker SIGKILLed while it holds a claim: the run completes with the
   });
 });
 
-Deno.test("a worker started late bootstraps from Redis, replays the ledger from the initial weights, contributes", async () => {
+/** The checkpoint meta names, or null. */
+async function publishedCheckpoint(
+  bus: RedisBus,
+): Promise<{ iteration: number; tree: string } | null> {
+  const ck = (await bus.hash(runKeys("dist-test").meta)).checkpoint;
+  return ck ? JSON.parse(ck) : null;
+}
+
+Deno.test("a worker that joins late starts from the latest checkpoint in Redis, replays only the ledger after it, contributes; Redis keeps one checkpoint and the ledger from it", async () => {
   const ref = await referenceRun();
   await withRun({}, async ({ dir, file, redis }) => {
     const slow = { ...SLOW, ESFLOW_TEST_EVAL_DELAY_MS: "500" };
@@ -373,13 +382,118 @@ Deno.test("a worker started late bootstraps from Redis, replays the ledger from 
     // end without the late worker, however slowly it starts.
     const first = worker(redis.url, slow);
     const c = train(file, ["--out", `${dir}/run`, "--redis", redis.url, "--no-local-eval"], slow);
+    const bus = await RedisBus.connect(redis.url, { name: "test" });
+    const keys = runKeys("dist-test");
+    let late: Proc;
+    try {
+      // Iterations 0 and 1 done: the coordinator published checkpoints/iter-2, and the ledger
+      // starts there for a joiner.
+      let ck: { iteration: number; tree: string } | null = null;
+      await waitFor(async () => (ck = await publishedCheckpoint(bus)) !== null, {
+        ms: 60_000,
+        what: "the checkpoint of iteration 2 in Redis",
+      });
+      assertEquals(ck!.iteration, 2);
+      assertEquals((await bus.hash(keys.meta)).ledger_from, "2");
+      // Its claim passes the deadline and the late worker takes it over.
+      first.kill("SIGSTOP");
+      late = worker(redis.url, { ESFLOW_TEST_EVAL_DELAY_MS: "500" });
+      // The next checkpoint replaces it: the one of iteration 2 leaves Redis, and the ledger
+      // starts at 4 once that entry is in.
+      await waitFor(async () => (await publishedCheckpoint(bus))?.iteration === 4, {
+        ms: 90_000,
+        what: "the checkpoint of iteration 4 in Redis",
+      });
+      const blobs = (await bus.call(["SMEMBERS", `esflow:dist-test:blobs`]) as unknown[]).map(
+        String,
+      );
+      assert(!blobs.includes(ck!.tree), `the checkpoint of iteration 2 is dropped: ${blobs}`);
+      await waitFor(async () => {
+        const e = RedisBus.entries(await bus.call(["XRANGE", keys.ledger, "-", "+", "COUNT", 1]));
+        return e[0]?.fields.iter === "4";
+      }, { ms: 60_000, what: "the ledger to start at iteration 4" });
+    } finally {
+      bus.close();
+    }
+    assertEquals(await c.wait(90_000), 0, c.out());
+    assertEquals(await late.wait(20_000), 0, late.out());
+    first.kill("SIGCONT");
+    assertEquals(await first.wait(20_000), 0, first.out());
+    await sameBytes(ref, `${dir}/run`, "with a late worker from a published checkpoint");
+    const log = late.out();
+    const k = Number(/θ from the checkpoint of iteration (\d+) in Redis/.exec(log)?.[1]);
+    assert(k >= 2, `the late worker started from a published checkpoint:\n${log}`);
+    const r = /replayed (\d+) ledger entries from iteration (\d+); at iteration (\d+)/.exec(log);
+    assert(r && Number(r[2]) === k && Number(r[1]) + k === Number(r[3]), log);
+    assert(Number(r[1]) < Number(r[3]), `it replayed fewer entries than θ's iterations:\n${log}`);
+    const m = /evaluated (\d+) members in \d+ ranges, applied (\d+) updates/.exec(log);
+    assert(m && Number(m[1]) > 0, `the late worker evaluated members:\n${log}`);
+    assertEquals(Number(m[2]), ITERATIONS - k, `it applied only the updates after ${k}:\n${log}`);
+  });
+});
+
+Deno.test("a joiner whose checkpoint is replaced under its download bootstraps again from the newer one; the same bytes", async () => {
+  const ref = await referenceRun();
+  await withRun({}, async ({ dir, file, redis }) => {
+    const slow = { ...SLOW, ESFLOW_TEST_EVAL_DELAY_MS: "500" };
+    const first = worker(redis.url, slow);
+    // 64 KiB chunks: θ (463 KB) takes 8, so a slow download of it spans a checkpoint interval.
+    const c = train(file, ["--out", `${dir}/run`, "--redis", redis.url, "--no-local-eval"], {
+      ...slow,
+      ESFLOW_BLOB_CHUNK_BYTES: "65536",
+    });
+    const bus = await RedisBus.connect(redis.url, { name: "test" });
+    let late: Proc;
+    try {
+      await waitFor(async () => (await publishedCheckpoint(bus))?.iteration === 2, {
+        ms: 60_000,
+        what: "the checkpoint of iteration 2 in Redis",
+      });
+      late = worker(redis.url, {
+        ESFLOW_TEST_CHUNK_DELAY_MS: "400",
+        ESFLOW_TEST_EVAL_DELAY_MS: "500",
+      });
+      // The coordinator publishes iter-4 and drops iter-2 while the late worker downloads it;
+      // then the run waits for the late worker.
+      await waitFor(async () => (await publishedCheckpoint(bus))?.iteration === 4, {
+        ms: 60_000,
+        what: "the checkpoint of iteration 4 in Redis",
+      });
+      first.kill("SIGSTOP");
+    } finally {
+      bus.close();
+    }
+    assertEquals(await c.wait(90_000), 0, c.out());
+    assertEquals(await late.wait(30_000), 0, late.out());
+    first.kill("SIGCONT");
+    assertEquals(await first.wait(20_000), 0, first.out());
+    await sameBytes(ref, `${dir}/run`, "with a joiner that bootstrapped twice");
+    const log = late.out();
+    assert(log.includes("published a newer checkpoint than this worker's θ"), log);
+    assert(/θ from the checkpoint of iteration 4 in Redis/.test(log), log);
+    assert(!/θ from the checkpoint of iteration 2/.test(log), log);
+    const m = /applied (\d+) updates, θ at iteration (\d+)/.exec(log);
+    assert(m && Number(m[1]) === ITERATIONS - 4 && m[2] === String(ITERATIONS), log);
+  });
+});
+
+Deno.test("with --no-publish-checkpoints a worker started late replays the ledger from the initial weights, contributes", async () => {
+  const ref = await referenceRun();
+  await withRun({}, async ({ dir, file, redis }) => {
+    const slow = { ...SLOW, ESFLOW_TEST_EVAL_DELAY_MS: "500" };
+    const first = worker(redis.url, slow);
+    const c = train(file, [
+      "--out",
+      `${dir}/run`,
+      "--redis",
+      redis.url,
+      "--no-local-eval",
+      "--no-publish-checkpoints",
+    ], slow);
     // Iterations 0 and 1 done: checkpoints/iter-2 exists and the ledger has two entries.
     await waitFor(
       () => Deno.stat(`${dir}/run/checkpoints/iter-2/state.json`).then(() => true, () => false),
-      {
-        ms: 60_000,
-        what: "checkpoints/iter-2",
-      },
+      { ms: 60_000, what: "checkpoints/iter-2" },
     );
     // Its claim passes the deadline and the late worker takes it over.
     first.kill("SIGSTOP");
@@ -389,12 +503,21 @@ Deno.test("a worker started late bootstraps from Redis, replays the ledger from 
     first.kill("SIGCONT");
     assertEquals(await first.wait(20_000), 0, first.out());
     await sameBytes(ref, `${dir}/run`, "with a late worker");
+    const bus = await RedisBus.connect(redis.url, { name: "test" });
+    try {
+      const meta = await bus.hash(runKeys("dist-test").meta);
+      assertEquals([meta.checkpoint, meta.ledger_from], [undefined, "0"], "no θ in Redis");
+    } finally {
+      bus.close();
+    }
     const log = late.out();
     // No checkpoint crosses for a late joiner: θ_0 from the seed, then the ledger's updates.
     assert(/θ from random init \(seed \d+\) \(iteration 0\)/.test(log), log);
+    const r = /replayed (\d+) ledger entries from iteration 0; at iteration (\d+)/.exec(log);
+    assert(r && Number(r[1]) >= 2 && r[1] === r[2], `it replayed from θ_0:\n${log}`);
     const m = /evaluated (\d+) members in \d+ ranges, applied (\d+) updates/.exec(log);
     assert(m && Number(m[1]) > 0, `the late worker evaluated members:\n${log}`);
-    assert(Number(m[2]) >= 2, `it replayed the two iterations before it joined:\n${log}`);
+    assertEquals(Number(m[2]), ITERATIONS, `it applied every update:\n${log}`);
   });
 });
 

@@ -4,7 +4,7 @@
  *   deno task train [PIPELINE] [--iterations N] [--out DIR] [--seed N] [--resume DIR] [--quiet]
  *                   [--backend auto|webgpu|cpu] [--allow-backend-change]
  *                   [--status-port N] [--status-host H] [--no-status]
- *                   [--redis URL] [--no-local-eval]
+ *                   [--redis URL] [--no-local-eval] [--no-publish-checkpoints]
  *
  * `--iterations` is the total: `train --iterations 3 --out d` then `train --resume d
  * --iterations 6` ends where `train --iterations 6` ends. `--resume DIR` takes the pipeline
@@ -97,6 +97,10 @@ export const TRAIN_FLAGS = {
     type: "boolean",
     help: "with --redis: leave every member to the workers",
   },
+  "no-publish-checkpoints": {
+    type: "boolean",
+    help: "with --redis: keep checkpoints out of Redis; a late worker replays the whole ledger",
+  },
 } satisfies Record<string, DocumentedFlag>;
 
 /** What `deno task train --help` says besides the flags. */
@@ -161,8 +165,8 @@ if (import.meta.main) {
     const statusPort = values["status-port"] === undefined
       ? undefined
       : parseStatusPort(values["status-port"]);
-    if (values["no-local-eval"] && !values.redis) {
-      throw new UserError("--no-local-eval needs --redis URL");
+    for (const flag of ["no-local-eval", "no-publish-checkpoints"] as const) {
+      if (values[flag] && !values.redis) throw new UserError(`--${flag} needs --redis URL`);
     }
     const backendFlag = values.backend === undefined ? undefined : parseBackend(values.backend);
     const iterations = values.iterations === undefined
@@ -216,6 +220,7 @@ if (import.meta.main) {
         ? await (await import("../pipeline/distributed.ts")).Coordinator.start(resolved, {
           url: values.redis,
           localEval: !values["no-local-eval"],
+          publishCheckpoints: !values["no-publish-checkpoints"],
           log: (s) => log(s),
           backend: gpu.backend,
         })
@@ -244,6 +249,7 @@ if (import.meta.main) {
       const compiling = (t: number) => gpu.backend === "webgpu" && t === first;
       progress?.stage("tokenizing the samples and uploading θ…");
       const t0 = performance.now();
+      const distributed = coordinator?.runOptions();
       const summary = await runTraining(
         gpu,
         resolved,
@@ -263,7 +269,7 @@ if (import.meta.main) {
             );
           },
           shouldStop: () => stop,
-          ...coordinator?.runOptions(),
+          ...distributed,
           // Member by member inside an iteration: only a terminal shows it.
           ...(progress && stdoutSink().tty
             ? {
@@ -272,7 +278,11 @@ if (import.meta.main) {
             }
             : {}),
           onIteration: (line: MetricsLine, o) => progress?.iteration(line, o.total),
-          onCheckpoint: (dir) => log(`checkpoint ${dir}`),
+          onCheckpoint: async (dir, iteration) => {
+            log(`checkpoint ${dir}`);
+            // With --redis: published for workers that join late.
+            await distributed?.onCheckpoint?.(dir, iteration);
+          },
         }),
       ).catch(async (e) => {
         // The end event reaches the watching clients before the server (and train) goes.

@@ -3,7 +3,8 @@
  * (`deno task train PIPELINE --redis URL`) announces in Redis: claims member ranges, evaluates
  * them on this machine's WebGPU adapter, and publishes their fitness. Start any number, on any
  * machine with the esflow checkout and a route to Redis: the pipeline, its samples and files,
- * and a resumed run's checkpoint come through Redis into the worker's own cache dir.
+ * and the run's latest checkpoint (for a worker that joins late) come through Redis into the
+ * worker's own cache dir.
  *
  *   deno task worker --redis URL [--run NAME] [--cache DIR] [--quiet]
  *
