@@ -8,6 +8,7 @@
 // the checkpoint the coordinator published since, and replays the ledger after it): the run ends
 // with the single-process run's bytes.
 import { assert, assertEquals } from "./helpers.ts";
+import { live, type Proc, watch } from "./process_helpers.ts";
 import { startRedis, waitFor } from "./redis_helpers.ts";
 import { RedisBus, runKeys } from "../pipeline/distributed.ts";
 
@@ -50,14 +51,6 @@ function probeMountNamespace(): string | null {
 }
 const NO_NAMESPACE = probeMountNamespace();
 
-interface Proc {
-  pid: number;
-  out: () => string;
-  wait(ms: number): Promise<number>;
-  kill(signal?: Deno.Signal): void;
-}
-const live = new Set<Proc>();
-
 /** `deno run -A SCRIPT ARGS` in `cwd`, inside a mount namespace hiding `hide` when given. */
 function spawn(
   script: string,
@@ -86,49 +79,7 @@ function spawn(
     stderr: "piped",
     env: { NO_COLOR: "1", ...o.env },
   }).spawn();
-  let text = "";
-  const dec = new TextDecoder();
-  const drain = async (s: ReadableStream<Uint8Array>) => {
-    for await (const c of s) text += dec.decode(c, { stream: true });
-  };
-  const drained = Promise.all([drain(child.stdout), drain(child.stderr)]);
-  let code: number | null = null;
-  const status = child.status.then(async (s) => {
-    await drained;
-    code = s.code;
-    live.delete(proc);
-    return s.code;
-  });
-  const proc: Proc = {
-    pid: child.pid,
-    out: () => text,
-    kill(signal: Deno.Signal = "SIGKILL") {
-      if (code !== null) return;
-      try {
-        child.kill(signal);
-      } catch { /* exited */ }
-    },
-    async wait(ms: number) {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      try {
-        return await Promise.race([
-          status,
-          new Promise<never>((_, reject) => {
-            timer = setTimeout(() => {
-              proc.kill();
-              reject(
-                new Error(`${script} ${args.join(" ")} still running after ${ms} ms:\n${text}`),
-              );
-            }, ms);
-          }),
-        ]);
-      } finally {
-        clearTimeout(timer);
-      }
-    },
-  };
-  live.add(proc);
-  return proc;
+  return watch(child, `${script} ${args.join(" ")}`);
 }
 
 /** A dir with the pipeline and its files, as a machine of its own would hold them. */

@@ -8,6 +8,7 @@
 // process runs the CPU backend unless a test says otherwise. Plus the pieces: the device checksum
 // (both backends) against its TypeScript twin, the result set, URLs.
 import { assert, assertEquals, testBackends, withDevice } from "./helpers.ts";
+import { live, type Proc, watch } from "./process_helpers.ts";
 import { startRedis, type TestRedis, waitFor } from "./redis_helpers.ts";
 import type { Backend } from "../kernels/device.ts";
 import { createTensor } from "../kernels/tensor.ts";
@@ -41,17 +42,7 @@ update: { type: es, alpha: 0.05, nes: false }
 output: { checkpoint_every: 2, eval_every: 1 }
 `;
 
-/** A child process whose output is collected as it comes. */
-interface Proc {
-  pid: number;
-  out: () => string;
-  /** Exit code, or a thrown error (and a SIGKILL) past `ms`. */
-  wait(ms: number): Promise<number>;
-  kill(signal?: Deno.Signal): void;
-}
-
-const live = new Set<Proc>();
-
+/** `deno run -A SCRIPT ARGS` in the checkout, watched. */
 function spawn(script: string, args: string[], env: Record<string, string> = {}): Proc {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", script, ...args],
@@ -61,45 +52,7 @@ function spawn(script: string, args: string[], env: Record<string, string> = {})
     stderr: "piped",
     env: { NO_COLOR: "1", ...env },
   }).spawn();
-  let text = "";
-  const dec = new TextDecoder();
-  const drain = async (s: ReadableStream<Uint8Array>) => {
-    for await (const chunk of s) text += dec.decode(chunk, { stream: true });
-  };
-  const drained = Promise.all([drain(child.stdout), drain(child.stderr)]);
-  let code: number | null = null;
-  const status = child.status.then(async (s) => {
-    await drained;
-    code = s.code;
-    live.delete(proc);
-    return s.code;
-  });
-  const proc: Proc = {
-    pid: child.pid,
-    out: () => text,
-    kill(signal: Deno.Signal = "SIGKILL") {
-      if (code !== null) return;
-      try {
-        child.kill(signal);
-      } catch { /* already exited */ }
-    },
-    async wait(ms: number) {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const timeout = new Promise<never>((_, reject) => {
-        timer = setTimeout(() => {
-          proc.kill();
-          reject(new Error(`${script} ${args.join(" ")} still running after ${ms} ms:\n${text}`));
-        }, ms);
-      });
-      try {
-        return await Promise.race([status, timeout]);
-      } finally {
-        clearTimeout(timer);
-      }
-    },
-  };
-  live.add(proc);
-  return proc;
+  return watch(child, `${script} ${args.join(" ")}`);
 }
 
 /** Runs `fn` with a temp dir holding the pipeline and a fresh redis-server; cleans up all. */
