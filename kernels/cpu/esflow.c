@@ -56,6 +56,16 @@
 #define EXPORT __attribute__((visibility("default")))
 #define INLINE static inline __attribute__((always_inline))
 
+// Work below which a kernel runs on the calling thread. The OpenMP workers sleep between regions
+// (kernels/cpu/native.ts SPIN_SETTINGS), and waking one and waiting for it costs ~0.1 ms on a
+// KVM guest: on the tiny preset at 2 threads, RMSNorm of 2048 × 128 took 0.24 ms against 0.12 on
+// one, and a whole ES iteration spent 389 ms in perturb against 151 on one thread (chunks of a
+// few thousand elements), before these bounds. Elements of a streaming kernel; of one with an exp
+// per element; groups of 32 perturbed elements (each a Philox draw) times members.
+#define PAR_STREAM (1 << 20)
+#define PAR_EXP (1 << 17)
+#define PAR_PERTURB_GROUPS 4096
+
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 typedef uint32_t v8u __attribute__((vector_size(32)));
@@ -712,7 +722,7 @@ EXPORT void esf_sgemm_nt(int64_t M, int64_t N, int64_t K, const float* a, const 
 // (y may be x), w is (D) per member: row r uses w at (r / RM)·w_ms.
 EXPORT void esf_rmsnorm(const float* x, const float* w, float* y, int64_t R, int64_t D, float eps,
                         int64_t RM, int64_t w_ms) {
-#pragma omp parallel for schedule(static) if (R * D > 16384)
+#pragma omp parallel for schedule(static) if (R * D >= PAR_STREAM)
   for (int64_t r = 0; r < R; r++) {
     const float* xr = x + r * D;
     float* yr = y + r * D;
@@ -727,7 +737,7 @@ EXPORT void esf_rmsnorm(const float* x, const float* w, float* y, int64_t R, int
 // Rows whose id lies outside the shard are left untouched (other shards write them).
 EXPORT void esf_embedding(const uint32_t* ids, const float* table, float* x, int64_t R, int64_t H,
                           int64_t row_start, int64_t rows, int64_t RM, int64_t t_ms) {
-#pragma omp parallel for schedule(static) if (R * H > 65536)
+#pragma omp parallel for schedule(static) if (R * H >= PAR_STREAM)
   for (int64_t r = 0; r < R; r++) {
     const int64_t id = ids[r];
     if (id < row_start || id >= row_start + rows) continue;
@@ -742,7 +752,7 @@ EXPORT void esf_qk_norm_rope(float* x, const float* w, const float* cos_t, const
                              int64_t R, int64_t T, int64_t NH, int64_t D, float eps, int64_t RM,
                              int64_t w_ms) {
   const int64_t half = D / 2;
-#pragma omp parallel for schedule(static) if (R * NH * D > 16384)
+#pragma omp parallel for schedule(static) if (R * NH * D >= PAR_STREAM)
   for (int64_t i = 0; i < R * NH; i++) {
     const int64_t row = i / NH, pos = row % T;
     float* xh = x + i * D;
@@ -762,7 +772,7 @@ EXPORT void esf_qk_norm_rope(float* x, const float* w, const float* cos_t, const
 // swiglu.wgsl, in place: gate = silu(gate)·up over n elements (gate and up are (R, I)).
 EXPORT void esf_swiglu(float* gate, const float* up, int64_t n) {
   const int64_t groups = n / 8;
-#pragma omp parallel for schedule(static) if (n > 32768)
+#pragma omp parallel for schedule(static) if (n >= PAR_EXP)
   for (int64_t g = 0; g < groups; g++) {
     store8(gate + 8 * g, silu_mul8(load8(gate + 8 * g), load8(up + 8 * g)));
   }
@@ -904,7 +914,7 @@ EXPORT void esf_attention(const float* q, const float* k, const float* v, const 
 // f32 (running max m, sum s of e^(z − m), target logit), initialised by the first chunk.
 EXPORT void esf_logsumexp_chunk(const float* logits, const uint32_t* targets, float* state,
                                 int64_t R, int64_t C, int64_t C0, int32_t first) {
-#pragma omp parallel for schedule(static) if (R * C > 16384)
+#pragma omp parallel for schedule(static) if (R * C >= PAR_EXP)
   for (int64_t r = 0; r < R; r++) {
     float m = -3.0e38f, s = 0.0f, tg = 0.0f;
     if (!first) {
@@ -1005,7 +1015,7 @@ EXPORT void esf_perturb(const uint32_t* shard, const uint32_t* params, int64_t p
   if (sh.count <= 0 || members <= 0) return;
   const int64_t end = sh.start + sh.count, g0 = sh.start / 32, g1 = (end - 1) / 32 + 1;
   const int64_t groups = g1 - g0;
-#pragma omp parallel for collapse(2) schedule(static) if (groups * members > 16)
+#pragma omp parallel for collapse(2) schedule(static) if (groups * members >= PAR_PERTURB_GROUPS)
   for (int32_t z = 0; z < members; z++) {
     for (int64_t g = g0; g < g1; g++) {
       const uint32_t* p = params + z * param_words;
