@@ -745,6 +745,20 @@ EXPORT void esf_embedding(const uint32_t* ids, const float* table, float* x, int
   }
 }
 
+// One head of esf_qk_norm_rope and esf_qk_norm_rope_at, in place: RMS-normalised with w, then
+// rotated by half-split RoPE with this position's cos and sin (D/2 each).
+INLINE void norm_rope_head(float* xh, const float* wr, const float* c, const float* s, int64_t D,
+                           float eps) {
+  const int64_t half = D / 2;
+  const float inv = 1.0f / sqrtf(sumsq(xh, D) / (float)D + eps);
+  for (int64_t j = 0; j < half; j++) {
+    const float a = wr[j] * (xh[j] * inv);
+    const float b = wr[j + half] * (xh[j + half] * inv);
+    xh[j] = a * c[j] - b * s[j];
+    xh[j + half] = b * c[j] + a * s[j];
+  }
+}
+
 // qk_norm_rope.wgsl, in place: x is (R, NH, D); each head is RMS-normalised with w (D) (member
 // m's at m·w_ms, m = r / RM), then rotated by half-split RoPE at position r mod T with cos and
 // sin (T, D/2): out[i] = a[i]·cos − a[i+D/2]·sin, out[i+D/2] = a[i+D/2]·cos + a[i]·sin.
@@ -759,13 +773,7 @@ EXPORT void esf_qk_norm_rope(float* x, const float* w, const float* cos_t, const
     const float* wr = w + (row / RM) * w_ms;
     const float* c = cos_t + pos * half;
     const float* s = sin_t + pos * half;
-    const float inv = 1.0f / sqrtf(sumsq(xh, D) / (float)D + eps);
-    for (int64_t j = 0; j < half; j++) {
-      const float a = wr[j] * (xh[j] * inv);
-      const float b = wr[j + half] * (xh[j + half] * inv);
-      xh[j] = a * c[j] - b * s[j];
-      xh[j + half] = b * c[j] + a * s[j];
-    }
+    norm_rope_head(xh, wr, c, s, D, eps);
   }
 }
 
@@ -1289,7 +1297,7 @@ EXPORT void esf_qk_norm_rope_at(float* x, const float* w, const float* cos_t, co
                                 const uint32_t* pos, int64_t R, int64_t TN, int64_t NH,
                                 int64_t D, int64_t P, float eps, int64_t RM, int64_t w_ms) {
   const int64_t half = D / 2;
-#pragma omp parallel for schedule(static) if (R * NH * D > 16384)
+#pragma omp parallel for schedule(static) if (R * NH * D >= PAR_STREAM)
   for (int64_t i = 0; i < R * NH; i++) {
     const int64_t row = i / NH;
     int64_t p = (int64_t)pos[row / TN] + row % TN;
@@ -1298,13 +1306,7 @@ EXPORT void esf_qk_norm_rope_at(float* x, const float* w, const float* cos_t, co
     const float* wr = w + (row / RM) * w_ms;
     const float* c = cos_t + p * half;
     const float* s = sin_t + p * half;
-    const float inv = 1.0f / sqrtf(sumsq(xh, D) / (float)D + eps);
-    for (int64_t j = 0; j < half; j++) {
-      const float a = wr[j] * (xh[j] * inv);
-      const float b = wr[j + half] * (xh[j + half] * inv);
-      xh[j] = a * c[j] - b * s[j];
-      xh[j + half] = b * c[j] + a * s[j];
-    }
+    norm_rope_head(xh, wr, c, s, D, eps);
   }
 }
 
