@@ -3,7 +3,9 @@
 // Legend: R = token rows (B·T), C = chunk width, V = vocab.
 // logits is (R, C) = z[:, C0 .. C0+C), targets is (R) u32 (0xffffffff: no target),
 // state is (R, 3) f32: (max m, sum s of e^(z−m), target logit). The full (R, V) logits never
-// exist: only one (R, C) chunk at a time. One invocation per row.
+// exist: only one (R, C) chunk at a time. One invocation per row. A row with no target (the
+// last position, padding) is skipped, its state left as it was: log_likelihood never reads it,
+// and a text eval's padded rows are a third of its logits.
 // Constants: R, C, C0, FIRST (the first chunk initialises the state), WG, GRID_X.
 @group(0) @binding(0) var<storage, read> logits: array<f32>;
 @group(0) @binding(1) var<storage, read> targets: array<u32>;
@@ -13,6 +15,8 @@
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: vec3u) {
   let r = (wid.y * GRID_X + wid.x) * WG + lid.x;
   if (r >= R) { return; }
+  let t = targets[r];
+  if (t == 0xffffffffu) { return; }
   var m = -3.0e38;
   var s = 0.0;
   var tg = 0.0;
@@ -32,8 +36,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
     cs += exp(logits[base + j] - mNew);
   }
   s = s * exp(m - mNew) + cs;
-  let t = targets[r];
-  if (t != 0xffffffffu && t >= C0 && t < C0 + C) {
+  if (t >= C0 && t < C0 + C) {
     tg = logits[base + (t - C0)];
   }
   state[3u * r] = mNew;

@@ -61,6 +61,8 @@ export interface MatmulOptions {
   members?: MatmulMembers;
   /** Block per invocation. Default {@link defaultMatmulTile} for this shape and adapter. */
   tile?: MatmulTile;
+  /** Expected runs of this pipeline, for the default tile ({@link defaultMatmulTile}). */
+  runs?: number;
 }
 
 /** The tiles the default selection chooses among, smallest first. Any tm, tn ≥ 1 also works. */
@@ -78,25 +80,38 @@ export const MATMUL_TILES: readonly MatmulTile[] = [
 const WORKGROUP = 64;
 
 /**
- * GFLOP/s of each tile at 1024³, measured on llvmpipe (LLVM 15.0.6, 256 bits) over lavapipe on 2
- * cores with tools/bench_matmul.ts --all. The default selection uses only the ratios between
- * these numbers, so it carries over to other CPU speeds; a GPU would need its own table.
+ * What the default selection knows of a tile on lavapipe: its speed and its cold compile time.
  */
-const LAVAPIPE_GFLOPS: Record<string, number> = {
-  "4x4": 9.6,
-  "8x4": 12.1,
-  "8x8": 16.4,
-  "16x8": 19.1,
-  "16x16": 25.8,
-  "32x16": 31.2,
-  "32x32": 36.9,
+interface TileCost {
+  /** GFLOP/s at 1024³ (for the fused kernel: on the tiny model's MLP shape, see below). */
+  gflops: number;
+  /** Seconds lavapipe takes to compile its pipeline with an empty shader cache (K = 128). */
+  compileS: number;
+}
+
+/**
+ * Each tile on llvmpipe (LLVM 15.0.6, 256 bits) over lavapipe, 2 cores of an AMD EPYC (Zen 3,
+ * AVX2), both columns measured in one session: speed with `deno run -A tools/bench_matmul.ts
+ * --repeats 3 --shape 1024x1024x1024 --tile T` (GPU timestamps), compile time as the first
+ * dispatch of `--shape 64x128x64 --tile T` under MESA_SHADER_CACHE_DISABLE=true (the run itself
+ * is under 2 ms there). On a faster CPU both shrink together (a Zen 5 ran these tiles 6–9× faster),
+ * so their balance, which is what the selection uses, carries over; a GPU would need its own table.
+ */
+const LAVAPIPE_TILES: Record<string, TileCost> = {
+  "4x4": { gflops: 1.1, compileS: 0.13 },
+  "8x4": { gflops: 1.4, compileS: 0.23 },
+  "8x8": { gflops: 2.0, compileS: 0.44 },
+  "16x8": { gflops: 2.7, compileS: 0.83 },
+  "16x16": { gflops: 3.8, compileS: 2.2 },
+  "32x16": { gflops: 5.1, compileS: 6.6 },
+  "32x32": { gflops: 6.8, compileS: 23 },
 };
 
 /**
- * Work below which 32×32 is left out of the default. It is the fastest tile on every benchmarked
- * shape (10–35% over 32×16), but its unrolled block of 1024 accumulators takes ~9 s to compile
- * on lavapipe against ~2.5 s for 32×16 (cold; Mesa then caches it on disk), and every distinct
- * shape or offset is its own pipeline. Only a big matmul (≥ 2 GFLOP, the size of 1024³) repays it.
+ * Work below which 32×32 is left out of a default that weighs speed alone. It is the fastest
+ * tile on every benchmarked shape, but its unrolled block of 1024 accumulators takes 23 s to
+ * compile on lavapipe (cold; Mesa then caches it on disk), and every distinct shape or offset is
+ * its own pipeline. Only a big matmul (≥ 2 GFLOP, the size of 1024³) repays it.
  */
 const BIG_TILE_MIN_FLOPS = 2 ** 31;
 
@@ -106,6 +121,11 @@ const BIG_TILE_MIN_FLOPS = 2 ** 31;
  * one workgroup over the tile's measured speed. Small m or n thus get small tiles, so there are
  * enough workgroups for every core and little padding at the ragged edges.
  *
+ * `runs`: how many times the pipeline will run in this process. Left out (a training run, where
+ * it runs thousands of times), speed alone decides; given, the estimate is the tile's cold
+ * compile time plus `runs` times its run time, so a one-off eval gets tiles that compile in a
+ * fraction of a second where the fastest would take seconds to compile and milliseconds to run.
+ *
  * On adapters other than llvmpipe/lavapipe nothing has been measured: a GPU has thousands of
  * lanes and wants many workgroups, so it gets 4×4 blocks. Either way a tile tuned for this
  * adapter and shape (kernels/tile_cache.ts) wins.
@@ -113,17 +133,18 @@ const BIG_TILE_MIN_FLOPS = 2 ** 31;
 export function defaultMatmulTile(
   device: Device,
   shape: { m: number; k: number; n: number },
+  runs = Infinity,
 ): MatmulTile {
   // A tile measured on this very adapter and shape (deno task bench --tune) beats any model.
   const tuned = cachedTile(device.name, shape);
   if (tuned) return { tm: tuned.tm, tn: tuned.tn };
   if (!/llvmpipe|lavapipe/i.test(device.name)) return { tm: 4, tn: 4 };
-  return fastestTile(device, shape, MATMUL_TILES, LAVAPIPE_GFLOPS);
+  return fastestTile(device, shape, MATMUL_TILES, LAVAPIPE_TILES, runs);
 }
 
 /**
  * The tiles the fused {@link matmulSwigluStep} default chooses among, smallest first. Each holds
- * 2·tm·tn accumulators, so 32×16 counts as big (1024, ~5 s to compile cold against ~1.7 s for
+ * 2·tm·tn accumulators, so 32×16 counts as big (1024, 10.5 s to compile cold against 3.9 s for
  * 16×16) and is chosen only above {@link BIG_TILE_MIN_FLOPS}, like the plain 32×32.
  */
 export const MATMUL_SWIGLU_TILES: readonly MatmulTile[] = [
@@ -136,61 +157,68 @@ export const MATMUL_SWIGLU_TILES: readonly MatmulTile[] = [
 ];
 
 /**
- * GFLOP/s of each fused tile, counting 4·m·k·n per dispatch (both projections), on the tiny
- * model's MLP shape m = 2048, k = 128, n = 384, on the same llvmpipe as {@link LAVAPIPE_GFLOPS}:
- * `deno run -A tools/bench_matmul.ts --swiglu --rounds 5 --shape 2048x128x384 --tile …`, which
- * interleaves the variants and keeps each one's best GPU-timestamped batch. There 32×16 ran in
- * 11.9 ms, 16×16 in 14.3 ms, and gate + up matmuls (32×16 each) + swiglu in 16.2 ms. At m = 1024,
- * k = 1024, n = 2816 the order is the same: 32×16 37.4, 32×12 34.8, 16×16 31.3 GFLOP/s, and
- * 32×16 only ties two 32×32 matmuls, which gather as few scalars per FMA (1024 accumulators
- * each); 16×32 (29% slower than 32×16) and 32×8 were slower too. 4×4 and 8×4 are from one
- * non-interleaved run.
+ * Each fused tile on the same llvmpipe and machine as {@link LAVAPIPE_TILES}, in the same
+ * session: speed counting 4·m·k·n per dispatch (both projections) on the tiny model's MLP shape
+ * m = 2048, k = 128, n = 384 (`deno run -A tools/bench_matmul.ts --swiglu --rounds 3 --shape
+ * 2048x128x384 --tile T`: 32×16 ran in 63 ms, 16×16 in 80, gate + up matmuls and the swiglu
+ * kernel in 88–104), compile time as the first dispatch of `--swiglu --shape 64x128x64` on a
+ * cold cache. Earlier, on a Zen 5, at m = 1024, k = 1024, n = 2816: 32×16 37.4, 32×12 34.8,
+ * 16×16 31.3 GFLOP/s, 32×16 tying two 32×32 matmuls; 16×32 and 32×8 were slower.
  */
-const LAVAPIPE_SWIGLU_GFLOPS: Record<string, number> = {
-  "4x4": 11.5,
-  "8x4": 15.2,
-  "8x8": 18.4,
-  "16x8": 23.1,
-  "16x16": 28.3,
-  "32x16": 33.8,
+const LAVAPIPE_SWIGLU_TILES: Record<string, TileCost> = {
+  "4x4": { gflops: 1.4, compileS: 0.22 },
+  "8x4": { gflops: 1.9, compileS: 0.24 },
+  "8x8": { gflops: 2.5, compileS: 0.72 },
+  "16x8": { gflops: 3.9, compileS: 1.3 },
+  "16x16": { gflops: 5.0, compileS: 3.9 },
+  "32x16": { gflops: 6.4, compileS: 10.5 },
 };
 
 /**
  * The default tile of {@link matmulSwigluStep} for out (m, n) and inner size k: as
- * {@link defaultMatmulTile}, over the fused kernel's own measured speeds (each invocation holds
- * 2·tm·tn accumulators). The tile cache holds plain matmul tiles only, so it is not consulted.
+ * {@link defaultMatmulTile} (`runs` too), over the fused kernel's own measured speeds and compile
+ * times (each invocation holds 2·tm·tn accumulators). The tile cache holds plain matmul tiles
+ * only, so it is not consulted.
  */
 export function defaultMatmulSwigluTile(
   device: Device,
   shape: { m: number; k: number; n: number },
+  runs = Infinity,
 ): MatmulTile {
   if (!/llvmpipe|lavapipe/i.test(device.name)) return { tm: 4, tn: 4 };
-  return fastestTile(device, shape, MATMUL_SWIGLU_TILES, LAVAPIPE_SWIGLU_GFLOPS, 2);
+  return fastestTile(device, shape, MATMUL_SWIGLU_TILES, LAVAPIPE_SWIGLU_TILES, runs, 2);
 }
 
 /**
- * Of `tiles`, the one with the least estimated time on lavapipe, where the time is the rounds of
- * workgroups the cores run (ceil(workgroups / cores)) times the padded work of one workgroup over
- * the tile's measured speed in `gflops`. A tile of 1024 or more accumulators (tm·tn times
- * `accumulatorsPerOutput`) is left out below {@link BIG_TILE_MIN_FLOPS} of work (~9 s to compile).
+ * Of `tiles`, the one with the least estimated time on lavapipe: the rounds of workgroups the
+ * cores run (ceil(workgroups / cores)) times the padded work of one workgroup over one core's
+ * share of the tile's measured speed, times `runs`, plus the tile's cold compile time when `runs`
+ * is finite. With `runs` infinite (speed alone) a tile of 1024 or more accumulators (tm·tn times
+ * `accumulatorsPerOutput`) is left out below {@link BIG_TILE_MIN_FLOPS} of work.
  */
 function fastestTile(
   device: Device,
   shape: { m: number; k: number; n: number },
   tiles: readonly MatmulTile[],
-  gflops: Record<string, number>,
+  costs: Record<string, TileCost>,
+  runs: number,
   accumulatorsPerOutput = 1,
 ): MatmulTile {
+  if (!(runs > 0)) throw new Error(`matmul tile: runs must be positive, got ${runs}`);
   // lavapipe runs one thread per CPU core.
   const cores = Math.max(1, navigator.hardwareConcurrency ?? 1);
   const flops = 2 * shape.m * shape.n * shape.k * accumulatorsPerOutput;
   let best = tiles[0];
   let bestTime = Infinity;
   for (const tile of tiles) {
-    if (accumulatorsPerOutput * tile.tm * tile.tn >= 1024 && flops < BIG_TILE_MIN_FLOPS) continue;
+    const big = accumulatorsPerOutput * tile.tm * tile.tn >= 1024;
+    if (runs === Infinity && big && flops < BIG_TILE_MIN_FLOPS) continue;
+    const cost = costs[tileKey(tile)];
     const g = matmulGrid(device, { m: shape.m, n: shape.n }, tile);
-    const blockWork = WORKGROUP * tile.tm * tile.tn * shape.k;
-    const time = Math.ceil(g.blocksM * g.blocksN / cores) * blockWork / gflops[tileKey(tile)];
+    const blockFlops = 2 * WORKGROUP * tile.tm * tile.tn * shape.k * accumulatorsPerOutput;
+    const once = Math.ceil(g.blocksM * g.blocksN / cores) * blockFlops * cores /
+      (cost.gflops * 1e9);
+    const time = runs === Infinity ? once : cost.compileS + runs * once;
     if (time < bestTime * 0.999) {
       best = tile;
       bestTime = time;
@@ -476,7 +504,7 @@ export function matmulStep(device: Device, o: MatmulOptions): Step {
 
   const outAt = outBinding(device, o.out, outColOffset);
   const wAt = offsetBinding(device, o.w, wRowOffset * k);
-  const tile = o.tile ?? defaultMatmulTile(device, { m, k, n });
+  const tile = o.tile ?? defaultMatmulTile(device, { m, k, n }, o.runs);
   checkTile(where, tile);
   const g = matmulGrid(device, { m, n }, tile);
   const consts = {
@@ -536,6 +564,8 @@ export interface MatmulSwigluOptions {
   outColOffset?: number;
   /** Block of gate (and of up) accumulators per invocation. Default {@link defaultMatmulSwigluTile}. */
   tile?: MatmulTile;
+  /** Expected runs of this pipeline, for the default tile ({@link defaultMatmulTile}). */
+  runs?: number;
   /** Several members in one dispatch ({@link MatmulMembers}; gate and up share the w stride). */
   members?: MatmulMembers;
 }
@@ -561,7 +591,7 @@ export function matmulSwigluStep(device: Device, o: MatmulSwigluOptions): Step {
   ]);
 
   const outAt = outBinding(device, o.out, outColOffset);
-  const tile = o.tile ?? defaultMatmulSwigluTile(device, { m, k, n });
+  const tile = o.tile ?? defaultMatmulSwigluTile(device, { m, k, n }, o.runs);
   checkTile(where, tile);
   const g = matmulGrid(device, { m, n }, tile);
   const consts = {
@@ -609,6 +639,8 @@ export function swigluLinearSteps(
     up: DeviceTensor;
     out: DeviceBuffer;
     tile?: MatmulTile;
+    /** Expected runs of each step's pipeline, for the default tile. */
+    runs?: number;
     /** Population batching as in {@link linearSteps}; gate and up share the member stride. */
     members?: LinearMembers;
   },
@@ -653,6 +685,7 @@ export function swigluLinearSteps(
         outStride: width,
         outColOffset: start,
         tile: o.tile,
+        runs: o.runs,
       }));
       start = stop;
     }
@@ -678,6 +711,8 @@ export function linearSteps(
     outStride?: number;
     accumulate?: boolean;
     tile?: MatmulTile;
+    /** Expected runs of each step's pipeline, for the default tile. */
+    runs?: number;
     /**
      * Population batching: `count` members of m rows each (x and out hold count·m rows), member
      * z's copy of W (and bias) `w` (`bias`) elements after z − 1's; 0 is shared. Default one.
@@ -728,6 +763,7 @@ export function linearSteps(
         outColOffset: start,
         accumulate: o.accumulate,
         tile: o.tile,
+        runs: o.runs,
       }));
       start = stop;
     }

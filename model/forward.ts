@@ -58,6 +58,13 @@ export interface ForwardOptions {
    * only: this is exactly the buffer the streamed fitness avoids.
    */
   debugLogits?: boolean;
+  /**
+   * How many times the caller will run the forward, e.g. eval's micro-batches. Given, each
+   * matmul's default tile weighs its cold compile time against its run time over that many
+   * calls (on lavapipe a big tile takes seconds to compile: kernels/matmul.ts
+   * defaultMatmulTile); default: as many as a training run, speed alone.
+   */
+  runs?: number;
 }
 
 /** The result of scoring a batch. */
@@ -86,6 +93,8 @@ export interface LinearRead {
   bias?: string;
   /** Members in the same dispatches (population batching). */
   members: number;
+  /** Expected runs of the read's pipelines (calls × layers); default a training run's many. */
+  runs?: number;
 }
 
 /** A read of the MLP's gate and up projections: out = silu(x·Wgᵀ)·(x·Wuᵀ). */
@@ -101,6 +110,8 @@ export interface GateUpRead {
   members: number;
   /** (members·m, I): room for the up projection where it cannot be fused (made on first use). */
   upScratch: () => DeviceBuffer;
+  /** Expected runs of the read's pipelines, as in {@link LinearRead}. */
+  runs?: number;
 }
 
 /** A read of the embedding table as a gather: x = E[ids]. */
@@ -123,6 +134,8 @@ export interface HeadRead {
   logits: DeviceBuffer;
   chunk: number;
   members: number;
+  /** Expected calls of the forward; every chunk's matmul shares one pipeline where it can. */
+  runs?: number;
 }
 
 /**
@@ -172,6 +185,7 @@ export function tensorReads(device: Device, lookup: TensorLookup): WeightLookup 
             out: o.out,
             accumulate: o.accumulate,
             members: { count: o.members, w: ms(w), bias: bias ? ms(bias.tensor) : 0 },
+            runs: o.runs,
           })),
       ];
     },
@@ -188,6 +202,7 @@ export function tensorReads(device: Device, lookup: TensorLookup): WeightLookup 
           up: uv,
           out: o.out,
           members: { count: o.members, w: ms(gate) },
+          runs: o.runs,
         }));
     },
     gather(name, o) {
@@ -204,6 +219,7 @@ export function tensorReads(device: Device, lookup: TensorLookup): WeightLookup 
     },
     head(name, o, fold) {
       const head = lookup(name), fills = fillsOf(head), steps: Step[] = [];
+      const chunks = head.shards.reduce((a, s) => a + Math.ceil(s.rows / o.chunk), 0);
       for (const [i, shard] of head.shards.entries()) {
         if (fills) steps.push(...fills[i]);
         for (let c0 = 0; c0 < shard.rows; c0 += o.chunk) {
@@ -222,6 +238,7 @@ export function tensorReads(device: Device, lookup: TensorLookup): WeightLookup 
               members: head.memberStride
                 ? { count: o.members, x: o.m * o.k, w: head.memberStride, out: o.m * n }
                 : undefined,
+              runs: (o.runs ?? Infinity) * chunks,
             })]),
             ...fold(start, n),
           );
@@ -322,6 +339,7 @@ export class Qwen3Forward {
     this.options = {
       vocabChunk: chunk,
       debugLogits: options.debugLogits ?? false,
+      runs: options.runs ?? Infinity,
       maxBatch: options.maxBatch,
       maxSeqLen: options.maxSeqLen,
     };
@@ -461,6 +479,7 @@ export class Qwen3Forward {
             accumulate,
             bias: c.attentionBias && name.startsWith("self_attn.") ? `${p}${name}.bias` : undefined,
             members,
+            runs: this.options.runs * c.numLayers,
           }),
         );
       steps.push(...norm(`L${l}.input_layernorm`, `${p}input_layernorm.weight`));
@@ -515,6 +534,7 @@ export class Qwen3Forward {
           out: b.gate,
           members,
           upScratch: () => this.#upBuffer(),
+          runs: this.options.runs * c.numLayers,
         }),
       ));
       steps.push(...lin("mlp.down_proj", b.gate, b.x, c.intermediateSize, true));
@@ -548,6 +568,7 @@ export class Qwen3Forward {
       logits: b.logits,
       chunk: this.vocabChunk,
       members,
+      runs: this.options.runs,
     }, (start, n) => {
       const fold = role("logsumexp", [logsumexpChunkStep(g, {
         label: `logsumexp[${start}]`,

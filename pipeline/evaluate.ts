@@ -6,7 +6,9 @@
  * micro-batches of one row count, and each micro-batch's length is rounded up to a power of two
  * (at least 16, at most the longest row): a text file compiles one or two shapes, not one per
  * micro-batch. On WebGPU the LM head is streamed in as few vocabulary chunks as the binding
- * limit allows (each chunk is a pipeline of its own). Padding changes no score: padded
+ * limit allows, of equal width where it can (one pipeline for all), and the forward is told how
+ * few times it will run, so each matmul's tile is the one that compiles and runs soonest, not
+ * the fastest to run (kernels/matmul.ts defaultMatmulTile). Padding changes no score: padded
  * positions are masked and rows are independent.
  *
  * @module
@@ -16,11 +18,10 @@ import { padBatch } from "./batch.ts";
 import { acquireDevice, type BackendChoice } from "../kernels/backend.ts";
 import { destroyTensor } from "../kernels/tensor.ts";
 import { openCheckpoint } from "../model/checkpoint.ts";
-import { checkpointTensors, uploadWeights } from "../model/device_weights.ts";
+import { checkpointTensors, type DeviceWeights, uploadWeights } from "../model/device_weights.ts";
 import { Qwen3Forward, type TokenBatch, validateBatch } from "../model/forward.ts";
 import { loadTokenizer, type Tokenizer } from "../tokenizers/mod.ts";
 import { checkWeightsFit } from "./limits.ts";
-import { defaultMatmulTile } from "../kernels/matmul.ts";
 import type { Device } from "../kernels/device.ts";
 import type { Qwen3Config } from "../model/config.ts";
 
@@ -174,13 +175,7 @@ export async function evaluate(
       const weights = await uploadWeights(gpu, checkpointTensors(ckpt));
       const micro = options.batch ?? 16;
       const shaped = shapedMicroBatches(batch, { micro, padId: samples.padId ?? 0 });
-      const rows = Math.max(...shaped.map((m) => m.batch.inputIds.length));
-      const seqLen = Math.max(2, ...shaped.map((m) => m.batch.inputIds[0].length));
-      const fwd = new Qwen3Forward(gpu, config, weights, {
-        maxBatch: rows,
-        maxSeqLen: seqLen,
-        ...(gpu.backend === "webgpu" ? { vocabChunk: headChunk(gpu, config, rows * seqLen) } : {}),
-      });
+      const fwd = evalForward(gpu, config, weights, shaped);
       const perSample = new Array<number>(batch.inputIds.length);
       let tokens = 0;
       const t0 = performance.now();
@@ -219,8 +214,9 @@ export async function evaluate(
 
 /**
  * The micro-batches to score `batch` in, few shapes among them: rows sorted by length (longest
- * first), `micro` rows each (the last filled up with masked rows of padding, up to the number
- * of rows when there are fewer), each padded to a power of two ≥ 16 capped at the longest row.
+ * first), at most `micro` rows each and as even as that allows (the last filled up with masked
+ * rows of padding where the count does not divide), each padded to a power of two ≥ 16 capped at
+ * the longest row.
  * `rows` maps each micro-batch's real rows back to their place in `batch`.
  */
 export function shapedMicroBatches(
@@ -230,7 +226,9 @@ export function shapedMicroBatches(
   const lengths = batch.attentionMask.map((m) => m.lastIndexOf(1) + 1);
   const longest = Math.max(1, ...lengths);
   const order = lengths.map((_, i) => i).sort((a, b) => lengths[b] - lengths[a] || a - b);
-  const size = Math.min(o.micro, order.length);
+  // As many micro-batches as `micro` rows each need, evened out: 30 rows at 16 are 2 × 15, not
+  // 16 + 14 and 2 rows of filler (every filler row is a row of logits over the whole vocabulary).
+  const size = Math.ceil(order.length / Math.ceil(order.length / Math.min(o.micro, order.length)));
   const groups: number[][] = [];
   for (let at = 0; at < order.length; at += size) groups.push(order.slice(at, at + size));
   const bucket = (rows: number[]) =>
@@ -259,23 +257,43 @@ export function shapedMicroBatches(
 }
 
 /**
- * The LM-head chunk for WebGPU: few chunks, since each is a pipeline of its own (its offsets
- * are compiled in), yet each chunk's matmul small enough for a tile that compiles in a second
- * or two: on lavapipe kernels/matmul.ts takes the 32×32 tile (about 9 s to compile cold, each)
- * above 2^31 flops. And at most 32768 columns: from 65536 on the WGSL head scores wrongly (R
- * −10.1 for −12.09 on a 151,936-id model). On a GPU the tile is small anyway, so there the
- * binding limit decides. A vocab of 151,936 at 16 × 21 tokens: 7 chunks of 16×16 tiles, where
- * the default 8192 makes 19 of 32×32.
+ * The forward {@link evaluate} scores `shaped` with: sized for its largest micro-batch and told
+ * how few times it runs, so each matmul's tile is the one that compiles and runs soonest
+ * (kernels/matmul.ts defaultMatmulTile), with the LM head on WebGPU in {@link lmHeadChunk}s.
  */
-function headChunk(device: Device, config: Qwen3Config, rows: number): number {
-  const V = config.vocabSize, k = config.hiddenSize;
+export function evalForward(
+  device: Device,
+  config: Qwen3Config,
+  weights: DeviceWeights,
+  shaped: readonly { batch: TokenBatch }[],
+): Qwen3Forward {
+  const rows = Math.max(...shaped.map((m) => m.batch.inputIds.length));
+  const seqLen = Math.max(2, ...shaped.map((m) => m.batch.inputIds[0].length));
+  return new Qwen3Forward(device, config, weights, {
+    maxBatch: rows,
+    maxSeqLen: seqLen,
+    ...(device.backend === "webgpu"
+      ? { vocabChunk: lmHeadChunk(device, config, rows * seqLen) }
+      : {}),
+    runs: shaped.length,
+  });
+}
+
+/**
+ * The LM-head chunk for WebGPU: as few chunks as the binding limit allows, and of equal width
+ * where a chunk count near that divides the vocabulary, since equal chunks share one matmul
+ * pipeline where a narrower last chunk is a second one (on lavapipe a second compile, seconds
+ * cold). At most 32768 columns: from 65536 on the WGSL head scores wrongly (R −10.1 for −12.09
+ * on a 151,936-id model). A vocab of 151,936 = 2^7 · 1187 at 16 × 21 tokens: 8 chunks of 18,992.
+ */
+export function lmHeadChunk(device: Device, config: Qwen3Config, rows: number): number {
+  const V = config.vocabSize;
   const fit = Math.max(1, Math.floor(device.limits.maxStorageBufferBindingSize / (rows * 4)));
-  const widest = Math.min(V, fit, 32768);
-  for (let chunks = Math.ceil(V / widest);; chunks++) {
-    const n = Math.ceil(V / chunks);
-    const tile = defaultMatmulTile(device, { m: rows, k, n });
-    if (tile.tm * tile.tn < 1024 || n <= 8192) return n;
+  const least = Math.ceil(V / Math.min(V, fit, 32768));
+  for (let chunks = least; chunks <= 2 * least; chunks++) {
+    if (V % chunks === 0) return V / chunks;
   }
+  return Math.ceil(V / least);
 }
 
 function truncate(b: TokenBatch, maxLen: number): TokenBatch {

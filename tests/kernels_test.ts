@@ -4,7 +4,15 @@
 // directly; here the CPU device binds the same dispatches the WebGPU device runs).
 import type { Backend, Device, DeviceBuffer } from "../kernels/device.ts";
 import { acquireDevice } from "../kernels/backend.ts";
-import { assert, assertClose, randn, seeded, settled, testBackends } from "./helpers.ts";
+import {
+  assert,
+  assertClose,
+  assertEquals,
+  randn,
+  seeded,
+  settled,
+  testBackends,
+} from "./helpers.ts";
 import { submitSteps } from "../kernels/program.ts";
 import { createTensor } from "../kernels/tensor.ts";
 import { rmsnormReference, rmsnormStep } from "../kernels/rmsnorm.ts";
@@ -195,8 +203,9 @@ testBackends(
     const mask = ids.map((r, b) => r.map((_, t) => (t < seqLen - 2 * b ? 1 : 0)));
     const target = scoredTargets(ids, mask, seqLen);
     assert(target[seqLen - 1] === NO_TARGET, "the last position has no target");
+    // A sentinel in every row's state: rows with no target must keep it (they are skipped).
     const targetB = buf(gpu, target),
-      state = gpu.createBuffer("state", rows * 12, "activations"),
+      state = buf(gpu, new Float32Array(rows * 3).fill(7)),
       r = gpu.createBuffer("r", 16, "activations");
     const steps = [];
     const chunk = 40; // 40 + 40 + 23: the last chunk is ragged
@@ -219,5 +228,10 @@ testBackends(
     submitSteps(gpu, steps);
     const want = logLikelihoodReference(logits, target, { batch, seqLen, vocab: V });
     assertClose(await gpu.readF32(r, batch), want, { atol: 1e-5, rtol: 1e-5 });
+    const after = await gpu.readF32(state, rows * 3);
+    target.forEach((t, row) => {
+      const kept = [0, 1, 2].every((i) => after[3 * row + i] === 7);
+      assertEquals(kept, t === NO_TARGET, `row ${row}: state kept only where there is no target`);
+    });
   },
 );

@@ -919,11 +919,14 @@ EXPORT void esf_attention(const float* q, const float* k, const float* v, const 
 
 // logsumexp_chunk.wgsl: folds one vocabulary chunk into each row's streamed log-softmax state.
 // logits is (R, C) = z[:, C0 .. C0+C), targets is (R) u32 (0xffffffff: none), state is (R, 3)
-// f32 (running max m, sum s of e^(z − m), target logit), initialised by the first chunk.
+// f32 (running max m, sum s of e^(z − m), target logit), initialised by the first chunk. Rows
+// with no target are skipped, their state left as it was (esf_log_likelihood never reads it).
 EXPORT void esf_logsumexp_chunk(const float* logits, const uint32_t* targets, float* state,
                                 int64_t R, int64_t C, int64_t C0, int32_t first) {
 #pragma omp parallel for schedule(static) if (R * C >= PAR_EXP)
   for (int64_t r = 0; r < R; r++) {
+    const uint32_t t = targets[r];
+    if (t == 0xffffffffu) continue;
     float m = -3.0e38f, s = 0.0f, tg = 0.0f;
     if (!first) {
       m = state[3 * r];
@@ -945,8 +948,7 @@ EXPORT void esf_logsumexp_chunk(const float* logits, const uint32_t* targets, fl
     store8(lanes, cs8);
     for (int t = 0; j < C; j++, t++) lanes[t] = lanes[t] + exp_f(z[j] - mn);
     s = s * exp_f(m - mn) + tree8(lanes);
-    const uint32_t t = targets[r];
-    if (t != 0xffffffffu && (int64_t)t >= C0 && (int64_t)t < C0 + C) tg = z[(int64_t)t - C0];
+    if ((int64_t)t >= C0 && (int64_t)t < C0 + C) tg = z[(int64_t)t - C0];
     state[3 * r] = mn;
     state[3 * r + 1] = s;
     state[3 * r + 2] = tg;
