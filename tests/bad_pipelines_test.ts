@@ -6,7 +6,7 @@
 import { loadPipelineFile } from "../pipeline/load.ts";
 import { resolvePipeline } from "../pipeline/resolve.ts";
 import { UserError } from "../errors.ts";
-import { assert, assertEquals, runCli } from "./helpers.ts";
+import { assert, assertEquals, runCli, tempDir } from "./helpers.ts";
 
 const BAD_DIR = "tests/pipelines/bad";
 const REPO = new URL("..", import.meta.url).pathname;
@@ -176,7 +176,7 @@ for (const c of CASES) {
     // Not skipped when the tool is missing: the CLI contract is part of this table.
     const exists = await Deno.stat(TRAIN).then(() => true, () => false);
     assert(exists, "tools/train.ts is missing: the bad-pipeline CLI table cannot run");
-    const tmp = await Deno.makeTempDir({ prefix: "esflow-bad-" });
+    const tmp = await tempDir("esflow-bad-");
     try {
       const out = `${tmp}/out`;
       const r = await runCli(["tools/train.ts", `${BAD_DIR}/${c.file}`, "--out", out]);

@@ -4,7 +4,7 @@
 // text, each the metrics line's own. The run is configs/pipelines/reward-tiny.yaml on the cpu
 // backend, stopped by POST /api/stop. A screenshot is saved as a test artifact (path printed).
 import { chromium } from "playwright-core";
-import { assert, assertEquals } from "./helpers.ts";
+import { assert, assertEquals, tempDir } from "./helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const CHROMIUM = Deno.env.get("ESFLOW_CHROMIUM") ?? "/usr/bin/chromium";
@@ -44,7 +44,7 @@ Deno.test({
       throw new Error(`no Chromium at ${CHROMIUM}: install it with apt-get install -y chromium`);
     });
     const tmp = await Deno.makeTempDir({ prefix: "esflow-dashboard-reward-" });
-    const browserDir = await Deno.makeTempDir({ prefix: "esflow-chromium-" });
+    const browserDir = await tempDir("esflow-chromium-");
     const token = crypto.randomUUID().replaceAll("-", "");
     const train = new Deno.Command(Deno.execPath(), {
       args: [

@@ -4,7 +4,7 @@
 // no request outside 127.0.0.1. Then the same run dir through `deno task serve` (read-only):
 // the whole history, no event stream. Screenshots are saved as test artifacts (paths printed).
 import { chromium } from "playwright-core";
-import { assert, assertEquals } from "./helpers.ts";
+import { assert, assertEquals, tempDir } from "./helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const CHROMIUM = Deno.env.get("ESFLOW_CHROMIUM") ?? "/usr/bin/chromium";
@@ -109,7 +109,7 @@ Deno.test({
     }
     const tmp = await Deno.makeTempDir({ prefix: "esflow-dashboard-" });
     const token = crypto.randomUUID().replaceAll("-", "");
-    const browserDir = await Deno.makeTempDir({ prefix: "esflow-chromium-" });
+    const browserDir = await tempDir("esflow-chromium-");
     let context: Awaited<ReturnType<typeof chromium.launchPersistentContext>> | null = null;
     const children: Deno.ChildProcess[] = [];
     try {

@@ -3,7 +3,7 @@
 // chunks it has; a damaged cached chunk or cached blob is fetched again; a chunk damaged in
 // Redis, or a blob Redis does not hold, is one clear line; trees; a new session drops old blobs;
 // a worker's --cache that cannot be made.
-import { assert, assertEquals } from "./helpers.ts";
+import { assert, assertEquals, tempDir } from "./helpers.ts";
 import { startRedis } from "./redis_helpers.ts";
 import { RedisBus } from "../pipeline/distributed.ts";
 import {
@@ -20,7 +20,7 @@ const RUN = "blob-test";
 
 async function withBus(fn: (bus: RedisBus, cache: string) => Promise<void>): Promise<void> {
   const redis = await startRedis({ tcp: true, password: "pw blob" });
-  const cache = await Deno.makeTempDir({ prefix: "esflow_blobcache_" });
+  const cache = await tempDir("esflow_blobcache_");
   const bus = await RedisBus.connect(redis.url, { name: "test" });
   try {
     await fn(bus, cache);
@@ -115,7 +115,7 @@ Deno.test("blobs: a chunk damaged in Redis, a blob Redis lacks and a bad digest 
 
 Deno.test("blobs: a tree of files lands as a directory; a new session drops the blobs it does not keep", async () => {
   await withBus(async (bus, cache) => {
-    const src = await Deno.makeTempDir({ prefix: "esflow_tree_" });
+    const src = await tempDir("esflow_tree_");
     try {
       await Deno.writeFile(`${src}/a.bin`, bytes(5000));
       await Deno.writeTextFile(`${src}/b.json`, '{"x": 1}');

@@ -1,6 +1,6 @@
 // tools/distributed_cost.ts: a bad flag is one line and exit 2; a short run of a micro pipeline
 // reports the bootstrap bytes, the bytes per iteration and the seconds, with the CPU model.
-import { assert, assertEquals } from "./helpers.ts";
+import { assert, assertEquals, tempDir } from "./helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
@@ -38,7 +38,7 @@ Deno.test("distributed_cost: bad flags are one line and exit 2", async () => {
 });
 
 Deno.test("distributed_cost: a micro run with 2 processes reports what crossed Redis", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "esflow_cost_test_" });
+  const dir = await tempDir("esflow_cost_test_");
   try {
     await Deno.writeTextFile(
       `${dir}/p.yaml`,

@@ -7,7 +7,7 @@
 // SIGKILLed while it holds a claim, and one that joins late with a warm cache (it fetches only
 // the checkpoint the coordinator published since, and replays the ledger after it): the run ends
 // with the single-process run's bytes.
-import { assert, assertEquals } from "./helpers.ts";
+import { assert, assertEquals, tempDir } from "./helpers.ts";
 import { live, type Proc, watch } from "./process_helpers.ts";
 import { startRedis, waitFor } from "./redis_helpers.ts";
 import { RedisBus, runKeys } from "../pipeline/distributed.ts";
@@ -84,7 +84,7 @@ function spawn(
 
 /** A dir with the pipeline and its files, as a machine of its own would hold them. */
 async function pipelineDir(prefix: string): Promise<string> {
-  const dir = await Deno.makeTempDir({ prefix });
+  const dir = await tempDir(prefix);
   await Deno.writeTextFile(`${dir}/p.yaml`, PIPELINE);
   await Deno.copyFile(`${ROOT}/data/pride_and_prejudice.txt`, `${dir}/corpus.txt`);
   await Deno.mkdir(`${dir}/pretrained`);
@@ -117,7 +117,7 @@ Deno.test(
   async () => {
     const ref = await pipelineDir("esflow_iso_ref_");
     const coord = await pipelineDir("esflow_iso_coord_");
-    const workers = await Deno.makeTempDir({ prefix: "esflow_iso_workers_" });
+    const workers = await tempDir("esflow_iso_workers_");
     const redis = await startRedis({ tcp: true, password: "iso pw" });
     // Every esflow process connects as an ACL user that may touch only esflow:* keys and no
     // dangerous command: what a shared Redis would grant a run.

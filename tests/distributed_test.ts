@@ -7,7 +7,7 @@
 // clear error; a worker on another backend than the coordinator's is refused in one line. Every
 // process runs the CPU backend unless a test says otherwise. Plus the pieces: the device checksum
 // (both backends) against its TypeScript twin, the result set, URLs.
-import { assert, assertEquals, testBackends, withDevice } from "./helpers.ts";
+import { assert, assertEquals, tempDir, testBackends, withDevice } from "./helpers.ts";
 import { live, type Proc, watch } from "./process_helpers.ts";
 import { startRedis, type TestRedis, waitFor } from "./redis_helpers.ts";
 import type { Backend } from "../kernels/device.ts";
@@ -60,7 +60,7 @@ async function withRun(
   o: { tcp?: boolean; password?: string },
   fn: (x: { dir: string; file: string; redis: TestRedis }) => Promise<void>,
 ): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "esflow_dist_" });
+  const dir = await tempDir("esflow_dist_");
   const file = `${dir}/p.yaml`;
   await Deno.writeTextFile(file, PIPELINE);
   const redis = await startRedis(o);
@@ -129,7 +129,7 @@ async function sameBytes(a: string, b: string, what: string): Promise<void> {
 let reference: Promise<string> | null = null;
 function referenceRun(): Promise<string> {
   reference ??= (async () => {
-    const dir = await Deno.makeTempDir({ prefix: "esflow_dist_ref_" });
+    const dir = await tempDir("esflow_dist_ref_");
     await Deno.writeTextFile(`${dir}/p.yaml`, PIPELINE);
     const p = train(`${dir}/p.yaml`, ["--out", `${dir}/run`]);
     assertEquals(await p.wait(60_000), 0, p.out());
@@ -493,7 +493,7 @@ Deno.test("a worker whose θ differs (a tampered checkpoint in Redis) stops the 
       "--no-local-eval",
     ]);
     const bus = await RedisBus.connect(redis.url, { name: "test" });
-    const scratch = await Deno.makeTempDir({ prefix: "esflow_tamper_" });
+    const scratch = await tempDir("esflow_tamper_");
     try {
       const keys = runKeys("dist-test");
       let meta: Record<string, string> = {};

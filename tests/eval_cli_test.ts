@@ -1,12 +1,16 @@
 // `deno task eval` on bad input: one line on stderr naming the fault, exit code 2, no stack trace.
 // And on text: bytes and Qwen3 tokenizers end to end, with `--backend` webgpu and cpu.
-import { assert, assertClose, assertEquals, fixture, runCli, testBackends } from "./helpers.ts";
+import {
+  assert,
+  assertClose,
+  assertEquals,
+  fixture,
+  runCli,
+  tempDir,
+  testBackends,
+} from "./helpers.ts";
 
 const TINY = fixture("qwen3-tiny-tied-f32");
-
-async function tempDir(): Promise<string> {
-  return await Deno.makeTempDir({ prefix: "esflow-eval-" });
-}
 
 async function expectUserError(args: string[], pattern: RegExp): Promise<void> {
   const out = await runCli(["tools/eval.ts", ...args]);
@@ -28,7 +32,7 @@ Deno.test("eval: a missing model dir", async () => {
 });
 
 Deno.test("eval: an unknown model_type", async () => {
-  const dir = await tempDir();
+  const dir = await tempDir("esflow-eval-");
   const cfg = JSON.parse(await Deno.readTextFile(`${TINY}/config.json`));
   cfg.model_type = "llama";
   await Deno.writeTextFile(`${dir}/config.json`, JSON.stringify(cfg));
@@ -37,7 +41,7 @@ Deno.test("eval: an unknown model_type", async () => {
 });
 
 Deno.test("eval: a token id ≥ vocab_size", async () => {
-  const dir = await tempDir();
+  const dir = await tempDir("esflow-eval-");
   await Deno.writeTextFile(
     `${dir}/t.json`,
     JSON.stringify({ input_ids: [[1, 2, 256]], attention_mask: [[1, 1, 1]] }),
@@ -49,7 +53,7 @@ Deno.test("eval: a token id ≥ vocab_size", async () => {
 });
 
 Deno.test("eval: ids and mask of different lengths", async () => {
-  const dir = await tempDir();
+  const dir = await tempDir("esflow-eval-");
   await Deno.writeTextFile(
     `${dir}/t.json`,
     JSON.stringify({ input_ids: [[1, 2, 3]], attention_mask: [[1, 1]] }),
@@ -58,7 +62,7 @@ Deno.test("eval: ids and mask of different lengths", async () => {
 });
 
 Deno.test("eval: empty text", async () => {
-  const dir = await tempDir();
+  const dir = await tempDir("esflow-eval-");
   await Deno.writeTextFile(`${dir}/empty.txt`, "\n  \n\n");
   await expectUserError(["--model", TINY, "--text", `${dir}/empty.txt`], /empty\.txt/);
 });
@@ -79,7 +83,7 @@ Deno.test("eval: an unknown --backend names the choices", async () => {
 });
 
 Deno.test("eval: a tokenizer larger than the model's vocabulary", async () => {
-  const dir = await tempDir();
+  const dir = await tempDir("esflow-eval-");
   await Deno.writeTextFile(`${dir}/a.txt`, "It is a truth universally acknowledged.\n");
   await expectUserError(
     ["--model", TINY, "--text", `${dir}/a.txt`, "--tokenizer", "qwen3"],
@@ -88,7 +92,7 @@ Deno.test("eval: a tokenizer larger than the model's vocabulary", async () => {
 });
 
 testBackends("eval: text through the byte tokenizer scores every line", async (backend) => {
-  const dir = await tempDir();
+  const dir = await tempDir("esflow-eval-");
   const lines = ["It is a truth universally acknowledged,", "that a single man in possession", "x"];
   await Deno.writeTextFile(`${dir}/a.txt`, lines.join("\n") + "\n");
   const out = await runCli([
@@ -121,7 +125,7 @@ testBackends(
     const { getPreset } = await import("../model/presets.ts");
     const { randomInit } = await import("../model/weights.ts");
     const { saveCheckpoint } = await import("../model/checkpoint.ts");
-    const dir = await tempDir();
+    const dir = await tempDir("esflow-eval-");
     // A narrow model with Qwen3's vocabulary: its LM head alone is 151936 × 32 floats.
     const config = {
       ...getPreset("tiny-qwen3vocab"),

@@ -4,7 +4,7 @@
 // aside, the rename), around metrics lines, and at random times once training runs — and
 // resumed after each kill. Every chain ends on the bytes of a run that never stopped, and no
 // leftover of an interrupted write remains. Micro-smoke, checkpoint_every 1, the CPU backend.
-import { assert, assertEquals, seeded } from "./helpers.ts";
+import { assert, assertEquals, seeded, tempDir } from "./helpers.ts";
 import {
   assertSameRun,
   exists,
@@ -93,7 +93,7 @@ async function trial(
 }
 
 Deno.test(`SIGKILL at ${KILLS}+ seeded points, resumed after each: the bytes of an uninterrupted run, no leftovers`, async () => {
-  const dir = await Deno.makeTempDir({ prefix: "esflow-faults-" });
+  const dir = await tempDir("esflow-faults-");
   const file = await writeSmoke(dir, { checkpointEvery: 1 });
   const ref = `${dir}/reference`;
   const r = await train([file, "--iterations", String(TOTAL), "--out", ref]);

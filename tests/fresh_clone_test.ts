@@ -3,13 +3,13 @@
 // line. With this machine's Deno cache the packages are linked from it ("Initialize" lines, were
 // they shown); with an empty DENO_DIR they are downloaded ("Download" lines), which is opt-in
 // (ESFLOW_FRESH_CLONE_TEST=1): it fetches every npm package (~100 MB).
-import { assert, assertEquals } from "./helpers.ts";
+import { assert, assertEquals, tempDir } from "./helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 
 /** `deno task train --iterations 1` in a copy of the tree; asserts no npm line before esflow's. */
 async function firstTrain(o: { emptyDenoDir: boolean }): Promise<void> {
-  const tmp = await Deno.makeTempDir({ prefix: "esflow-fresh-" });
+  const tmp = await tempDir("esflow-fresh-");
   try {
     // The working tree as a clone would have it: tracked and unignored files, no node_modules.
     const ls = await new Deno.Command("git", {

@@ -119,13 +119,35 @@ export function fixture(path: string): string {
   return new URL(`./fixtures/${path}`, import.meta.url).pathname;
 }
 
+/** Temp dirs made by {@link tempDir}, removed when the test process exits. */
+const tempDirs = new Set<string>();
+let tempDirsOnUnload = false;
+
+/** A fresh temporary directory, removed (recursively) when this test process exits. */
+export async function tempDir(prefix = "esflow_test_"): Promise<string> {
+  const dir = await Deno.makeTempDir({ prefix });
+  tempDirs.add(dir);
+  if (!tempDirsOnUnload) {
+    tempDirsOnUnload = true;
+    globalThis.addEventListener("unload", () => {
+      for (const d of tempDirs) {
+        try {
+          Deno.removeSync(d, { recursive: true });
+        } catch { /* removed already by its test */ }
+      }
+    });
+  }
+  return dir;
+}
+
 /** Runs `fn` with a fresh temporary directory, removed afterwards. */
 export async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "esflow_test_" });
+  const dir = await tempDir("esflow_test_");
   try {
     await fn(dir);
   } finally {
     await Deno.remove(dir, { recursive: true });
+    tempDirs.delete(dir);
   }
 }
 

@@ -4,7 +4,7 @@
 // at /dev/zero (memory without bound) or a FIFO (a hang), a corpus past its size cap, binary or
 // not UTF-8, and a Redis endpoint that accepts TCP and never answers (the worker and the
 // coordinator hung silently).
-import { assert } from "./helpers.ts";
+import { assert, tempDir } from "./helpers.ts";
 import { cli, exists, oneLine, train, writeSmoke } from "./reliability_helpers.ts";
 import { getPreset } from "../model/presets.ts";
 import { qwen3ConfigToJson } from "../model/config.ts";
@@ -19,7 +19,7 @@ async function within<T>(ms: number, what: string, fn: () => Promise<T>): Promis
 }
 
 Deno.test("config.json with num_hidden_layers 1e9, or a model larger than this machine: one line", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const base = qwen3ConfigToJson(getPreset("micro"));
   await Deno.writeTextFile(
     `${dir}/layers.json`,
@@ -44,7 +44,7 @@ Deno.test("config.json with num_hidden_layers 1e9, or a model larger than this m
 });
 
 Deno.test("population 1e9: one line at perturb.population's file:line:col with the fix, both backends", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const file = await writeSmoke(dir, { population: 1000000000 });
   const line = (await Deno.readTextFile(file)).split("\n").findIndex((l) => /population:/.test(l)) +
     1;
@@ -65,7 +65,7 @@ Deno.test("population 1e9: one line at perturb.population's file:line:col with t
 });
 
 Deno.test("a corpus that is /dev/zero or a FIFO is refused at once; opted in, /dev/zero is binary", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   let file = await writeSmoke(dir, { corpus: "/dev/zero" }, "zero.yaml");
   let r = await within(30_000, "/dev/zero", () => train([file, "--out", `${dir}/a`]));
   oneLine(r, { says: [`${file}:6:9: dataset.path`, "not a regular file", "allow_special_file"] });
@@ -87,7 +87,7 @@ Deno.test("a corpus that is /dev/zero or a FIFO is refused at once; opted in, /d
 });
 
 Deno.test("a corpus past dataset.max_bytes, a binary file, or one not UTF-8: one line at dataset.path", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const cases: [string, Uint8Array, string[], string][] = [
     // One long line and no newline: the cap stops the read before max_lines samples are in.
     [
@@ -168,7 +168,7 @@ function silentRedis(answer = 0): { url: string; close(): void } {
 }
 
 Deno.test("Redis that accepts TCP and never answers: worker and coordinator exit 2 naming the URL", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const file = await writeSmoke(dir);
   const env = { ESFLOW_REDIS_TIMEOUT_MS: "1500" };
   const silent = silentRedis();

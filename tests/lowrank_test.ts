@@ -9,6 +9,7 @@ import {
   assertClose,
   assertEquals,
   assertUserError,
+  tempDir,
   testBackends,
   withDevice,
 } from "./helpers.ts";
@@ -310,7 +311,7 @@ for (const antithetic of [false, true]) {
   testBackends(
     `one low-rank iteration equals the float64 reference on θ + σ·A·Bᵀ/√r (antithetic ${antithetic})`,
     async (backend) => {
-      const out = await Deno.makeTempDir();
+      const out = await tempDir();
       // Rank 3 (padded to 4 on the GPU); group multipliers: attention σ halved, MLP α doubled,
       // layer 1 σ ×0.5, and the norms frozen in σ (their full-rank noise still moves them by α).
       const groups =
@@ -382,7 +383,7 @@ for (const antithetic of [false, true]) {
 }
 
 testBackends("low-rank runs: same seed, same bytes; another rank, other bytes", async (backend) => {
-  const out = await Deno.makeTempDir();
+  const out = await tempDir();
   const yaml = pipelineYaml({ iterations: 3, antithetic: true, rank: 2 });
   await train(yaml, `${out}/a`, { backend });
   await train(yaml, `${out}/b`, { backend });

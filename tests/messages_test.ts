@@ -1,7 +1,7 @@
 // Messages that said too little (issue 13, item 9): each bad input now names the fault, the
 // place (the file, the flag, or file:line:col in YAML) and the fix, on one line with exit 2,
 // before any device starts; likely mistakes that still run get a warning line at their place.
-import { assert, assertEquals, assertUserError } from "./helpers.ts";
+import { assert, assertEquals, assertUserError, tempDir } from "./helpers.ts";
 import { cli, oneLine, ROOT, train, writeSmoke } from "./reliability_helpers.ts";
 import { loadPipelineFile } from "../pipeline/load.ts";
 import { resolvePipeline } from "../pipeline/resolve.ts";
@@ -11,7 +11,7 @@ import type { Device } from "../kernels/device.ts";
 const TINY = `${ROOT}tests/fixtures/qwen3-tiny-tied-f32`;
 
 Deno.test("a negative number after a flag is that flag's value, checked by the flag", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const file = await writeSmoke(dir);
   let r = await train([file, "--seed", "-3", "--out", `${dir}/a`]);
   const line = oneLine(r, { says: ['--seed must be a non-negative integer, got "-3"'] });
@@ -33,7 +33,7 @@ Deno.test("flags are checked before the pipeline is read or a device starts", as
 });
 
 Deno.test("eval: --max-len 1, --shard-bytes 4, rows beyond the model's positions, masks with holes", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   await Deno.writeTextFile(`${dir}/a.txt`, "It is a truth universally acknowledged\n");
   const evalArgs = (...a: string[]) => ["tools/eval.ts", "--model", TINY, ...a, "--backend", "cpu"];
   let r = await cli(evalArgs("--text", `${dir}/a.txt`, "--max-len", "1"));
@@ -63,7 +63,7 @@ Deno.test("eval: --max-len 1, --shard-bytes 4, rows beyond the model's positions
 });
 
 Deno.test("a taken status port names where it was set: the flag, or the YAML's file:line:col", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (taken.addr as Deno.NetAddr).port;
   try {
@@ -101,7 +101,7 @@ Deno.test("a taken status port names where it was set: the flag, or the YAML's f
 });
 
 Deno.test("a micro_batch larger than the samples it batches: a warning at its place, and the run goes on", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const file = await writeSmoke(dir, { microBatch: 16, samples: 8 });
   const at = (await Deno.readTextFile(file)).split("\n").findIndex((l) => /micro_batch:/.test(l)) +
     1;
@@ -117,7 +117,7 @@ Deno.test("a micro_batch larger than the samples it batches: a warning at its pl
 });
 
 Deno.test("a refused resume is one line with the status server on too (its address comes after the checks)", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const file = await writeSmoke(dir);
   const out = `${dir}/run`;
   let r = await train([file, "--iterations", "2", "--out", out]);

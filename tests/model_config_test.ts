@@ -14,7 +14,7 @@ import {
 import { getPreset, paramCount, PRESET_NAMES } from "../model/presets.ts";
 import { initTensor, qwen3TensorSpecs, randomInit, Xoshiro128 } from "../model/weights.ts";
 
-import { assertUserError } from "./helpers.ts";
+import { assertUserError, tempDir } from "./helpers.ts";
 
 const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
 
@@ -76,7 +76,7 @@ Deno.test("config: qwen3ConfigToJson reproduces the fixtures' config.json exactl
 });
 
 Deno.test("config: the transformers 5.x form (rope_parameters, dtype) parses", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "esflow_config_" });
+  const dir = await tempDir("esflow_config_");
   try {
     const json = {
       architectures: ["Qwen3ForCausalLM"],
@@ -222,7 +222,7 @@ Deno.test("config: bad values are named with the key and the value", async () =>
 });
 
 Deno.test("config: loadConfigFile reports a missing file and bad JSON", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "esflow_config_" });
+  const dir = await tempDir("esflow_config_");
   try {
     let err = await loadConfigFile(`${dir}/none.json`).catch((e) => e);
     assert.ok(

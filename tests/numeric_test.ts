@@ -4,7 +4,7 @@
 // bad θ, and the last good checkpoint intact: fitness that turns non-finite, a θ with NaN or
 // ±Inf when it would be checkpointed, a schedule that grows σ_t past f32. eval refuses weights
 // that are not finite. Micro-smoke on the CPU backend.
-import { assert, assertEquals } from "./helpers.ts";
+import { assert, assertEquals, tempDir } from "./helpers.ts";
 import { getPreset } from "../model/presets.ts";
 import { randomInit } from "../model/weights.ts";
 import { saveCheckpoint } from "../model/checkpoint.ts";
@@ -26,7 +26,7 @@ async function checkpoints(out: string): Promise<number[]> {
 }
 
 Deno.test("α so large that θ overflows: stopped at the checkpoint, nothing of the bad θ written", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const file = await writeSmoke(dir, { checkpointEvery: 1, alpha: "3.0e38" });
   const out = `${dir}/run`;
   const r = await train([file, "--iterations", "4", "--out", out]);
@@ -39,7 +39,7 @@ Deno.test("α so large that θ overflows: stopped at the checkpoint, nothing of 
 });
 
 Deno.test("σ_t grown past f32 by its decay: stopped before the iteration, the last good checkpoint kept", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const file = await writeSmoke(dir, {
     checkpointEvery: 1,
     sigma: "1.0e30\n  decay: { gamma: 1.0e10, every: 1 }",
@@ -80,7 +80,7 @@ async function initCheckpoint(
 }
 
 Deno.test("fitness that turns non-finite stops the run at that iteration with the likely cause", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   // Finite weights whose products overflow f32: norms that scale by 1e37 before each matmul.
   const init = await initCheckpoint(`${dir}/init`, { matrices: 30, vectors: 1e37 });
   const file = await writeSmoke(dir, {
@@ -101,7 +101,7 @@ Deno.test("fitness that turns non-finite stops the run at that iteration with th
 });
 
 Deno.test("eval and train refuse weights that are not finite, naming the tensor", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const model = await initCheckpoint(`${dir}/nan-model`, { matrices: 1, vectors: 1, nan: true });
   await Deno.writeTextFile(`${dir}/a.txt`, "It is a truth universally acknowledged\n");
   const r = await cli([
@@ -121,7 +121,7 @@ Deno.test("eval and train refuse weights that are not finite, naming the tensor"
 });
 
 Deno.test("a run stopped for non-finite numbers tells its watchers: end event, state failed, the line", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const file = await writeSmoke(dir, {
     checkpointEvery: 1,
     sigma: "1.0e30\n  decay: { gamma: 1.0e10, every: 1 }",

@@ -3,7 +3,7 @@
 // last good checkpoint intact, says how much the next checkpoint needs, and --resume goes on
 // once there is space. The disk is a small tmpfs when this machine lets the test mount one,
 // else a full disk injected at the same place (faults.ts).
-import { assert, assertEquals } from "./helpers.ts";
+import { assert, assertEquals, tempDir } from "./helpers.ts";
 import {
   assertSameRun,
   exists,
@@ -15,7 +15,7 @@ import {
 } from "./reliability_helpers.ts";
 
 Deno.test("--out that is a file, or under a file: one line, exit 2, nothing written", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const file = await writeSmoke(dir);
   const plain = `${dir}/plain.txt`;
   await Deno.writeTextFile(plain, "not a dir\n");
@@ -30,7 +30,7 @@ Deno.test("--out that is a file, or under a file: one line, exit 2, nothing writ
 });
 
 Deno.test("--out where this user cannot write: one line, exit 2", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const file = await writeSmoke(dir);
   // root writes through file modes; /sys refuses everyone.
   let out = "/sys/esflow-unwritable/run";
@@ -47,7 +47,7 @@ Deno.test("--out where this user cannot write: one line, exit 2", async () => {
 async function smallDisk(
   kib: number,
 ): Promise<{ dir: string; grow(kib: number): Promise<void>; done(): Promise<void> } | null> {
-  const dir = await Deno.makeTempDir({ prefix: "esflow-disk-" });
+  const dir = await tempDir("esflow-disk-");
   const mount = (args: string[]) =>
     new Deno.Command("mount", { args, stdout: "null", stderr: "null" }).output()
       .then((o) => o.success, () => false);
@@ -68,7 +68,7 @@ async function smallDisk(
 }
 
 Deno.test("a full disk keeps the last good checkpoint, says what the next needs, and resumes", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const file = await writeSmoke(dir, { checkpointEvery: 1 });
   const ref = `${dir}/ref`;
   let r = await train([file, "--iterations", "4", "--out", ref]);

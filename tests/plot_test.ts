@@ -2,7 +2,7 @@
 // XML, its marks counted) and PNG (signature and size), a two-value sweep on micro-smoke, and
 // bad input as one line with exit code 2.
 import { DOMParser, type Element } from "@xmldom/xmldom";
-import { assert, assertEquals, runCli } from "./helpers.ts";
+import { assert, assertEquals, runCli, tempDir } from "./helpers.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const MICRO = `${ROOT}configs/pipelines/micro-smoke.yaml`;
@@ -43,7 +43,7 @@ async function metrics(dir: string): Promise<{ lines: number; evals: number }> {
 }
 
 Deno.test("plot: a real tiny run to SVG and PNG", async () => {
-  const tmp = await Deno.makeTempDir({ prefix: "esflow-plot-" });
+  const tmp = await tempDir("esflow-plot-");
   const run = `${tmp}/micro-run`;
   const train = await runCli(["tools/train.ts", MICRO, "--out", run, "--quiet", "--no-status"]);
   assertEquals(train.code, 0, `train: ${train.stderr}`);
@@ -73,7 +73,7 @@ Deno.test("plot: a real tiny run to SVG and PNG", async () => {
 });
 
 Deno.test("sweep: two population sizes on micro-smoke, plotted together", async () => {
-  const tmp = await Deno.makeTempDir({ prefix: "esflow-sweep-" });
+  const tmp = await tempDir("esflow-sweep-");
   const out = `${tmp}/sweep`;
   const r = await runCli([
     "tools/sweep.ts",
@@ -114,7 +114,7 @@ Deno.test("sweep: two population sizes on micro-smoke, plotted together", async 
 });
 
 Deno.test("plot and sweep: bad input is one line, exit 2, nothing written", async () => {
-  const tmp = await Deno.makeTempDir({ prefix: "esflow-plot-bad-" });
+  const tmp = await tempDir("esflow-plot-bad-");
   await Deno.mkdir(`${tmp}/empty`);
   await Deno.mkdir(`${tmp}/blank`);
   await Deno.writeTextFile(`${tmp}/blank/metrics.jsonl`, "\n");

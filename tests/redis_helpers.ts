@@ -1,5 +1,6 @@
 // A real redis-server for tests: started in a temp dir on a unix socket (no port to race for)
 // or on a free TCP port, with no persistence, and stopped by its PID. Every wait is bounded.
+import { tempDir } from "./helpers.ts";
 
 /** A running redis-server started by {@link startRedis}. */
 export interface TestRedis {
@@ -40,7 +41,7 @@ export async function waitFor(
  * 127.0.0.1 port instead of a unix socket; `password` sets requirepass.
  */
 export async function startRedis(o: { tcp?: boolean; password?: string } = {}): Promise<TestRedis> {
-  const dir = await Deno.makeTempDir({ prefix: "esflow_redis_" });
+  const dir = await tempDir("esflow_redis_");
   const sock = `${dir}/redis.sock`;
   const port = o.tcp ? freePort() : 0;
   const args = [

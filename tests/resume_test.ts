@@ -5,7 +5,7 @@
 // nothing is rewritten. A run killed before its first checkpoint, or while one was being
 // replaced, resumes to the bytes of a run that never stopped, and no leftovers remain.
 // Micro-smoke on the CPU backend (seconds per run).
-import { assert, assertEquals } from "./helpers.ts";
+import { assert, assertEquals, tempDir } from "./helpers.ts";
 import {
   assertSameRun,
   cli,
@@ -27,7 +27,7 @@ function reference(n: number, every: number): Promise<string> {
     straight.set(
       key,
       (async () => {
-        const dir = await Deno.makeTempDir({ prefix: "esflow-ref-" });
+        const dir = await tempDir("esflow-ref-");
         const file = await writeSmoke(dir, { checkpointEvery: every });
         const r = await train([file, "--iterations", String(n), "--out", `${dir}/run`]);
         assertEquals(r.code, 0, r.stderr);
@@ -39,7 +39,7 @@ function reference(n: number, every: number): Promise<string> {
 }
 
 Deno.test("resume with fewer iterations than the checkpoint holds refuses; the trajectory stays", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const file = await writeSmoke(dir, { checkpointEvery: 1 });
   const out = `${dir}/run`;
   let r = await train([file, "--iterations", "3", "--out", out]);
@@ -68,7 +68,7 @@ Deno.test("resume with fewer iterations than the checkpoint holds refuses; the t
 /** A finished 3-iteration run (checkpoints iter-1, iter-2, final) copied into a fresh dir. */
 async function finishedRun(): Promise<{ dir: string; out: string; file: string }> {
   const ref = await reference(3, 1);
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const out = `${dir}/run`;
   await copyDir(ref, out);
   return { dir, out, file: await writeSmoke(dir, { checkpointEvery: 1 }) };
@@ -122,7 +122,7 @@ Deno.test("resume checks what it continues: the corpus, the pipeline, θ's check
   const ref = await reference(3, 1);
   {
     // The corpus edited between the run and the resume (it used to change the result).
-    const dir = await Deno.makeTempDir();
+    const dir = await tempDir();
     const corpus = `${dir}/corpus.txt`;
     const text = await Deno.readTextFile(CORPUS);
     await Deno.writeTextFile(corpus, text);
@@ -168,7 +168,7 @@ Deno.test("resume on another backend refuses unless --allow-backend-change", asy
 });
 
 Deno.test("killed while writing its first checkpoint: --resume continues, a fresh --out is told to", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const file = await writeSmoke(dir, { checkpointEvery: 1 });
   const out = `${dir}/run`;
   let r = await train([file, "--iterations", "3", "--out", out], {
@@ -188,7 +188,7 @@ Deno.test("killed while writing its first checkpoint: --resume continues, a fres
 });
 
 Deno.test("killed between moving final/ aside and renaming the new one: the old final/ comes back", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const file = await writeSmoke(dir, { checkpointEvery: 0 });
   const out = `${dir}/run`;
   let r = await train([file, "--iterations", "3", "--out", out]);
@@ -208,14 +208,14 @@ Deno.test("killed between moving final/ aside and renaming the new one: the old 
 });
 
 Deno.test("--resume of a dir that holds no run says so", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const file = await writeSmoke(dir);
   const r = await train([file, "--resume", `${dir}/nothing`]);
   oneLine(r, { says: ["no checkpoint to resume from"] });
 });
 
 Deno.test("--resume DIR takes the seed and the pipeline from the run dir; a contradicting --seed is the error", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const file = await writeSmoke(dir, { checkpointEvery: 1 });
   // Straight: seed 7 for 4 iterations.
   let r = await train([file, "--seed", "7", "--iterations", "4", "--out", `${dir}/straight`]);

@@ -1,6 +1,6 @@
 // The run dir's pieces (pipeline/run_dir.ts) on their own: the cleanup of what a killed write
 // leaves, the sealed state, the message that names what changed, metrics truncation.
-import { assert, assertEquals } from "./helpers.ts";
+import { assert, assertEquals, tempDir } from "./helpers.ts";
 import {
   cleanRunDir,
   firstDifference,
@@ -15,7 +15,7 @@ import { UserError } from "../errors.ts";
 import { listTree } from "./reliability_helpers.ts";
 
 Deno.test("cleanRunDir: an old checkpoint whose replacement never arrived comes back; temps go", async () => {
-  const d = await Deno.makeTempDir();
+  const d = await tempDir();
   const mk = (p: string) => Deno.mkdir(`${d}/${p}`, { recursive: true });
   await mk(".final.123-abc.old"); // final/ moved aside, the new one never renamed in
   await mk(".final.123-abc.tmp");
@@ -69,7 +69,7 @@ Deno.test("firstDifference names the key that changed, in key order", () => {
 });
 
 Deno.test("latestCheckpoint: lenient readers skip a damaged state.json; a resume (strict) names it", async () => {
-  const d = await Deno.makeTempDir();
+  const d = await tempDir();
   await Deno.mkdir(`${d}/checkpoints/iter-1`, { recursive: true });
   await Deno.writeTextFile(`${d}/checkpoints/iter-1/state.json`, JSON.stringify({ iteration: 1 }));
   await Deno.mkdir(`${d}/final`);
@@ -86,7 +86,7 @@ Deno.test("latestCheckpoint: lenient readers skip a damaged state.json; a resume
 });
 
 Deno.test("truncateMetrics keeps the lines before the resume point and drops a torn one", async () => {
-  const d = await Deno.makeTempDir();
+  const d = await tempDir();
   const path = `${d}/metrics.jsonl`;
   await Deno.writeTextFile(path, '{"iter":0}\n{"iter":1}\n{"iter":2}\n{"iter":3,"fit');
   await truncateMetrics(path, 2);

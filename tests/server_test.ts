@@ -1,7 +1,7 @@
 // The status server's API contract against real runs of the micro-smoke pipeline: every
 // endpoint's fields and types, SSE framing, Prometheus exposition format (a strict parser here),
 // 4xx answers, the stop token, path traversal, serve mode, and a slow client that never reads.
-import { assert, assertEquals, runCli } from "./helpers.ts";
+import { assert, assertEquals, runCli, tempDir } from "./helpers.ts";
 import { acquireGpu } from "../kernels/runtime.ts";
 import { loadPipelineFile } from "../pipeline/load.ts";
 import { resolvePipeline } from "../pipeline/resolve.ts";
@@ -329,7 +329,7 @@ const METRIC_KEYS = [
 // ---- a live run through the library ---------------------------------------------------------
 
 Deno.test("live run: status, metrics, config, events, Prometheus, errors, traversal", async () => {
-  const tmp = await Deno.makeTempDir();
+  const tmp = await tempDir();
   const out = `${tmp}/run`;
   const loaded = await loadPipelineFile(SMOKE, { overrides: { out, iterations: 4 } });
   const resolved = await resolvePipeline(loaded);
@@ -532,7 +532,7 @@ Deno.test("live run: status, metrics, config, events, Prometheus, errors, traver
 // ---- the train CLI: stop with the token; a taken port ------------------------------------
 
 Deno.test("train --status-port 0: POST /api/stop with the token stops early with a checkpoint", async () => {
-  const tmp = await Deno.makeTempDir();
+  const tmp = await tempDir();
   const out = `${tmp}/run`;
   const p = spawn(
     ["tools/train.ts", SMOKE, "--iterations", "400", "--out", out, "--status-port", "0", "--quiet"],
@@ -585,7 +585,7 @@ Deno.test("train --status-port 0: POST /api/stop with the token stops early with
 });
 
 Deno.test("train: a taken status port is one line and exit 2 before anything is written", async () => {
-  const tmp = await Deno.makeTempDir();
+  const tmp = await tempDir();
   const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   try {
     const port = String((taken.addr as Deno.NetAddr).port);
@@ -606,7 +606,7 @@ Deno.test("train: a taken status port is one line and exit 2 before anything is 
 });
 
 Deno.test("train: the pipeline's port taken, the server moves to the next free one and says so", async () => {
-  const tmp = await Deno.makeTempDir();
+  const tmp = await tempDir();
   const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   try {
     const port = (taken.addr as Deno.NetAddr).port;
@@ -641,7 +641,7 @@ Deno.test("train: the pipeline's port taken, the server moves to the next free o
 // ---- serve mode ---------------------------------------------------------------------------
 
 Deno.test("serve RUN_DIR: the same API, read-only; crashed and stopped from the files", async () => {
-  const tmp = await Deno.makeTempDir();
+  const tmp = await tempDir();
   const out = `${tmp}/run`;
   const t = await runCli(["tools/train.ts", SMOKE, "--out", out, "--no-status", "--quiet"]);
   assertEquals(t.code, 0, t.stderr);
@@ -719,7 +719,7 @@ Deno.test("serve RUN_DIR: the same API, read-only; crashed and stopped from the 
 });
 
 Deno.test("serve: an unknown or empty run dir is one line and exit 2", async () => {
-  const tmp = await Deno.makeTempDir();
+  const tmp = await tempDir();
   for (const dir of [`${tmp}/nothing-here`, tmp]) {
     const r = await runCli(["tools/serve.ts", dir, "--port", "0"]);
     assertEquals(r.code, 2, r.stderr);

@@ -5,7 +5,7 @@
 // reach the client within 1 s of its line appearing in metrics.jsonl, and POST /api/stop must
 // be acknowledged at once; on both backends, with 200 event-stream clients watching. Only the server's latencies are timed, never the
 // training itself.
-import { assert, assertEquals } from "./helpers.ts";
+import { assert, assertEquals, tempDir } from "./helpers.ts";
 import { metricsOf, ROOT, writeSmoke } from "./reliability_helpers.ts";
 
 const BLOCK_MS = 3000;
@@ -58,7 +58,7 @@ function quantile(xs: number[], q: number): number {
 
 for (const backend of ["cpu", "webgpu"]) {
   Deno.test(`status server during ${BLOCK_MS / 1000} s iterations (${backend}): GET < 100 ms, SSE < 1 s, stop at once`, async () => {
-    const dir = await Deno.makeTempDir();
+    const dir = await tempDir();
     const file = await writeSmoke(dir, { checkpointEvery: 0 });
     const out = `${dir}/run`;
     const t = await startTrain(

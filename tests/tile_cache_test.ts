@@ -1,13 +1,13 @@
 // Autotuned tiles: the cache file round-trips and the matmul's default selection follows it,
 // and the tuned tile still computes the right product.
-import { assertClose, assertEquals, randn, seeded } from "./helpers.ts";
+import { assertClose, assertEquals, randn, seeded, tempDir } from "./helpers.ts";
 import { acquireGpu } from "../kernels/runtime.ts";
 import { defaultMatmulTile, matmulReference, matmulStep } from "../kernels/matmul.ts";
 import { cachedTile, readTileCache, tileCachePath, writeTileCache } from "../kernels/tile_cache.ts";
 import { submitSteps } from "../kernels/program.ts";
 
 Deno.test("a tuned tile is cached per adapter and shape and chosen by the default selection", async () => {
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   const before = Deno.env.get("ESFLOW_TILE_CACHE");
   Deno.env.set("ESFLOW_TILE_CACHE", `${dir}/tiles.json`);
   const gpu = await acquireGpu();

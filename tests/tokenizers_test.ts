@@ -12,6 +12,7 @@ import {
   qwen3TokenizerPath,
   type Tokenizer,
 } from "../tokenizers/mod.ts";
+import { tempDir } from "./helpers.ts";
 
 const SAMPLES = [
   "Hello world",
@@ -141,7 +142,7 @@ const TINY_BPE = {
 };
 
 async function withTempDir(body: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "esflow_tokenizers_" });
+  const dir = await tempDir("esflow_tokenizers_");
   try {
     await body(dir);
   } finally {
@@ -269,7 +270,7 @@ Deno.test("pretrained: a model dir's tokenizer files are read back as the tokeni
   const { checkpointTokenizerFiles, tokenizerIdentity, tokenizerOfCheckpoint } = await import(
     "../tokenizers/pretrained.ts"
   );
-  const dir = await Deno.makeTempDir();
+  const dir = await tempDir();
   try {
     for (const name of ["bytes", "qwen3"]) {
       const tok = await loadTokenizer(name);

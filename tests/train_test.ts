@@ -3,7 +3,15 @@
 // (its WGSL and its CPU twin), learning, and prefix caching.
 import { memberRecords } from "../pipeline/es.ts";
 import { readWeights, train } from "./run_helpers.ts";
-import { assert, assertClose, assertEquals, runCli, testBackends, withDevice } from "./helpers.ts";
+import {
+  assert,
+  assertClose,
+  assertEquals,
+  runCli,
+  tempDir,
+  testBackends,
+  withDevice,
+} from "./helpers.ts";
 import { gaussianNoise } from "../kernels/philox.ts";
 import {
   iterationBatches,
@@ -69,7 +77,7 @@ for (
   testBackends(
     `one ES iteration equals the float64 reference of EA4LLM (antithetic ${antithetic}, θ in ${storage})`,
     async (backend) => {
-      const out = await Deno.makeTempDir();
+      const out = await tempDir();
       // Group multipliers on: the attention σ halved, the MLP α doubled, layer 1 σ ×0.5.
       const groups =
         "{ attention: { sigma: 0.5 }, mlp: { alpha: 2 }, layers: [{ from: 1, to: 1, sigma: 0.5 }] }";
@@ -166,7 +174,7 @@ for (const storage of ["f32", "bf16"] as const) {
   testBackends(
     `same seed, same bytes; stopped and resumed, same bytes as never stopped (θ in ${storage})`,
     async (backend) => {
-      const out = await Deno.makeTempDir();
+      const out = await tempDir();
       const yaml = pipelineYaml({
         iterations: 4,
         population: 4,
@@ -240,7 +248,7 @@ for (const storage of ["f32", "bf16"] as const) {
 }
 
 Deno.test("run output: metrics keys, checkpoints with state.json, final/ loads in eval", async () => {
-  const out = await Deno.makeTempDir();
+  const out = await tempDir();
   await train(pipelineYaml({ iterations: 3 }), `${out}/r`);
   const lines = await metrics(`${out}/r`);
   assertEquals(lines.length, 3);
@@ -283,7 +291,7 @@ Deno.test("run output: metrics keys, checkpoints with state.json, final/ loads i
 });
 
 Deno.test("a run dir that holds a run is refused without --resume, and nothing is written", async () => {
-  const out = await Deno.makeTempDir();
+  const out = await tempDir();
   const file = `${out}/p.yaml`;
   await Deno.writeTextFile(file, pipelineYaml({ iterations: 1 }));
   let r = await runCli(["tools/train.ts", file, "--out", `${out}/r`, "--quiet"]);
@@ -344,7 +352,7 @@ fn main(@builtin(global_invocation_id) g: vec3u) { if (g.x < B) { r[g.x] = 2.0 *
 registerDoubled();
 
 testBackends("a custom fitness registered from TypeScript runs from YAML", async (backend) => {
-  const out = await Deno.makeTempDir();
+  const out = await tempDir();
   await train(pipelineYaml({ iterations: 1 }), `${out}/plain`, { backend });
   await train(
     pipelineYaml({ iterations: 1, fitness: "doubled_log_likelihood" }),
@@ -359,7 +367,7 @@ for (const storage of ["f32", "bf16"] as const) {
   testBackends(
     `it learns: 40 iterations of ES lower the held-out loss clearly (θ in ${storage})`,
     async (backend) => {
-      const out = await Deno.makeTempDir();
+      const out = await tempDir();
       const yaml = `
 name: learn
 seed: 1
