@@ -20,20 +20,52 @@ export interface AttentionShape {
 let template: string | null = null;
 
 /**
- * Queries per invocation: each loaded key and value row serves 8 queries. Measured on lavapipe
- * (B=32, T=64, 4 heads, d=32): 7.0 ms with one query per invocation, 5.8 ms with 2, 4.7 with 4,
- * 3.8 with 8, 3.5 with 16; at d=128, 8 beat 4 by 20%. 16 doubles the registers and the compile.
+ * Queries per invocation, for speed: each loaded key and value row serves 8 queries. Measured on
+ * lavapipe (B=32, T=64, 4 heads, d=32) on a Zen 5: 7.0 ms with one query per invocation, 5.8 ms
+ * with 2, 4.7 with 4, 3.8 with 8, 3.5 with 16; at d=128, 8 beat 4 by 20%. 16 doubles the
+ * registers and the compile.
  */
 const QUERY_BLOCK = 8;
+
+/**
+ * Each query block on llvmpipe over lavapipe, 2 cores of a Zen 3 (the machine of
+ * kernels/matmul.ts's tile tables, the same session): ms per dispatch at B=32, T=64, 4 heads,
+ * 2 kv heads, d=32 (GPU timestamps, best of 6), and seconds to compile with an empty shader
+ * cache at d=32 (the first dispatch of a text eval's attention).
+ */
+const LAVAPIPE_QUERY_BLOCKS = [
+  { qb: 1, ms: 64.6, compileS: 0.26 },
+  { qb: 2, ms: 35.3, compileS: 0.46 },
+  { qb: 4, ms: 19.0, compileS: 0.79 },
+  { qb: 8, ms: 13.9, compileS: 2.0 },
+];
+
+/**
+ * Queries per invocation for an attention of `shape` whose pipeline runs `runs` times. Left out
+ * (a training run), speed alone: {@link QUERY_BLOCK}. Given, on lavapipe, the block with the
+ * least cold compile time plus `runs` times its run time (scaled from the table by the causal
+ * work B·heads·T(T+1)/2·d), which for a one-off eval is a block of 1 or 2: 8 takes 2 s to compile.
+ */
+export function defaultQueryBlock(device: Device, shape: AttentionShape, runs = Infinity): number {
+  if (runs === Infinity || !/llvmpipe|lavapipe/i.test(device.name)) return QUERY_BLOCK;
+  const causal = (s: AttentionShape) =>
+    s.batch * s.heads * s.seqLen * (s.seqLen + 1) / 2 * s.headDim;
+  const scale = causal(shape) /
+    causal({ batch: 32, seqLen: 64, heads: 4, kvHeads: 2, headDim: 32 });
+  let best = LAVAPIPE_QUERY_BLOCKS[0];
+  const cost = (b: typeof best) => b.compileS + runs * b.ms / 1000 * scale;
+  for (const b of LAVAPIPE_QUERY_BLOCKS) if (cost(b) < cost(best)) best = b;
+  return best.qb;
+}
 
 /**
  * The kernel for one head_dim: the .wgsl with its //@ markers written out as named registers,
  * QB queries (qi_j) and accumulators (ai_j) and one key/value row (kj, vj) of D/4 vec4s each.
  */
-function attentionSource(headDim: number): string {
+function attentionSource(headDim: number, queryBlock: number): string {
   template ??= wgslSource(new URL("./attention.wgsl", import.meta.url));
   const r = [...Array(headDim / 4).keys()];
-  const qs = [...Array(QUERY_BLOCK).keys()];
+  const qs = [...Array(queryBlock).keys()];
   const parts: Record<string, string[]> = {
     "q-load": qs.flatMap((i) => [
       // A query past the end reads row T−1 (in bounds) and is never stored.
@@ -87,6 +119,8 @@ export function attentionStep(
     v: DeviceBuffer;
     mask: DeviceBuffer;
     out: DeviceBuffer;
+    /** Queries per invocation; default {@link QUERY_BLOCK} (any block gives the same bytes). */
+    queryBlock?: number;
   },
 ): Step {
   if (o.headDim % 4 !== 0) {
@@ -97,10 +131,11 @@ export function attentionStep(
       `attention ${o.label}: ${o.heads} heads not divisible by ${o.kvHeads} kv heads`,
     );
   }
+  const qb = o.queryBlock ?? QUERY_BLOCK;
   return launch(device, {
     label: o.label,
     kernel: "attention",
-    source: () => attentionSource(o.headDim),
+    source: () => attentionSource(o.headDim, qb),
     consts: {
       B: o.batch,
       T: o.seqLen,
@@ -108,10 +143,10 @@ export function attentionStep(
       NKV: o.kvHeads,
       D: o.headDim,
       SCALE: 1 / Math.sqrt(o.headDim),
-      QB: QUERY_BLOCK,
+      QB: qb,
     },
     buffers: [o.q, o.k, o.v, o.mask, o.out],
-    invocations: o.batch * o.heads * Math.ceil(o.seqLen / QUERY_BLOCK),
+    invocations: o.batch * o.heads * Math.ceil(o.seqLen / qb),
   });
 }
 

@@ -36,7 +36,10 @@ export function logsumexpChunkStep(
   });
 }
 
-/** Per-sample R from the final state: r (batch) f32. */
+/**
+ * Per-sample R from the final state: r (batch) f32. `compact`: the state holds the scored rows
+ * alone, in row order ({@link compactTargets}), where it otherwise holds every row of the batch.
+ */
 export function logLikelihoodStep(
   device: Device,
   o: {
@@ -46,12 +49,13 @@ export function logLikelihoodStep(
     r: DeviceBuffer;
     batch: number;
     seqLen: number;
+    compact?: boolean;
   },
 ): Step {
   return launch(device, {
     label: o.label,
     kernel: "log_likelihood",
-    consts: { B: o.batch, T: o.seqLen },
+    consts: { B: o.batch, T: o.seqLen, COMPACT: o.compact ?? false },
     buffers: [o.target, o.state, o.r],
     invocations: o.batch,
   });
@@ -97,4 +101,27 @@ export function logLikelihoodReference(
     r[b] = n > 0 ? sum / n : 0;
   }
   return r;
+}
+
+/**
+ * The scored rows of a batch's targets, for an LM head that reads those alone: `rows[i]` is the
+ * i-th row with a target (in row order) and `targets[i]` its target, both `size` long; the rows
+ * past the last scored one repeat row 0 with {@link NO_TARGET}, so the head computes them from
+ * real data and the log-softmax skips them. Throws when more than `size` rows are scored.
+ */
+export function compactTargets(
+  target: Uint32Array,
+  size: number,
+): { rows: Uint32Array; targets: Uint32Array; scored: number } {
+  const rows = new Uint32Array(size), targets = new Uint32Array(size).fill(NO_TARGET);
+  let scored = 0;
+  target.forEach((t, row) => {
+    if (t === NO_TARGET) return;
+    if (scored === size) {
+      throw new Error(`compactTargets: more than ${size} scored rows in the batch`);
+    }
+    rows[scored] = row;
+    targets[scored++] = t;
+  });
+  return { rows, targets, scored };
 }

@@ -24,13 +24,16 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   let row = i / NH;
   let base = i * D;
   let p = min(pos[row / TN] + row % TN, P - 1u);
+  // The loop bounds are opaque to the compiler (wid.z is 0 in this 1-D launch): kernels/program.ts
+  // launch says why.
+  let d = max(D, wid.z);
   var ss = 0.0;
-  for (var j = 0u; j < D; j++) {
+  for (var j = 0u; j < d; j++) {
     let v = x[base + j];
     ss += v * v;
   }
   let inv = inverseSqrt(ss / f32(D) + EPS);
-  let half = D / 2u;
+  let half = d / 2u;
   let wb = (row / RM) * W_MS;
   for (var j = 0u; j < half; j++) {
     let a = w[wb + j] * (x[base + j] * inv);

@@ -14,14 +14,17 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_id) lid: ve
   let row = (wid.y * GRID_X + wid.x) * WG + lid.x;
   if (row >= R) { return; }
   let base = row * (D / 4u);
+  // The loop bounds are opaque to the compiler (wid.z is 0 in this 1-D launch): kernels/program.ts
+  // launch says why.
+  let d4 = max(D / 4u, wid.z);
   var ss = vec4f(0.0);
-  for (var i = 0u; i < D / 4u; i++) {
+  for (var i = 0u; i < d4; i++) {
     let v = x[base + i];
     ss += v * v;
   }
   let inv = inverseSqrt((ss.x + ss.y + ss.z + ss.w) / f32(D) + EPS);
   let wbase = (row / RM) * W_MS4;
-  for (var i = 0u; i < D / 4u; i++) {
+  for (var i = 0u; i < d4; i++) {
     y[base + i] = w[wbase + i] * (x[base + i] * inv);
   }
 }

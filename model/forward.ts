@@ -27,9 +27,14 @@ import type { Step } from "../kernels/program.ts";
 import { linearSteps, matmulStep, swigluLinearSteps } from "../kernels/matmul.ts";
 import { rmsnormStep } from "../kernels/rmsnorm.ts";
 import { qkNormRopeStep, ropeTables } from "../kernels/qk_norm_rope.ts";
-import { attentionStep } from "../kernels/attention.ts";
+import { attentionStep, defaultQueryBlock } from "../kernels/attention.ts";
 import { embeddingSteps } from "../kernels/embedding.ts";
-import { logLikelihoodStep, logsumexpChunkStep, scoredTargets } from "../kernels/log_likelihood.ts";
+import {
+  compactTargets,
+  logLikelihoodStep,
+  logsumexpChunkStep,
+  scoredTargets,
+} from "../kernels/log_likelihood.ts";
 import { UserError } from "../errors.ts";
 import type { DeviceWeights } from "./device_weights.ts";
 
@@ -65,6 +70,14 @@ export interface ForwardOptions {
    * defaultMatmulTile); default: as many as a training run, speed alone.
    */
   runs?: number;
+  /**
+   * Run the LM head over the scored rows alone (those with a next token to score), gathered into
+   * a block of this many rows, at least the most any batch scores: padding and each row's last
+   * position then cost no logits, which at a vocabulary of 151,936 are nearly all of a text
+   * eval's work. The scores are the same bytes. One member per dispatch only. Default 0: the
+   * head reads every row.
+   */
+  scoredRows?: number;
 }
 
 /** The result of scoring a batch. */
@@ -327,7 +340,13 @@ export class Qwen3Forward {
     // Activations are whole buffers: they answer to the adapter's real binding limit, not to the
     // (possibly smaller, forced) weight shard size.
     const binding = device.limits.maxStorageBufferBindingSize;
-    const fit = Math.floor(binding / (rows * 4));
+    const scoredRows = options.scoredRows ?? 0;
+    if (!(Number.isInteger(scoredRows) && scoredRows >= 0 && scoredRows <= rows)) {
+      throw new Error(`scoredRows must be an integer in [0, ${rows}], got ${scoredRows}`);
+    }
+    // The rows the LM head reads: every row, or the gathered scored ones.
+    const headRows = scoredRows || rows;
+    const fit = Math.floor(binding / (headRows * 4));
     const chunk = Math.min(options.vocabChunk ?? 8192, c.vocabSize, fit);
     if (chunk < 1) {
       throw new UserError(
@@ -340,6 +359,7 @@ export class Qwen3Forward {
       vocabChunk: chunk,
       debugLogits: options.debugLogits ?? false,
       runs: options.runs ?? Infinity,
+      scoredRows,
       maxBatch: options.maxBatch,
       maxSeqLen: options.maxSeqLen,
     };
@@ -355,13 +375,21 @@ export class Qwen3Forward {
       v: rows * c.numKvHeads * D * 4,
       attn: rows * c.numHeads * D * 4,
       gate: rows * I * 4,
-      logits: rows * chunk * 4,
+      logits: headRows * chunk * 4,
       state: rows * 3 * 4,
       r: options.maxBatch * 4,
       cos: options.maxSeqLen * (D / 2) * 4,
       sin: options.maxSeqLen * (D / 2) * 4,
     };
     if (this.options.debugLogits) sizes.fullLogits = rows * c.vocabSize * 4;
+    if (scoredRows) {
+      // The scored rows' hidden states, which rows they are and their targets.
+      Object.assign(sizes, {
+        xs: scoredRows * H * 4,
+        rowOf: scoredRows * 4,
+        targetOf: scoredRows * 4,
+      });
+    }
     // The up projection's own buffer is only for low-rank members (the fused MLP matmul never
     // writes it): allocated on first use, by #upBuffer.
     this.#upBytes = rows * I * 4;
@@ -507,6 +535,13 @@ export class Qwen3Forward {
           ),
         );
       }
+      const shape = {
+        batch: members * batch,
+        seqLen,
+        heads: c.numHeads,
+        kvHeads: c.numKvHeads,
+        headDim: D,
+      };
       steps.push(...role("attention", [attentionStep(g, {
         label: `L${l}.attention`,
         q: b.q,
@@ -514,11 +549,8 @@ export class Qwen3Forward {
         v: b.v,
         mask: b.mask,
         out: b.attn,
-        batch: members * batch,
-        seqLen,
-        heads: c.numHeads,
-        kvHeads: c.numKvHeads,
-        headDim: D,
+        ...shape,
+        queryBlock: defaultQueryBlock(g, shape, this.options.runs * c.numLayers),
       })]));
       steps.push(...lin("self_attn.o_proj", b.attn, b.x, c.numHeads * D, true));
       steps.push(...norm(`L${l}.post_attention_layernorm`, `${p}post_attention_layernorm.weight`));
@@ -551,6 +583,7 @@ export class Qwen3Forward {
   /**
    * Steps of the streamed fitness: per vocab chunk a matmul and a log-sum-exp fold, then R.
    * `members` as in {@link bodySteps}: r then holds members × batch values, member by member.
+   * With `scoredRows` the scored rows of xn are gathered first and the head reads those alone.
    */
   fitnessSteps(
     batch: number,
@@ -559,30 +592,55 @@ export class Qwen3Forward {
     members = 1,
   ): Step[] {
     const c = this.config, g = this.device, b = this.#buf;
-    const Rm = batch * seqLen, R = members * Rm;
+    const Rm = batch * seqLen, R = members * Rm, S = this.options.scoredRows;
+    if (S && members !== 1) {
+      throw new Error("scoredRows reads one member's rows, not batched members");
+    }
+    // The scored rows of xn, gathered as an embedding lookup with xn as the table.
+    const rows = this.options.maxBatch * this.options.maxSeqLen, H = c.hiddenSize;
+    const gather = S
+      ? role(
+        "gather_scored",
+        embeddingSteps(g, {
+          label: "gather_scored",
+          ids: b.rowOf,
+          table: {
+            name: "act.xn",
+            shape: [rows, H],
+            rowSize: H,
+            shards: [{ buffer: b.xn, rowStart: 0, rows }],
+          },
+          x: b.xs,
+          rows: S,
+        }),
+      )
+      : [];
     let first = true;
-    const steps: Step[] = weights.head(this.headName, {
-      x: b.xn,
-      m: Rm,
-      k: c.hiddenSize,
-      logits: b.logits,
-      chunk: this.vocabChunk,
-      members,
-      runs: this.options.runs,
-    }, (start, n) => {
-      const fold = role("logsumexp", [logsumexpChunkStep(g, {
-        label: `logsumexp[${start}]`,
+    const steps: Step[] = [
+      ...gather,
+      ...weights.head(this.headName, {
+        x: S ? b.xs : b.xn,
+        m: S || Rm,
+        k: c.hiddenSize,
         logits: b.logits,
-        target: b.target,
-        state: b.state,
-        rows: R,
-        width: n,
-        start,
-        first,
-      })]);
-      first = false;
-      return fold;
-    });
+        chunk: this.vocabChunk,
+        members,
+        runs: this.options.runs,
+      }, (start, n) => {
+        const fold = role("logsumexp", [logsumexpChunkStep(g, {
+          label: `logsumexp[${start}]`,
+          logits: b.logits,
+          target: S ? b.targetOf : b.target,
+          state: b.state,
+          rows: S || R,
+          width: n,
+          start,
+          first,
+        })]);
+        first = false;
+        return fold;
+      }),
+    ];
     steps.push(...role("log_likelihood", [
       logLikelihoodStep(g, {
         label: "log_likelihood",
@@ -591,6 +649,7 @@ export class Qwen3Forward {
         r: b.r,
         batch: members * batch,
         seqLen,
+        compact: S > 0,
       }),
     ]));
     return staged("fitness", steps);
@@ -641,6 +700,11 @@ export class Qwen3Forward {
     g.write(b.ids, ids);
     g.write(b.mask, mask);
     g.write(b.target, target);
+    if (this.options.scoredRows) {
+      const compact = compactTargets(target, this.options.scoredRows);
+      g.write(b.rowOf, compact.rows);
+      g.write(b.targetOf, compact.targets);
+    }
     const scored = target.reduce((n, t) => n + (t !== 0xffffffff ? 1 : 0), 0);
     return { batch, seqLen, scored };
   }

@@ -5,11 +5,13 @@
  * on lavapipe compiling is most of a first eval. So the samples are sorted by length, cut into
  * micro-batches of one row count, and each micro-batch's length is rounded up to a power of two
  * (at least 16, at most the longest row): a text file compiles one or two shapes, not one per
- * micro-batch. On WebGPU the LM head is streamed in as few vocabulary chunks as the binding
- * limit allows, of equal width where it can (one pipeline for all), and the forward is told how
- * few times it will run, so each matmul's tile is the one that compiles and runs soonest, not
- * the fastest to run (kernels/matmul.ts defaultMatmulTile). Padding changes no score: padded
- * positions are masked and rows are independent.
+ * micro-batch. The forward is told how few times it will run, so each matmul's tile and the
+ * attention's query block are the ones that compile and run soonest, not the fastest to run
+ * (kernels/matmul.ts defaultMatmulTile). The LM head, nearly all of the work at a real
+ * vocabulary, reads only the scored rows (no padding, no last positions), and on WebGPU comes in
+ * as few vocabulary chunks as the binding limit allows, of equal width where it can (one
+ * pipeline for all). Padding changes no score: padded positions are masked, rows are
+ * independent, and the scored rows alone give the same bytes.
  *
  * @module
  */
@@ -22,6 +24,7 @@ import { checkpointTensors, type DeviceWeights, uploadWeights } from "../model/d
 import { Qwen3Forward, type TokenBatch, validateBatch } from "../model/forward.ts";
 import { loadTokenizer, type Tokenizer } from "../tokenizers/mod.ts";
 import { checkWeightsFit } from "./limits.ts";
+import { NO_TARGET, scoredTargets } from "../kernels/log_likelihood.ts";
 import type { Device } from "../kernels/device.ts";
 import type { Qwen3Config } from "../model/config.ts";
 
@@ -214,9 +217,10 @@ export async function evaluate(
 
 /**
  * The micro-batches to score `batch` in, few shapes among them: rows sorted by length (longest
- * first), at most `micro` rows each and as even as that allows (the last filled up with masked
- * rows of padding where the count does not divide), each padded to a power of two ≥ 16 capped at
- * the longest row.
+ * first), at most `micro` rows each and as even as that allows (filled up with masked rows of
+ * padding where the count does not divide), each padded to a power of two ≥ 16 capped at the
+ * longest row. Where that is one shape for all, the rows are dealt out so that each micro-batch
+ * scores about as many tokens.
  * `rows` maps each micro-batch's real rows back to their place in `batch`.
  */
 export function shapedMicroBatches(
@@ -236,6 +240,16 @@ export function shapedMicroBatches(
   // One shape for all when that pads at most half again as many tokens as the buckets do.
   const bucketed = groups.reduce((a, g) => a + bucket(g), 0);
   const one = groups.length * longest <= 1.5 * bucketed;
+  if (one && groups.length > 1) {
+    // One shape: deal the rows out longest first, back and forth over the micro-batches, so each
+    // scores about as many tokens (the LM head reads only the scored rows: evalForward).
+    const g = groups.length;
+    groups.forEach((rows) => rows.length = 0);
+    order.forEach((row, i) => {
+      const round = Math.floor(i / g), at = i % g;
+      groups[round % 2 === 0 ? at : g - 1 - at].push(row);
+    });
+  }
   const out: { batch: TokenBatch; rows: number[] }[] = [];
   for (const rows of groups) {
     const T = one ? longest : bucket(rows);
@@ -257,9 +271,10 @@ export function shapedMicroBatches(
 }
 
 /**
- * The forward {@link evaluate} scores `shaped` with: sized for its largest micro-batch and told
- * how few times it runs, so each matmul's tile is the one that compiles and runs soonest
- * (kernels/matmul.ts defaultMatmulTile), with the LM head on WebGPU in {@link lmHeadChunk}s.
+ * The forward {@link evaluate} scores `shaped` with: sized for its largest micro-batch, its LM
+ * head over the scored rows alone (ForwardOptions.scoredRows; padding costs no logits), on WebGPU
+ * in {@link lmHeadChunk}s, and told how few times it runs, so each matmul's tile is the one that
+ * compiles and runs soonest (kernels/matmul.ts defaultMatmulTile).
  */
 export function evalForward(
   device: Device,
@@ -269,13 +284,20 @@ export function evalForward(
 ): Qwen3Forward {
   const rows = Math.max(...shaped.map((m) => m.batch.inputIds.length));
   const seqLen = Math.max(2, ...shaped.map((m) => m.batch.inputIds[0].length));
+  // The LM head reads the scored rows alone: as many as the micro-batch that scores the most.
+  const scoredRows = Math.max(
+    1,
+    ...shaped.map((m) =>
+      scoredTargets(m.batch.inputIds, m.batch.attentionMask, m.batch.inputIds[0].length)
+        .filter((t) => t !== NO_TARGET).length
+    ),
+  );
   return new Qwen3Forward(device, config, weights, {
     maxBatch: rows,
     maxSeqLen: seqLen,
-    ...(device.backend === "webgpu"
-      ? { vocabChunk: lmHeadChunk(device, config, rows * seqLen) }
-      : {}),
+    ...(device.backend === "webgpu" ? { vocabChunk: lmHeadChunk(device, config, scoredRows) } : {}),
     runs: shaped.length,
+    scoredRows,
   });
 }
 

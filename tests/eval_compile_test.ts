@@ -1,15 +1,18 @@
 // A one-off eval at Qwen3's real vocabulary compiles little on lavapipe: the LM head in equal
 // vocabulary chunks that share one pipeline, and tiles chosen for cold compile plus run time over
 // the eval's few runs rather than for speed alone (a 32×16 tile takes lavapipe ~7 s to compile
-// and ~1 ms to run a 336×128×128 matmul). The scores stay the CPU backend's.
-import { assert, assertClose, assertEquals, withDevice } from "./helpers.ts";
+// and ~1 ms to run a 336×128×128 matmul), and the head reads only the rows that are scored. The
+// scores stay the CPU backend's, and the same bytes as a head over every row.
+import { assert, assertClose, assertEquals, fixture, testBackends, withDevice } from "./helpers.ts";
 import type { Dispatch } from "../kernels/device.ts";
 import { defaultMatmulSwigluTile, defaultMatmulTile } from "../kernels/matmul.ts";
-import { uploadWeights } from "../model/device_weights.ts";
+import { defaultQueryBlock } from "../kernels/attention.ts";
+import { checkpointTensors, uploadWeights } from "../model/device_weights.ts";
+import { openCheckpoint } from "../model/checkpoint.ts";
 import { getPreset } from "../model/presets.ts";
 import { randomInit } from "../model/weights.ts";
 import { evalForward, lmHeadChunk, shapedMicroBatches } from "../pipeline/evaluate.ts";
-import type { TokenBatch } from "../model/forward.ts";
+import { Qwen3Forward, type TokenBatch } from "../model/forward.ts";
 
 /** Runs `fn` with the tile cache off, so a tuned tile on this machine cannot stand in. */
 async function withoutTileCache<T>(fn: () => Promise<T>): Promise<T> {
@@ -60,6 +63,10 @@ Deno.test("the default tile weighs its cold compile against few runs, speed alon
       // Run once, 1024³ is worth no tile that takes seconds to compile (32×32: ~23 s cold).
       assert(area(defaultMatmulTile(gpu, cube, 1)) <= 64, "one run: a tile that compiles fast");
       assert(area(defaultMatmulSwigluTile(gpu, { m: 336, k: 128, n: 384 }, 8)) <= 32);
+      // Attention likewise: an eval's few runs take a block of 1 or 2 queries (8 takes ~2 s).
+      const attention = { batch: 16, seqLen: 21, heads: 4, kvHeads: 2, headDim: 32 };
+      assert(defaultQueryBlock(gpu, attention, 8) <= 2, "few runs: a small query block");
+      assertEquals(defaultQueryBlock(gpu, attention), 8);
       if ((navigator.hardwareConcurrency ?? 1) <= 16) {
         // Run for a training run, the fastest tile (32×32 on a few cores) repays its compile.
         assertEquals(defaultMatmulTile(gpu, cube), { tm: 32, tn: 32 });
@@ -87,16 +94,16 @@ Deno.test("eval at vocab 151936 on WebGPU: one LM-head pipeline, fast-compiling 
         const weights = await uploadWeights(gpu, tensors);
         const fwd = evalForward(gpu, config, weights, shaped);
         const rows = shaped[0].batch.inputIds.length, T = shaped[0].batch.inputIds[0].length;
-        const dispatches = fwd.steps(rows, T).filter((s): s is Dispatch =>
-          s.op === "dispatch" && s.kernel.startsWith("matmul")
-        );
+        const all = fwd.steps(rows, T).filter((s): s is Dispatch => s.op === "dispatch");
+        const dispatches = all.filter((s) => s.kernel.startsWith("matmul"));
+        const blocks = all.filter((s) => s.kernel === "attention").map((s) => Number(s.consts.QB));
         const scores = new Array<number>(3);
         for (const mb of shaped) {
           const r = await fwd.score(mb.batch);
           mb.rows.forEach((row, i) => scores[row] = r.perSample[i]);
         }
         fwd.destroy();
-        return { scores, dispatches, name: gpu.name };
+        return { scores, dispatches, blocks, name: gpu.name };
       })
     );
   const gpu = await score("webgpu");
@@ -111,7 +118,52 @@ Deno.test("eval at vocab 151936 on WebGPU: one LM-head pipeline, fast-compiling 
       // the head at most 16×16 (~2 s), never 32×16 (~7 s) or 32×32 (~23 s).
       assert(area <= (body ? 32 : 256), `${s.label}: tile ${s.consts.TM}×${s.consts.TN}`);
     }
+    // Attention in blocks of 1 or 2 queries (under 0.5 s to compile; 8 takes 2 s).
+    assert(gpu.blocks.length > 0 && gpu.blocks.every((qb) => qb <= 2), `blocks ${gpu.blocks}`);
   }
   const cpu = await score("cpu");
   assertClose(gpu.scores, cpu.scores, { atol: 2e-5, rtol: 2e-5 });
 });
+
+testBackends(
+  "scoredRows: the LM head over the scored rows alone gives the same bytes",
+  async (backend) => {
+    const ckpt = await openCheckpoint(fixture("qwen3-tiny-tied-f32"));
+    try {
+      await withDevice(backend, {}, async (gpu) => {
+        const weights = await uploadWeights(gpu, checkpointTensors(ckpt));
+        const V = ckpt.config.vocabSize;
+        const lengths = [11, 4, 8, 2];
+        const batch: TokenBatch = {
+          inputIds: lengths.map((n, r) => [
+            ...Array.from({ length: n }, (_, t) => (t * 31 + r * 17 + 3) % V),
+            ...new Array(11 - n).fill(0),
+          ]),
+          attentionMask: lengths.map((
+            n,
+          ) => [...new Array(n).fill(1), ...new Array(11 - n).fill(0)]),
+        };
+        const scored = lengths.reduce((a, n) => a + n - 1, 0);
+        const score = async (scoredRows: number) => {
+          const fwd = new Qwen3Forward(gpu, ckpt.config, weights, {
+            maxBatch: 4,
+            maxSeqLen: 11,
+            vocabChunk: 40, // several chunks, the last one narrower
+            scoredRows,
+          });
+          const r = await fwd.score(batch);
+          fwd.destroy();
+          return r;
+        };
+        const all = await score(0), compact = await score(scored + 3);
+        assertEquals(compact.tokens, all.tokens);
+        assertEquals(compact.perSample, all.perSample, "the same bytes");
+        // Fewer rows than the batch scores is refused, not truncated.
+        const refused = await score(scored - 1).then(() => null, (e: Error) => e.message);
+        assert(refused?.includes("scored rows"), `refused: ${refused}`);
+      });
+    } finally {
+      ckpt.close();
+    }
+  },
+);

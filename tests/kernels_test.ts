@@ -136,22 +136,18 @@ testBackends(
       for (let b = 1; b < s.batch; b++) {
         for (let t = s.seqLen - 2 * b; t < s.seqLen; t++) mask[b * s.seqLen + t] = 0;
       }
-      const out = gpu.createBuffer("out", q.byteLength, "activations");
-      submitSteps(gpu, [
-        attentionStep(gpu, {
-          label: "attn",
-          q: buf(gpu, q),
-          k: buf(gpu, k),
-          v: buf(gpu, v),
-          mask: buf(gpu, mask),
-          out,
-          ...s,
-        }),
-      ]);
-      assertClose(await gpu.readF32(out, q.length), attentionReference(q, k, v, { ...s, mask }), {
-        atol: 1e-5,
-        rtol: 1e-5,
-      });
+      const inputs = { q: buf(gpu, q), k: buf(gpu, k), v: buf(gpu, v), mask: buf(gpu, mask) };
+      // Every query block (queries per invocation) computes each query alike: the same bytes.
+      let first: Float32Array | null = null;
+      for (const queryBlock of [8, 1, 3]) {
+        const out = gpu.createBuffer("out", q.byteLength, "activations");
+        submitSteps(gpu, [attentionStep(gpu, { label: "attn", ...inputs, out, ...s, queryBlock })]);
+        const got = await gpu.readF32(out, q.length);
+        if (!first) {
+          first = got;
+          assertClose(got, attentionReference(q, k, v, { ...s, mask }), { atol: 1e-5, rtol: 1e-5 });
+        } else assertEquals(got, first, `query block ${queryBlock}: the bytes of block 8`);
+      }
     }
   },
 );

@@ -360,6 +360,7 @@ export class CpuDevice implements Device {
           r: this.#f32(b[2]),
           batch: num("B"),
           seqLen: num("T"),
+          compact: flag("COMPACT"),
         };
         return () => n.logLikelihood(args);
       }

@@ -958,17 +958,21 @@ EXPORT void esf_logsumexp_chunk(const float* logits, const uint32_t* targets, fl
 // log_likelihood.wgsl: the paper's per-sample fitness from the final state. targets is (B·T)
 // u32 (0xffffffff: not scored), state is (B·T, 3), r is (B):
 //   r[b] = Σ_t (tg − (m + ln s)) / #scored, summed over t in order, or 0 with none scored.
+// compact: state holds the scored rows alone, in row order (the LM head ran over those only).
 EXPORT void esf_log_likelihood(const uint32_t* targets, const float* state, float* r, int64_t B,
-                               int64_t T) {
+                               int64_t T, int32_t compact) {
+  int64_t at = 0;  // scored rows before sample b
   for (int64_t b = 0; b < B; b++) {
     float sum = 0.0f;
     uint32_t n = 0;
     for (int64_t t = 0; t < T; t++) {
       const int64_t row = b * T + t;
       if (targets[row] == 0xffffffffu) continue;
-      sum += state[3 * row + 2] - (state[3 * row] + log_f(state[3 * row + 1]));
+      const int64_t s = compact ? at + n : row;
+      sum += state[3 * s + 2] - (state[3 * s] + log_f(state[3 * s + 1]));
       n++;
     }
+    at += n;
     r[b] = n > 0 ? sum / (float)n : 0.0f;
   }
 }

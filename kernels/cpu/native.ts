@@ -120,7 +120,7 @@ const SYMBOLS = {
   // logits, targets, state, R, C, C0, first
   esf_logsumexp_chunk: { parameters: [P, P, P, I64, I64, I64, I32], result: "void" },
   // targets, state, r, B, T
-  esf_log_likelihood: { parameters: [P, P, P, I64, I64], result: "void" },
+  esf_log_likelihood: { parameters: [P, P, P, I64, I64, I32], result: "void" },
   // r, total, B, r_off
   esf_accumulate: { parameters: [P, P, I64, I64], result: "void" },
   // shard, params, param_words, theta, theta_bf16, out, members
@@ -592,12 +592,14 @@ export interface LogsumexpChunkArgs {
 export interface LogLikelihoodArgs {
   /** (batch·seqLen) u32. */
   targets: Uint32Array;
-  /** (batch·seqLen, 3). */
+  /** (batch·seqLen, 3), or (scored rows, 3) when `compact`. */
   state: Float32Array;
   /** (batch). */
   r: Float32Array;
   batch: number;
   seqLen: number;
+  /** state holds the scored rows alone, in row order. Default false. */
+  compact?: boolean;
 }
 
 /** Options of {@link Native.accumulate}: total[0] += Σ r[offset .. offset + batch). */
@@ -1055,9 +1057,21 @@ export class Native {
     const K = "esf_log_likelihood";
     const batch = size(K, "batch", o.batch), seqLen = size(K, "seqLen", o.seqLen);
     holds(K, "targets", o.targets, batch * seqLen);
-    holds(K, "state", o.state, batch * seqLen * 3);
+    let stateRows = batch * seqLen;
+    if (o.compact) {
+      stateRows = 0;
+      for (let i = 0; i < batch * seqLen; i++) if (o.targets[i] !== 0xffffffff) stateRows++;
+    }
+    holds(K, "state", o.state, stateRows * 3);
     holds(K, "r", o.r, batch);
-    this.symbols.esf_log_likelihood(o.targets, o.state, o.r, BigInt(batch), BigInt(seqLen));
+    this.symbols.esf_log_likelihood(
+      o.targets,
+      o.state,
+      o.r,
+      BigInt(batch),
+      BigInt(seqLen),
+      o.compact ? 1 : 0,
+    );
   }
 
   /** total[0] += Σ r[offset ..], in order (esflow.c esf_accumulate). */
