@@ -94,8 +94,10 @@ interface TileCost {
  * AVX2), both columns measured in one session: speed with `deno run -A tools/bench_matmul.ts
  * --repeats 3 --shape 1024x1024x1024 --tile T` (GPU timestamps), compile time as the first
  * dispatch of `--shape 64x128x64 --tile T` under MESA_SHADER_CACHE_DISABLE=true (the run itself
- * is under 2 ms there). On a faster CPU both shrink together (a Zen 5 ran these tiles 6–9× faster),
- * so their balance, which is what the selection uses, carries over; a GPU would need its own table.
+ * is under 2 ms there). A faster CPU shrinks both, not equally (a Zen 5 ran these tiles 5–9×
+ * faster and compiled them about 2.5× faster), so there compiling weighs somewhat more than this
+ * table says; what the selection makes of it holds either way: small tiles for a few runs, the
+ * fastest for many. A GPU would need its own table.
  */
 const LAVAPIPE_TILES: Record<string, TileCost> = {
   "4x4": { gflops: 1.1, compileS: 0.13 },
