@@ -10,6 +10,7 @@ import { SERVE_FLAGS, SERVE_HELP } from "../tools/serve.ts";
 import { WORKER_FLAGS, WORKER_HELP } from "../tools/worker.ts";
 import { SWEEP_FLAGS, SWEEP_HELP } from "../tools/sweep.ts";
 import { BENCH_SERVER_FLAGS, BENCH_SERVER_HELP } from "../tools/bench_server.ts";
+import { BENCH_EVAL_FLAGS, BENCH_EVAL_HELP } from "../tools/bench_eval.ts";
 
 const TASKS: [script: string, flags: Flags, help: CommandHelp][] = [
   ["tools/train.ts", TRAIN_FLAGS, TRAIN_HELP],
@@ -19,6 +20,7 @@ const TASKS: [script: string, flags: Flags, help: CommandHelp][] = [
   ["tools/worker.ts", WORKER_FLAGS, WORKER_HELP],
   ["tools/sweep.ts", SWEEP_FLAGS, SWEEP_HELP],
   ["tools/bench_server.ts", BENCH_SERVER_FLAGS, BENCH_SERVER_HELP],
+  ["tools/bench_eval.ts", BENCH_EVAL_FLAGS, BENCH_EVAL_HELP],
 ];
 
 for (const [script, flags, help] of TASKS) {
