@@ -212,7 +212,9 @@ Deno.test(
         try {
           for (const e of Deno.readDirSync(`${workers}/cut/cache/blobs`)) {
             if (!e.name.endsWith(".part")) continue;
-            n += [...Deno.readDirSync(`${workers}/cut/cache/blobs/${e.name}`)].length;
+            // Whole chunks only: chunk i is written as i.tmpPID and renamed to i when complete.
+            n += [...Deno.readDirSync(`${workers}/cut/cache/blobs/${e.name}`)]
+              .filter((c) => /^\d+$/.test(c.name)).length;
           }
         } catch { /* not yet */ }
         return n >= 2;
