@@ -6,7 +6,7 @@
  * @module
  */
 import type { Device, DeviceBuffer } from "./device.ts";
-import { launch, type Step, wgslSource } from "./program.ts";
+import { fillMarkers, launch, type Step, wgslSource } from "./program.ts";
 
 /** Shapes of one attention call. */
 export interface AttentionShape {
@@ -99,14 +99,7 @@ function attentionSource(headDim: number, queryBlock: number): string {
       `}`,
     ]),
   };
-  let src = template;
-  for (const [marker, lines] of Object.entries(parts)) {
-    const re = new RegExp(`^([ \\t]*)//@${marker}$`, "m");
-    const found = re.exec(src);
-    if (!found) throw new Error(`kernels/attention.wgsl lost its //@${marker} marker`);
-    src = src.replace(re, lines.map((l) => found[1] + l).join("\n"));
-  }
-  return src;
+  return fillMarkers("attention.wgsl", template, parts);
 }
 
 /** out = softmax(q·kᵀ/√d + causal + key padding)·v per query head, over its kv head. */

@@ -19,7 +19,8 @@
  * @module
  */
 import type { Device, DeviceBuffer } from "./device.ts";
-import { launch, type Step, wgslSource } from "./program.ts";
+import { fillMarkers, launch, type Step, wgslSource } from "./program.ts";
+import { qkNormRopeSource } from "./qk_norm_rope.ts";
 
 /** The rows of one decode step: sequences and new tokens per sequence. */
 export interface StepRows {
@@ -56,6 +57,7 @@ export function qkNormRopeAtStep(
   return launch(device, {
     label: o.label,
     kernel: "qk_norm_rope_at",
+    source: () => qkNormRopeSource("buffer"),
     consts: {
       R: rows,
       TN: o.newTokens,
@@ -119,14 +121,7 @@ function attentionCacheSource(headDim: number): string {
     accumulate: r.map((j) => `a${j} += p * vc[kBase + ${j}u];`),
     store: r.map((j) => `out[qb + ${j}u] = a${j} * inv;`),
   };
-  let src = template;
-  for (const [marker, lines] of Object.entries(parts)) {
-    const re = new RegExp(`^([ \\t]*)//@${marker}$`, "m");
-    const found = re.exec(src);
-    if (!found) throw new Error(`kernels/attention_cache.wgsl lost its //@${marker} marker`);
-    src = src.replace(re, lines.map((l) => found[1] + l).join("\n"));
-  }
-  return src;
+  return fillMarkers("attention_cache.wgsl", template, parts);
 }
 
 /**

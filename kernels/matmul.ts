@@ -20,7 +20,7 @@
  */
 import { cachedTile } from "./tile_cache.ts";
 import type { Binding, Device, DeviceBuffer } from "./device.ts";
-import { dispatch, type Step, wgslConsts, wgslSource } from "./program.ts";
+import { dispatch, fillMarkers, type Step, wgslConsts, wgslSource } from "./program.ts";
 import type { DeviceTensor } from "./tensor.ts";
 
 /** The block of out one invocation computes: tm rows by tn columns. */
@@ -305,13 +305,11 @@ function matmulSource(tile: MatmulTile, swiglu = false): string {
   const store = swiglu
     ? block((i, j) => `store_swiglu(row0 + ${i}u, col0 + ${j}u, c${i}_${j}, u${i}_${j});`)
     : block((i, j) => `store(row0 + ${i}u, col0 + ${j}u, c${i}_${j});`);
-  const fill = (src: string, marker: string, lines: string[]) => {
-    const re = new RegExp(`^([ \\t]*)//@${marker}$`, "m");
-    const found = re.exec(src);
-    if (!found) throw new Error(`kernels/matmul.wgsl lost its //@${marker} marker`);
-    return src.replace(re, lines.map((l) => found[1] + l).join("\n"));
-  };
-  return fill(fill(fill(template, "tile-setup", setup), "tile-step", step), "tile-store", store);
+  return fillMarkers("matmul.wgsl", template, {
+    "tile-setup": setup,
+    "tile-step": step,
+    "tile-store": store,
+  });
 }
 
 /** Throws unless m, k, n are positive, k is a multiple of 4 and the offsets are ≥ 0. */

@@ -178,6 +178,26 @@ export function kernelSource(kernel: string): string {
 }
 
 /**
+ * `template`, the text of kernels/`file`, with each `//@marker` line replaced by the lines
+ * generated for it, indented as the marker was (none: the line is left empty). A marker the text
+ * lacks is an error naming the file: the generator and the kernel have drifted apart.
+ */
+export function fillMarkers(
+  file: string,
+  template: string,
+  parts: Record<string, readonly string[]>,
+): string {
+  let src = template;
+  for (const [marker, lines] of Object.entries(parts)) {
+    const re = new RegExp(`^([ \\t]*)//@${marker}$`, "m");
+    const found = re.exec(src);
+    if (!found) throw new Error(`kernels/${file} lost its //@${marker} marker`);
+    src = src.replace(re, () => lines.map((l) => found[1] + l).join("\n"));
+  }
+  return src;
+}
+
+/**
  * One dispatch of a kernel whose .wgsl file sits in kernels/, with compile-time constants
  * prepended, launched over `invocations` threads in a (possibly 2-D folded) grid of `WG`-wide
  * workgroups. The kernel sees the constants plus `WG` and `GRID_X`; the grid's z is 1, so the

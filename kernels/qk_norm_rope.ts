@@ -1,12 +1,32 @@
 /**
- * Fused per-head RMSNorm + RoPE wrapper, and the RoPE tables computed as HF computes them.
+ * Fused per-head RMSNorm + RoPE wrapper, and the RoPE tables computed as HF computes them. The
+ * kernel's text also serves the KV-cache decode's variant (kernels/kv_cache.ts
+ * qkNormRopeAtStep), which differs only in where each row's position comes from.
  *
- * Tests: tests/kernels_test.ts, tests/native_test.ts (CPU).
+ * Tests: tests/kernels_test.ts, tests/kv_cache_test.ts, tests/native_test.ts (CPU).
  *
  * @module
  */
 import type { Device, DeviceBuffer } from "./device.ts";
-import { launch, type Step } from "./program.ts";
+import { fillMarkers, launch, type Step, wgslSource } from "./program.ts";
+
+let template: string | null = null;
+
+/**
+ * kernels/qk_norm_rope.wgsl with its row position written in: `sequence`, r % T of whole
+ * sequences; `buffer`, pos[r / TN] + r % TN from binding 4, clamped to the tables' P rows.
+ */
+export function qkNormRopeSource(positions: "sequence" | "buffer"): string {
+  template ??= wgslSource(new URL("./qk_norm_rope.wgsl", import.meta.url));
+  return fillMarkers(
+    "qk_norm_rope.wgsl",
+    template,
+    positions === "sequence" ? { "pos-binding": [], position: ["let p = row % T;"] } : {
+      "pos-binding": ["@group(0) @binding(4) var<storage, read> pos: array<u32>;"],
+      position: ["let p = min(pos[row / TN] + row % TN, P - 1u);"],
+    },
+  );
+}
 
 /** Normalises each head of x (rows, heads, headDim) with w (headDim), then rotates it in place. */
 export function qkNormRopeStep(
@@ -30,6 +50,7 @@ export function qkNormRopeStep(
   return launch(device, {
     label: o.label,
     kernel: "qk_norm_rope",
+    source: () => qkNormRopeSource("sequence"),
     consts: {
       R: o.rows,
       T: o.seqLen,
